@@ -1,0 +1,144 @@
+"""What every benchmark script shares: the machine's name and versions, timing with percentiles, JSON rows.
+
+Modelled on trtexec / perf_analyzer: warm-up, many timed calls, p50/p90/p95/p99, mean and coefficient of variation.
+Each script runs every provider it compares in one process, so ratios are taken on the same machine and moment.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """The machine and the versions a figure was measured with; stored in every JSON row."""
+    info = {
+        "cpu": _cpu_name(),
+        "cpu_cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {
+            name: _version(name)
+            for name in ("vaedeploy", "numpy", "torch", "onnxruntime", "onnx", "triton", "tensorrt")
+            if _version(name)
+        },
+        "gpu": None,
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            info["gpu"] = {
+                "name": props.name,
+                "compute_capability": f"{props.major}.{props.minor}",
+                "memory_gib": round(props.total_memory / 2**30, 1),
+                "cuda": torch.version.cuda,
+            }
+    except ImportError:
+        pass
+    return info
+
+
+def summarize(seconds: Sequence[float]) -> dict:
+    """Latency figures in milliseconds from per-call wall times in seconds."""
+    ms = sorted(s * 1e3 for s in seconds)
+
+    def pct(q: float) -> float:
+        # nearest-rank percentile: a value that was really observed
+        return ms[min(len(ms) - 1, max(0, round(q / 100 * len(ms) + 0.5) - 1))]
+
+    mean = statistics.fmean(ms)
+    return {
+        "n": len(ms),
+        "p20_ms": pct(20),
+        "p50_ms": pct(50),
+        "p80_ms": pct(80),
+        "p90_ms": pct(90),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "mean_ms": mean,
+        "cv": statistics.pstdev(ms) / mean if mean > 0 else 0.0,
+    }
+
+
+def time_calls(
+    call: Callable[[object], object],
+    inputs: Sequence[object],
+    *,
+    warmup: int = 10,
+    iters: int = 200,
+    min_seconds: float = 0.0,
+) -> dict:
+    """Time `call(input)` serially, rotating through `inputs` so no single buffer stays hot in cache.
+
+    Runs `warmup` untimed calls, then at least `iters` timed calls and at least `min_seconds` of them.
+    """
+    for i in range(warmup):
+        call(inputs[i % len(inputs)])
+    times = []
+    started = time.perf_counter()
+    i = 0
+    while i < iters or time.perf_counter() - started < min_seconds:
+        x = inputs[i % len(inputs)]
+        t0 = time.perf_counter()
+        call(x)
+        times.append(time.perf_counter() - t0)
+        i += 1
+    return summarize(times)
+
+
+def write_rows(name: str, rows: list[dict], *, meta: dict | None = None) -> Path:
+    """Write `benchmarks/results/<name>.json` atomically: the machine, when, and one row per measurement."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    doc = {
+        "benchmark": name,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        **(meta or {}),
+        "rows": rows,
+    }
+    fd, tmp = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
