@@ -1,0 +1,119 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vaedeploy.cli import main
+from vaedeploy.data import load_dataset
+from vaedeploy.io import load_tensors
+from vaedeploy.train import TrainConfig, TrainingDiverged, load_run, train_run
+
+SMALL = {"hidden": [64], "latent_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_training_lowers_the_loss_and_writes_a_run(tmp_path, digits):
+    _, metrics = train_run("vae", digits, tmp_path, model_config=SMALL,
+                           train_config=TrainConfig(epochs=6), progress=False)
+    history = metrics["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] - 10
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    for name in ("config.json", "model.safetensors", "metrics.json", "checkpoint.safetensors", "training_curve.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert not list(tmp_path.glob(".*tmp*")), "a temporary file was left behind"
+
+
+def test_checkpoint_round_trip_gives_bit_identical_outputs(tmp_path, digits):
+    model, _ = train_run("vae", digits, tmp_path, model_config=SMALL, train_config=TrainConfig(epochs=2),
+                         progress=False)
+    model.load_state_dict(load_tensors(tmp_path / "model.safetensors"))
+    model.eval()
+    loaded, config = load_run(tmp_path)
+    x = torch.from_numpy(digits.evaluation_inputs())
+    with torch.no_grad():
+        for a, b in zip(model.encoder(x), loaded.encoder(x)):
+            assert torch.equal(a, b)
+        assert torch.equal(model.reconstruct(x), loaded.reconstruct(x))
+    assert config["kind"] == "vae" and config["model"]["latent_dim"] == 8
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, digits):
+    straight, _ = train_run("vae", digits, tmp_path / "a", model_config=SMALL,
+                            train_config=TrainConfig(epochs=4, patience=0), progress=False)
+    train_run("vae", digits, tmp_path / "b", model_config=SMALL, train_config=TrainConfig(epochs=2, patience=0),
+              progress=False)
+    resumed, metrics = train_run("vae", digits, tmp_path / "b", train_config=TrainConfig(epochs=4), resume=True,
+                                 progress=False)
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2, 3, 4]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_weights(tmp_path, digits, monkeypatch):
+    model_cls = __import__("vaedeploy.models", fromlist=["VAE"]).VAE
+    original = model_cls.forward
+    calls = {"n": 0}
+
+    def poisoned(self, x, **kw):
+        loss, metrics = original(self, x, **kw)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 15:  # past the first epoch (12 batches)
+                loss = loss * float("nan")
+        return loss, metrics
+
+    monkeypatch.setattr(model_cls, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss became nan in epoch 2"):
+        train_run("vae", digits, tmp_path, model_config=SMALL, train_config=TrainConfig(epochs=5), progress=False)
+    weights = load_tensors(tmp_path / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, digits):
+    (tmp_path / "config.json").write_text(json.dumps({"model": {}, "train": {}}))
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        train_run("vae", digits, tmp_path, train_config=TrainConfig(epochs=1), resume=True, progress=False)
+
+
+@pytest.mark.slow
+def test_cli_train_eval_plot_meet_the_foundation_figures(tmp_path, capsys):
+    run = str(tmp_path / "vae")
+    assert main(["train", "vae", "--data", "digits", "--epochs", "300", "--max-seconds", "12", "--out", run,
+                 "--no-progress"]) == 0
+    assert main(["eval", run, "--iw-samples", "200"]) == 0
+    results = json.loads((tmp_path / "vae" / "eval.json").read_text())
+    assert results["log_likelihood_iw"] > results["elbo"]
+    assert results["log_likelihood_iw"] > results["baseline_ppca_log_likelihood"] + 10
+    assert results["active_units"] > 0
+    assert len(results["kl_per_dim"]) == 16
+    assert main(["plot", run]) == 0
+    for name in ("samples.png", "reconstructions.png", "latent_space.png"):
+        assert (tmp_path / "vae" / name).stat().st_size > 1000
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert main(["train", "vae", "--data", str(tmp_path / "nope.npy"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing-run")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_distributed_data_parallel_with_two_cpu_processes(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vaedeploy.cli", "train", "vae", "--data", "digits", "--epochs", "2", "--hidden", "64",
+           "--out", str(tmp_path), "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and len(metrics["history"]) == 2
+    model, _ = load_run(tmp_path)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -1,0 +1,76 @@
+"""A deterministic autoencoder: encoder x → z, decoder z → p(x|z), trained by maximum likelihood of x given z.
+
+With the gaussian likelihood of learned variance the loss is a per-pixel weighted squared error; with bernoulli it
+is the binary cross-entropy. There is no prior, so the AE reconstructs but does not sample or give a density.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from .backbones import EncoderTrunk
+from .base import Model
+from .vae import Decoder
+
+
+@dataclass
+class AEConfig:
+    """Everything that rebuilds an AE; the fields mean what they mean in ``VAEConfig``.
+
+    Args:
+        input_shape: (C, H, W). Default (1, 8, 8).
+        latent_dim: size of the code. Default 16.
+        backbone: ``mlp`` or ``conv``. Default ``mlp``.
+        hidden: dense layer widths. Default (256, 256).
+        channels: conv stage channels. Default (32, 64).
+        activation: default ``silu``.
+        likelihood: ``gaussian`` or ``bernoulli``. Default ``gaussian``.
+        min_logvar: decoder log-variance floor. Default -8.
+    """
+
+    input_shape: tuple[int, int, int] = (1, 8, 8)
+    latent_dim: int = 16
+    backbone: str = "mlp"
+    hidden: tuple[int, ...] = (256, 256)
+    channels: tuple[int, ...] = (32, 64)
+    activation: str = "silu"
+    likelihood: str = "gaussian"
+    min_logvar: float = -8.0
+
+
+class DeterministicEncoder(nn.Module):
+    """x → z."""
+
+    def __init__(self, cfg: AEConfig):
+        super().__init__()
+        self.trunk = EncoderTrunk(cfg.input_shape, cfg.backbone, cfg.hidden, cfg.channels, cfg.activation)
+        self.head = nn.Linear(self.trunk.out_features, cfg.latent_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.trunk(x))
+
+
+class AE(Model):
+    """Deterministic autoencoder (the seed's recap)."""
+
+    kind = "ae"
+    Config = AEConfig
+    has_density = False
+    has_prior = False
+
+    def __init__(self, config: AEConfig):
+        super().__init__(config)
+        self.encoder = DeterministicEncoder(config)
+        self.decoder = Decoder(config)
+
+    def forward(self, x: Tensor, kl_weight: float = 1.0, free_bits: float = 0.0):
+        """Reconstruction loss -log p(x | encoder(x)), averaged over the batch (no KL: kl_weight is unused)."""
+        recon = self.decoder.likelihood.log_prob(x, self.decoder(self.encoder(x)))
+        return -recon.mean(), {"recon": recon.mean().detach()}
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decoder.likelihood.mean(self.decoder(self.encoder(x)))
+
+    def latent_means(self, x: Tensor) -> Tensor:
+        return self.encoder(x)

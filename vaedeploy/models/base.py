@@ -1,0 +1,163 @@
+"""What every model shares: likelihoods, Gaussian helpers, the config round trip and the model contract.
+
+The contract (DESIGN.md "The model contract"): a model is an ``encoder`` module and a ``decoder`` module that export
+can trace on their own, plus training and evaluation methods that use them. Decoders return a tuple of likelihood
+parameters (Gaussian: ``(mean, logvar)``; Bernoulli: ``(logits,)``) so every graph has named outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def log_normal(x: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    """Elementwise log N(x; mean, exp(logvar))."""
+    return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
+
+def log_standard_normal(z: Tensor) -> Tensor:
+    return -0.5 * (LOG_2PI + z**2)
+
+
+def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
+    """Elementwise KL(N(mean, exp(logvar)) || N(0, 1)) in closed form."""
+    return 0.5 * (mean**2 + torch.exp(logvar) - 1.0 - logvar)
+
+
+def reparameterize(mean: Tensor, logvar: Tensor) -> Tensor:
+    """z = mean + std * eps with eps ~ N(0, I): differentiable in mean and logvar."""
+    return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+
+
+def sum_except_batch(t: Tensor) -> Tensor:
+    return t.flatten(1).sum(1)
+
+
+class GaussianLikelihood(nn.Module):
+    """p(x|z) = N(mean, diag(exp(logvar))) with a learned diagonal variance.
+
+    The mean goes through a sigmoid (data lie in [0, 1]); the log-variance has a soft floor at ``min_logvar`` so the
+    density cannot grow without bound on pixels that never change.
+    """
+
+    kind = "gaussian"
+    names = ("mean", "logvar")
+
+    def __init__(self, min_logvar: float):
+        super().__init__()
+        self.min_logvar = min_logvar
+
+    def params(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        mean_raw, logvar_raw = raw.chunk(2, dim=1)
+        return torch.sigmoid(mean_raw), self.min_logvar + F.softplus(logvar_raw - self.min_logvar)
+
+    @staticmethod
+    def log_prob(x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
+        mean, logvar = params
+        return sum_except_batch(log_normal(x, mean, logvar))
+
+    @staticmethod
+    def mean(params: tuple[Tensor, ...]) -> Tensor:
+        return params[0]
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "outputs": list(self.names), "min_logvar": self.min_logvar}
+
+
+class BernoulliLikelihood(nn.Module):
+    """p(x|z) = Bernoulli(sigmoid(logits)), for binary (or binarized) data."""
+
+    kind = "bernoulli"
+    names = ("logits",)
+
+    def params(self, raw: Tensor) -> tuple[Tensor]:
+        return (raw,)
+
+    @staticmethod
+    def log_prob(x: Tensor, params: tuple[Tensor, ...]) -> Tensor:
+        return -sum_except_batch(F.binary_cross_entropy_with_logits(params[0], x, reduction="none"))
+
+    @staticmethod
+    def mean(params: tuple[Tensor, ...]) -> Tensor:
+        return torch.sigmoid(params[0])
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "outputs": list(self.names)}
+
+
+def make_likelihood(kind: str, min_logvar: float) -> GaussianLikelihood | BernoulliLikelihood:
+    if kind == "gaussian":
+        return GaussianLikelihood(min_logvar)
+    if kind == "bernoulli":
+        return BernoulliLikelihood()
+    raise ValueError(f"likelihood must be 'gaussian' or 'bernoulli', got {kind!r}")
+
+
+class Model(nn.Module):
+    """Base of every vaedeploy model.
+
+    Subclasses set ``kind`` (the registry name) and ``Config`` (a dataclass that fully rebuilds the model) and build
+    ``self.encoder`` and ``self.decoder``. ``forward(x, kl_weight=, free_bits=)`` returns ``(loss, metrics)``: the
+    training objective, averaged over the batch, so the same call works through DistributedDataParallel.
+    """
+
+    kind: ClassVar[str]
+    Config: ClassVar[type]
+    # What this model can report; evaluation asks these instead of guessing from the class.
+    has_density: ClassVar[bool] = True
+    has_prior: ClassVar[bool] = True
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    @classmethod
+    def from_config(cls, config: dict | object) -> "Model":
+        return cls(config if isinstance(config, cls.Config) else config_from_dict(cls.Config, config))
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """The decoder's mean image for the encoder's most likely code."""
+        raise NotImplementedError
+
+    def diagnostics(self, x: Tensor) -> dict:
+        """Model-specific evaluation figures on a prepared split (active units, KL per dimension, ...)."""
+        return {}
+
+    def latent_means(self, x: Tensor) -> Tensor:
+        """One vector per example to draw the latent space with (N × d)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def log_likelihood_iw(self, x: Tensor, k: int = 1000, chunk: int = 100) -> Tensor:
+        """Importance-weighted log-likelihood estimate log (1/k) Σ_i p(x, z_i) / q(z_i | x), per example.
+
+        Burda et al. (2016): a lower bound on log p(x) that tightens as k grows (k = 1 is the ELBO). Weights are
+        drawn ``chunk`` at a time and combined with a float64 logsumexp.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        chunks = [self.log_importance_weights(x, min(chunk, k - start)).double() for start in range(0, k, chunk)]
+        return torch.logsumexp(torch.cat(chunks, 0), 0) - math.log(k)
+
+    def log_importance_weights(self, x: Tensor, k: int) -> Tensor:
+        """k × N log weights log p(x, z) - log q(z | x) with z ~ q(z | x)."""
+        raise NotImplementedError
+
+
+def config_from_dict(cls: type, values: dict):
+    """Rebuild a config dataclass from JSON, turning lists back into tuples and refusing unknown keys."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown option(s) {sorted(unknown)}; expected some of {sorted(fields)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -1,0 +1,311 @@
+"""Training: Adam on minibatches with KL warm-up, free bits, early stopping, resumable checkpoints and DDP.
+
+``fit`` trains any module whose ``forward(x, kl_weight=, free_bits=)`` returns ``(loss, metrics)``; ``train_run``
+builds a model from the registry on a data set and writes a run directory:
+
+    config.json            kind, model config, data spec, training config (rebuilds everything)
+    model.safetensors      the weights with the best validation loss
+    metrics.json           per-epoch history and the best epoch
+    checkpoint.safetensors / checkpoint.json   the last epoch's weights, optimizer and RNG state, for --resume
+    training_curve.png
+
+Under ``torchrun`` (WORLD_SIZE > 1) it runs DistributedDataParallel, gloo on CPU and NCCL on GPU: each rank takes
+its share of every epoch's permutation, and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import __version__
+from .data import Dataset
+from .io import read_json, save_tensors, load_tensors, write_json
+from .models import Model, build_model
+
+FORMAT_VERSION = 1
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept on disk."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train.
+
+    Args:
+        epochs: passes over the training split. Default 100.
+        batch_size: examples per step, summed over all DDP ranks. Default 128.
+        lr: Adam learning rate. Default 1e-3.
+        seed: seeds weights, shuffling and noise. Default 0.
+        kl_warmup_epochs: the KL weight rises linearly from 0 to 1 over this many epochs (0: off). Default 0.
+        free_bits: nats per latent dimension below which the KL is not pushed (0: off). Default 0.
+        patience: stop when the validation loss has not improved for this many epochs (0: never). Default 20.
+        max_seconds: stop after this much training time (0: no limit). Default 0.
+        grad_clip: clip the gradient norm to this value (0: off). Default 0.
+        checkpoint_seconds: write the checkpoint and best weights at most this often, and at the end. Default 10.
+    """
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    kl_warmup_epochs: int = 0
+    free_bits: float = 0.0
+    patience: int = 20
+    max_seconds: float = 0.0
+    grad_clip: float = 0.0
+    checkpoint_seconds: float = 10.0
+
+    def kl_weight(self, epoch: int) -> float:
+        return 1.0 if self.kl_warmup_epochs <= 0 else min(1.0, (epoch + 1) / self.kl_warmup_epochs)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), initialising the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def _stage_files(run_dir: Path, stage: str) -> dict[str, Path]:
+    prefix = "" if stage == "model" else f"{stage}_"
+    return {
+        "weights": run_dir / f"{stage}.safetensors",
+        "metrics": run_dir / f"{prefix}metrics.json",
+        "checkpoint": run_dir / f"{prefix}checkpoint.safetensors",
+        "state": run_dir / f"{prefix}checkpoint.json",
+        "curve": run_dir / f"{prefix}training_curve.png",
+    }
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, list]:
+    state = opt.state_dict()
+    tensors = {f"optim.{pid}.{key}": value for pid, s in state["state"].items() for key, value in s.items()}
+    return tensors, state["param_groups"]
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+@torch.no_grad()
+def _validation_loss(module: torch.nn.Module, val: np.ndarray, batch_size: int) -> tuple[float, dict]:
+    """Mean loss (KL weight 1, no free bits) over the validation split, with fixed noise so every rank agrees."""
+    module.eval()
+    total, metrics = 0.0, {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(12345)
+        for start in range(0, len(val), batch_size):
+            x = torch.from_numpy(val[start : start + batch_size])
+            loss, m = module(x)
+            total += float(loss.detach()) * len(x)
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v) * len(x)
+    module.train()
+    return total / len(val), {k: v / len(val) for k, v in metrics.items()}
+
+
+def fit(
+    model: torch.nn.Module,
+    train_raw: np.ndarray,
+    val_raw: np.ndarray,
+    prepare: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+    cfg: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    stage: str = "model",
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train ``model`` and write its stage files into ``run_dir``; returns the metrics document.
+
+    Args:
+        model: a module whose ``forward(x, kl_weight=, free_bits=)`` returns ``(loss, metrics)``.
+        train_raw, val_raw: raw training and validation examples; ``prepare(raw, rng)`` makes model inputs
+            (fresh noise for each training batch; a fixed seed for validation).
+        cfg: the training configuration.
+        run_dir: where files go (only rank 0 writes).
+        stage: ``model`` for the main model; another name (``prior``) prefixes that stage's files.
+        resume: continue from the stage's checkpoint in ``run_dir``.
+        progress: show a progress bar (rank 0 only).
+    """
+    run_dir = Path(run_dir)
+    files = _stage_files(run_dir, stage)
+    rank, world = _distributed()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    history: list[dict] = []
+    best = {"val_loss": math.inf, "epoch": -1}
+    start_epoch, bad_epochs, elapsed = 0, 0, 0.0
+    resumed_best: dict = {}
+
+    if resume:
+        if not files["state"].exists():
+            raise FileNotFoundError(f"{files['state']}: no checkpoint to resume from")
+        state = read_json(files["state"])
+        tensors = load_tensors(files["checkpoint"])
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        resumed_best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
+        _load_optimizer(optimizer, tensors, state["param_groups"])
+        history, best, bad_epochs, elapsed = state["history"], state["best"], state["bad_epochs"], state["elapsed"]
+        start_epoch = state["epoch"] + 1
+
+    module = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    val = prepare(val_raw, np.random.default_rng(1234)).astype(np.float32)
+    per_rank = max(1, cfg.batch_size // world)
+    show = progress and rank == 0
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {stage}", unit="epoch", dynamic_ncols=True)
+
+    def save_checkpoint(epoch: int, best_weights: dict) -> None:
+        """The best weights, then the last epoch's full state; a crash between the two loses nothing."""
+        save_tensors(files["weights"], best_weights, {"format": str(FORMAT_VERSION)})
+        opt_tensors, groups = _optimizer_tensors(optimizer)
+        save_tensors(files["checkpoint"], {**{f"model.{k}": v for k, v in model.state_dict().items()},
+                                           **{f"best.{k}": v for k, v in best_weights.items()}, **opt_tensors})
+        write_json(files["state"], {"epoch": epoch, "history": history, "best": best, "bad_epochs": bad_epochs,
+                                    "elapsed": elapsed, "param_groups": groups})
+
+    best_weights = resumed_best
+    last_saved = time.perf_counter()
+    model.train()
+    stop_reason = ""
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        # Noise is seeded per (seed, epoch, rank): a resumed run draws what the uninterrupted one would have, and
+        # ranks draw different noise. DDP itself broadcasts rank 0's initial weights.
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        torch.manual_seed(int(rng.integers(2**62)))
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_raw))[rank::world]
+        kl_weight = cfg.kl_weight(epoch)
+        total, count = 0.0, 0
+        for start in range(0, len(order), per_rank):
+            x = torch.from_numpy(prepare(train_raw[order[start : start + per_rank]], rng).astype(np.float32))
+            loss, _ = module(x, kl_weight=kl_weight, free_bits=cfg.free_bits)
+            if not torch.isfinite(loss):
+                if rank == 0 and best_weights:
+                    save_tensors(files["weights"], best_weights, {"format": str(FORMAT_VERSION)})
+                raise TrainingDiverged(
+                    f"loss became {float(loss.detach())} in epoch {epoch + 1}; training stopped. The best weights so far "
+                    f"(epoch {best['epoch']}) are in {files['weights']} and the last checkpoint in "
+                    f"{files['checkpoint']}; try a lower --lr or --grad-clip, then --resume."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+        val_loss, val_metrics = _validation_loss(model, val, cfg.batch_size)
+        elapsed += time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "train_loss": total / count, "val_loss": val_loss, "kl_weight": kl_weight,
+               "seconds": elapsed, **{f"val_{k}": v for k, v in val_metrics.items()}}
+        history.append(row)
+        if val_loss < best["val_loss"]:
+            best, bad_epochs = {"val_loss": val_loss, "epoch": epoch + 1}, 0
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        if cfg.patience and bad_epochs >= cfg.patience:
+            stop_reason = f"early stop: no validation improvement for {cfg.patience} epochs"
+        elif cfg.max_seconds and elapsed >= cfg.max_seconds:
+            stop_reason = f"time limit of {cfg.max_seconds:g} s"
+        elif epoch + 1 == cfg.epochs:
+            stop_reason = "epochs"
+        if rank == 0 and (stop_reason or time.perf_counter() - last_saved >= cfg.checkpoint_seconds):
+            save_checkpoint(epoch, best_weights)
+            last_saved = time.perf_counter()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(train=f"{row['train_loss']:.2f}", val=f"{val_loss:.2f}", best=best["epoch"])
+        if stop_reason:
+            break
+    if bar is not None:
+        bar.close()
+
+    doc = {"stage": stage, "world_size": world, "stop_reason": stop_reason or "epochs", "best": best,
+           "train_seconds": elapsed, "history": history}
+    if rank == 0:
+        write_json(files["metrics"], doc)
+        _plot_curve(history, files["curve"], stage)
+    if world > 1:
+        dist.barrier()
+    return doc
+
+
+def _plot_curve(history: list[dict], path: Path, stage: str) -> None:
+    from .plots import plot_training_curve
+
+    plot_training_curve(history, path, title=f"{stage}: loss per epoch")
+
+
+def train_run(
+    kind: str,
+    data: Dataset,
+    out: str | os.PathLike,
+    *,
+    model_config: dict | None = None,
+    train_config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[Model, dict]:
+    """Build a ``kind`` model for ``data``, train it and write the run directory ``out``.
+
+    With ``resume`` the model and training configuration come from ``out/config.json``; only ``epochs`` is taken
+    from ``train_config``, so an interrupted run can be continued or extended.
+    """
+    out = Path(out)
+    cfg = train_config or TrainConfig()
+    if resume:
+        saved = read_json(out / "config.json")
+        model_config = saved["model"]
+        cfg = dataclasses.replace(TrainConfig(**saved["train"]), epochs=cfg.epochs)
+    else:
+        model_config = {"input_shape": list(data.image_shape), **(model_config or {})}
+    torch.manual_seed(cfg.seed)
+    model = build_model(kind, model_config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        write_json(out / "config.json", {
+            "format": FORMAT_VERSION,
+            "kind": kind,
+            "model": model.config_dict(),
+            "data": data.spec(),
+            "train": dataclasses.asdict(cfg),
+            "vaedeploy_version": __version__,
+        })
+    metrics = fit(model, data.train.raw, data.val.raw, data.prepare, cfg, out, resume=resume, progress=progress)
+    return model, metrics
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[Model, dict]:
+    """The trained model (best weights, eval mode) and the config document of a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: not a run directory (expected the --out of `vaedeploy train`)")
+    config = read_json(run_dir / "config.json")
+    if config.get("format", 0) > FORMAT_VERSION:
+        raise ValueError(f"{run_dir}: run format {config['format']} is newer than this vaedeploy reads "
+                         f"({FORMAT_VERSION}); upgrade vaedeploy")
+    model = build_model(config["kind"], config["model"])
+    model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
+    model.eval()
+    return model, config
