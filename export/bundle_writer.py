@@ -1,0 +1,223 @@
+"""Export a model into a validated bundle, written atomically: temporary directory, then one rename.
+
+``export_run`` exports a run directory of ``vaedeploy train``; ``export_bundle`` exports any pair of encoder and
+decoder modules (the user's own too) with the same checks. Each model kind names its graphs in ``KIND_GRAPHS``:
+Gaussian (vae) and deterministic (ae) latents have an encoder and a decoder; a VQ, hierarchical or two-stage kind adds
+its entry with more roles (``prior``, per-stage graphs) and files (``codebook.npy``), and the manifest carries them.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vaedeploy import __version__
+from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, PRECISIONS, sha256_file
+from vaedeploy.io import save_tensors, write_json
+
+from .onnx_export import DEFAULT_OPSET, HalfPrecision, export_graph
+from .validate import GraphCase, ValidationError, summary, validate_graphs
+
+# What each latent type's encoder returns: the names of its outputs, in order.
+ENCODER_OUTPUTS = {"gaussian": ["mean", "logvar"], "deterministic": ["z"]}
+# A decoder of one of our models ends in a likelihood; a user's decoder may return the image itself.
+IDENTITY_LIKELIHOOD = {"kind": "identity", "outputs": ["x"]}
+DEFAULT_MAX_BATCH = 1024
+NORMAL_SEED = 0
+
+
+def _tool_versions() -> dict:
+    versions = {"vaedeploy": __version__}
+    for name in ("torch", "onnx", "onnxscript", "onnxruntime", "numpy"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _rows(x: np.ndarray, n: int) -> np.ndarray:
+    """The first n rows of x, cycling through x when it has fewer (the real data repeated up to the max batch)."""
+    return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])).astype(np.float32))
+
+
+def _latent_spec(latent: str | dict, encoder: nn.Module, example: torch.Tensor) -> dict:
+    spec = {"type": latent} if isinstance(latent, str) else dict(latent)
+    if spec.get("type") not in ENCODER_OUTPUTS:
+        raise ValueError(f"latent type must be one of {sorted(ENCODER_OUTPUTS)}, got {spec.get('type')!r}")
+    with torch.no_grad():
+        out = encoder(example)
+    out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
+    if len(out) != len(ENCODER_OUTPUTS[spec["type"]]) or any(o.dim() != 2 for o in out):
+        raise ValueError(f"a {spec['type']} encoder must return {len(ENCODER_OUTPUTS[spec['type']])} tensor(s) "
+                         f"shaped N×latent_dim ({ENCODER_OUTPUTS[spec['type']]}), got shapes "
+                         f"{[list(o.shape) for o in out]}")
+    spec["dim"] = int(out[0].shape[1])
+    return spec
+
+
+def export_bundle(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    *,
+    latent: str | dict,
+    example: torch.Tensor,
+    out: str | os.PathLike,
+    likelihood: dict | None = None,
+    kind: str = "custom",
+    input_spec: dict | None = None,
+    model: dict | None = None,
+    exporter: str = "dynamo",
+    opset: int = DEFAULT_OPSET,
+    precisions: tuple[str, ...] = ("fp32",),
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> Path:
+    """Export ``encoder`` and ``decoder`` to the bundle directory ``out``, validate it and return ``out``.
+
+    Args:
+        encoder: x (N × input shape) → ``(mean, logvar)`` for ``latent="gaussian"``, z for ``"deterministic"``.
+        decoder: z (N × latent dim) → likelihood parameters (a tensor or a tuple); the first is the image unless
+            ``likelihood`` says otherwise.
+        latent: ``"gaussian"``, ``"deterministic"`` or a dict with ``type`` and any extra facts for the manifest.
+        example: real inputs, at least 2 rows: traced, and validated on (cycled up to ``max_batch`` rows).
+        likelihood: ``{"kind": "gaussian" | "bernoulli" | "identity", "outputs": [names]}``; default identity.
+        kind: the model kind written in the manifest (``custom`` for a user's modules).
+        input_spec: shape, dtype, value range and preprocessing of x; default the example's shape, float32.
+        model: ``{"kind", "config", "state_dict"}`` of a vaedeploy model so the torch backend can rebuild it.
+        exporter, opset: ``dynamo`` (default) or ``legacy``; ONNX opset, default 18.
+        precisions: ``fp32`` always, plus ``fp16`` for half-precision variants validated on their own.
+        max_batch: the largest batch a graph is validated at; the runtime splits larger batches.
+
+    Raises ``ValidationError`` (after writing ``<out>.failed/validation.json``) when a graph disagrees with PyTorch.
+    """
+    out = Path(out)
+    precisions = tuple(dict.fromkeys(("fp32", *precisions)))
+    if unknown := set(precisions) - set(PRECISIONS):
+        raise ValueError(f"precision must be among {PRECISIONS}, got {sorted(unknown)}")
+    if not isinstance(example, torch.Tensor) or example.dim() < 2 or example.shape[0] < 2:
+        raise ValueError(f"example must be a tensor of at least 2 real inputs (N×...), got "
+                         f"{getattr(example, 'shape', type(example).__name__)}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    encoder, decoder = encoder.eval().float(), decoder.eval().float()
+    example = example.float()
+    latent = _latent_spec(latent, encoder, example)
+    likelihood = likelihood or IDENTITY_LIKELIHOOD
+    input_spec = input_spec or {"shape": list(example.shape[1:]), "dtype": "float32"}
+    encoder_outputs = ENCODER_OUTPUTS[latent["type"]]
+
+    data = _rows(example.numpy(), max_batch)
+    with torch.no_grad():
+        encodings = _rows(encoder(torch.from_numpy(data))[0].numpy() if latent["type"] == "gaussian"
+                          else encoder(torch.from_numpy(data)).numpy(), max_batch)
+    normal = np.random.default_rng(NORMAL_SEED).standard_normal((max_batch, latent["dim"]), dtype=np.float32)
+    cases = [
+        GraphCase("encoder", encoder, ["x"], {"data": [data]}),
+        GraphCase("decoder", decoder, ["z"], {"encodings": [encodings], "normal": [normal]}),
+    ]
+    outputs = {"encoder": encoder_outputs, "decoder": list(likelihood["outputs"])}
+    facts = {"format_version": FORMAT_VERSION, "kind": kind, "input": input_spec, "latent": latent,
+             "likelihood": likelihood, "vaedeploy_version": __version__}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the bundle should look like any directory the user makes
+    try:
+        graphs: dict[str, dict] = {}
+        for case in cases:
+            example_input = torch.from_numpy(case.input_sets[next(iter(case.input_sets))][0][:2].copy())
+            for precision in precisions:
+                file = f"{case.role}.onnx" if precision == "fp32" else f"{case.role}.{precision}.onnx"
+                module = case.module if precision == "fp32" else HalfPrecision(case.module)
+                entry = export_graph(
+                    module, (example_input,), case.input_names, outputs[case.role], tmp / file, exporter=exporter,
+                    opset=opset, metadata={**facts, "role": case.role, "precision": precision, "exporter": exporter},
+                )
+                graphs.setdefault(case.role, {})[precision] = entry
+                case.files[precision] = file
+        report = validate_graphs(cases, tmp, max_batch)
+        write_json(tmp / "validation.json", report)
+        if not report["passed"]:
+            failed = out.with_name(out.name + ".failed")
+            shutil.rmtree(failed, ignore_errors=True)
+            os.replace(tmp, failed)
+            raise ValidationError(
+                f"validation failed, bundle not written; report in {failed / 'validation.json'}:\n  "
+                + "\n  ".join(report["failures"][:10]), report)
+        model_doc = None
+        if model is not None:
+            save_tensors(tmp / "model.safetensors", model["state_dict"], {"format": str(FORMAT_VERSION)})
+            model_doc = {"kind": model["kind"], "config": model["config"], "weights": "model.safetensors"}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json(tmp / MANIFEST, {
+            **facts,
+            "max_batch": max_batch,
+            "graphs": graphs,
+            "model": model_doc,
+            "files": files,
+            "tools": _tool_versions(),
+            "validation": {**summary(report), "file": "validation.json"},
+        })
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished bundle into place; an older bundle at ``out`` is swapped out first, then removed."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+        os.replace(out, old / "bundle")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def gaussian_graphs(model) -> dict:
+    return {"latent": "gaussian"}
+
+
+def deterministic_graphs(model) -> dict:
+    return {"latent": "deterministic"}
+
+
+# kind → the latent type of its encoder (and, for kinds with more graphs, what else to export).
+KIND_GRAPHS = {"vae": gaussian_graphs, "ae": deterministic_graphs}
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    exporter: str = "dynamo",
+    opset: int = DEFAULT_OPSET,
+    precisions: tuple[str, ...] = ("fp32",),
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> Path:
+    """Export the best weights of a ``vaedeploy train`` run into a validated bundle at ``out``."""
+    from vaedeploy.data import load_from_spec
+    from vaedeploy.train import load_run
+
+    model, config = load_run(run_dir)
+    if config["kind"] not in KIND_GRAPHS:
+        raise ValueError(f"{run_dir}: export does not know model kind {config['kind']!r} yet; it exports "
+                         f"{sorted(KIND_GRAPHS)}")
+    data = load_from_spec(config["data"])
+    example = torch.from_numpy(data.evaluation_inputs("test"))
+    return export_bundle(
+        model.encoder, model.decoder, example=example, out=out, kind=config["kind"],
+        likelihood=model.decoder.likelihood.spec(), input_spec=data.input_spec(),
+        model={"kind": config["kind"], "config": model.config_dict(), "state_dict": model.state_dict()},
+        exporter=exporter, opset=opset, precisions=precisions, max_batch=max_batch,
+        **KIND_GRAPHS[config["kind"]](model),
+    )

@@ -1,0 +1,119 @@
+"""ONNX Runtime against PyTorch on every exported graph, failing hard (DESIGN.md "Export lessons").
+
+Each graph is run at batch sizes 1, 2, 7, 64 and the bundle's maximum, on each input set it was given (real data,
+the real encodings of that data, N(0, I) latents), in every precision exported. Every output is compared with the
+float32 PyTorch module: max-abs error and relative L2 error ``‖ort − torch‖ / ‖torch‖``, both within the tolerance of
+the graph's precision. A NaN or Inf where PyTorch is finite fails too (NaN never compares as within tolerance).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+BATCH_SIZES = (1, 2, 7, 64)
+# fp16 keeps 11 significant bits: about 1e-3 relative per value, more after a few layers.
+TOLERANCES = {"fp32": {"max_abs": 1e-4, "rel_l2": 1e-5}, "fp16": {"max_abs": 5e-2, "rel_l2": 1e-2}}
+
+
+class ValidationError(RuntimeError):
+    """An exported graph disagrees with PyTorch beyond tolerance; ``report`` is the full validation document."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class GraphCase:
+    """One graph to validate: its float32 PyTorch module, its input names and named input sets.
+
+    ``input_sets`` maps a label (``data``, ``encodings``, ``normal``) to one array per graph input, each with at least
+    the bundle's maximum batch of rows; batch size b uses the first b rows.
+    """
+
+    role: str
+    module: nn.Module
+    input_names: list[str]
+    input_sets: dict[str, list[np.ndarray]]
+    files: dict[str, str] = field(default_factory=dict)  # precision → ONNX file
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    return sorted({b for b in BATCH_SIZES if b <= max_batch} | {max_batch})
+
+
+def errors(actual: np.ndarray, expected: np.ndarray) -> dict:
+    diff = actual.astype(np.float64) - expected.astype(np.float64)
+    norm = float(np.linalg.norm(expected.astype(np.float64)))
+    return {
+        "max_abs": float(np.max(np.abs(diff))) if diff.size else 0.0,
+        "rel_l2": float(np.linalg.norm(diff)) / max(norm, 1e-12),
+    }
+
+
+def _session(path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def validate_graphs(cases: list[GraphCase], root, max_batch: int) -> dict:
+    """Run every case at every batch size and precision; return the report (``passed`` is the verdict)."""
+    sizes = batch_sizes(max_batch)
+    checks = []
+    for case in cases:
+        module = case.module.eval()
+        for precision, file in case.files.items():
+            session = _session(root / file)
+            output_names = [o.name for o in session.get_outputs()]
+            tolerance = TOLERANCES[precision]
+            for label, arrays in case.input_sets.items():
+                for b in sizes:
+                    inputs = [np.ascontiguousarray(a[:b]) for a in arrays]
+                    with torch.no_grad():
+                        expected = module(*(torch.from_numpy(a) for a in inputs))
+                    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+                    actual = session.run(output_names, dict(zip(case.input_names, inputs)))
+                    outputs = {}
+                    for name, a, e in zip(output_names, actual, expected):
+                        e = e.numpy()
+                        if a.shape != e.shape:
+                            outputs[name] = {"max_abs": math.inf, "rel_l2": math.inf, "passed": False,
+                                             "note": f"shape {list(a.shape)}, PyTorch gives {list(e.shape)}"}
+                            continue
+                        err = errors(a, e)
+                        err["passed"] = all(err[k] <= tolerance[k] for k in tolerance)  # False for NaN
+                        outputs[name] = err
+                    checks.append({"graph": case.role, "precision": precision, "inputs": label, "batch": b,
+                                   "outputs": outputs, "passed": all(o["passed"] for o in outputs.values())})
+    failures = [f"{c['graph']} {c['precision']} on {c['inputs']} at batch {c['batch']}: "
+                + ", ".join(f"{n} max_abs={o['max_abs']:.3g} rel_l2={o['rel_l2']:.3g}"
+                            for n, o in c["outputs"].items() if not o["passed"])
+                for c in checks if not c["passed"]]
+    worst = {}
+    for c in checks:
+        for name, o in c["outputs"].items():
+            key = f"{c['graph']}.{c['precision']}.{name}"
+            prev = worst.setdefault(key, {"max_abs": 0.0, "rel_l2": 0.0})
+            for k in ("max_abs", "rel_l2"):
+                prev[k] = max(prev[k], o[k]) if not math.isnan(o[k]) else math.nan
+    return {
+        "passed": not failures,
+        "reference": "PyTorch float32 modules (CPU)",
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+        "batch_sizes": sizes,
+        "tolerances": TOLERANCES,
+        "worst": worst,
+        "failures": failures,
+        "checks": checks,
+    }
+
+
+def summary(report: dict) -> dict:
+    """The part of the report that goes into the manifest."""
+    return {k: report[k] for k in ("passed", "runtime", "batch_sizes", "tolerances", "worst")}
