@@ -71,6 +71,24 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import ExportError, ValidationError, export_run
+
+    try:
+        out = export_run(args.run, args.out, exporter=args.exporter, opset=args.opset,
+                         precisions=tuple(args.precision), max_batch=args.max_batch)
+    except (ExportError, ValidationError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    worst = manifest["validation"]["worst"]
+    print(f"exported {manifest['kind']} to {out}: graphs {sorted(manifest['graphs'])} in "
+          f"{sorted(set(p for g in manifest['graphs'].values() for p in g))}, {args.exporter} exporter, opset "
+          f"{args.opset}; validated against PyTorch at batch sizes {manifest['validation']['batch_sizes']}, "
+          f"worst rel-L2 error {max(w['rel_l2'] for w in worst.values()):.2g}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .data import load_dataset
     from .evaluate import evaluate_run, summary_line
@@ -148,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="write PNG pictures of a run")
     plot.add_argument("run")
     plot.set_defaults(func=cmd_plot)
+
+    export = sub.add_parser("export", help="export a run to a validated ONNX bundle (exit 1 when validation fails)")
+    export.add_argument("run")
+    export.add_argument("--out", required=True, help="bundle directory to write")
+    export.add_argument("--exporter", default="dynamo", choices=["dynamo", "legacy"],
+                        help="torch.onnx exporter (default dynamo; legacy is recorded in the manifest)")
+    export.add_argument("--precision", action="append", choices=["fp32", "fp16"], default=["fp32"],
+                        help="fp16 adds half-precision graphs beside the fp32 master (repeatable)")
+    export.add_argument("--opset", type=int, default=18)
+    export.add_argument("--max-batch", type=int, default=1024, help="largest batch validated (default 1024)")
+    export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="train, evaluate and plot a VAE on the embedded digits")
     demo.add_argument("--out", default="runs/demo")
