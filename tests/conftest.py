@@ -24,3 +24,37 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+# ---- exported bundles shared by tests/export and tests/runtime: a dynamo export costs seconds per graph ----------
+BUNDLE_RUNS = {
+    # name: (kind, model config, exporter, precisions)
+    "vae": ("vae", {"hidden": [32], "latent_dim": 4}, "dynamo", ("fp32", "fp16")),
+    "vae_conv_bernoulli": ("vae", {"hidden": [16], "latent_dim": 3, "backbone": "conv", "channels": [4, 8],
+                                   "likelihood": "bernoulli"}, "dynamo", ("fp32",)),
+    "ae": ("ae", {"hidden": [16], "latent_dim": 5}, "legacy", ("fp32",)),
+}
+BUNDLE_MAX_BATCH = 64
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """name → (run dir, bundle dir), each trained for one epoch and exported once, on first use."""
+    from vaedeploy.data import load_dataset
+    from vaedeploy.export import export_run
+    from vaedeploy.train import TrainConfig, train_run
+
+    root = tmp_path_factory.mktemp("bundles")
+    data = load_dataset("digits")
+    made = {}
+
+    def get(name):
+        if name not in made:
+            kind, config, exporter, precisions = BUNDLE_RUNS[name]
+            run, bundle = root / f"{name}_run", root / f"{name}_bundle"
+            train_run(kind, data, run, model_config=config, train_config=TrainConfig(epochs=1), progress=False)
+            export_run(run, bundle, exporter=exporter, precisions=precisions, max_batch=BUNDLE_MAX_BATCH)
+            made[name] = (run, bundle)
+        return made[name]
+
+    return get

@@ -1,0 +1,139 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from vaedeploy import load
+from vaedeploy.bundle import FORMAT_VERSION, load_bundle, sha256_file
+from vaedeploy.cli import main
+from vaedeploy.export import ExportError, ValidationError, export_bundle, export_graph, export_run
+from vaedeploy.export import validate as validate_module
+from vaedeploy.export.onnx_export import RANDOM_OPS
+from vaedeploy.export.validate import GraphCase, validate_graphs
+from vaedeploy.train import load_run
+
+BUNDLE_EXPORTER = {"vae": "dynamo", "vae_conv_bernoulli": "dynamo", "ae": "legacy"}
+
+
+@pytest.mark.parametrize("name", ["vae", "vae_conv_bernoulli", "ae"])
+def test_every_kind_exports_a_checked_validated_bundle(exported, name):
+    run, bundle = exported(name)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    _, config = load_run(run)
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["kind"] == config["kind"]
+    assert manifest["validation"]["passed"] and manifest["validation"]["batch_sizes"] == [1, 2, 7, 64]
+    for file, digest in manifest["files"].items():
+        assert sha256_file(bundle / file) == digest
+    assert {"encoder.onnx", "decoder.onnx", "model.safetensors", "validation.json"} <= set(manifest["files"])
+    report = json.loads((bundle / "validation.json").read_text())
+    labels = {(c["graph"], c["inputs"]) for c in report["checks"]}
+    assert labels == {("encoder", "data"), ("decoder", "encodings"), ("decoder", "normal")}
+    for role, variants in manifest["graphs"].items():
+        for precision, entry in variants.items():
+            model = onnx.load(str(bundle / entry["file"]))
+            onnx.checker.check_model(model, full_check=True)
+            assert entry["opset"] == 18 and entry["exporter"] == BUNDLE_EXPORTER[name]
+            assert all(spec["shape"][0] == "batch" for spec in entry["inputs"] + entry["outputs"])
+            assert not {n.op_type for n in model.graph.node} & RANDOM_OPS
+            props = {p.key: p.value for p in model.metadata_props}
+            assert props["kind"] == manifest["kind"] and props["role"] == role and props["precision"] == precision
+            assert json.loads(props["latent"]) == manifest["latent"]
+            # the same facts ONNX Runtime users read
+            meta = ort.InferenceSession(str(bundle / entry["file"])).get_modelmeta().custom_metadata_map
+            assert meta["exporter"] == entry["exporter"]
+
+
+def test_fp16_graphs_are_half_precision_inside_and_validated_on_their_own(exported):
+    _, bundle = exported("vae")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    model = onnx.load(str(bundle / manifest["graphs"]["decoder"]["fp16"]["file"]))
+    weights = {onnx.helper.tensor_dtype_to_np_dtype(t.data_type) for t in model.graph.initializer}
+    assert np.dtype(np.float16) in weights and np.dtype(np.float32) not in weights
+    report = json.loads((bundle / "validation.json").read_text())
+    assert {c["precision"] for c in report["checks"]} == {"fp32", "fp16"}
+    fp16 = manifest["validation"]["worst"]["decoder.fp16.mean"]
+    assert 0 < fp16["rel_l2"] <= validate_module.TOLERANCES["fp16"]["rel_l2"]
+
+
+def test_validation_fails_hard_on_a_graph_that_disagrees_with_pytorch(exported, tmp_path):
+    run, bundle = exported("ae")
+    model, _ = load_run(run)
+    class Perturbed(nn.Module):  # the exported graph is right; its reference is off by 0.01 in the mean
+        def forward(self, z):
+            mean, logvar = model.decoder(z)
+            return mean + 1e-2, logvar
+
+    z = np.random.default_rng(0).standard_normal((64, 5), dtype=np.float32)
+    case = GraphCase("decoder", Perturbed(), ["z"], {"normal": [z]}, {"fp32": "decoder.onnx"})
+    report = validate_graphs([case], bundle, 64)
+    assert not report["passed"] and len(report["failures"]) == 4  # batch 1, 2, 7, 64
+    assert "decoder fp32 on normal at batch 1: mean max_abs=0.01" in report["failures"][0]
+    assert all(c["outputs"]["logvar"]["passed"] for c in report["checks"])
+
+
+def test_a_failed_validation_writes_no_bundle_and_exits_non_zero(exported, tmp_path, monkeypatch, capsys):
+    run, _ = exported("ae")
+    monkeypatch.setitem(validate_module.TOLERANCES, "fp32", {"max_abs": -1.0, "rel_l2": -1.0})
+    out = tmp_path / "bundle"
+    assert main(["export", str(run), "--out", str(out), "--exporter", "legacy", "--max-batch", "8"]) == 1
+    assert "validation failed" in capsys.readouterr().err
+    assert not out.exists()
+    report = json.loads((tmp_path / "bundle.failed" / "validation.json").read_text())
+    assert not report["passed"] and report["failures"]
+    with pytest.raises(ValidationError):
+        export_run(run, out, exporter="legacy", max_batch=8)
+
+
+def test_the_users_own_modules_export_validate_and_run(tmp_path):
+    class Encoder(nn.Module):  # not a vaedeploy model: x (N×3×4) → (mean, logvar)
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
+
+        def forward(self, x):
+            return self.net(x).chunk(2, dim=1)
+
+    encoder, decoder = Encoder(), nn.Sequential(nn.Linear(3, 12), nn.Sigmoid(), nn.Unflatten(1, (3, 4)))
+    out = export_bundle(encoder, decoder, latent="gaussian", example=torch.rand(10, 3, 4), out=tmp_path / "mine",
+                        max_batch=16)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kind"] == "custom" and manifest["latent"] == {"type": "gaussian", "dim": 3}
+    assert manifest["model"] is None and manifest["validation"]["batch_sizes"] == [1, 2, 7, 16]
+    rt = load(out, backend="onnxruntime")
+    z = np.random.default_rng(1).standard_normal((40, 3), dtype=np.float32)  # above max_batch: split
+    with torch.no_grad():
+        expected = decoder(torch.from_numpy(z)).numpy()
+    np.testing.assert_allclose(rt.decode(z), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="torch backend needs the model's weights"):
+        load(out, backend="torch")
+
+
+def test_bad_modules_and_examples_get_clear_errors(tmp_path):
+    class Noisy(nn.Module):
+        def forward(self, z):
+            return z + torch.randn_like(z)
+
+    with pytest.raises(ExportError, match="random operations"):
+        export_graph(Noisy(), (torch.zeros(2, 3),), ["z"], ["x"], tmp_path / "noisy.onnx", exporter="legacy")
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        export_graph(nn.Linear(3, 3), (torch.zeros(1, 3),), ["z"], ["x"], tmp_path / "one.onnx")
+    with pytest.raises(ValueError, match="gaussian encoder must return 2 tensor"):
+        export_bundle(nn.Linear(3, 2), nn.Linear(2, 3), latent="gaussian", example=torch.zeros(4, 3),
+                      out=tmp_path / "b")
+    with pytest.raises(ValueError, match="latent type must be one of"):
+        export_bundle(nn.Linear(3, 2), nn.Linear(2, 3), latent="vq", example=torch.zeros(4, 3), out=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_re_export_replaces_a_bundle_atomically(exported, tmp_path):
+    run, _ = exported("ae")
+    out = tmp_path / "bundle"
+    export_run(run, out, exporter="legacy", max_batch=4)
+    first = load_bundle(out).manifest["files"]
+    export_run(run, out, exporter="legacy", max_batch=8)
+    assert load_bundle(out).manifest["max_batch"] == 8 and load_bundle(out).manifest["files"] != first
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"], "a temporary directory was left behind"
