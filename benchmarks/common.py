@@ -114,6 +114,44 @@ def time_calls(
     return summarize(times)
 
 
+def time_interleaved(
+    calls: dict[str, Callable[[object], object]],
+    inputs: dict[str, Sequence[object]],
+    *,
+    block: int = 50,
+    warmup: int = 10,
+    iters: int = 200,
+    min_seconds: float = 0.0,
+) -> dict[str, dict]:
+    """Time several providers of the same work in rounds: ``block`` calls of each provider per round, the order
+    rotating from round to round, until each has ``iters`` calls and ``min_seconds`` have passed.
+
+    On a machine shared with other work, a slow moment then hits every provider alike, so their ratios stay fair.
+    Blocks rather than single alternating calls: thread pools (ONNX Runtime's, OpenMP's) spin for a while after a
+    call, and would steal the cores of the next provider. ``inputs[name]`` are rotated like ``time_calls`` does.
+    Returns name → ``summarize`` figures.
+    """
+    names = list(calls)
+    for name in names:
+        for i in range(warmup):
+            calls[name](inputs[name][i % len(inputs[name])])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    started = time.perf_counter()
+    done, rounds = 0, 0
+    while done < iters or time.perf_counter() - started < min_seconds:
+        for k in range(len(names)):
+            name = names[(rounds + k) % len(names)]
+            call, xs, out = calls[name], inputs[name], times[name]
+            for i in range(done, done + block):
+                x = xs[i % len(xs)]
+                t0 = time.perf_counter()
+                call(x)
+                out.append(time.perf_counter() - t0)
+        done += block
+        rounds += 1
+    return {name: summarize(t) for name, t in times.items()}
+
+
 def write_rows(name: str, rows: list[dict], *, meta: dict | None = None) -> Path:
     """Write `benchmarks/results/<name>.json` atomically: the machine, when, and one row per measurement."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

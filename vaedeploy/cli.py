@@ -1,4 +1,4 @@
-"""The `vaedeploy` command: train, eval, plot, demo."""
+"""The `vaedeploy` command: train, eval, plot, export, demo."""
 from __future__ import annotations
 
 import argparse
@@ -89,22 +89,66 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _demo_runtime(run: Path, out: Path, data) -> list[Path]:
+    """Export the demo VAE, load it with backend="auto" and use every runtime call; returns the pictures drawn."""
+    import numpy as np
+
+    from . import load
+    from .export import export_run
+    from .plots import plot_grid, plot_reconstructions
+
+    bundle = export_run(run, out / "vae_bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    worst = manifest["validation"]["worst"]
+    print(f"      {bundle}: {', '.join(sorted(manifest['files']))}; ONNX Runtime matches PyTorch at batch sizes "
+          f"{manifest['validation']['batch_sizes']} (worst relative L2 error {max(w['rel_l2'] for w in worst.values()):.1g})")
+    runtime = load(bundle, backend="auto")
+    x = data.evaluation_inputs("test")
+    z = runtime.encode(x, seed=0)
+    recon = runtime.reconstruct(x)
+    samples = runtime.sample(100, seed=0)
+    print(f"      {runtime}: encode {x.shape} → z {z.shape}; reconstruct MSE/pixel {np.mean((recon - x) ** 2):.5f}; "
+          f"sample(100, seed=0) {samples.shape}, the same again with the same seed: "
+          f"{bool(np.array_equal(samples, runtime.sample(100, seed=0)))}")
+    return [
+        plot_grid(samples, out / "runtime_samples.png", "samples through the ONNX Runtime bundle"),
+        plot_reconstructions(x[:10], recon[:10], out / "runtime_reconstructions.png",
+                             "test images (top) and their reconstructions through the bundle"),
+    ]
+
+
+def _demo_benchmark(bundle: Path, out: Path) -> None:
+    """Print the CPU benchmark table for the demo bundle (a short run; the committed figures are in README)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "runtime_cpu.py"
+    if not script.exists():
+        print("      benchmarks/runtime_cpu.py is not part of this install; see README for the figures")
+        return
+    subprocess.run([sys.executable, str(script), "--bundle", str(bundle), "--quick", "--json",
+                    str(out / "benchmark_runtime_cpu.json")], check=True)
+
+
 def cmd_demo(args) -> int:
     from .data import load_dataset
-    from .evaluate import evaluate_run, summary_line
+    from .evaluate import evaluate_run
     from .plots import plot_run
     from .train import TrainConfig, train_run
 
     out = Path(args.out)
     started = time.perf_counter()
     data = load_dataset("digits")
-    print(f"[1/3] training a VAE on digits ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
+    print(f"[1/5] training a VAE on digits ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
           f"images, 8×8) for at most {args.seconds:g} s")
     train_run("vae", data, out / "vae", train_config=TrainConfig(epochs=500, max_seconds=args.seconds, patience=30))
-    print("[2/3] evaluating on the test split (importance sampling with 1,000 samples)")
+    print("[2/5] evaluating on the test split (importance sampling with 1,000 samples)")
     results = evaluate_run(out / "vae")
-    print("[3/3] drawing samples, reconstructions and the latent space")
+    print("[3/5] drawing samples, reconstructions and the latent space")
     pictures = plot_run(out / "vae")
+    print("[4/5] exporting to an ONNX bundle, validating, and running it through vaedeploy.load(backend='auto')")
+    pictures += _demo_runtime(out / "vae", out, data)
+    print("[5/5] timing encode and decode: PyTorch eager, raw onnxruntime session.run, the vaedeploy runtime")
+    _demo_benchmark(out / "vae_bundle", out)
     rows = [
         ("ELBO (nats/image)", f"{results['elbo']:.1f}"),
         ("log-likelihood, IW k=1000", f"{results['log_likelihood_iw']:.1f}"),
@@ -119,7 +163,7 @@ def cmd_demo(args) -> int:
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
     print("\nfiles:")
-    for path in [out / "vae" / "model.safetensors", out / "vae" / "eval.json", *pictures]:
+    for path in [out / "vae" / "model.safetensors", out / "vae" / "eval.json", out / "vae_bundle", *pictures]:
         print(f"  {path}")
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0
@@ -178,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-batch", type=int, default=1024, help="largest batch validated (default 1024)")
     export.set_defaults(func=cmd_export)
 
-    demo = sub.add_parser("demo", help="train, evaluate and plot a VAE on the embedded digits")
+    demo = sub.add_parser("demo", help="train, evaluate, plot, export and serve a VAE on the embedded digits")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--seconds", type=float, default=30.0, help="training time (default 30)")
     demo.set_defaults(func=cmd_demo)

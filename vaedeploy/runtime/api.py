@@ -74,6 +74,10 @@ class Runtime:
         return (f"Runtime({self.bundle.root}, kind={self.kind}, backend={self.backend}, device={self.device}, "
                 f"precision={self.precision})")
 
+    def runner(self, role: str):
+        """The backend's runner of one graph (``encoder`` or ``decoder``), e.g. to time its raw session."""
+        return {"encoder": self._encoder, "decoder": self._decoder}[role]
+
     # ---- conversion between what the caller gives and what the backend runs on -------------------------------
 
     def _take(self, x, trailing: tuple, name: str):
@@ -97,7 +101,7 @@ class Runtime:
             x = x.detach()
         else:
             raise InputError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
-        if tuple(x.shape[1:]) != trailing or x.ndim == 0:
+        if x.shape[1:] != trailing:
             raise InputError(f"{name}: expected shape N×{_shape_text(trailing)}, got {_shape_text(x.shape)}"
                              + (" (add a batch axis)" if tuple(x.shape) == trailing else ""))
         if x.shape[0] == 0:
@@ -169,7 +173,8 @@ class Runtime:
     def encode_params(self, x):
         """The encoder's outputs for images x (N × input shape): ``(mean, logvar)``, or ``(z,)`` for an AE."""
         x, back = self._take(x, self.input_shape, "x")
-        return tuple(back(p) for p in self._run(self._encoder, x))
+        params = self._run(self._encoder, x)
+        return tuple(params) if back is _same else tuple(back(p) for p in params)
 
     def encode(self, x, seed: int | None = None):
         """A latent z (N × latent_dim) per image: a draw from q(z|x) (``seed`` fixes it; None draws a fresh seed),
