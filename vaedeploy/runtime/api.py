@@ -92,7 +92,8 @@ class Runtime:
             if x.dtype is not _FLOAT32:
                 if x.dtype.type not in _CASTABLE:
                     raise InputError(f"{name}: expected float32 values (float16/float64 are converted), got {x.dtype}")
-                x = x.astype(np.float32)
+                with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes Inf, refused below
+                    x = x.astype(np.float32)
             back = _same
         elif _is_torch_tensor(x):
             if not x.is_floating_point():
