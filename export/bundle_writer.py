@@ -8,6 +8,7 @@ its entry with more roles (``prior``, per-stage graphs) and files (``codebook.np
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import os
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from torch import nn
 
 from vaedeploy import __version__
 from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, PRECISIONS, sha256_file
-from vaedeploy.io import save_tensors, write_json
+from vaedeploy.io import atomic_write_bytes, save_tensors, write_json
 
 from .onnx_export import DEFAULT_OPSET, HalfPrecision, export_graph
 from .validate import GraphCase, ValidationError, summary, validate_graphs
@@ -77,6 +78,8 @@ def export_bundle(
     opset: int = DEFAULT_OPSET,
     precisions: tuple[str, ...] = ("fp32",),
     max_batch: int = DEFAULT_MAX_BATCH,
+    extra_graphs: tuple[GraphCase, ...] = (),
+    extra_arrays: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Export ``encoder`` and ``decoder`` to the bundle directory ``out``, validate it and return ``out``.
 
@@ -93,6 +96,9 @@ def export_bundle(
         exporter, opset: ``dynamo`` (default) or ``legacy``; ONNX opset, default 18.
         precisions: ``fp32`` always, plus ``fp16`` for half-precision variants validated on their own.
         max_batch: the largest batch a graph is validated at; the runtime splits larger batches.
+        extra_graphs: more graphs a kind needs (a VQ prior, per-stage graphs), each a ``GraphCase`` with its role,
+            module, input and output names and validation inputs; exported, validated and listed like the others.
+        extra_arrays: name → array written as ``name.npy`` (no pickle) and checksummed, e.g. ``codebook``.
 
     Raises ``ValidationError`` (after writing ``<out>.failed/validation.json``) when a graph disagrees with PyTorch.
     """
@@ -110,7 +116,6 @@ def export_bundle(
     latent = _latent_spec(latent, encoder, example)
     likelihood = likelihood or IDENTITY_LIKELIHOOD
     input_spec = input_spec or {"shape": list(example.shape[1:]), "dtype": "float32"}
-    encoder_outputs = ENCODER_OUTPUTS[latent["type"]]
 
     data = _rows(example.numpy(), max_batch)
     with torch.no_grad():
@@ -118,10 +123,11 @@ def export_bundle(
                           else encoder(torch.from_numpy(data)).numpy(), max_batch)
     normal = np.random.default_rng(NORMAL_SEED).standard_normal((max_batch, latent["dim"]), dtype=np.float32)
     cases = [
-        GraphCase("encoder", encoder, ["x"], {"data": [data]}),
-        GraphCase("decoder", decoder, ["z"], {"encodings": [encodings], "normal": [normal]}),
+        GraphCase("encoder", encoder, ["x"], {"data": [data]}, ENCODER_OUTPUTS[latent["type"]]),
+        GraphCase("decoder", decoder, ["z"], {"encodings": [encodings], "normal": [normal]},
+                  list(likelihood["outputs"])),
+        *extra_graphs,
     ]
-    outputs = {"encoder": encoder_outputs, "decoder": list(likelihood["outputs"])}
     facts = {"format_version": FORMAT_VERSION, "kind": kind, "input": input_spec, "latent": latent,
              "likelihood": likelihood, "vaedeploy_version": __version__}
 
@@ -133,12 +139,13 @@ def export_bundle(
     try:
         graphs: dict[str, dict] = {}
         for case in cases:
-            example_input = torch.from_numpy(case.input_sets[next(iter(case.input_sets))][0][:2].copy())
+            first_set = next(iter(case.input_sets.values()))
+            example_inputs = tuple(torch.from_numpy(a[:2].copy()) for a in first_set)
             for precision in precisions:
                 file = f"{case.role}.onnx" if precision == "fp32" else f"{case.role}.{precision}.onnx"
                 module = case.module if precision == "fp32" else HalfPrecision(case.module)
                 entry = export_graph(
-                    module, (example_input,), case.input_names, outputs[case.role], tmp / file, exporter=exporter,
+                    module, example_inputs, case.input_names, case.output_names, tmp / file, exporter=exporter,
                     opset=opset, metadata={**facts, "role": case.role, "precision": precision, "exporter": exporter},
                 )
                 graphs.setdefault(case.role, {})[precision] = entry
@@ -152,6 +159,10 @@ def export_bundle(
             raise ValidationError(
                 f"validation failed, bundle not written; report in {failed / 'validation.json'}:\n  "
                 + "\n  ".join(report["failures"][:10]), report)
+        for name, array in (extra_arrays or {}).items():
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            atomic_write_bytes(tmp / f"{name}.npy", buffer.getvalue())
         model_doc = None
         if model is not None:
             save_tensors(tmp / "model.safetensors", model["state_dict"], {"format": str(FORMAT_VERSION)})
@@ -161,6 +172,7 @@ def export_bundle(
             **facts,
             "max_batch": max_batch,
             "graphs": graphs,
+            "arrays": {name: f"{name}.npy" for name in (extra_arrays or {})},
             "model": model_doc,
             "files": files,
             "tools": _tool_versions(),
@@ -191,7 +203,8 @@ def deterministic_graphs(model) -> dict:
     return {"latent": "deterministic"}
 
 
-# kind → the latent type of its encoder (and, for kinds with more graphs, what else to export).
+# kind → a function of the trained model giving the kind's export_bundle arguments: the latent type, and for kinds
+# with more than an encoder and a decoder their ``extra_graphs`` and ``extra_arrays`` (a VQ prior and codebook, ...).
 KIND_GRAPHS = {"vae": gaussian_graphs, "ae": deterministic_graphs}
 
 

@@ -30,7 +30,7 @@ class ValidationError(RuntimeError):
 
 @dataclass
 class GraphCase:
-    """One graph to validate: its float32 PyTorch module, its input names and named input sets.
+    """One graph to export and validate: its role, float32 PyTorch module, input and output names, input sets.
 
     ``input_sets`` maps a label (``data``, ``encodings``, ``normal``) to one array per graph input, each with at least
     the bundle's maximum batch of rows; batch size b uses the first b rows.
@@ -40,7 +40,8 @@ class GraphCase:
     module: nn.Module
     input_names: list[str]
     input_sets: dict[str, list[np.ndarray]]
-    files: dict[str, str] = field(default_factory=dict)  # precision → ONNX file
+    output_names: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # precision → ONNX file, filled in by the export
 
 
 def batch_sizes(max_batch: int) -> list[int]:

@@ -6,6 +6,7 @@ Layout (DESIGN.md "The bundle")::
     encoder.onnx       x → (mean, logvar) for Gaussian latents, x → z for deterministic ones
     decoder.onnx       z → likelihood parameters
     *.fp16.onnx        half-precision variants (fp16 compute, fp32 inputs and outputs), when exported
+    NAME.npy           arrays a kind needs beside its graphs (``manifest["arrays"]``: a VQ codebook, ...)
     model.safetensors  the weights, with ``manifest["model"]`` the kind and config, for the torch backend
     validation.json    ONNX Runtime against PyTorch, per graph, precision and batch size
 
@@ -20,6 +21,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -84,6 +87,13 @@ class Bundle:
 
     def path(self, name: str) -> Path:
         return _inside(self.root, name)
+
+    def array(self, name: str) -> np.ndarray:
+        """An array the kind stores beside its graphs (``manifest["arrays"]``, e.g. a VQ codebook); never pickled."""
+        arrays = self.manifest.get("arrays", {})
+        if name not in arrays:
+            raise BundleError(f"{self.root}: no array {name!r}; this bundle has {sorted(arrays)}")
+        return np.load(_inside(self.root, arrays[name]), allow_pickle=False)
 
 
 def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:

@@ -68,7 +68,7 @@ def test_validation_fails_hard_on_a_graph_that_disagrees_with_pytorch(exported, 
             return mean + 1e-2, logvar
 
     z = np.random.default_rng(0).standard_normal((64, 5), dtype=np.float32)
-    case = GraphCase("decoder", Perturbed(), ["z"], {"normal": [z]}, {"fp32": "decoder.onnx"})
+    case = GraphCase("decoder", Perturbed(), ["z"], {"normal": [z]}, ["mean", "logvar"], {"fp32": "decoder.onnx"})
     report = validate_graphs([case], bundle, 64)
     assert not report["passed"] and len(report["failures"]) == 4  # batch 1, 2, 7, 64
     assert "decoder fp32 on normal at batch 1: mean max_abs=0.01" in report["failures"][0]
@@ -110,6 +110,24 @@ def test_the_users_own_modules_export_validate_and_run(tmp_path):
     np.testing.assert_allclose(rt.decode(z), expected, atol=1e-6)
     with pytest.raises(ValueError, match="torch backend needs the model's weights"):
         load(out, backend="torch")
+
+
+def test_a_kind_with_more_graphs_and_arrays_plugs_into_the_same_bundle(tmp_path):
+    # what a VQ or hierarchical kind adds: one more graph (here a "prior" over z) and an array beside the graphs
+    encoder, decoder, prior = nn.Sequential(nn.Flatten(), nn.Linear(6, 2)), nn.Linear(2, 6), nn.Linear(2, 4)
+    z = np.random.default_rng(0).standard_normal((8, 2), dtype=np.float32)
+    codebook = np.arange(12, dtype=np.float32).reshape(4, 3)
+    out = export_bundle(encoder, decoder, latent="deterministic", example=torch.rand(5, 2, 3), out=tmp_path / "b",
+                        max_batch=8, extra_graphs=(GraphCase("prior", prior, ["z"], {"normal": [z]}, ["logits"]),),
+                        extra_arrays={"codebook": codebook})
+    bundle = load_bundle(out)
+    assert bundle.graph("prior")["outputs"][0]["name"] == "logits"
+    assert {c["graph"] for c in json.loads((out / "validation.json").read_text())["checks"]} == {
+        "encoder", "decoder", "prior"}
+    np.testing.assert_array_equal(bundle.array("codebook"), codebook)
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        np.save(out / "codebook.npy", codebook + 1)
+        load_bundle(out)
 
 
 def test_bad_modules_and_examples_get_clear_errors(tmp_path):
