@@ -1,4 +1,4 @@
-"""One API over every backend: ``load(bundle)`` → ``encode``, ``encode_params``, ``decode``, ``sample``, ``reconstruct``.
+"""One API over every backend: `load(bundle)` → encode, encode_params, decode, sample, reconstruct.
 
 numpy arrays in give numpy arrays out; torch tensors in give tensors out on the tensor's device. The noise of
 ``encode`` and ``sample`` comes from ``vaedeploy.kernels`` and is defined by (seed, offset), not by a framework RNG:
