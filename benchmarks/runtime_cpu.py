@@ -34,8 +34,10 @@ from benchmarks.common import RESULTS_DIR, machine_info, markdown_table, time_in
 
 NAME = "runtime_cpu"
 BATCHES = (1, 64, 1024)
-ITERS = {1: 5000, 64: 1000, 1024: 100}
-BLOCK = {1: 250, 64: 50, 1024: 5}  # calls per provider per round: about 5-50 ms of one provider at a time
+ITERS = {1: 10000, 64: 2000, 1024: 150}
+# calls per provider per round, about 0.5-30 ms of one provider at a time: long enough that a thread pool's spinning
+# after a call does not land on the next provider, short enough that a busy moment on the machine hits all of them
+BLOCK = {1: 20, 64: 10, 1024: 3}
 GOALS = {"speedup_vs_eager_min": 2.5, "overhead_vs_session_run_max": 0.15}
 
 
