@@ -172,8 +172,9 @@ class _Reparameterize(torch.autograd.Function):
         ctx.save_for_backward(logvar)
         # A caller may advance seed/offset tensors in place right after the forward; the backward must regenerate the
         # noise of the forward, so it keeps its own copy (a one-element device copy, fine inside a CUDA graph).
-        ctx.seed = seed.clone() if isinstance(seed, torch.Tensor) else seed
-        ctx.offset = offset.clone() if isinstance(offset, torch.Tensor) else offset
+        if ctx.needs_input_grad[1]:
+            ctx.seed = seed.clone() if isinstance(seed, torch.Tensor) else seed
+            ctx.offset = offset.clone() if isinstance(offset, torch.Tensor) else offset
         ctx.block_size = block_size
         if eps is not None:
             ctx.mark_non_differentiable(eps)
@@ -181,6 +182,8 @@ class _Reparameterize(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dz, _deps):
+        if not ctx.needs_input_grad[1]:
+            return dz, None, None, None, None, None
         (logvar,) = ctx.saved_tensors
         dz = dz.contiguous()
         dlogvar = torch.empty_like(logvar)
