@@ -75,6 +75,17 @@ def test_validation_fails_hard_on_a_graph_that_disagrees_with_pytorch(exported, 
     assert all(c["outputs"]["logvar"]["passed"] for c in report["checks"])
 
 
+def test_the_export_command_writes_a_bundle_with_half_precision_graphs(exported, tmp_path, capsys):
+    run, _ = exported("ae")
+    out = tmp_path / "bundle"
+    assert main(["export", str(run), "--out", str(out), "--exporter", "legacy", "--precision", "fp16",
+                 "--max-batch", "8"]) == 0
+    assert f"exported ae to {out}" in capsys.readouterr().out
+    manifest = load_bundle(out).manifest
+    assert set(manifest["graphs"]["decoder"]) == {"fp32", "fp16"} and manifest["max_batch"] == 8
+    assert manifest["validation"]["passed"] and manifest["graphs"]["encoder"]["fp32"]["exporter"] == "legacy"
+
+
 def test_a_failed_validation_writes_no_bundle_and_exits_non_zero(exported, tmp_path, monkeypatch, capsys):
     run, _ = exported("ae")
     monkeypatch.setitem(validate_module.TOLERANCES, "fp32", {"max_abs": -1.0, "rel_l2": -1.0})
