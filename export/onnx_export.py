@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -82,6 +83,8 @@ def export_graph(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and torchvision notices say nothing about us
         if exporter == "dynamo":
+            # the exporter logs that torchvision's ops are not registered on every export; no graph of ours uses them
+            logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
             batch = torch.export.Dim(BATCH_AXIS, min=1, max=2**20)
             program = torch.onnx.export(
                 module, example, input_names=input_names, output_names=output_names, opset_version=opset,
