@@ -5,23 +5,30 @@ validation loss, and is evaluated on the test split by ``vaedeploy.evaluate``. W
 ``benchmarks/results/family.json`` (every figure, the machine, the checks) and prints a markdown table.
 
     python benchmarks/family.py                       # digits 60 s, mnist5k 120 s per model and stage (about 25 min)
-    python benchmarks/family.py --data digits --seconds 10 --iw-samples 100   # a quick look
+    python benchmarks/family.py --data digits --seconds 10 --iw-samples 100 --name quick   # a quick look
+    python benchmarks/family.py --kinds bivae          # re-measure one model; the other rows of the file are kept
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import markdown_table, write_rows  # noqa: E402
+from benchmarks.common import RESULTS_DIR, markdown_table, write_rows  # noqa: E402
 from vaedeploy.data import load_dataset  # noqa: E402
 from vaedeploy.evaluate import evaluate_run  # noqa: E402
 from vaedeploy.train import TrainConfig, train_run  # noqa: E402
 
 KINDS = ("vae", "bivae", "biva", "twostage")
 DEFAULT_SECONDS = {"digits": 60.0, "mnist5k": 120.0}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def checks(rows: list[dict]) -> list[dict]:
@@ -61,9 +68,10 @@ def main() -> None:
             run = Path(args.out) / data_name / kind
             cfg = TrainConfig(epochs=2000, max_seconds=seconds, patience=30, seed=0)
             _, metrics = train_run(kind, data, run, train_config=cfg, progress=False)
-            train_seconds = metrics["train_seconds"] + sum(s["train_seconds"] for s in metrics.get("stages", {}).values())
+            stages = metrics.get("stages", {}).values()
+            train_seconds = metrics["train_seconds"] + sum(s["train_seconds"] for s in stages)
             results = evaluate_run(run, iw_samples=args.iw_samples)
-            row = {"data": data_name, "kind": kind, "run": str(run), "train_seconds": train_seconds,
+            row = {"data": data_name, "kind": kind, "run": str(run), "measured": now(), "train_seconds": train_seconds,
                    "epochs": len(metrics["history"]), "stop_reason": metrics["stop_reason"],
                    **{k: results[k] for k in ("parameters", "elbo", "log_likelihood_iw", "recon_error",
                                               "active_units", "mutual_information", "sample_fd") if k in results}}
@@ -75,7 +83,12 @@ def main() -> None:
             rows.append(row)
             print(f"{data_name} {kind}: {row}", flush=True)
 
-    decided = checks(rows) if all(k in args.kinds for k in KINDS) else []
+    previous = RESULTS_DIR / f"{args.name}.json"
+    if previous.exists():  # keep the rows of models not re-measured in this call
+        fresh = {(r["data"], r["kind"]) for r in rows}
+        rows = [r for r in json.loads(previous.read_text())["rows"] if (r["data"], r["kind"]) not in fresh] + rows
+    complete = [d for d in args.data if all(any(r["data"] == d and r["kind"] == k for r in rows) for k in KINDS)]
+    decided = checks([r for r in rows if r["data"] in complete])
     path = write_rows(args.name, rows, meta={"seconds_per_stage": args.seconds or DEFAULT_SECONDS,
                                              "iw_samples": args.iw_samples, "checks": decided,
                                              "sample_fd_note": "classifier-feature Fréchet distance; not comparable "

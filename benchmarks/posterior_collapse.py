@@ -8,7 +8,7 @@ the same number of epochs from the same seed; the test split is evaluated by ``v
 Writes ``benchmarks/results/posterior_collapse.json`` and ``benchmarks/results/posterior_collapse.png`` (KL per
 dimension of each run, dimensions sorted by KL) and prints a markdown table.
 
-    python benchmarks/posterior_collapse.py                    # digits, about 3 minutes on 2 cores
+    python benchmarks/posterior_collapse.py                    # digits, about 3 minutes on 2 idle cores
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ STRONG_DECODER = {"latent_dim": 32, "hidden": [512, 512]}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="digits")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--warmup-epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--warmup-epochs", type=int, default=100)
     parser.add_argument("--free-bits", type=float, default=0.25, help="nats per dimension")
     parser.add_argument("--iw-samples", type=int, default=500)
     parser.add_argument("--out", default="runs/posterior_collapse")

@@ -69,8 +69,9 @@ def train_classifier(data: Dataset, *, epochs: int = 30, seed: int = 0) -> tuple
     return model, float((predicted == data.test.labels).mean())
 
 
-def load_or_train_classifier(data: Dataset, cache_dir: str | Path | None) -> tuple[FeatureClassifier, float]:
-    """The cached classifier of ``cache_dir`` when it was trained on this data set, else a freshly trained one."""
+def load_or_train_classifier(data: Dataset, cache_dir: str | Path | None, *,
+                             epochs: int = 30) -> tuple[FeatureClassifier, float]:
+    """The cached classifier of ``cache_dir`` when it was trained on this data set, else one trained for ``epochs``."""
     path = Path(cache_dir) / CACHE_NAME if cache_dir is not None else None
     if path is not None and path.exists():
         from safetensors import safe_open
@@ -82,7 +83,7 @@ def load_or_train_classifier(data: Dataset, cache_dir: str | Path | None) -> tup
             model = FeatureClassifier(data.dim, tensors["classify.weight"].shape[0])
             model.load_state_dict(tensors)
             return model.eval(), float(meta["test_accuracy"])
-    model, accuracy = train_classifier(data)
+    model, accuracy = train_classifier(data, epochs=epochs)
     if path is not None:
         save_tensors(path, model.state_dict(), {"data": _cache_key(data), "test_accuracy": repr(accuracy)})
     return model, accuracy

@@ -90,7 +90,7 @@ class BIVAEncoder(nn.Module):
         self.bottom_up = nn.ModuleList(
             mlp([self.trunk.out_features if i == 1 else width, width], cfg.activation) for i in range(1, len(dims))
         )
-        self.top_head = nn.Linear(width if len(dims) > 1 else self.trunk.out_features, 2 * dims[-1])
+        self.top_head = nn.Linear(width, 2 * dims[-1])
         self.combine = nn.ModuleList(
             nn.Sequential(mlp([(self.trunk.out_features if i == 0 else width) + width, width], cfg.activation),
                           nn.Linear(width, 2 * dims[i]))

@@ -1,9 +1,10 @@
 """Bidirectional VAE with tied weights (after Adigun & Kosko): the decoder runs the encoder's matrices backwards.
 
 Encoding is the forward pass x → h_1 → … → h_L → (mean, logvar); decoding is the backward pass through the same
-matrices, z → h_L → … → h_1 → x, with ``F.linear(h, W.t())``. Only the biases and a per-pixel output head (a scale
-and a shift for each likelihood parameter) belong to the decoder, so the model has about half the parameters of a
-``vae`` of the same widths. The mean half of the encoder's output layer is the decoder's first matrix.
+matrices, z → h_L → … → h_1 → x, with ``F.linear(h, W.t())``. Only the biases and the output heads belong to the
+decoder: a per-pixel scale and shift for each likelihood parameter, and for the Gaussian a low-rank log-variance
+head on h_1 (so the variance need not follow the mean). The model has about half the parameters of a ``vae`` of
+the same widths. The mean half of the encoder's output layer is the decoder's first matrix.
 
 For export, ``decoder.standalone()`` returns a decoder that holds its own copy of the transposed weights, so the
 decoder graph can be traced, shipped and run without the encoder.
@@ -34,6 +35,8 @@ class BiVAEConfig:
         activation: ``relu``, ``silu``, ``tanh`` or ``elu``. Default ``silu``.
         likelihood: ``gaussian`` (learned diagonal variance) or ``bernoulli``. Default ``gaussian``.
         min_logvar: soft floor of the decoder's log-variance, ``gaussian`` only. Default -8.
+        logvar_rank: rank of the untied log-variance head on h_1, ``gaussian`` only (0: the log-variance is a
+            per-pixel affine function of the tied output, like the mean). Default 32.
     """
 
     input_shape: tuple[int, int, int] = (1, 8, 8)
@@ -44,6 +47,7 @@ class BiVAEConfig:
     activation: str = "silu"
     likelihood: str = "gaussian"
     min_logvar: float = -8.0
+    logvar_rank: int = 32
 
 
 class TiedDecoder(nn.Module):
@@ -67,6 +71,9 @@ class TiedDecoder(nn.Module):
         params = len(self.likelihood.names)
         self.head_scale = nn.Parameter(torch.ones(params, pixels))
         self.head_shift = nn.Parameter(torch.zeros(params, pixels))
+        gaussian_rank = cfg.logvar_rank if cfg.likelihood == "gaussian" else 0
+        self.logvar_head = nn.Sequential(nn.Linear(cfg.hidden[0], gaussian_rank), nn.Linear(gaussian_rank, pixels)) \
+            if gaussian_rank > 0 else None
         inputs = [cfg.latent_dim, *reversed(cfg.hidden)]
         self.transposed = nn.ParameterList(
             [] if encoder is not None else [nn.Parameter(torch.empty(i, o)) for i, o in zip(inputs, widths)]
@@ -84,11 +91,13 @@ class TiedDecoder(nn.Module):
     def forward(self, z: Tensor) -> tuple[Tensor, ...]:
         h = z
         weights = self.transposed_weights()
-        for i, (weight, bias) in enumerate(zip(weights, self.biases)):
-            h = F.linear(h, weight.t(), bias)
-            if i < len(weights) - 1:
-                h = self.act(h)
-        raw = h[:, None, :] * self.head_scale + self.head_shift  # N × params × pixels
+        for weight, bias in zip(weights[:-1], self.biases):
+            h = self.act(F.linear(h, weight.t(), bias))
+        h_1 = h
+        out = F.linear(h_1, weights[-1].t(), self.biases[-1])
+        raw = out[:, None, :] * self.head_scale + self.head_shift  # N × params × pixels
+        if self.logvar_head is not None:
+            raw = torch.cat([raw[:, :1], raw[:, 1:] + self.logvar_head(h_1)[:, None]], 1)
         return self.likelihood.params(raw.reshape(z.shape[0], -1, *self.cfg.input_shape[1:]))
 
     def standalone(self) -> "TiedDecoder":
@@ -97,8 +106,8 @@ class TiedDecoder(nn.Module):
         with torch.no_grad():
             for target, source in zip(copy.transposed, self.transposed_weights()):
                 target.copy_(source)
-            copy.load_state_dict({k: v for k, v in self.state_dict().items()}, strict=False)
-        return copy.eval() if not self.training else copy
+            copy.load_state_dict(self.state_dict(), strict=False)  # biases and head; `transposed` is set above
+        return copy.train(self.training)
 
 
 class BiVAE(VAE):
@@ -110,8 +119,8 @@ class BiVAE(VAE):
     def __init__(self, config: BiVAEConfig):
         if config.backbone != "mlp":
             raise ValueError(f"bivae ties dense layers only: backbone must be 'mlp', got {config.backbone!r}")
-        if config.input_shape[0] * config.input_shape[1] * config.input_shape[2] < 1 or not config.hidden:
+        if not config.hidden:
             raise ValueError(f"bivae needs at least one hidden layer, got hidden={config.hidden!r}")
-        super(VAE, self).__init__(config)
+        super(VAE, self).__init__(config)  # Model.__init__: the VAE's own untied decoder is not built
         self.encoder = GaussianEncoder(config)
         self.decoder = TiedDecoder(config, self.encoder)

@@ -2,9 +2,9 @@
 
 Stage 1 is the Gaussian ``vae`` on x with its learned decoder variance. Its aggregate posterior q(z) usually does
 not match the N(0, I) it is sampled from, which is where blurry or broken samples come from. Stage 2 is a small VAE
-on the stage-1 latents z ~ q(z|x), with a learned scalar output variance γ, trained after stage 1 in the same run
-directory; its own latents u then follow N(0, I) far more closely. Sampling is u ~ N(0, I) → stage-2 decoder mean
-→ z → stage-1 decoder mean.
+on the stage-1 latents z ~ q(z|x), with a learned output variance γ (one per dimension), trained after stage 1 in the same run
+directory; its own latents u then follow N(0, I) far more closely. Sampling is u ~ N(0, I) → z ~ p(z|u) (Dai & Wipf
+take the mean; γ is small once trained, and drawing keeps the model honest where it is not) → stage-1 decoder mean.
 
 ``encoder`` and ``decoder`` are stage 1's (x ↔ z); ``stage2.encoder`` (z → u) and ``stage2.decoder`` (u → z) are
 separate modules, so export can ship u → z and z → x as two graphs. ``elbo`` and ``log_likelihood_iw`` are stage 1's
@@ -41,6 +41,8 @@ class TwoStageConfig:
         stage2_latent_dim: size of u; 0 means the same as ``latent_dim`` (Dai & Wipf). Default 0.
         stage2_hidden: stage-2 dense widths, both directions. Default (256, 256).
         stage2_min_logvar: floor of the stage-2 log γ, so z's density stays bounded. Default -10.
+        stage2_init_log_gamma: starting value of the stage-2 log γ. Small, so stage 2 must first explain z through
+            u; started at γ = 1 it settles at once on p(z|u) = N(constant, I) and ignores u (collapse). Default -4.
     """
 
     input_shape: tuple[int, int, int] = (1, 8, 8)
@@ -54,16 +56,21 @@ class TwoStageConfig:
     stage2_latent_dim: int = 0
     stage2_hidden: tuple[int, ...] = (256, 256)
     stage2_min_logvar: float = -10.0
+    stage2_init_log_gamma: float = -4.0
 
 
 class LatentDecoder(nn.Module):
-    """u → (mean, log γ) of p(z|u): an unbounded mean and one learned variance γ shared by every dimension."""
+    """u → (mean, log γ) of p(z|u): an unbounded mean and a learned variance γ_d per dimension of z.
 
-    def __init__(self, latent_dim: int, out_dim: int, hidden, act: str, min_logvar: float):
+    Dai & Wipf share one γ; with a stage 1 whose unused dimensions carry pure N(0, 1) noise, one γ cannot be small on
+    the used dimensions and 1 on the others, and stage 2 collapses. One γ per dimension can.
+    """
+
+    def __init__(self, latent_dim: int, out_dim: int, hidden, act: str, min_logvar: float, init_log_gamma: float):
         super().__init__()
         self.likelihood = GaussianLikelihood(min_logvar)  # for log_prob and mean; its sigmoid is not used here
         self.body = nn.Sequential(mlp([latent_dim, *reversed(hidden)], act), nn.Linear(hidden[0], out_dim))
-        self.log_gamma = nn.Parameter(torch.zeros(()))
+        self.log_gamma = nn.Parameter(torch.full((out_dim,), float(init_log_gamma)))
         self.min_logvar = min_logvar
 
     def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,10 +88,10 @@ class LatentVAE(VAE):
         d = config.latent_dim
         inner = VAEConfig(input_shape=(1, 1, d), latent_dim=config.stage2_latent_dim or d, backbone="mlp",
                           hidden=config.stage2_hidden, activation=config.activation)
-        super(VAE, self).__init__(inner)
+        super(VAE, self).__init__(inner)  # Model.__init__: the decoder is the latent one below, not the image one
         self.encoder = GaussianEncoder(inner)
         self.decoder = LatentDecoder(inner.latent_dim, d, config.stage2_hidden, config.activation,
-                                     config.stage2_min_logvar)
+                                     config.stage2_min_logvar, config.stage2_init_log_gamma)
 
 
 class TwoStage(VAE):
@@ -98,9 +105,10 @@ class TwoStage(VAE):
         self.stage2 = LatentVAE(config)
 
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
-        """u ~ N(0, T² I) → z = stage-2 decoder mean → stage-1 decoder mean."""
+        """u ~ N(0, T² I) → z ~ p(z|u) = N(mean, γ) → stage-1 decoder mean."""
         u = temperature * torch.randn(n, self.stage2.config.latent_dim, generator=generator)
-        z = self.stage2.decoder(u)[0]
+        mean, log_gamma = self.stage2.decoder(u)
+        z = mean + temperature * torch.exp(0.5 * log_gamma) * torch.randn(mean.shape, generator=generator)
         return self.decoder.likelihood.mean(self.decoder(z))
 
     def sample_stage1(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
@@ -115,7 +123,8 @@ class TwoStage(VAE):
         """Stage-1 posterior parameters [mean, logvar] (N × 2d) of prepared inputs, what stage 2 trains on."""
         was_training = self.training
         self.eval()
-        rows = [torch.cat(self.encoder(torch.from_numpy(x[i : i + batch_size])), 1) for i in range(0, len(x), batch_size)]
+        rows = [torch.cat(self.encoder(torch.from_numpy(x[i : i + batch_size])), 1)
+                for i in range(0, len(x), batch_size)]
         self.train(was_training)
         return torch.cat(rows).numpy()
 
