@@ -68,15 +68,34 @@ def test_bivae_weights_are_stored_once_and_the_standalone_decoder_owns_its_copy(
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_bivae_standalone_decoder_exports_to_onnx_alone(tmp_path):
+def _graphs_for_export():
+    """(name, module, example inputs) for every graph export will trace on its own: tensors in, tensors out."""
+    bivae = build_model("bivae", TINY)
+    biva = build_model("biva", TINY_BIVA)
+    twostage = build_model("twostage", TINY_TWOSTAGE)
+    noise = tuple(torch.randn(3, d) for d in (4, 3, 2))
+    return [
+        ("bivae decoder", bivae.decoder.standalone(), (torch.randn(3, 4),)),
+        ("biva encoder", biva.encoder, (torch.rand(3, 1, 8, 8), *noise)),
+        ("biva decoder", biva.decoder, noise),
+        ("twostage stage-2 decoder", twostage.stage2.decoder, (torch.randn(3, 4),)),
+        ("twostage stage-1 decoder", twostage.decoder, (torch.randn(3, 4),)),
+    ]
+
+
+@pytest.mark.slow
+def test_every_family_graph_exports_to_onnx_alone_and_matches_pytorch(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
-    decoder = build_model("bivae", TINY).decoder.standalone().eval()
-    z = torch.randn(3, 4)
-    path = tmp_path / "decoder.onnx"
-    torch.onnx.export(decoder, (z,), path, input_names=["z"], output_names=["mean", "logvar"], dynamo=True)
-    outputs = onnxruntime.InferenceSession(str(path)).run(None, {"z": z.numpy()})
-    for got, want in zip(outputs, decoder(z)):
-        np.testing.assert_allclose(got, want.detach().numpy(), atol=1e-5)
+    for i, (name, module, inputs) in enumerate(_graphs_for_export()):
+        module.eval()
+        path = tmp_path / f"graph{i}.onnx"
+        torch.onnx.export(module, inputs, path, dynamo=True)
+        session = onnxruntime.InferenceSession(str(path))
+        feeds = {spec.name: x.numpy() for spec, x in zip(session.get_inputs(), inputs)}
+        with torch.no_grad():
+            expected = module(*inputs)
+        for got, want in zip(session.run(None, feeds), expected):
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-5, err_msg=name)
 
 
 def test_bivae_refuses_a_conv_backbone():
@@ -191,10 +210,10 @@ def test_eval_reports_collapse_figures_per_layer_for_biva(digits, fd_classifier)
 @pytest.mark.parametrize("kind", ["bivae", "biva", "twostage"])
 def test_cli_trains_evaluates_and_plots_every_family_model(tmp_path, kind, fd_classifier):
     run = str(tmp_path / kind)
-    assert main(["train", kind, "--data", "digits", "--epochs", "25", "--patience", "0", "--out", run,
+    assert main(["train", kind, "--data", "digits", "--epochs", "25", "--patience", "0", "--hidden", "64", "--out", run,
                  "--no-progress"]) == 0
     shutil.copy(fd_classifier, run)
-    assert main(["eval", run, "--iw-samples", "100"]) == 0
+    assert main(["eval", run, "--iw-samples", "50", "--elbo-samples", "2"]) == 0
     results = json.loads((tmp_path / kind / "eval.json").read_text())
     # an untrained model scores far below 0 nats per digit; 25 epochs lift every kind well above it
     assert results["log_likelihood_iw"] > 10.0, results["log_likelihood_iw"]
