@@ -33,8 +33,11 @@ def ppca_baseline(data: Dataset, n_components: int) -> float:
 
 @torch.no_grad()
 def evaluate_model(model: Model, data: Dataset, *, iw_samples: int = 1000, elbo_samples: int = 10,
-                   batch_size: int = 200, seed: int = 0) -> dict:
-    """Evaluation figures of ``model`` on the test split of ``data`` (prepared with a fixed seed)."""
+                   batch_size: int = 200, seed: int = 0, fd_cache: str | os.PathLike | None = None) -> dict:
+    """Evaluation figures of ``model`` on the test split of ``data`` (prepared with a fixed seed).
+
+    ``fd_cache`` is where the sample-FD feature classifier is cached (the run directory); None trains it afresh.
+    """
     model.eval()
     torch.manual_seed(seed)
     x = torch.from_numpy(data.evaluation_inputs("test"))
@@ -58,6 +61,10 @@ def evaluate_model(model: Model, data: Dataset, *, iw_samples: int = 1000, elbo_
             "iw_samples": iw_samples,
         })
     results.update(model.diagnostics(x))
+    if model.samplers() and data.train.labels is not None:
+        from .fid import sample_fd
+
+        results.update(sample_fd(model.samplers(), data, cache_dir=fd_cache, seed=seed))
     latent_dim = getattr(model.config, "latent_dim", None)
     if latent_dim:
         baseline = ppca_baseline(data, latent_dim)
@@ -72,14 +79,15 @@ def evaluate_run(run_dir: str | os.PathLike, *, iw_samples: int = 1000, elbo_sam
     """Evaluate a run directory and write ``eval.json`` beside its weights."""
     model, config = load_run(run_dir)
     results = {"run": str(run_dir), **evaluate_model(model, load_from_spec(config["data"]),
-                                                      iw_samples=iw_samples, elbo_samples=elbo_samples)}
+                                                      iw_samples=iw_samples, elbo_samples=elbo_samples,
+                                                      fd_cache=run_dir)}
     write_json(Path(run_dir) / "eval.json", results)
     return results
 
 
 def summary_line(results: dict) -> str:
     """The figures a person looks at first, on one line."""
-    keys = ("elbo", "log_likelihood_iw", "baseline_ppca_log_likelihood", "recon_error", "active_units")
+    keys = ("elbo", "log_likelihood_iw", "baseline_ppca_log_likelihood", "recon_error", "active_units", "sample_fd")
     parts = [f"{k}={results[k]:.4g}" if isinstance(results[k], float) else f"{k}={results[k]}"
              for k in keys if k in results]
     return " ".join(parts) if parts else "(no figures)"

@@ -125,3 +125,18 @@ def plot_run(run_dir: str | Path, *, n_samples: int = 100, seed: int = 0) -> lis
         written.append(plot_latent_space(means, data.test.labels, run_dir / "latent_space.png",
                                          f"{title}: latent means of the test split"))
     return written
+
+
+def plot_grouped_bars(series: dict[str, list[float]], path: str | Path, title: str, xlabel: str,
+                      ylabel: str) -> Path:
+    """One bar per index for each named series, side by side (e.g. KL per latent dimension of several runs)."""
+    plt = _pyplot()
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * max(len(v) for v in series.values()) * len(series) ** 0.5), 3.8))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar(np.arange(len(values)) + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)

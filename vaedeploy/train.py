@@ -293,6 +293,10 @@ def train_run(
             "vaedeploy_version": __version__,
         })
     metrics = fit(model, data.train.raw, data.val.raw, data.prepare, cfg, out, resume=resume, progress=progress)
+    # later stages (the two-stage VAE's second VAE, a learned prior) train on what the main stage learned
+    extra = model.fit_extra_stages(data, cfg, out, resume=resume, progress=progress)
+    if extra:
+        metrics = {**metrics, "stages": extra}
     return model, metrics
 
 

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from .ae import AE
 from .base import Model
+from .biva import BIVA
+from .bivae import BiVAE
+from .twostage import TwoStage
 from .vae import VAE
 
-MODELS: dict[str, type[Model]] = {cls.kind: cls for cls in (AE, VAE)}
+MODELS: dict[str, type[Model]] = {cls.kind: cls for cls in (AE, VAE, BiVAE, BIVA, TwoStage)}
 
 
 def model_class(kind: str) -> type[Model]:

@@ -153,6 +153,18 @@ class Model(nn.Module):
         """k × N log weights log p(x, z) - log q(z | x) with z ~ q(z | x)."""
         raise NotImplementedError
 
+    def samplers(self) -> dict:
+        """Named ways to draw n images (``name -> fn(n, generator=)``) whose sample quality eval reports."""
+        return {"sample_fd": self.sample} if self.has_prior else {}
+
+    def fit_extra_stages(self, data, train_config, run_dir, *, resume: bool = False, progress: bool = True) -> dict:
+        """Train stages that come after the main ``fit`` (a second VAE, a prior); returns their metrics by stage.
+
+        Called by ``train_run``; a stage trains with ``train.fit(..., stage=NAME)`` so it gets its own progress bar,
+        checkpoint and metrics, and the model then saves itself whole into ``model.safetensors``.
+        """
+        return {}
+
 
 def config_from_dict(cls: type, values: dict):
     """Rebuild a config dataclass from JSON, turning lists back into tuples and refusing unknown keys."""

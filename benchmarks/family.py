@@ -1,0 +1,108 @@
+"""The family's "done when" figures: vae, bivae, biva and twostage trained for the same time on digits and mnist5k.
+
+Each model trains for at most ``--seconds`` per stage (two-stage: stage 1, then stage 2), early-stopping on the
+validation loss, and is evaluated on the test split by ``vaedeploy.evaluate``. Writes
+``benchmarks/results/family.json`` (every figure, the machine, the checks) and prints a markdown table.
+
+    python benchmarks/family.py                       # digits 60 s, mnist5k 120 s per model and stage (about 25 min)
+    python benchmarks/family.py --data digits --seconds 10 --iw-samples 100 --name quick   # a quick look
+    python benchmarks/family.py --kinds bivae          # re-measure one model; the other rows of the file are kept
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import RESULTS_DIR, markdown_table, write_rows  # noqa: E402
+from vaedeploy.data import load_dataset  # noqa: E402
+from vaedeploy.evaluate import evaluate_run  # noqa: E402
+from vaedeploy.train import TrainConfig, train_run  # noqa: E402
+
+KINDS = ("vae", "bivae", "biva", "twostage")
+DEFAULT_SECONDS = {"digits": 60.0, "mnist5k": 120.0}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def checks(rows: list[dict]) -> list[dict]:
+    """The issue's criteria, each with the figures it was decided on."""
+    out = []
+    for data in sorted({r["data"] for r in rows}):
+        by = {r["kind"]: r for r in rows if r["data"] == data}
+        vae, bivae, biva, two = by["vae"], by["bivae"], by["biva"], by["twostage"]
+        ratio = bivae["parameters"] / vae["parameters"]
+        gap = abs(bivae["log_likelihood_iw"] - vae["log_likelihood_iw"]) / abs(vae["log_likelihood_iw"])
+        out += [
+            {"data": data, "check": "bivae parameters <= 55% of vae", "value": ratio, "passed": ratio <= 0.55},
+            {"data": data, "check": "bivae IW log-likelihood within 5% of vae", "value": gap, "passed": gap <= 0.05},
+            {"data": data, "check": "biva IW log-likelihood > vae", "value": biva["log_likelihood_iw"] -
+             vae["log_likelihood_iw"], "passed": biva["log_likelihood_iw"] > vae["log_likelihood_iw"]},
+            {"data": data, "check": "twostage sample_fd < its stage 1 from N(0, I)", "value": two["sample_fd"] -
+             two["stage1_sample_fd"], "passed": two["sample_fd"] < two["stage1_sample_fd"]},
+        ]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", nargs="+", default=["digits", "mnist5k"])
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS))
+    parser.add_argument("--seconds", type=float, help="training time per model and stage (default per data set)")
+    parser.add_argument("--iw-samples", type=int, default=1000)
+    parser.add_argument("--out", default="runs/family")
+    parser.add_argument("--name", default="family", help="results file name under benchmarks/results/")
+    args = parser.parse_args()
+
+    rows = []
+    for data_name in args.data:
+        data = load_dataset(data_name)
+        seconds = args.seconds or DEFAULT_SECONDS.get(data_name, 60.0)
+        for kind in args.kinds:
+            run = Path(args.out) / data_name / kind
+            cfg = TrainConfig(epochs=2000, max_seconds=seconds, patience=30, seed=0)
+            _, metrics = train_run(kind, data, run, train_config=cfg, progress=False)
+            stages = metrics.get("stages", {}).values()
+            train_seconds = metrics["train_seconds"] + sum(s["train_seconds"] for s in stages)
+            results = evaluate_run(run, iw_samples=args.iw_samples)
+            row = {"data": data_name, "kind": kind, "run": str(run), "measured": now(), "train_seconds": train_seconds,
+                   "epochs": len(metrics["history"]), "stop_reason": metrics["stop_reason"],
+                   **{k: results[k] for k in ("parameters", "elbo", "log_likelihood_iw", "recon_error",
+                                              "active_units", "mutual_information", "sample_fd") if k in results}}
+            if "stage1_sample_fd" in results:
+                row["stage1_sample_fd"] = results["stage1_sample_fd"]
+            if "layers" in results:
+                row["active_units_per_layer"] = [layer["active_units"] for layer in results["layers"]]
+                row["kl_per_layer"] = [layer["kl"] for layer in results["layers"]]
+            rows.append(row)
+            print(f"{data_name} {kind}: {row}", flush=True)
+
+    previous = RESULTS_DIR / f"{args.name}.json"
+    if previous.exists():  # keep the rows of models not re-measured in this call
+        fresh = {(r["data"], r["kind"]) for r in rows}
+        rows = [r for r in json.loads(previous.read_text())["rows"] if (r["data"], r["kind"]) not in fresh] + rows
+    complete = [d for d in args.data if all(any(r["data"] == d and r["kind"] == k for r in rows) for k in KINDS)]
+    decided = checks([r for r in rows if r["data"] in complete])
+    path = write_rows(args.name, rows, meta={"seconds_per_stage": args.seconds or DEFAULT_SECONDS,
+                                             "iw_samples": args.iw_samples, "checks": decided,
+                                             "sample_fd_note": "classifier-feature Fréchet distance; not comparable "
+                                                               "with Inception FID"})
+    print(markdown_table(
+        ["data", "model", "parameters", "train s", "ELBO", "IW log-lik", "active units", "sample FD", "stage-1 FD"],
+        [[r["data"], r["kind"], r["parameters"], r["train_seconds"], r["elbo"], r["log_likelihood_iw"],
+          r.get("active_units_per_layer", r["active_units"]), r["sample_fd"], r.get("stage1_sample_fd", "")]
+         for r in rows]))
+    if decided:
+        print(markdown_table(["data", "check", "value", "passed"],
+                             [[c["data"], c["check"], c["value"], c["passed"]] for c in decided]))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

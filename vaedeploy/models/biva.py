@@ -1,0 +1,231 @@
+"""A small hierarchical VAE with bidirectional inference, after BIVA (Maaløe et al. 2019).
+
+Layer 1 is next to x, layer L on top. Three paths:
+
+- bottom-up (deterministic): d_1 = trunk(x), d_i = f_i(d_{i-1});
+- top-down generative: p(z_L) = N(0, I); t_i = g_i(z_{i+1}, t_{i+1}) (a skip connection carries t_{i+1} down);
+  p(z_i | z_{>i}) = N(head(t_i)); p(x | z_1, …, z_L) sees every layer through skip connections (the x decoder
+  reads all z concatenated);
+- inference combines both: q(z_L | x) from d_L, q(z_i | x, z_{>i}) from [d_i, t_i].
+
+The ELBO has one KL term per layer, KL(q(z_i | ·) ‖ p(z_i | z_{>i})), computed in closed form given the sampled
+parents. Unlike the paper there are no bottom-up stochastic variables: the inference is bidirectional through the
+shared top-down state, as in the ladder VAE, which keeps the model small enough for 2 CPU cores.
+
+For export, both modules take every layer's noise as an input (nothing is drawn inside a graph):
+``encoder(x, eps_1, …, eps_L)`` returns (z_1…z_L, mean_1…mean_L, logvar_1…logvar_L) and ``decoder(eps_1, …,
+eps_L)`` samples ancestrally from the prior and returns the likelihood parameters of x.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .backbones import EncoderTrunk, mlp
+from .base import Model, log_normal
+from .vae import Decoder, posterior_collapse_figures
+
+
+@dataclass
+class BIVAConfig:
+    """Everything that rebuilds a BIVA.
+
+    Args:
+        input_shape: (C, H, W) of one example; ``vaedeploy train`` sets it from the data. Default (1, 8, 8).
+        latent_dims: sizes of the stochastic layers, bottom (next to x) first; at least two. Default (16, 8, 4).
+        layer_hidden: width of the small dense nets between stochastic layers. Default 128.
+        backbone: ``mlp`` or ``conv`` for the x trunk and the x decoder. Default ``mlp``.
+        hidden: dense widths of the x trunk and the x decoder. Default (256, 256).
+        channels: conv stage channels, ``conv`` only. Default (32, 64).
+        activation: ``relu``, ``silu``, ``tanh`` or ``elu``. Default ``silu``.
+        likelihood: ``gaussian`` (learned diagonal variance) or ``bernoulli``. Default ``gaussian``.
+        min_logvar: soft floor of the decoder's log-variance, ``gaussian`` only. Default -8.
+    """
+
+    input_shape: tuple[int, int, int] = (1, 8, 8)
+    latent_dims: tuple[int, ...] = (16, 8, 4)
+    layer_hidden: int = 128
+    backbone: str = "mlp"
+    hidden: tuple[int, ...] = (256, 256)
+    channels: tuple[int, ...] = (32, 64)
+    activation: str = "silu"
+    likelihood: str = "gaussian"
+    min_logvar: float = -8.0
+
+
+def gaussian_kl_between(q_mean: Tensor, q_logvar: Tensor, p_mean: Tensor, p_logvar: Tensor) -> Tensor:
+    """Elementwise KL(N(q_mean, exp(q_logvar)) ‖ N(p_mean, exp(p_logvar))) in closed form."""
+    return 0.5 * (p_logvar - q_logvar + (torch.exp(q_logvar) + (q_mean - p_mean) ** 2) * torch.exp(-p_logvar) - 1.0)
+
+
+class TopDown(nn.Module):
+    """The generative path between stochastic layers: t_i from (z_{i+1}, t_{i+1}), then p(z_i | z_{>i})."""
+
+    def __init__(self, cfg: BIVAConfig):
+        super().__init__()
+        dims, width = cfg.latent_dims, cfg.layer_hidden
+        # state[i] makes t_{i+1} (0-based layer i below layer i+1); the top one has no t above it
+        self.state = nn.ModuleList(
+            mlp([dims[i + 1] + (width if i + 1 < len(dims) - 1 else 0), width], cfg.activation)
+            for i in range(len(dims) - 1)
+        )
+        self.prior_head = nn.ModuleList(nn.Linear(width, 2 * dims[i]) for i in range(len(dims) - 1))
+
+    def step(self, i: int, z_above: Tensor, t_above: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(t_i, prior mean, prior logvar) of 0-based layer i given the layer above it."""
+        t = self.state[i](z_above if t_above is None else torch.cat([z_above, t_above], 1))
+        mean, logvar = self.prior_head[i](t).chunk(2, 1)
+        return t, mean, logvar
+
+
+class BIVAEncoder(nn.Module):
+    """x and the noise of every layer → posterior samples and parameters of every layer (bottom first)."""
+
+    def __init__(self, cfg: BIVAConfig, top_down: TopDown):
+        super().__init__()
+        dims, width = cfg.latent_dims, cfg.layer_hidden
+        self.trunk = EncoderTrunk(cfg.input_shape, cfg.backbone, cfg.hidden, cfg.channels, cfg.activation)
+        self.bottom_up = nn.ModuleList(
+            mlp([self.trunk.out_features if i == 1 else width, width], cfg.activation) for i in range(1, len(dims))
+        )
+        self.top_head = nn.Linear(width, 2 * dims[-1])
+        self.combine = nn.ModuleList(
+            nn.Sequential(mlp([(self.trunk.out_features if i == 0 else width) + width, width], cfg.activation),
+                          nn.Linear(width, 2 * dims[i]))
+            for i in range(len(dims) - 1)
+        )
+        self._top_down = [top_down]  # the decoder owns it; a list keeps it out of this module's state dict
+
+    def infer(self, x: Tensor, noise: list[Tensor]):
+        """Lists (bottom first) of z, q mean, q logvar, p mean, p logvar; the top prior is N(0, I)."""
+        top_down = self._top_down[0]
+        d = [self.trunk(x)]
+        for layer in self.bottom_up:
+            d.append(layer(d[-1]))
+        top = len(noise) - 1
+        mean, logvar = self.top_head(d[top]).chunk(2, 1)
+        z = {top: mean + torch.exp(0.5 * logvar) * noise[top]}
+        q = {top: (mean, logvar)}
+        p = {top: (torch.zeros_like(mean), torch.zeros_like(logvar))}
+        t = None
+        for i in range(top - 1, -1, -1):
+            t, p_mean, p_logvar = top_down.step(i, z[i + 1], t)
+            mean, logvar = self.combine[i](torch.cat([d[i], t], 1)).chunk(2, 1)
+            z[i], q[i], p[i] = mean + torch.exp(0.5 * logvar) * noise[i], (mean, logvar), (p_mean, p_logvar)
+        layers = range(top + 1)
+        return ([z[i] for i in layers], [q[i][0] for i in layers], [q[i][1] for i in layers],
+                [p[i][0] for i in layers], [p[i][1] for i in layers])
+
+    def forward(self, x: Tensor, *noise: Tensor) -> tuple[Tensor, ...]:
+        z, q_mean, q_logvar, _, _ = self.infer(x, list(noise))
+        return (*z, *q_mean, *q_logvar)
+
+
+class BIVADecoder(nn.Module):
+    """Top-down generation: prior noise of every layer (bottom first) → likelihood parameters of x."""
+
+    def __init__(self, cfg: BIVAConfig):
+        super().__init__()
+        self.top_down = TopDown(cfg)
+        self.x_decoder = Decoder(cfg, in_features=sum(cfg.latent_dims))
+        self.likelihood = self.x_decoder.likelihood
+
+    def decode_latents(self, z: list[Tensor]) -> tuple[Tensor, ...]:
+        """p(x | z_1, …, z_L): every layer reaches the x decoder through the skip connections."""
+        return self.x_decoder(torch.cat(z, 1))
+
+    def forward(self, *noise: Tensor) -> tuple[Tensor, ...]:
+        top = len(noise) - 1
+        z, t = {top: noise[top]}, None
+        for i in range(top - 1, -1, -1):
+            t, mean, logvar = self.top_down.step(i, z[i + 1], t)
+            z[i] = mean + torch.exp(0.5 * logvar) * noise[i]
+        return self.decode_latents([z[i] for i in range(top + 1)])
+
+
+class BIVA(Model):
+    """Hierarchical VAE with bidirectional inference and a skip-connected top-down decoder."""
+
+    kind = "biva"
+    Config = BIVAConfig
+
+    def __init__(self, config: BIVAConfig):
+        if len(config.latent_dims) < 2 or min(config.latent_dims) < 1:
+            raise ValueError(f"biva needs at least two stochastic layers of positive size, got latent_dims="
+                             f"{config.latent_dims!r}")
+        super().__init__(config)
+        self.decoder = BIVADecoder(config)
+        self.encoder = BIVAEncoder(config, self.decoder.top_down)
+
+    def _noise(self, n: int, generator: torch.Generator | None = None, scale: float = 1.0) -> list[Tensor]:
+        return [scale * torch.randn(n, d, generator=generator) for d in self.config.latent_dims]
+
+    def _layers(self, x: Tensor):
+        """One posterior pass: z, per-layer KL (N × d_i each) and log p(x | z)."""
+        z, q_mean, q_logvar, p_mean, p_logvar = self.encoder.infer(x, self._noise(len(x)))
+        kl = [gaussian_kl_between(*args) for args in zip(q_mean, q_logvar, p_mean, p_logvar)]
+        return z, kl, self.decoder.likelihood.log_prob(x, self.decoder.decode_latents(z))
+
+    def forward(self, x: Tensor, kl_weight: float = 1.0, free_bits: float = 0.0):
+        """-(log p(x|z)) + kl_weight · Σ_layers Σ_d max(KL_{layer,d}, free_bits), averaged over the batch."""
+        _, kl, recon = self._layers(x)
+        kl_term = sum(torch.clamp(k.mean(0), min=free_bits).sum() for k in kl)
+        loss = -recon.mean() + kl_weight * kl_term
+        kl_sums = [k.sum(1) for k in kl]
+        total_kl = sum(kl_sums)
+        metrics = {"elbo": (recon - total_kl).mean().detach(), "recon": recon.mean().detach(),
+                   "kl": total_kl.mean().detach()}
+        metrics.update({f"kl_layer{i + 1}": k.mean().detach() for i, k in enumerate(kl_sums)})
+        return loss, metrics
+
+    def elbo(self, x: Tensor, samples: int = 1) -> Tensor:
+        """Per-example ELBO with closed-form per-layer KLs given the sampled parents, averaged over ``samples``."""
+        draws = []
+        for _ in range(samples):
+            _, kl, recon = self._layers(x)
+            draws.append(recon - sum(k.sum(1) for k in kl))
+        return torch.stack(draws).mean(0)
+
+    def log_importance_weights(self, x: Tensor, k: int) -> Tensor:
+        n = len(x)
+        xs = x.repeat(k, *([1] * (x.dim() - 1)))
+        z, q_mean, q_logvar, p_mean, p_logvar = self.encoder.infer(xs, self._noise(k * n))
+        log_w = self.decoder.likelihood.log_prob(xs, self.decoder.decode_latents(z))
+        for zi, qm, qlv, pm, plv in zip(z, q_mean, q_logvar, p_mean, p_logvar):
+            log_w = log_w + (log_normal(zi, pm, plv) - log_normal(zi, qm, qlv)).sum(1)
+        return log_w.view(k, n)
+
+    def _posterior_means(self, x: Tensor) -> list[Tensor]:
+        """z of every layer with zero noise: each layer's posterior mean given its parents' means."""
+        return self.encoder.infer(x, self._noise(len(x), scale=0.0))[0]
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decoder.likelihood.mean(self.decoder.decode_latents(self._posterior_means(x)))
+
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        return self.decoder.likelihood.mean(self.decoder(*self._noise(n, generator, temperature)))
+
+    def latent_means(self, x: Tensor) -> Tensor:
+        return torch.cat(self._posterior_means(x), 1)
+
+    @torch.no_grad()
+    def diagnostics(self, x: Tensor) -> dict:
+        """Collapse figures for the whole code and for each layer (``layers``, bottom first).
+
+        ``kl_per_dim`` is the KL that the ELBO pays, against the conditional prior p(z_i | z_{>i}) at one posterior
+        sample of the parents; active units and mutual information are those of q(z_i | x, z_{>i}) at that sample.
+        """
+        _, q_mean, q_logvar, p_mean, p_logvar = self.encoder.infer(x, self._noise(len(x)))
+        kl = [gaussian_kl_between(*a).double().mean(0) for a in zip(q_mean, q_logvar, p_mean, p_logvar)]
+        figures = posterior_collapse_figures(torch.cat(q_mean, 1), torch.cat(q_logvar, 1))
+        figures["kl_per_dim"] = torch.cat(kl).tolist()
+        layers = []
+        for i, (mean, logvar) in enumerate(zip(q_mean, q_logvar)):
+            layer = {"layer": i + 1, "latent_dim": mean.shape[1], **posterior_collapse_figures(mean, logvar)}
+            layer["kl_per_dim"] = kl[i].tolist()
+            layer["kl"] = float(kl[i].sum())
+            layers.append(layer)
+        figures["layers"] = layers
+        return figures

@@ -1,0 +1,163 @@
+"""The two-stage VAE of Dai & Wipf (2019): a second VAE learns the distribution of the first one's latents.
+
+Stage 1 is the Gaussian ``vae`` on x with its learned decoder variance. Its aggregate posterior q(z) usually does
+not match the N(0, I) it is sampled from, which is where blurry or broken samples come from. Stage 2 is a small VAE
+on the stage-1 latents z ~ q(z|x), with a learned output variance γ (one per dimension), trained after stage 1 in the same run
+directory; its own latents u then follow N(0, I) far more closely. Sampling is u ~ N(0, I) → z ~ p(z|u) (Dai & Wipf
+take the mean; γ is small once trained, and drawing keeps the model honest where it is not) → stage-1 decoder mean.
+
+``encoder`` and ``decoder`` are stage 1's (x ↔ z); ``stage2.encoder`` (z → u) and ``stage2.decoder`` (u → z) are
+separate modules, so export can ship u → z and z → x as two graphs. ``elbo`` and ``log_likelihood_iw`` are stage 1's
+density with its N(0, I) prior; eval reports stage 2 under ``stage2``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .backbones import mlp
+from .base import GaussianLikelihood
+from .vae import VAE, GaussianEncoder, VAEConfig, posterior_collapse_figures
+
+
+@dataclass
+class TwoStageConfig:
+    """Everything that rebuilds a two-stage VAE; the stage-1 fields mean what they mean in ``VAEConfig``.
+
+    Args:
+        input_shape: (C, H, W); set from the data by ``vaedeploy train``. Default (1, 8, 8).
+        latent_dim: stage-1 latent size (z). Default 16.
+        backbone: stage-1 ``mlp`` or ``conv``. Default ``mlp``.
+        hidden: stage-1 dense widths. Default (256, 256).
+        channels: stage-1 conv channels, ``conv`` only. Default (32, 64).
+        activation: activation of both stages. Default ``silu``.
+        likelihood: stage-1 ``gaussian`` or ``bernoulli``. Default ``gaussian``.
+        min_logvar: stage-1 decoder log-variance floor. Default -8.
+        stage2_latent_dim: size of u; 0 means the same as ``latent_dim`` (Dai & Wipf). Default 0.
+        stage2_hidden: stage-2 dense widths, both directions. Default (256, 256).
+        stage2_min_logvar: floor of the stage-2 log γ, so z's density stays bounded. Default -10.
+        stage2_init_log_gamma: starting value of the stage-2 log γ. Small, so stage 2 must first explain z through
+            u; started at γ = 1 it settles at once on p(z|u) = N(constant, I) and ignores u (collapse). Default -4.
+    """
+
+    input_shape: tuple[int, int, int] = (1, 8, 8)
+    latent_dim: int = 16
+    backbone: str = "mlp"
+    hidden: tuple[int, ...] = (256, 256)
+    channels: tuple[int, ...] = (32, 64)
+    activation: str = "silu"
+    likelihood: str = "gaussian"
+    min_logvar: float = -8.0
+    stage2_latent_dim: int = 0
+    stage2_hidden: tuple[int, ...] = (256, 256)
+    stage2_min_logvar: float = -10.0
+    stage2_init_log_gamma: float = -4.0
+
+
+class LatentDecoder(nn.Module):
+    """u → (mean, log γ) of p(z|u): an unbounded mean and a learned variance γ_d per dimension of z.
+
+    Dai & Wipf share one γ; with a stage 1 whose unused dimensions carry pure N(0, 1) noise, one γ cannot be small on
+    the used dimensions and 1 on the others, and stage 2 collapses. One γ per dimension can.
+    """
+
+    def __init__(self, latent_dim: int, out_dim: int, hidden, act: str, min_logvar: float, init_log_gamma: float):
+        super().__init__()
+        self.likelihood = GaussianLikelihood(min_logvar)  # for log_prob and mean; its sigmoid is not used here
+        self.body = nn.Sequential(mlp([latent_dim, *reversed(hidden)], act), nn.Linear(hidden[0], out_dim))
+        self.log_gamma = nn.Parameter(torch.full((out_dim,), float(init_log_gamma)))
+        self.min_logvar = min_logvar
+
+    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        mean = self.body(u)
+        log_gamma = self.min_logvar + nn.functional.softplus(self.log_gamma - self.min_logvar)
+        return mean, log_gamma.expand_as(mean)
+
+
+class LatentVAE(VAE):
+    """Stage 2: a Gaussian VAE on flat latent vectors (N × d); training, ELBO and diagnostics are the VAE's."""
+
+    kind = "twostage.stage2"
+
+    def __init__(self, config: TwoStageConfig):
+        d = config.latent_dim
+        inner = VAEConfig(input_shape=(1, 1, d), latent_dim=config.stage2_latent_dim or d, backbone="mlp",
+                          hidden=config.stage2_hidden, activation=config.activation)
+        super(VAE, self).__init__(inner)  # Model.__init__: the decoder is the latent one below, not the image one
+        self.encoder = GaussianEncoder(inner)
+        self.decoder = LatentDecoder(inner.latent_dim, d, config.stage2_hidden, config.activation,
+                                     config.stage2_min_logvar, config.stage2_init_log_gamma)
+
+
+class TwoStage(VAE):
+    """Stage 1 is this VAE itself (``encoder``, ``decoder``, ``forward``); ``stage2`` is the VAE on its latents."""
+
+    kind = "twostage"
+    Config = TwoStageConfig
+
+    def __init__(self, config: TwoStageConfig):
+        super().__init__(config)
+        self.stage2 = LatentVAE(config)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """u ~ N(0, T² I) → z ~ p(z|u) = N(mean, γ) → stage-1 decoder mean."""
+        u = temperature * torch.randn(n, self.stage2.config.latent_dim, generator=generator)
+        mean, log_gamma = self.stage2.decoder(u)
+        z = mean + temperature * torch.exp(0.5 * log_gamma) * torch.randn(mean.shape, generator=generator)
+        return self.decoder.likelihood.mean(self.decoder(z))
+
+    def sample_stage1(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """Stage 1 alone, z ~ N(0, T² I): the baseline that stage 2 should beat."""
+        return super().sample(n, generator=generator, temperature=temperature)
+
+    def samplers(self) -> dict:
+        return {"sample_fd": self.sample, "stage1_sample_fd": self.sample_stage1}
+
+    @torch.no_grad()
+    def stage2_inputs(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        """Stage-1 posterior parameters [mean, logvar] (N × 2d) of prepared inputs, what stage 2 trains on."""
+        was_training = self.training
+        self.eval()
+        rows = [torch.cat(self.encoder(torch.from_numpy(x[i : i + batch_size])), 1)
+                for i in range(0, len(x), batch_size)]
+        self.train(was_training)
+        return torch.cat(rows).numpy()
+
+    def fit_extra_stages(self, data, train_config, run_dir, *, resume: bool = False, progress: bool = True) -> dict:
+        """Train stage 2 on the best stage-1 weights' latents, then save both stages into ``model.safetensors``."""
+        from ..io import load_tensors, save_tensors
+        from ..train import FORMAT_VERSION, fit
+
+        run_dir = Path(run_dir)
+        self.load_state_dict(load_tensors(run_dir / "model.safetensors"))
+        d = self.config.latent_dim
+
+        def draw_latents(params: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            # a fresh z ~ q(z|x) per batch, as Dai & Wipf train stage 2
+            return params[:, :d] + np.exp(0.5 * params[:, d:]) * rng.standard_normal((len(params), d))
+
+        train_params = self.stage2_inputs(data.evaluation_inputs("train"))
+        val_params = self.stage2_inputs(data.evaluation_inputs("val"))
+        stage2_resume = resume and (run_dir / "stage2_checkpoint.json").exists()
+        metrics = fit(self.stage2, train_params, val_params, draw_latents, train_config, run_dir, stage="stage2",
+                      resume=stage2_resume, progress=progress)
+        self.stage2.load_state_dict(load_tensors(run_dir / "stage2.safetensors"))
+        if int(os.environ.get("RANK", "0")) == 0:
+            save_tensors(run_dir / "model.safetensors", self.state_dict(), {"format": str(FORMAT_VERSION)})
+        return {"stage2": metrics}
+
+    @torch.no_grad()
+    def diagnostics(self, x: Tensor) -> dict:
+        """Stage 1's collapse figures, and under ``stage2`` the same for stage 2 plus its density of the latents."""
+        figures = super().diagnostics(x)
+        mean, _ = self.encoder(x)
+        stage2 = self.stage2.diagnostics(mean)
+        stage2["elbo_of_latent_means"] = float(self.stage2.elbo(mean, samples=10).mean())
+        stage2["log_likelihood_iw_of_latent_means"] = float(self.stage2.log_likelihood_iw(mean, k=100).mean())
+        figures["stage2"] = stage2
+        return figures
