@@ -1,0 +1,80 @@
+"""The ops in plain numpy, for the ONNX Runtime path of the product, where torch may not even import.
+
+Same semantics as the torch references and the Triton kernels: the same seed and offset draw the same noise
+(element i of the flattened, row-major array uses Philox counter offset + i), logvar is clamped to [-30, 20], the
+nearest code is the lowest index among equal squared distances. Math in float32 (float64 for float64 input).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import philox
+
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+_FLOATS = (np.float16, np.float32, np.float64)
+
+
+def _check_float(name: str, x: np.ndarray) -> None:
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float16, float32 or float64, got {x.dtype}")
+
+
+def standard_normal_numpy(shape, seed: int, offset: int = 0, dtype=np.float32) -> np.ndarray:
+    """Standard normals shaped `shape`; element i (row-major) is `tl.randn(seed, offset + i)`."""
+    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
+    n = int(np.prod(shape, dtype=np.int64))
+    return philox.randn(seed, philox.counters(offset, n)).reshape(shape).astype(dtype, copy=False)
+
+
+def reparameterize_numpy(mean, logvar, seed: int, offset: int = 0, return_eps: bool = False):
+    """z = mean + exp(clamp(logvar, -30, 20) / 2) · eps with eps = `standard_normal_numpy(mean.shape, seed, offset)`.
+
+    Returns z in the input dtype, and the float32 eps too when `return_eps`.
+    """
+    mean, logvar = np.asarray(mean), np.asarray(logvar)
+    _check_float("mean", mean)
+    _check_float("logvar", logvar)
+    if mean.shape != logvar.shape or mean.dtype != logvar.dtype:
+        raise ValueError(
+            f"mean and logvar must have the same shape and dtype, got {mean.shape} {mean.dtype} "
+            f"and {logvar.shape} {logvar.dtype}"
+        )
+    compute = np.float64 if mean.dtype == np.float64 else np.float32
+    eps = standard_normal_numpy(mean.shape, seed, offset)
+    std = np.exp(np.clip(logvar.astype(compute), LOGVAR_MIN, LOGVAR_MAX) * compute(0.5))
+    z = (mean.astype(compute) + std * eps).astype(mean.dtype)
+    return (z, eps) if return_eps else z
+
+
+def vq_nearest_numpy(z, codebook, return_distance: bool = False, chunk_rows: int = 4096):
+    """Nearest codebook row of each row of z (N×D) in squared Euclidean distance; ties go to the lowest index.
+
+    Distances are ‖z‖² + ‖e‖² − 2 z·e in float32 (float64 for float64 input), clamped at 0, computed `chunk_rows`
+    rows at a time so memory stays O(chunk_rows·K). Returns int64 indices, the gathered rows and, when asked, the
+    squared distances.
+    """
+    z, codebook = np.asarray(z), np.asarray(codebook)
+    _check_float("z", z)
+    _check_float("codebook", codebook)
+    if z.ndim != 2 or codebook.ndim != 2:
+        raise ValueError(f"z must be N×D and codebook K×D (2-D), got shapes {z.shape} and {codebook.shape}")
+    if z.shape[1] != codebook.shape[1]:
+        raise ValueError(f"z and codebook must share D, got z D={z.shape[1]} and codebook D={codebook.shape[1]}")
+    if z.dtype != codebook.dtype:
+        raise TypeError(f"z and codebook must have the same dtype, got {z.dtype} and {codebook.dtype}")
+    if codebook.shape[0] == 0:
+        raise ValueError("codebook must have at least one row, got K=0")
+    compute = np.float64 if z.dtype == np.float64 else np.float32
+    e = codebook.astype(compute)
+    e_sq = np.einsum("kd,kd->k", e, e)
+    index = np.empty(z.shape[0], dtype=np.int64)
+    distance = np.empty(z.shape[0], dtype=compute)
+    for start in range(0, z.shape[0], chunk_rows):
+        x = z[start : start + chunk_rows].astype(compute)
+        d = np.einsum("nd,nd->n", x, x)[:, None] + e_sq[None, :] - 2 * (x @ e.T)
+        np.maximum(d, 0, out=d)
+        # np.argmin returns the first minimum, which is the lowest-index tie rule
+        index[start : start + chunk_rows] = np.argmin(d, axis=1)
+        distance[start : start + chunk_rows] = np.take_along_axis(d, index[start : start + chunk_rows, None], 1)[:, 0]
+    rows = codebook[index]
+    return (index, rows, distance) if return_distance else (index, rows)
