@@ -4,8 +4,9 @@ from __future__ import annotations
 from .ae import AE
 from .base import Model
 from .vae import VAE
+from .vqvae import VQVAE
 
-MODELS: dict[str, type[Model]] = {cls.kind: cls for cls in (AE, VAE)}
+MODELS: dict[str, type[Model]] = {cls.kind: cls for cls in (AE, VAE, VQVAE)}
 
 
 def model_class(kind: str) -> type[Model]:
