@@ -64,7 +64,9 @@ class VQVAEConfig:
         prior_width: width of the prior transformer. Default 128.
         prior_layers: transformer blocks of the prior. Default 2.
         prior_heads: attention heads of the prior. Default 4.
-        prior_dropout: dropout of the prior during training. Default 0.1.
+        prior_dropout: dropout of the prior during training. Default 0: on mnist5k the prior is far from
+            overfitting within a CPU training budget (validation loss tracks the training loss), and dropout cost
+            about 15% of its step time.
     """
 
     input_shape: tuple[int, int, int] = (1, 8, 8)
@@ -84,7 +86,7 @@ class VQVAEConfig:
     prior_width: int = 128
     prior_layers: int = 2
     prior_heads: int = 4
-    prior_dropout: float = 0.1
+    prior_dropout: float = 0.0
 
 
 class ResidualBlock(nn.Module):
