@@ -173,8 +173,9 @@ def test_bad_input_is_refused_with_what_was_expected():
 @pytest.mark.slow
 def test_two_stage_training_eval_plot_and_prior_stage_alone(tmp_path, capsys):
     run = tmp_path / "vq"
-    options = [f"--set={k}={json.dumps(v)}" for k, v in {**TINY, "num_codes": 32}.items()]
-    assert main(["train", "vqvae", "--data", "digits", "--epochs", "8", "--out", str(run), "--no-progress",
+    # 12 steps per epoch on digits: codes unused for 5 steps are re-seeded several times within the run
+    options = [f"--set={k}={json.dumps(v)}" for k, v in {**TINY, "num_codes": 32, "dead_code_steps": 5}.items()]
+    assert main(["train", "vqvae", "--data", "digits", "--epochs", "6", "--out", str(run), "--no-progress",
                  *options]) == 0
     assert "(prior)" in capsys.readouterr().out
     for name in ("model.safetensors", "prior.safetensors", "prior_metrics.json", "prior_training_curve.png"):
