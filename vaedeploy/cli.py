@@ -38,7 +38,7 @@ def cmd_train(args) -> int:
     from .io import read_json
     from .train import TrainConfig, train_run
 
-    if args.resume:
+    if args.resume or args.stage != "all":
         data = load_from_spec(read_json(Path(args.out) / "config.json")["data"])
     else:
         data = load_dataset(args.data, preprocessing=args.preprocessing, split_seed=args.split_seed)
@@ -48,10 +48,12 @@ def cmd_train(args) -> int:
         max_seconds=args.max_seconds, grad_clip=args.grad_clip,
     )
     _, metrics = train_run(args.model, data, args.out, model_config=_model_overrides(args), train_config=cfg,
-                           resume=args.resume, progress=not args.no_progress)
-    best = metrics["best"]
-    print(f"trained {args.model} on {data.name}: best validation loss {best['val_loss']:.3f} at epoch "
-          f"{best['epoch']} ({metrics['stop_reason']}, {metrics['train_seconds']:.1f} s); run in {args.out}")
+                           resume=args.resume, progress=not args.no_progress, stage=args.stage)
+    stages = ({"model": metrics} if "best" in metrics else {}) | metrics.get("stages", {})
+    for stage, doc in stages.items():
+        best = doc["best"]
+        print(f"trained {args.model} ({stage}) on {data.name}: best validation loss {best['val_loss']:.3f} at epoch "
+              f"{best['epoch']} ({doc['stop_reason']}, {doc['train_seconds']:.1f} s); run in {args.out}")
     return 0
 
 
@@ -199,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any other model config field, e.g. --set min_logvar=-6")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--stage", default="all",
+                       help="all (default) or one extra stage (vqvae: prior) to (re)train on the run in --out")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=cmd_train)
 

@@ -124,6 +124,7 @@ def plot_run(run_dir: str | Path, *, n_samples: int = 100, seed: int = 0) -> lis
         means = model.latent_means(torch.from_numpy(x)).flatten(1).numpy()
         written.append(plot_latent_space(means, data.test.labels, run_dir / "latent_space.png",
                                          f"{title}: latent means of the test split"))
+        written += model.extra_pictures(torch.from_numpy(x), run_dir, title)
     return written
 
 

@@ -267,14 +267,29 @@ def train_run(
     train_config: TrainConfig | None = None,
     resume: bool = False,
     progress: bool = True,
+    stage: str = "all",
 ) -> tuple[Model, dict]:
     """Build a ``kind`` model for ``data``, train it and write the run directory ``out``.
 
     With ``resume`` the model and training configuration come from ``out/config.json``; only ``epochs`` is taken
     from ``train_config``, so an interrupted run can be continued or extended.
+
+    A model with ``extra_stages`` (the VQ-VAE's prior) trains them after the main stage, on the main stage's best
+    weights and with the same ``train_config``; each stage gets its own progress bar, weights, checkpoint and
+    metrics files. ``stage="NAME"`` (re)trains only that extra stage of the existing run in ``out``. The returned
+    metrics are the main stage's, with each extra stage's under ``metrics["stages"][NAME]``.
     """
     out = Path(out)
     cfg = train_config or TrainConfig()
+    if stage != "all":
+        model, saved = load_run(out, require_stages=False)
+        if saved["kind"] != kind:
+            raise ValueError(f"{out}: the run holds a {saved['kind']} model, not {kind}")
+        if stage not in model.extra_stages:
+            raise ValueError(f"{out}: a {saved['kind']} run has no stage {stage!r} to train on its own; "
+                             f"expected one of {list(model.extra_stages)} (or 'all')")
+        torch.manual_seed(cfg.seed)
+        return model, {"stages": {stage: _fit_stage(model, stage, data, cfg, out, resume, progress)}}
     if resume:
         saved = read_json(out / "config.json")
         model_config = saved["model"]
@@ -293,15 +308,30 @@ def train_run(
             "vaedeploy_version": __version__,
         })
     metrics = fit(model, data.train.raw, data.val.raw, data.prepare, cfg, out, resume=resume, progress=progress)
-    # later stages (the two-stage VAE's second VAE, a learned prior) train on what the main stage learned
-    extra = model.fit_extra_stages(data, cfg, out, resume=resume, progress=progress)
-    if extra:
-        metrics = {**metrics, "stages": extra}
+    if model.extra_stages:
+        model.load_state_dict(load_tensors(out / "model.safetensors"))  # the later stages build on the best weights
+        metrics["stages"] = {name: _fit_stage(model, name, data, cfg, out, resume, progress)
+                             for name in model.extra_stages}
     return model, metrics
 
 
-def load_run(run_dir: str | os.PathLike) -> tuple[Model, dict]:
-    """The trained model (best weights, eval mode) and the config document of a run directory."""
+def _fit_stage(model: Model, stage: str, data: Dataset, cfg: TrainConfig, out: Path, resume: bool,
+               progress: bool) -> dict:
+    """Train one extra stage of ``model``; ``resume`` continues it only where that stage left a checkpoint."""
+    module, train, val, prepare = model.stage_objective(stage, data)
+    files = _stage_files(out, stage)
+    metrics = fit(module, train, val, prepare, cfg, out, stage=stage, resume=resume and files["state"].exists(),
+                  progress=progress)
+    model.load_state_dict(load_tensors(files["weights"]), strict=False)  # the stage's best weights, as load_run has
+    return metrics
+
+
+def load_run(run_dir: str | os.PathLike, *, require_stages: bool = True) -> tuple[Model, dict]:
+    """The trained model (best weights, eval mode) and the config document of a run directory.
+
+    The weights of a model's extra stages load from their own files (``prior.safetensors``); a missing one is an
+    error unless ``require_stages`` is False (then that part keeps its initial weights).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: not a run directory (expected the --out of `vaedeploy train`)")
@@ -311,5 +341,17 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Model, dict]:
                          f"({FORMAT_VERSION}); upgrade vaedeploy")
     model = build_model(config["kind"], config["model"])
     model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
+    for stage in model.extra_stages:
+        path = _stage_files(run_dir, stage)["weights"]
+        if not path.exists():
+            if require_stages:
+                raise FileNotFoundError(f"{path}: missing; the {stage} stage of this run was not trained "
+                                        f"(vaedeploy train {config['kind']} --stage {stage} --out {run_dir})")
+            continue
+        weights = load_tensors(path)
+        unknown = set(weights) - set(model.state_dict())
+        if unknown:
+            raise ValueError(f"{path}: tensors {sorted(unknown)[:3]} are not part of a {config['kind']} model")
+        model.load_state_dict(weights, strict=False)
     model.eval()
     return model, config

@@ -7,8 +7,9 @@ from .biva import BIVA
 from .bivae import BiVAE
 from .twostage import TwoStage
 from .vae import VAE
+from .vqvae import VQVAE
 
-MODELS: dict[str, type[Model]] = {cls.kind: cls for cls in (AE, VAE, BiVAE, BIVA, TwoStage)}
+MODELS: dict[str, type[Model]] = {cls.kind: cls for cls in (AE, VAE, VQVAE, BiVAE, BIVA, TwoStage)}
 
 
 def model_class(kind: str) -> type[Model]:

@@ -28,6 +28,13 @@ def mlp(sizes: list[int], act: str, final_activation: bool = True) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+def upsampling_conv(c_in: int, c_out: int, in_size: tuple[int, int], out_size: tuple[int, int]) -> nn.ConvTranspose2d:
+    """A stride-2 3×3 transposed convolution from ``in_size`` to exactly ``out_size`` (h, w), e.g. 4→7 or 7→14."""
+    (ih, iw), (oh, ow) = in_size, out_size
+    pad = (oh - (2 * ih - 1), ow - (2 * iw - 1))
+    return nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad)
+
+
 def _conv_sizes(h: int, w: int, stages: int) -> list[tuple[int, int]]:
     """Spatial size after each stride-2 stage, starting with the input's."""
     sizes = [(h, w)]
@@ -91,9 +98,7 @@ class DecoderTrunk(nn.Module):
                 nn.Unflatten(1, (chans[0], *sizes[0])),
             ]
             for i, (c_in, c_out) in enumerate(zip(chans, [*chans[1:], out_channels])):
-                (ih, iw), (oh, ow) = sizes[i], sizes[i + 1]
-                pad = (oh - (2 * ih - 1), ow - (2 * iw - 1))
-                layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
+                layers.append(upsampling_conv(c_in, c_out, sizes[i], sizes[i + 1]))
                 if i < len(chans) - 1:
                     layers.append(activation(act))
             self.body = nn.Sequential(*layers)

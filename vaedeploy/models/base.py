@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
+from pathlib import Path
+from typing import Callable, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -113,6 +115,8 @@ class Model(nn.Module):
     # What this model can report; evaluation asks these instead of guessing from the class.
     has_density: ClassVar[bool] = True
     has_prior: ClassVar[bool] = True
+    # Training stages after the main one (e.g. a learned prior), each with its own weights file "<stage>.safetensors".
+    extra_stages: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config):
         super().__init__()
@@ -137,6 +141,18 @@ class Model(nn.Module):
         """One vector per example to draw the latent space with (N × d)."""
         raise NotImplementedError
 
+    def stage_objective(self, stage: str, data) -> tuple[nn.Module, np.ndarray, np.ndarray, Callable]:
+        """What ``fit`` trains in one of ``extra_stages``: (module, training inputs, validation inputs, prepare).
+
+        The module's state-dict keys must be those of this model's submodules it trains, so the stage's weights
+        file loads into the model (``load_run``).
+        """
+        raise ValueError(f"{self.kind} has no training stage {stage!r}; its extra stages: {list(self.extra_stages)}")
+
+    def extra_pictures(self, x: Tensor, run_dir: Path, title: str) -> list[Path]:
+        """Model-specific PNGs of the prepared test split ``x`` written into ``run_dir`` (``vaedeploy plot``)."""
+        return []
+
     @torch.no_grad()
     def log_likelihood_iw(self, x: Tensor, k: int = 1000, chunk: int = 100) -> Tensor:
         """Importance-weighted log-likelihood estimate log (1/k) Σ_i p(x, z_i) / q(z_i | x), per example.
@@ -156,14 +172,6 @@ class Model(nn.Module):
     def samplers(self) -> dict:
         """Named ways to draw n images (``name -> fn(n, generator=)``) whose sample quality eval reports."""
         return {"sample_fd": self.sample} if self.has_prior else {}
-
-    def fit_extra_stages(self, data, train_config, run_dir, *, resume: bool = False, progress: bool = True) -> dict:
-        """Train stages that come after the main ``fit`` (a second VAE, a prior); returns their metrics by stage.
-
-        Called by ``train_run``; a stage trains with ``train.fit(..., stage=NAME)`` so it gets its own progress bar,
-        checkpoint and metrics, and the model then saves itself whole into ``model.safetensors``.
-        """
-        return {}
 
 
 def config_from_dict(cls: type, values: dict):

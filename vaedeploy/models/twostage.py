@@ -12,9 +12,7 @@ density with its N(0, I) prior; eval reports stage 2 under ``stage2``.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,15 +92,30 @@ class LatentVAE(VAE):
                                      config.stage2_min_logvar, config.stage2_init_log_gamma)
 
 
+class Stage2Objective(nn.Module):
+    """What ``fit`` trains in stage 2: holds it as ``stage2`` so the stage's weights file loads into ``TwoStage``."""
+
+    def __init__(self, stage2: LatentVAE):
+        super().__init__()
+        self.stage2 = stage2
+
+    def forward(self, z: Tensor, kl_weight: float = 1.0, free_bits: float = 0.0):
+        return self.stage2(z, kl_weight=kl_weight, free_bits=free_bits)
+
+
 class TwoStage(VAE):
     """Stage 1 is this VAE itself (``encoder``, ``decoder``, ``forward``); ``stage2`` is the VAE on its latents."""
 
     kind = "twostage"
     Config = TwoStageConfig
 
+    extra_stages = ("stage2",)
+
     def __init__(self, config: TwoStageConfig):
         super().__init__(config)
         self.stage2 = LatentVAE(config)
+        # Trained in its own stage: frozen here so stage 1's optimizer and DDP leave it alone.
+        self.stage2.requires_grad_(False)
 
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
         """u ~ N(0, T² I) → z ~ p(z|u) = N(mean, γ) → stage-1 decoder mean."""
@@ -128,28 +141,18 @@ class TwoStage(VAE):
         self.train(was_training)
         return torch.cat(rows).numpy()
 
-    def fit_extra_stages(self, data, train_config, run_dir, *, resume: bool = False, progress: bool = True) -> dict:
-        """Train stage 2 on the best stage-1 weights' latents, then save both stages into ``model.safetensors``."""
-        from ..io import load_tensors, save_tensors
-        from ..train import FORMAT_VERSION, fit
-
-        run_dir = Path(run_dir)
-        self.load_state_dict(load_tensors(run_dir / "model.safetensors"))
+    def stage_objective(self, stage: str, data):
+        """Stage 2 trains on fresh draws z ~ q(z|x) of the best stage-1 weights' posteriors, as Dai & Wipf do."""
+        if stage != "stage2":
+            return super().stage_objective(stage, data)
         d = self.config.latent_dim
 
         def draw_latents(params: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            # a fresh z ~ q(z|x) per batch, as Dai & Wipf train stage 2
             return params[:, :d] + np.exp(0.5 * params[:, d:]) * rng.standard_normal((len(params), d))
 
-        train_params = self.stage2_inputs(data.evaluation_inputs("train"))
-        val_params = self.stage2_inputs(data.evaluation_inputs("val"))
-        stage2_resume = resume and (run_dir / "stage2_checkpoint.json").exists()
-        metrics = fit(self.stage2, train_params, val_params, draw_latents, train_config, run_dir, stage="stage2",
-                      resume=stage2_resume, progress=progress)
-        self.stage2.load_state_dict(load_tensors(run_dir / "stage2.safetensors"))
-        if int(os.environ.get("RANK", "0")) == 0:
-            save_tensors(run_dir / "model.safetensors", self.state_dict(), {"format": str(FORMAT_VERSION)})
-        return {"stage2": metrics}
+        train, val = (self.stage2_inputs(data.evaluation_inputs(split)) for split in ("train", "val"))
+        self.stage2.requires_grad_(True)
+        return Stage2Objective(self.stage2), train, val, draw_latents
 
     @torch.no_grad()
     def diagnostics(self, x: Tensor) -> dict:
