@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
+
+from vaedeploy.io import write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -163,11 +163,7 @@ def write_rows(name: str, rows: list[dict], *, meta: dict | None = None) -> Path
         **(meta or {}),
         "rows": rows,
     }
-    fd, tmp = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json(path, doc)
     return path
 
 

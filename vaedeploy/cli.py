@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,8 @@ def cmd_train(args) -> int:
     )
     _, metrics = train_run(args.model, data, args.out, model_config=_model_overrides(args), train_config=cfg,
                            resume=args.resume, progress=not args.no_progress, stage=args.stage)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 speaks for all
     stages = ({"model": metrics} if "best" in metrics else {}) | metrics.get("stages", {})
     for stage, doc in stages.items():
         best = doc["best"]

@@ -11,32 +11,13 @@ from torch import Tensor, nn
 
 from .backbones import EncoderTrunk
 from .base import Model
-from .vae import Decoder
+from .vae import Decoder, VAEConfig
 
 
 @dataclass
-class AEConfig:
-    """Everything that rebuilds an AE; the fields mean what they mean in ``VAEConfig``.
-
-    Args:
-        input_shape: (C, H, W). Default (1, 8, 8).
-        latent_dim: size of the code. Default 16.
-        backbone: ``mlp`` or ``conv``. Default ``mlp``.
-        hidden: dense layer widths. Default (256, 256).
-        channels: conv stage channels. Default (32, 64).
-        activation: default ``silu``.
-        likelihood: ``gaussian`` or ``bernoulli``. Default ``gaussian``.
-        min_logvar: decoder log-variance floor. Default -8.
-    """
-
-    input_shape: tuple[int, int, int] = (1, 8, 8)
-    latent_dim: int = 16
-    backbone: str = "mlp"
-    hidden: tuple[int, ...] = (256, 256)
-    channels: tuple[int, ...] = (32, 64)
-    activation: str = "silu"
-    likelihood: str = "gaussian"
-    min_logvar: float = -8.0
+class AEConfig(VAEConfig):
+    """Everything that rebuilds an AE: the fields, meanings and defaults of ``VAEConfig`` (``latent_dim`` is the
+    size of the deterministic code)."""
 
 
 class DeterministicEncoder(nn.Module):
