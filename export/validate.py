@@ -42,8 +42,8 @@ class GraphCase:
     input_names: list[str]
     input_sets: dict[str, list[np.ndarray]]
     output_names: list[str] = field(default_factory=list)
-    module_path: str = ""  # attribute path of the module in a vaedeploy model (torch backend); default the role
     files: dict[str, str] = field(default_factory=dict)  # precision → ONNX file, filled in by the export
+    module_path: str = ""  # attribute path of the module in a vaedeploy model (torch backend); default the role
 
 
 def rows(x: np.ndarray, n: int) -> np.ndarray:
