@@ -246,7 +246,7 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
     """
     if not isinstance(device, str):
         raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
-    from .kinds import runtime_class
+    from .kinds import runtime_class  # kinds.py subclasses Runtime, so it imports this module
 
     loaded = load_bundle(bundle, verify=verify)
     return runtime_class(loaded)(loaded, resolve(backend), device, precision)
