@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, PRECISIONS, sha256_file
 from vaedeploy.io import atomic_write_bytes, save_tensors, write_json
 
 from .onnx_export import DEFAULT_OPSET, HalfPrecision, export_graph
-from .validate import GraphCase, ValidationError, summary, validate_graphs
+from .kinds import bivae_graphs, hierarchical_graphs, two_stage_graphs, vq_graphs
+from .validate import GraphCase, ValidationError, rows, summary, validate_graphs
 
 # What each latent type's encoder returns: the names of its outputs, in order.
 ENCODER_OUTPUTS = {"gaussian": ["mean", "logvar"], "deterministic": ["z"]}
@@ -43,11 +45,6 @@ def _tool_versions() -> dict:
     return versions
 
 
-def _rows(x: np.ndarray, n: int) -> np.ndarray:
-    """The first n rows of x, cycling through x when it has fewer (the real data repeated up to the max batch)."""
-    return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])).astype(np.float32))
-
-
 def _latent_spec(latent: str | dict, encoder: nn.Module, example: torch.Tensor) -> dict:
     spec = {"type": latent} if isinstance(latent, str) else dict(latent)
     if spec.get("type") not in ENCODER_OUTPUTS:
@@ -61,6 +58,13 @@ def _latent_spec(latent: str | dict, encoder: nn.Module, example: torch.Tensor) 
                          f"{[list(o.shape) for o in out]}")
     spec["dim"] = int(out[0].shape[1])
     return spec
+
+
+def _check_options(precisions: tuple[str, ...], max_batch: int) -> None:
+    if unknown := set(precisions) - set(PRECISIONS):
+        raise ValueError(f"precision must be among {PRECISIONS}, got {sorted(unknown)}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
 
 
 def export_bundle(
@@ -102,24 +106,19 @@ def export_bundle(
 
     Raises ``ValidationError`` (after writing ``<out>.failed/validation.json``) when a graph disagrees with PyTorch.
     """
-    out = Path(out)
-    precisions = tuple(dict.fromkeys(("fp32", *precisions)))
-    if unknown := set(precisions) - set(PRECISIONS):
-        raise ValueError(f"precision must be among {PRECISIONS}, got {sorted(unknown)}")
     if not isinstance(example, torch.Tensor) or example.dim() < 2 or example.shape[0] < 2:
         raise ValueError(f"example must be a tensor of at least 2 real inputs (N×...), got "
                          f"{getattr(example, 'shape', type(example).__name__)}")
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    _check_options(precisions, max_batch)
     encoder, decoder = encoder.eval().float(), decoder.eval().float()
     example = example.float()
     latent = _latent_spec(latent, encoder, example)
     likelihood = likelihood or IDENTITY_LIKELIHOOD
     input_spec = input_spec or {"shape": list(example.shape[1:]), "dtype": "float32"}
 
-    data = _rows(example.numpy(), max_batch)
+    data = rows(example.numpy(), max_batch)
     with torch.no_grad():
-        encodings = _rows(encoder(torch.from_numpy(data))[0].numpy() if latent["type"] == "gaussian"
+        encodings = rows(encoder(torch.from_numpy(data))[0].numpy() if latent["type"] == "gaussian"
                           else encoder(torch.from_numpy(data)).numpy(), max_batch)
     normal = np.random.default_rng(NORMAL_SEED).standard_normal((max_batch, latent["dim"]), dtype=np.float32)
     cases = [
@@ -128,6 +127,38 @@ def export_bundle(
                   list(likelihood["outputs"])),
         *extra_graphs,
     ]
+    return write_bundle(cases, out=out, kind=kind, input_spec=input_spec, latent=latent, likelihood=likelihood,
+                        model=model, exporter=exporter, opset=opset, precisions=precisions, max_batch=max_batch,
+                        extra_arrays=extra_arrays)
+
+
+def write_bundle(
+    cases: list[GraphCase],
+    *,
+    out: str | os.PathLike,
+    kind: str,
+    input_spec: dict,
+    latent: dict,
+    likelihood: dict,
+    model: dict | None = None,
+    exporter: str = "dynamo",
+    opset: int = DEFAULT_OPSET,
+    precisions: tuple[str, ...] = ("fp32",),
+    max_batch: int = DEFAULT_MAX_BATCH,
+    extra_arrays: dict[str, np.ndarray] | None = None,
+    extra_checks: tuple[Callable[[Path, dict], dict], ...] = (),
+) -> Path:
+    """Export every graph of ``cases``, validate them, and write the bundle ``out`` atomically; return ``out``.
+
+    ``export_bundle`` calls this with an encoder and a decoder; kinds whose graphs take more than one input (the
+    noise inputs of a hierarchical model, the tokens of a VQ prior) build their ``GraphCase`` list themselves
+    (``export/kinds.py``). ``extra_checks`` are called as ``check(bundle_dir, graph_files)`` after the graphs are
+    validated, with ``graph_files`` role → precision → file; each returns ``{"name", "passed", "failures", ...}``,
+    which joins the validation report (the VQ index agreement is one).
+    """
+    out = Path(out)
+    precisions = tuple(dict.fromkeys(("fp32", *precisions)))
+    _check_options(precisions, max_batch)
     facts = {"format_version": FORMAT_VERSION, "kind": kind, "input": input_spec, "latent": latent,
              "likelihood": likelihood, "vaedeploy_version": __version__}
 
@@ -148,9 +179,15 @@ def export_bundle(
                     module, example_inputs, case.input_names, case.output_names, tmp / file, exporter=exporter,
                     opset=opset, metadata={**facts, "role": case.role, "precision": precision, "exporter": exporter},
                 )
+                entry["module"] = case.module_path or case.role  # what the torch backend runs for this graph
                 graphs.setdefault(case.role, {})[precision] = entry
                 case.files[precision] = file
         report = validate_graphs(cases, tmp, max_batch)
+        for check in extra_checks:
+            result = check(tmp, {case.role: dict(case.files) for case in cases})
+            report["extra"][result["name"]] = result
+            report["failures"] += result["failures"]
+            report["passed"] = report["passed"] and result["passed"]
         write_json(tmp / "validation.json", report)
         if not report["passed"]:
             failed = out.with_name(out.name + ".failed")
@@ -195,17 +232,26 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
 
 
-def gaussian_graphs(model) -> dict:
+def gaussian_graphs(model, example: torch.Tensor, max_batch: int) -> dict:
     return {"latent": "gaussian"}
 
 
-def deterministic_graphs(model) -> dict:
+def deterministic_graphs(model, example: torch.Tensor, max_batch: int) -> dict:
     return {"latent": "deterministic"}
 
 
-# kind → a function of the trained model giving the kind's export_bundle arguments: the latent type, and for kinds
-# with more than an encoder and a decoder their ``extra_graphs`` and ``extra_arrays`` (a VQ prior and codebook, ...).
-KIND_GRAPHS = {"vae": gaussian_graphs, "ae": deterministic_graphs}
+# kind → a function of (trained model, real inputs, max batch) giving the kind's bundle: either ``export_bundle``
+# arguments (the latent type; ``encoder``/``decoder`` when the exported module is not the model's own, plus
+# ``extra_graphs`` and ``extra_arrays``), or with ``cases`` every graph for ``write_bundle`` (kinds whose graphs
+# take more than one input). See export/kinds.py.
+KIND_GRAPHS = {
+    "vae": gaussian_graphs,
+    "ae": deterministic_graphs,
+    "bivae": bivae_graphs,
+    "twostage": two_stage_graphs,
+    "vqvae": vq_graphs,
+    "biva": hierarchical_graphs,
+}
 
 
 def export_run(
@@ -227,10 +273,14 @@ def export_run(
                          f"{sorted(KIND_GRAPHS)}")
     data = load_from_spec(config["data"])
     example = torch.from_numpy(data.evaluation_inputs("test"))
-    return export_bundle(
-        model.encoder, model.decoder, example=example, out=out, kind=config["kind"],
-        likelihood=model.decoder.likelihood.spec(), input_spec=data.input_spec(),
+    model.eval()
+    spec = KIND_GRAPHS[config["kind"]](model, example, max_batch)
+    common = dict(
+        out=out, kind=config["kind"], likelihood=model.decoder.likelihood.spec(), input_spec=data.input_spec(),
         model={"kind": config["kind"], "config": model.config_dict(), "state_dict": model.state_dict()},
         exporter=exporter, opset=opset, precisions=precisions, max_batch=max_batch,
-        **KIND_GRAPHS[config["kind"]](model),
     )
+    if "cases" in spec:
+        return write_bundle(spec.pop("cases"), **common, **spec)
+    encoder, decoder = spec.pop("encoder", model.encoder), spec.pop("decoder", model.decoder)
+    return export_bundle(encoder, decoder, example=example, **common, **spec)

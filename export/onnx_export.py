@@ -8,6 +8,7 @@ exporter specialize the batch dimension to a constant.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import warnings
@@ -31,21 +32,35 @@ class ExportError(RuntimeError):
 
 
 class HalfPrecision(nn.Module):
-    """Runs a copy of a one-input ``module`` in float16 behind a float32 input and float32 outputs.
+    """Runs a copy of ``module`` in float16 behind float32 inputs and float32 outputs.
 
     The interface stays float32 so every precision variant of a graph is called the same way; the casts sit at the
     graph's edges, so the whole computation in between is half precision (what TensorRT's strong typing reads).
+    Integer inputs (the tokens of a VQ prior) pass unchanged.
     """
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = copy.deepcopy(module).half()
 
-    def forward(self, x: Tensor):
-        outputs = self.module(x.half())
+    def forward(self, *inputs: Tensor):
+        outputs = self.module(*(x.half() if x.is_floating_point() else x for x in inputs))
         if isinstance(outputs, Tensor):
             return outputs.float()
         return tuple(o.float() for o in outputs)
+
+
+def _dynamic_shapes(module: nn.Module, n_inputs: int, batch) -> tuple:
+    """The batch axis of every input, nested the way ``torch.export`` reads the signature: one entry per named
+    positional parameter, and the inputs that land in ``*args`` (noise of each layer, ``HalfPrecision``) as one tuple.
+    """
+    shapes: list = []
+    for parameter in inspect.signature(module.forward).parameters.values():
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return (*shapes, tuple({0: batch} for _ in range(n_inputs - len(shapes))))
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD) and len(shapes) < n_inputs:
+            shapes.append({0: batch})
+    return tuple(shapes)
 
 
 def _value_specs(values) -> list[dict]:
@@ -88,7 +103,7 @@ def export_graph(
             batch = torch.export.Dim(BATCH_AXIS, min=1, max=2**20)
             program = torch.onnx.export(
                 module, example, input_names=input_names, output_names=output_names, opset_version=opset,
-                dynamo=True, dynamic_shapes=tuple({0: batch} for _ in example), verbose=False,
+                dynamo=True, dynamic_shapes=_dynamic_shapes(module, len(example), batch), verbose=False,
             )
             model = program.model_proto
         else:

@@ -33,7 +33,8 @@ class GraphCase:
     """One graph to export and validate: its role, float32 PyTorch module, input and output names, input sets.
 
     ``input_sets`` maps a label (``data``, ``encodings``, ``normal``) to one array per graph input, each with at least
-    the bundle's maximum batch of rows; batch size b uses the first b rows.
+    the bundle's maximum batch of rows; batch size b uses the first b rows. ``module_path`` names the module inside a
+    vaedeploy model (``stage2.decoder``) when it is not the attribute named by the role.
     """
 
     role: str
@@ -42,6 +43,12 @@ class GraphCase:
     input_sets: dict[str, list[np.ndarray]]
     output_names: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # precision → ONNX file, filled in by the export
+    module_path: str = ""  # attribute path of the module in a vaedeploy model (torch backend); default the role
+
+
+def rows(x: np.ndarray, n: int) -> np.ndarray:
+    """The first n rows of x as float32, cycling through x when it has fewer (real data repeated up to the max batch)."""
+    return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])).astype(np.float32))
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -57,7 +64,7 @@ def errors(actual: np.ndarray, expected: np.ndarray) -> dict:
     }
 
 
-def _session(path) -> ort.InferenceSession:
+def cpu_session(path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -70,7 +77,7 @@ def validate_graphs(cases: list[GraphCase], root, max_batch: int) -> dict:
     for case in cases:
         module = case.module.eval()
         for precision, file in case.files.items():
-            session = _session(root / file)
+            session = cpu_session(root / file)
             output_names = [o.name for o in session.get_outputs()]
             tolerance = TOLERANCES[precision]
             for label, arrays in case.input_sets.items():
@@ -111,10 +118,11 @@ def validate_graphs(cases: list[GraphCase], root, max_batch: int) -> dict:
         "tolerances": TOLERANCES,
         "worst": worst,
         "failures": failures,
+        "extra": {},  # checks beyond per-output errors, filled in by the bundle writer (the VQ index agreement)
         "checks": checks,
     }
 
 
 def summary(report: dict) -> dict:
     """The part of the report that goes into the manifest."""
-    return {k: report[k] for k in ("passed", "runtime", "batch_sizes", "tolerances", "worst")}
+    return {k: report[k] for k in ("passed", "runtime", "batch_sizes", "tolerances", "worst", "extra")}

@@ -33,6 +33,12 @@ BUNDLE_RUNS = {
     "vae_conv_bernoulli": ("vae", {"hidden": [16], "latent_dim": 3, "backbone": "conv", "channels": [4, 8],
                                    "likelihood": "bernoulli"}, "dynamo", ("fp32",)),
     "ae": ("ae", {"hidden": [16], "latent_dim": 5}, "legacy", ("fp32",)),
+    # the kinds with more graphs (tests/runtime/test_kinds.py); fp16 where a kind's graphs need care in half precision
+    "vqvae": ("vqvae", {"channels": [8, 16], "embedding_dim": 4, "num_codes": 16, "prior_width": 32,
+                        "prior_layers": 1, "prior_heads": 2}, "dynamo", ("fp32", "fp16")),
+    "bivae": ("bivae", {"hidden": [32], "latent_dim": 4}, "dynamo", ("fp32",)),
+    "biva": ("biva", {"hidden": [32], "latent_dims": [4, 3, 2], "layer_hidden": 16}, "dynamo", ("fp32", "fp16")),
+    "twostage": ("twostage", {"hidden": [32], "latent_dim": 4, "stage2_hidden": [16]}, "dynamo", ("fp32",)),
 }
 BUNDLE_MAX_BATCH = 64
 

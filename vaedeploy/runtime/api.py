@@ -43,7 +43,12 @@ class Runtime:
 
     Attributes: ``backend`` (the backend that runs, also when ``auto`` chose it), ``device``, ``precision``,
     ``latent_dim``, ``input_shape``, ``max_batch`` (larger batches are split and reassembled in order).
+    This class serves Gaussian and deterministic latents; ``kinds.py`` subclasses it for VQ, hierarchical and
+    two-stage bundles.
     """
+
+    LATENT_TYPES = ("gaussian", "deterministic")
+    DECODER_ROLE = "decoder"  # the graph behind ``decode(z)``
 
     def __init__(self, bundle: Bundle, backend: str, device: str, precision: str):
         if precision not in PRECISIONS:
@@ -51,20 +56,19 @@ class Runtime:
         self.bundle, self.backend, self.device, self.precision = bundle, backend, device, precision
         self.kind = bundle.kind
         self.latent_type = bundle.latent["type"]
-        if self.latent_type not in ("gaussian", "deterministic"):
-            raise ValueError(f"{bundle.root}: this runtime serves gaussian and deterministic latents, the bundle has "
-                             f"{self.latent_type!r}")
+        if self.latent_type not in self.LATENT_TYPES:
+            raise ValueError(f"{bundle.root}: {type(self).__name__} serves {' and '.join(self.LATENT_TYPES)} "
+                             f"latents, the bundle has {self.latent_type!r}")
         self.latent_dim = int(bundle.latent["dim"])
         self.input_shape = bundle.input_shape
         self.max_batch = bundle.max_batch
         self.likelihood = bundle.manifest["likelihood"]["kind"]
-        Runner = runner_class(backend)
-        self._native = Runner.native
+        self._Runner = runner_class(backend)
+        self._native = self._Runner.native
         encoder_outputs = [o["name"] for o in bundle.graph("encoder", precision)["outputs"]]
+        self._encoder = self._runner("encoder", encoder_outputs)
         # decode returns the mean image: only the first likelihood parameter is computed and copied out
-        decoder_outputs = bundle.manifest["likelihood"]["outputs"][:1]
-        self._encoder = Runner(bundle, "encoder", precision, device, encoder_outputs)
-        self._decoder = Runner(bundle, "decoder", precision, device, decoder_outputs)
+        self._decoder = self._runner(self.DECODER_ROLE, self._image_outputs)
         if self._native == "torch":
             import torch
 
@@ -73,6 +77,13 @@ class Runtime:
     def __repr__(self) -> str:
         return (f"Runtime({self.bundle.root}, kind={self.kind}, backend={self.backend}, device={self.device}, "
                 f"precision={self.precision})")
+
+    @property
+    def _image_outputs(self) -> list[str]:
+        return self.bundle.manifest["likelihood"]["outputs"][:1]
+
+    def _runner(self, role: str, outputs: list[str]):
+        return self._Runner(self.bundle, role, self.precision, self.device, outputs)
 
     def runner(self, role: str):
         """The backend's runner of one graph (``encoder`` or ``decoder``), e.g. to time its raw session."""
@@ -137,12 +148,24 @@ class Runtime:
 
     # ---- running the graphs ----------------------------------------------------------------------------------
 
-    def _run(self, runner, x) -> list:
-        if len(x) <= self.max_batch:
-            return runner(x)
-        parts = [runner(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
-        join = np.concatenate if self._native == "numpy" else self._torch.cat
-        return [join([p[k] for p in parts]) for k in range(len(parts[0]))]
+    def _run(self, runner, *inputs) -> list:
+        """The runner's outputs for inputs of N rows each, in slices of at most ``max_batch`` rows."""
+        n = len(inputs[0])
+        if n <= self.max_batch:
+            return runner(*inputs)
+        parts = [runner(*(x[i : i + self.max_batch] for x in inputs)) for i in range(0, n, self.max_batch)]
+        return [self._join([p[k] for p in parts], 0) for k in range(len(parts[0]))]
+
+    def _join(self, arrays, axis: int):
+        return (np.concatenate if self._native == "numpy" else self._torch.cat)(arrays, axis)
+
+    def _normal(self, shape, seed: int, offset: int = 0):
+        """Standard normals from the kernels' counter-based stream: element i is draw offset + i of ``seed``."""
+        if self._native == "numpy":
+            return standard_normal_numpy(shape, seed, offset)
+        from ..kernels import standard_normal
+
+        return standard_normal(shape, seed, offset, device=self.device)
 
     def _image(self, params):
         """The mean image from the decoder's first likelihood parameter (sigmoid of the logits for Bernoulli)."""
@@ -194,22 +217,20 @@ class Runtime:
         z = self._run(self._encoder, x)[0]
         return back(self._image(self._run(self._decoder, z)[0]))
 
+    def _check_sample(self, n, seed, temperature) -> tuple[int, int, float]:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise InputError(f"n: expected a positive integer, got {n!r}")
+        if not isinstance(temperature, (int, float)) or not np.isfinite(temperature) or temperature < 0:
+            raise InputError(f"temperature: expected a finite number ≥ 0, got {temperature!r}")
+        return int(n), self._noise_seed(seed), float(temperature)
+
     def sample(self, n: int, seed: int | None = None, temperature: float = 1.0):
         """n images decoded from z ~ N(0, temperature² I) (Gaussian latents only: the prior of the VAE)."""
         if self.latent_type != "gaussian":
             raise InputError(f"sample: a {self.kind} bundle has no prior over its {self.latent_type} latents; "
                              "expected a bundle with gaussian latents")
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InputError(f"n: expected a positive integer, got {n!r}")
-        if not isinstance(temperature, (int, float)) or not np.isfinite(temperature) or temperature < 0:
-            raise InputError(f"temperature: expected a finite number ≥ 0, got {temperature!r}")
-        seed = self._noise_seed(seed)
-        if self._native == "numpy":
-            z = standard_normal_numpy((int(n), self.latent_dim), seed) * np.float32(temperature)
-        else:
-            from ..kernels import standard_normal
-
-            z = standard_normal((int(n), self.latent_dim), seed, device=self.device) * temperature
+        n, seed, temperature = self._check_sample(n, seed, temperature)
+        z = self._normal((n, self.latent_dim), seed) * np.float32(temperature)
         return self._default_output()(self._image(self._run(self._decoder, z)[0]))
 
 
@@ -225,4 +246,7 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
     """
     if not isinstance(device, str):
         raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
-    return Runtime(load_bundle(bundle, verify=verify), resolve(backend), device, precision)
+    from .kinds import runtime_class  # kinds.py subclasses Runtime, so it imports this module
+
+    loaded = load_bundle(bundle, verify=verify)
+    return runtime_class(loaded)(loaded, resolve(backend), device, precision)

@@ -54,14 +54,16 @@ def providers(device: str) -> list[str]:
 
 
 class Runner:
-    """One graph of a bundle in an ``InferenceSession``; ``runner(x)`` returns the chosen outputs as numpy arrays."""
+    """One graph of a bundle in an ``InferenceSession``; ``runner(*inputs)`` (in the graph's input order) returns
+    the chosen outputs as numpy arrays."""
 
     native = NATIVE
 
     def __init__(self, bundle, role: str, precision: str, device: str, outputs: list[str]):
         graph = bundle.graph(role, precision)
         self.session = ort.InferenceSession(str(graph["path"]), session_options(), providers=providers(device))
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_name = self.input_names[0]
         known = [o.name for o in self.session.get_outputs()]
         if unknown := [o for o in outputs if o not in known]:
             raise ValueError(f"{graph['file']} has outputs {known}; asked for {unknown}")
@@ -71,5 +73,7 @@ class Runner:
         # where this onnxruntime exposes it, with the same (outputs, feed, run_options) signature.
         self._run = getattr(self.session, "_sess", self.session).run
 
-    def __call__(self, x):
-        return self._run(self.outputs, {self.input_name: x}, None)
+    def __call__(self, *inputs):
+        if len(inputs) == 1:  # the hot path of every one-input graph: no zip, one dict literal
+            return self._run(self.outputs, {self.input_name: inputs[0]}, None)
+        return self._run(self.outputs, dict(zip(self.input_names, inputs)), None)

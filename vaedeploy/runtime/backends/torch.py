@@ -34,16 +34,22 @@ class Runner:
     native = NATIVE
 
     def __init__(self, bundle, role: str, precision: str, device: str, outputs: list[str]):
-        module = getattr(_model(bundle, device), role)
+        graph = bundle.graph(role, precision)
+        module = _model(bundle, device)
         self.half = precision == "fp16"
-        # a half copy: the float32 module stays shared with the other runners of this bundle
-        self.module = copy.deepcopy(module).half() if self.half else module
-        names = [o["name"] for o in bundle.graph(role, precision)["outputs"]]
+        if self.half:
+            # a half copy of the whole model, not of the one module: a module may read weights that another one
+            # registers (the tied BiVAE decoder, the BIVA encoder's top-down path); the float32 model stays shared
+            module = copy.deepcopy(module).half()
+        for name in graph.get("module", role).split("."):  # the module the graph was exported from
+            module = getattr(module, name)
+        self.module = module
+        names = [o["name"] for o in graph["outputs"]]
         self.indices = [names.index(o) for o in outputs]
         self.device = torch.device(device)
 
     @torch.inference_mode()
-    def __call__(self, x):
-        out = self.module(x.half() if self.half else x)
+    def __call__(self, *inputs):
+        out = self.module(*(x.half() if self.half and x.is_floating_point() else x for x in inputs))
         out = (out,) if isinstance(out, torch.Tensor) else out
         return [out[i].float() for i in self.indices]
