@@ -1,18 +1,21 @@
 """The family's "done when" figures: vae, bivae, biva and twostage trained for the same time on digits and mnist5k.
 
 Each model trains for at most ``--seconds`` per stage (two-stage: stage 1, then stage 2), early-stopping on the
-validation loss, and is evaluated on the test split by ``vaedeploy.evaluate``. Writes
+validation loss, and is evaluated on the test split by ``vaedeploy.evaluate``. With several ``--seeds`` every model
+trains once per seed and the checks compare the means over seeds (the spread is reported beside them). Writes
 ``benchmarks/results/family.json`` (every figure, the machine, the checks) and prints a markdown table.
 
     python benchmarks/family.py                       # digits 60 s, mnist5k 120 s per model and stage (about 25 min)
     python benchmarks/family.py --data digits --seconds 10 --iw-samples 100 --name quick   # a quick look
     python benchmarks/family.py --kinds bivae          # re-measure one model; the other rows of the file are kept
+    python benchmarks/family.py --data digits --seeds 0 1 2   # three seeds per model
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -31,21 +34,30 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def over_seeds(rows: list[dict], key: str) -> dict:
+    """Mean, spread (sample standard deviation; 0 for one seed) and the values of ``key`` over a model's seeds."""
+    values = [r[key] for r in rows]
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
 def checks(rows: list[dict]) -> list[dict]:
-    """The issue's criteria, each with the figures it was decided on."""
+    """The issue's criteria, each decided on the means over seeds and stored with the figures behind it."""
     out = []
     for data in sorted({r["data"] for r in rows}):
-        by = {r["kind"]: r for r in rows if r["data"] == data}
-        vae, bivae, biva, two = by["vae"], by["bivae"], by["biva"], by["twostage"]
-        ratio = bivae["parameters"] / vae["parameters"]
-        gap = abs(bivae["log_likelihood_iw"] - vae["log_likelihood_iw"]) / abs(vae["log_likelihood_iw"])
+        by = {kind: [r for r in rows if r["data"] == data and r["kind"] == kind] for kind in KINDS}
+        ll = {kind: over_seeds(by[kind], "log_likelihood_iw") for kind in ("vae", "bivae", "biva")}
+        ratio = by["bivae"][0]["parameters"] / by["vae"][0]["parameters"]
+        gap = abs(ll["bivae"]["mean"] - ll["vae"]["mean"]) / abs(ll["vae"]["mean"])
+        two, one = over_seeds(by["twostage"], "sample_fd"), over_seeds(by["twostage"], "stage1_sample_fd")
         out += [
             {"data": data, "check": "bivae parameters <= 55% of vae", "value": ratio, "passed": ratio <= 0.55},
-            {"data": data, "check": "bivae IW log-likelihood within 5% of vae", "value": gap, "passed": gap <= 0.05},
-            {"data": data, "check": "biva IW log-likelihood > vae", "value": biva["log_likelihood_iw"] -
-             vae["log_likelihood_iw"], "passed": biva["log_likelihood_iw"] > vae["log_likelihood_iw"]},
-            {"data": data, "check": "twostage sample_fd < its stage 1 from N(0, I)", "value": two["sample_fd"] -
-             two["stage1_sample_fd"], "passed": two["sample_fd"] < two["stage1_sample_fd"]},
+            {"data": data, "check": "bivae IW log-likelihood within 5% of vae", "value": gap, "passed": gap <= 0.05,
+             "vae": ll["vae"], "bivae": ll["bivae"]},
+            {"data": data, "check": "biva IW log-likelihood > vae", "value": ll["biva"]["mean"] - ll["vae"]["mean"],
+             "passed": ll["biva"]["mean"] > ll["vae"]["mean"], "vae": ll["vae"], "biva": ll["biva"]},
+            {"data": data, "check": "twostage sample_fd < its stage 1 from N(0, I)", "value": two["mean"] -
+             one["mean"], "passed": two["mean"] < one["mean"], "sample_fd": two, "stage1_sample_fd": one},
         ]
     return out
 
@@ -55,6 +67,7 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["digits", "mnist5k"])
     parser.add_argument("--kinds", nargs="+", default=list(KINDS))
     parser.add_argument("--seconds", type=float, help="training time per model and stage (default per data set)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per model and seed")
     parser.add_argument("--iw-samples", type=int, default=1000)
     parser.add_argument("--out", default="runs/family")
     parser.add_argument("--name", default="family", help="results file name under benchmarks/results/")
@@ -64,14 +77,15 @@ def main() -> None:
     for data_name in args.data:
         data = load_dataset(data_name)
         seconds = args.seconds or DEFAULT_SECONDS.get(data_name, 60.0)
-        for kind in args.kinds:
-            run = Path(args.out) / data_name / kind
-            cfg = TrainConfig(epochs=2000, max_seconds=seconds, patience=30, seed=0)
+        for kind, seed in ((kind, seed) for kind in args.kinds for seed in args.seeds):
+            run = Path(args.out) / data_name / f"{kind}_seed{seed}"
+            cfg = TrainConfig(epochs=2000, max_seconds=seconds, patience=30, seed=seed)
             _, metrics = train_run(kind, data, run, train_config=cfg, progress=False)
             stages = metrics.get("stages", {}).values()
             train_seconds = metrics["train_seconds"] + sum(s["train_seconds"] for s in stages)
             results = evaluate_run(run, iw_samples=args.iw_samples)
-            row = {"data": data_name, "kind": kind, "run": str(run), "measured": now(), "train_seconds": train_seconds,
+            row = {"data": data_name, "kind": kind, "seed": seed, "run": str(run), "measured": now(),
+                   "train_seconds": train_seconds,
                    "epochs": len(metrics["history"]), "stop_reason": metrics["stop_reason"],
                    **{k: results[k] for k in ("parameters", "elbo", "log_likelihood_iw", "recon_error",
                                               "active_units", "mutual_information", "sample_fd") if k in results}}
@@ -87,15 +101,21 @@ def main() -> None:
     if previous.exists():  # keep the rows of models not re-measured in this call
         fresh = {(r["data"], r["kind"]) for r in rows}
         rows = [r for r in json.loads(previous.read_text())["rows"] if (r["data"], r["kind"]) not in fresh] + rows
-    complete = [d for d in args.data if all(any(r["data"] == d and r["kind"] == k for r in rows) for k in KINDS)]
+    data_order = {d: i for i, d in enumerate(dict.fromkeys(r["data"] for r in rows))}
+    rows.sort(key=lambda r: (data_order[r["data"]], KINDS.index(r["kind"]), r.get("seed", 0)))
+    complete = [d for d in data_order if all(any(r["data"] == d and r["kind"] == k for r in rows) for k in KINDS)]
     decided = checks([r for r in rows if r["data"] in complete])
     path = write_rows(args.name, rows, meta={"seconds_per_stage": args.seconds or DEFAULT_SECONDS,
-                                             "iw_samples": args.iw_samples, "checks": decided,
+                                             "seeds": {d: sorted({r.get("seed", 0) for r in rows if r["data"] == d})
+                                                       for d in data_order}, "iw_samples": args.iw_samples,
+                                             "checks": decided,
                                              "sample_fd_note": "classifier-feature Fréchet distance; not comparable "
                                                                "with Inception FID"})
     print(markdown_table(
-        ["data", "model", "parameters", "train s", "ELBO", "IW log-lik", "active units", "sample FD", "stage-1 FD"],
-        [[r["data"], r["kind"], r["parameters"], r["train_seconds"], r["elbo"], r["log_likelihood_iw"],
+        ["data", "model", "seed", "parameters", "train s", "ELBO", "IW log-lik", "active units", "sample FD",
+         "stage-1 FD"],
+        [[r["data"], r["kind"], r.get("seed", 0), r["parameters"], r["train_seconds"], r["elbo"],
+          r["log_likelihood_iw"],
           r.get("active_units_per_layer", r["active_units"]), r["sample_fd"], r.get("stage1_sample_fd", "")]
          for r in rows]))
     if decided:

@@ -114,7 +114,7 @@ def test_kl_between_gaussians_matches_monte_carlo():
 
 @pytest.mark.parametrize("backbone", ["mlp", "conv"])
 def test_biva_contract_and_noise_as_input(backbone):
-    model = build_model("biva", {**TINY_BIVA, "backbone": backbone, "channels": [4, 8]})
+    model = build_model("biva", {**TINY_BIVA, "backbone": backbone, "channels": [4, 8]}).eval()  # as exported
     x = torch.rand(5, 1, 8, 8)
     noise = [torch.randn(5, d) for d in (4, 3, 2)]
     outputs = model.encoder(x, *noise)
@@ -131,9 +131,19 @@ def test_biva_contract_and_noise_as_input(backbone):
     assert len({id(t) for t in model.state_dict().values()}) == len(model.state_dict())
 
 
+def test_biva_dropout_is_on_the_encoder_and_only_while_training():
+    model = build_model("biva", {**TINY_BIVA, "dropout": 0.5})
+    x = torch.rand(5, 1, 8, 8)
+    noise = [torch.zeros(5, d) for d in (4, 3, 2)]
+    assert not torch.equal(model.encoder(x, *noise)[0], model.encoder(x, *noise)[0])
+    assert all(torch.equal(a, b) for a, b in zip(model.decoder(*noise), model.decoder(*noise)))  # training mode
+    model.eval()
+    assert all(torch.equal(a, b) for a, b in zip(model.encoder(x, *noise), model.encoder(x, *noise)))
+
+
 def test_biva_elbo_is_below_the_importance_weighted_bound():
     torch.manual_seed(0)
-    model = build_model("biva", TINY_BIVA)
+    model = build_model("biva", TINY_BIVA).eval()
     x = torch.rand(200, 1, 8, 8)
     with torch.no_grad():
         elbo = model.elbo(x, samples=20).mean().item()

@@ -83,6 +83,7 @@ def test_config_round_trip_rebuilds_the_same_model():
         b = build_model(kind, a.config_dict())
         assert a.config == b.config
         b.load_state_dict(a.state_dict())
+        a.eval(), b.eval()  # dropout (biva) draws afresh at every training-mode call
         x = torch.rand(2, 1, 8, 8)
         torch.testing.assert_close(a.reconstruct(x), b.reconstruct(x), rtol=0, atol=0)
 

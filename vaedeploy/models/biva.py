@@ -42,6 +42,9 @@ class BIVAConfig:
         activation: ``relu``, ``silu``, ``tanh`` or ``elu``. Default ``silu``.
         likelihood: ``gaussian`` (learned diagonal variance) or ``bernoulli``. Default ``gaussian``.
         min_logvar: soft floor of the decoder's log-variance, ``gaussian`` only. Default -8.
+        dropout: dropout rate on the deterministic states of both paths (d_i and t_i) in the training pass, against
+            overfitting the small training sets (chosen on digits' validation split: 0.1 beat 0 and 0.2). Sampling
+            through the decoder alone has none. Default 0.1.
     """
 
     input_shape: tuple[int, int, int] = (1, 8, 8)
@@ -53,6 +56,7 @@ class BIVAConfig:
     activation: str = "silu"
     likelihood: str = "gaussian"
     min_logvar: float = -8.0
+    dropout: float = 0.1
 
 
 def gaussian_kl_between(q_mean: Tensor, q_logvar: Tensor, p_mean: Tensor, p_logvar: Tensor) -> Tensor:
@@ -73,9 +77,11 @@ class TopDown(nn.Module):
         )
         self.prior_head = nn.ModuleList(nn.Linear(width, 2 * dims[i]) for i in range(len(dims) - 1))
 
-    def step(self, i: int, z_above: Tensor, t_above: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """(t_i, prior mean, prior logvar) of 0-based layer i given the layer above it."""
+    def step(self, i: int, z_above: Tensor, t_above: Tensor | None,
+             dropout: nn.Module | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(t_i, prior mean, prior logvar) of 0-based layer i given the layer above it; ``dropout`` acts on t_i."""
         t = self.state[i](z_above if t_above is None else torch.cat([z_above, t_above], 1))
+        t = t if dropout is None else dropout(t)
         mean, logvar = self.prior_head[i](t).chunk(2, 1)
         return t, mean, logvar
 
@@ -96,14 +102,16 @@ class BIVAEncoder(nn.Module):
                           nn.Linear(width, 2 * dims[i]))
             for i in range(len(dims) - 1)
         )
+        # the encoder owns the dropout of both paths, so encoder.eval() alone switches it off for export
+        self.dropout = nn.Dropout(cfg.dropout)
         self._top_down = [top_down]  # the decoder owns it; a list keeps it out of this module's state dict
 
     def infer(self, x: Tensor, noise: list[Tensor]):
         """Lists (bottom first) of z, q mean, q logvar, p mean, p logvar; the top prior is N(0, I)."""
         top_down = self._top_down[0]
-        d = [self.trunk(x)]
+        d = [self.dropout(self.trunk(x))]
         for layer in self.bottom_up:
-            d.append(layer(d[-1]))
+            d.append(self.dropout(layer(d[-1])))
         top = len(noise) - 1
         mean, logvar = self.top_head(d[top]).chunk(2, 1)
         z = {top: mean + torch.exp(0.5 * logvar) * noise[top]}
@@ -111,7 +119,7 @@ class BIVAEncoder(nn.Module):
         p = {top: (torch.zeros_like(mean), torch.zeros_like(logvar))}
         t = None
         for i in range(top - 1, -1, -1):
-            t, p_mean, p_logvar = top_down.step(i, z[i + 1], t)
+            t, p_mean, p_logvar = top_down.step(i, z[i + 1], t, self.dropout)
             mean, logvar = self.combine[i](torch.cat([d[i], t], 1)).chunk(2, 1)
             z[i], q[i], p[i] = mean + torch.exp(0.5 * logvar) * noise[i], (mean, logvar), (p_mean, p_logvar)
         layers = range(top + 1)
