@@ -19,34 +19,19 @@ from torch import Tensor, nn
 
 from .backbones import activation
 from .base import make_likelihood
-from .vae import VAE, GaussianEncoder
+from .vae import VAE, GaussianEncoder, VAEConfig
 
 
 @dataclass
-class BiVAEConfig:
-    """Everything that rebuilds a BiVAE.
+class BiVAEConfig(VAEConfig):
+    """Everything that rebuilds a BiVAE: ``VAEConfig``'s fields, except that ``backbone`` must be ``mlp`` (the tied
+    pass is a stack of dense layers, ``hidden`` wide in both directions) and ``channels`` is unused; and:
 
     Args:
-        input_shape: (C, H, W) of one example; ``vaedeploy train`` sets it from the data. Default (1, 8, 8).
-        latent_dim: number of latent dimensions. Default 16.
-        backbone: only ``mlp``: the tied pass is a stack of dense layers. Default ``mlp``.
-        hidden: widths of the dense layers, shared by both directions. Default (256, 256).
-        channels: unused (kept so the config reads like the other models'). Default (32, 64).
-        activation: ``relu``, ``silu``, ``tanh`` or ``elu``. Default ``silu``.
-        likelihood: ``gaussian`` (learned diagonal variance) or ``bernoulli``. Default ``gaussian``.
-        min_logvar: soft floor of the decoder's log-variance, ``gaussian`` only. Default -8.
         logvar_rank: rank of the untied log-variance head on h_1, ``gaussian`` only (0: the log-variance is a
             per-pixel affine function of the tied output, like the mean). Default 32.
     """
 
-    input_shape: tuple[int, int, int] = (1, 8, 8)
-    latent_dim: int = 16
-    backbone: str = "mlp"
-    hidden: tuple[int, ...] = (256, 256)
-    channels: tuple[int, ...] = (32, 64)
-    activation: str = "silu"
-    likelihood: str = "gaussian"
-    min_logvar: float = -8.0
     logvar_rank: int = 32
 
 

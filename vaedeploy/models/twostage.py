@@ -24,18 +24,11 @@ from .vae import VAE, GaussianEncoder, VAEConfig, posterior_collapse_figures
 
 
 @dataclass
-class TwoStageConfig:
-    """Everything that rebuilds a two-stage VAE; the stage-1 fields mean what they mean in ``VAEConfig``.
+class TwoStageConfig(VAEConfig):
+    """Everything that rebuilds a two-stage VAE: stage 1 takes ``VAEConfig``'s fields (``activation`` serves both
+    stages), and these describe stage 2.
 
     Args:
-        input_shape: (C, H, W); set from the data by ``vaedeploy train``. Default (1, 8, 8).
-        latent_dim: stage-1 latent size (z). Default 16.
-        backbone: stage-1 ``mlp`` or ``conv``. Default ``mlp``.
-        hidden: stage-1 dense widths. Default (256, 256).
-        channels: stage-1 conv channels, ``conv`` only. Default (32, 64).
-        activation: activation of both stages. Default ``silu``.
-        likelihood: stage-1 ``gaussian`` or ``bernoulli``. Default ``gaussian``.
-        min_logvar: stage-1 decoder log-variance floor. Default -8.
         stage2_latent_dim: size of u; 0 means the same as ``latent_dim`` (Dai & Wipf). Default 0.
         stage2_hidden: stage-2 dense widths, both directions. Default (256, 256).
         stage2_min_logvar: floor of the stage-2 log γ, so z's density stays bounded. Default -10.
@@ -43,14 +36,6 @@ class TwoStageConfig:
             u; started at γ = 1 it settles at once on p(z|u) = N(constant, I) and ignores u (collapse). Default -4.
     """
 
-    input_shape: tuple[int, int, int] = (1, 8, 8)
-    latent_dim: int = 16
-    backbone: str = "mlp"
-    hidden: tuple[int, ...] = (256, 256)
-    channels: tuple[int, ...] = (32, 64)
-    activation: str = "silu"
-    likelihood: str = "gaussian"
-    min_logvar: float = -8.0
     stage2_latent_dim: int = 0
     stage2_hidden: tuple[int, ...] = (256, 256)
     stage2_min_logvar: float = -10.0
