@@ -84,11 +84,3 @@ def evaluate_run(run_dir: str | os.PathLike, *, iw_samples: int = 1000, elbo_sam
     write_json(Path(run_dir) / "eval.json", results)
     return results
 
-
-def summary_line(results: dict) -> str:
-    """The figures a person looks at first, on one line."""
-    keys = ("elbo", "log_likelihood_iw", "baseline_ppca_log_likelihood", "recon_error", "active_units", "sample_fd")
-    parts = [f"{k}={results[k]:.4g}" if isinstance(results[k], float) else f"{k}={results[k]}"
-             for k in keys if k in results]
-    return " ".join(parts) if parts else "(no figures)"
-
