@@ -88,32 +88,6 @@ def summarize(seconds: Sequence[float]) -> dict:
     }
 
 
-def time_calls(
-    call: Callable[[object], object],
-    inputs: Sequence[object],
-    *,
-    warmup: int = 10,
-    iters: int = 200,
-    min_seconds: float = 0.0,
-) -> dict:
-    """Time `call(input)` serially, rotating through `inputs` so no single buffer stays hot in cache.
-
-    Runs `warmup` untimed calls, then at least `iters` timed calls and at least `min_seconds` of them.
-    """
-    for i in range(warmup):
-        call(inputs[i % len(inputs)])
-    times = []
-    started = time.perf_counter()
-    i = 0
-    while i < iters or time.perf_counter() - started < min_seconds:
-        x = inputs[i % len(inputs)]
-        t0 = time.perf_counter()
-        call(x)
-        times.append(time.perf_counter() - t0)
-        i += 1
-    return summarize(times)
-
-
 def time_interleaved(
     calls: dict[str, Callable[[object], object]],
     inputs: dict[str, Sequence[object]],
@@ -128,7 +102,7 @@ def time_interleaved(
 
     On a machine shared with other work, a slow moment then hits every provider alike, so their ratios stay fair.
     Blocks rather than single alternating calls: thread pools (ONNX Runtime's, OpenMP's) spin for a while after a
-    call, and would steal the cores of the next provider. ``inputs[name]`` are rotated like ``time_calls`` does.
+    call, and would steal the cores of the next provider. ``inputs[name]`` are rotated so no single buffer stays hot in cache.
     Returns name → ``summarize`` figures.
     """
     names = list(calls)

@@ -131,7 +131,7 @@ class VAE(Model):
         return posterior_collapse_figures(mean, logvar)
 
 
-def posterior_collapse_figures(mean: Tensor, logvar: Tensor, samples_per_example: int = 1) -> dict:
+def posterior_collapse_figures(mean: Tensor, logvar: Tensor) -> dict:
     """Active units, KL per dimension and the mutual information I(x; z) under q, from posterior parameters.
 
     - active units (Burda et al. 2016): dimensions whose E_q[z] varies over the data with variance above 0.01.
