@@ -72,10 +72,9 @@ def _summary(rows):
 
 
 def _plot(rows, path):
-    import matplotlib
+    from vaedeploy.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(DTYPES), figsize=(6 * len(DTYPES), 4), squeeze=False)
     for ax, dtype in zip(axes[0], DTYPES):
@@ -87,7 +86,7 @@ def _plot(rows, path):
         ax.legend()
     fig.suptitle(rows[0]["device"])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

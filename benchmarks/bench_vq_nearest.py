@@ -81,10 +81,9 @@ def main():
 
 
 def _plot(timed, memory, path):
-    import matplotlib
+    from vaedeploy.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
     centred = [r for r in timed if r["data_offset"] == 0.0]
@@ -97,7 +96,7 @@ def _plot(timed, memory, path):
     right.legend()
     fig.suptitle(timed[0]["device"])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

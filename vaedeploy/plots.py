@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
@@ -15,13 +15,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     """Save through a temporary file so a half-written PNG never replaces a good one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     tmp.replace(path)
     return path
 
@@ -39,13 +39,13 @@ def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
 
 
 def plot_grid(images: np.ndarray, path: str | Path, title: str, columns: int = 10) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     grid = image_grid(images, columns)
     fig, ax = plt.subplots(figsize=(columns * 0.7, max(1.0, grid.shape[0] / grid.shape[1] * columns * 0.7)))
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reconstructions(data: np.ndarray, recon: np.ndarray, path: str | Path, title: str) -> Path:
@@ -60,7 +60,7 @@ def plot_reconstructions(data: np.ndarray, recon: np.ndarray, path: str | Path, 
 
 def plot_latent_space(means: np.ndarray, labels: np.ndarray | None, path: str | Path, title: str) -> Path:
     """Latent means projected to 2-D (the first two principal components when d > 2), coloured by label."""
-    plt = _pyplot()
+    plt = pyplot()
     means = np.asarray(means, dtype=np.float64)
     if means.shape[1] > 2:
         from sklearn.decomposition import PCA
@@ -75,11 +75,11 @@ def plot_latent_space(means: np.ndarray, labels: np.ndarray | None, path: str | 
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_training_curve(history: list[dict], path: str | Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [row["train_loss"] for row in history], label="train loss")
@@ -88,17 +88,17 @@ def plot_training_curve(history: list[dict], path: str | Path, title: str) -> Pa
     ax.set_ylabel("loss (nats per example)")
     ax.set_title(title)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bars(values: list[float], path: str | Path, title: str, xlabel: str, ylabel: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.bar(range(len(values)), values)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_run(run_dir: str | Path, *, n_samples: int = 100, seed: int = 0) -> list[Path]:
@@ -131,7 +131,7 @@ def plot_run(run_dir: str | Path, *, n_samples: int = 100, seed: int = 0) -> lis
 def plot_grouped_bars(series: dict[str, list[float]], path: str | Path, title: str, xlabel: str,
                       ylabel: str) -> Path:
     """One bar per index for each named series, side by side (e.g. KL per latent dimension of several runs)."""
-    plt = _pyplot()
+    plt = pyplot()
     width = 0.8 / max(1, len(series))
     fig, ax = plt.subplots(figsize=(max(7.0, 0.3 * max(len(v) for v in series.values()) * len(series) ** 0.5), 3.8))
     for i, (name, values) in enumerate(series.items()):
@@ -140,4 +140,4 @@ def plot_grouped_bars(series: dict[str, list[float]], path: str | Path, title: s
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
