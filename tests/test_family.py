@@ -38,23 +38,47 @@ def fd_classifier(digits, tmp_path_factory):
     return cache / CACHE_NAME
 
 
+@pytest.mark.parametrize("backbone", ["mlp", "conv"])
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])
-def test_bivae_ties_the_decoder_to_the_encoder_and_halves_the_parameters(shape):
-    vae = build_model("vae", {"input_shape": shape})
-    bivae = build_model("bivae", {"input_shape": shape})
+def test_bivae_ties_the_decoder_to_the_encoder_and_halves_the_parameters(shape, backbone):
+    vae = build_model("vae", {"input_shape": shape, "backbone": backbone})
+    bivae = build_model("bivae", {"input_shape": shape, "backbone": backbone})
     assert n_parameters(bivae) <= 0.55 * n_parameters(vae)
     z = torch.randn(5, 16)
-    before = bivae.decoder(z)[0]
+    before = bivae.decoder(z)
+    assert [p.shape for p in before] == [(5, *shape)] * 2
+    first = next(m for m in bivae.encoder.trunk.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
     with torch.no_grad():
-        bivae.encoder.trunk.body[1][0].weight.mul_(2.0)  # the first encoder matrix is the decoder's last
-    assert not torch.allclose(before, bivae.decoder(z)[0])
+        first.weight.mul_(2.0)  # the encoder's first layer (matrix or kernel) is the decoder's last
+    assert not torch.allclose(before[0], bivae.decoder(z)[0])
 
 
-def test_bivae_weights_are_stored_once_and_the_standalone_decoder_owns_its_copy(tmp_path):
-    model = build_model("bivae", TINY)
+def test_bivae_conv_decoder_runs_the_adjoint_of_the_encoder_convolutions():
+    """With the biases, heads and nonlinearity out of the way, each transposed convolution is the adjoint of the
+    encoder's: <conv(x), y> = <x, conv_transpose(y)>, which is what "the same kernel, backwards" means."""
+    model = build_model("bivae", {**TINY, "backbone": "conv", "channels": [3, 5], "input_shape": (1, 28, 28)})
+    decoder = model.decoder
+    convs = [m for m in model.encoder.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
+    sizes = decoder.sizes  # smallest first: 7×7, 14×14, 28×28
+    for conv, kernel, (small, big) in zip(reversed(convs), decoder.transposed_weights()[decoder.dense_layers:],
+                                          zip(sizes, sizes[1:])):
+        assert kernel is conv.weight
+        x = torch.randn(2, conv.in_channels, *big, dtype=torch.float64)
+        y = torch.randn(2, conv.out_channels, *small, dtype=torch.float64)
+        forward = torch.nn.functional.conv2d(x, kernel.double(), stride=2, padding=1)
+        backward = torch.nn.functional.conv_transpose2d(
+            y, kernel.double(), stride=2, padding=1,
+            output_padding=(big[0] - (2 * small[0] - 1), big[1] - (2 * small[1] - 1)))
+        assert backward.shape == x.shape
+        torch.testing.assert_close((forward * y).sum(), (x * backward).sum())
+
+
+@pytest.mark.parametrize("backbone", ["mlp", "conv"])
+def test_bivae_weights_are_stored_once_and_the_standalone_decoder_owns_its_copy(tmp_path, backbone):
+    model = build_model("bivae", {**TINY, "backbone": backbone, "channels": [3, 5]})
     assert not any(name.startswith("decoder.transposed") for name in model.state_dict())
     save_tensors(tmp_path / "w.safetensors", model.state_dict())  # safetensors refuses tensors stored twice
-    copy = build_model("bivae", TINY)
+    copy = build_model("bivae", {**TINY, "backbone": backbone, "channels": [3, 5]})
     copy.load_state_dict(load_tensors(tmp_path / "w.safetensors"))
     z = torch.randn(3, 4)
     standalone = model.decoder.standalone()
@@ -71,11 +95,13 @@ def test_bivae_weights_are_stored_once_and_the_standalone_decoder_owns_its_copy(
 def _graphs_for_export():
     """(name, module, example inputs) for every graph export will trace on its own: tensors in, tensors out."""
     bivae = build_model("bivae", TINY)
+    bivae_conv = build_model("bivae", {**TINY, "backbone": "conv", "channels": [3, 5], "input_shape": (1, 28, 28)})
     biva = build_model("biva", TINY_BIVA)
     twostage = build_model("twostage", TINY_TWOSTAGE)
     noise = tuple(torch.randn(3, d) for d in (4, 3, 2))
     return [
         ("bivae decoder", bivae.decoder.standalone(), (torch.randn(3, 4),)),
+        ("bivae conv decoder", bivae_conv.decoder.standalone(), (torch.randn(3, 4),)),
         ("biva encoder", biva.encoder, (torch.rand(3, 1, 8, 8), *noise)),
         ("biva decoder", biva.decoder, noise),
         ("twostage stage-2 decoder", twostage.stage2.decoder, (torch.randn(3, 4),)),
@@ -96,11 +122,6 @@ def test_every_family_graph_exports_to_onnx_alone_and_matches_pytorch(tmp_path):
             expected = module(*inputs)
         for got, want in zip(session.run(None, feeds), expected):
             np.testing.assert_allclose(got, want.numpy(), atol=1e-5, err_msg=name)
-
-
-def test_bivae_refuses_a_conv_backbone():
-    with pytest.raises(ValueError, match="backbone must be 'mlp', got 'conv'"):
-        build_model("bivae", {"backbone": "conv"})
 
 
 def test_kl_between_gaussians_matches_monte_carlo():

@@ -68,9 +68,8 @@ def test_free_bits_raise_the_loss_of_a_collapsed_posterior():
     assert guarded.item() == pytest.approx(plain.item() + 4 * 0.5, abs=1e-4)
 
 
-# kinds whose options differ from the VAE's: bivae ties dense layers only; biva sizes several latent layers
+# kinds whose options differ from the VAE's: biva sizes several latent layers
 TINY_CONFIG_OF_KIND = {
-    "bivae": {**TINY, "backbone": "mlp"},
     "biva": {"hidden": [32], "channels": [4, 8], "latent_dims": [4, 2], "layer_hidden": 8, "backbone": "conv"},
 }
 

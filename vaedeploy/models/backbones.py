@@ -35,7 +35,7 @@ def upsampling_conv(c_in: int, c_out: int, in_size: tuple[int, int], out_size: t
     return nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad)
 
 
-def _conv_sizes(h: int, w: int, stages: int) -> list[tuple[int, int]]:
+def conv_sizes(h: int, w: int, stages: int) -> list[tuple[int, int]]:
     """Spatial size after each stride-2 stage, starting with the input's."""
     sizes = [(h, w)]
     for _ in range(stages):
@@ -65,7 +65,7 @@ class EncoderTrunk(nn.Module):
             convs: list[nn.Module] = []
             for c_in, c_out in zip([c, *channels[:-1]], channels):
                 convs += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), activation(act)]
-            fh, fw = _conv_sizes(h, w, len(channels))[-1]
+            fh, fw = conv_sizes(h, w, len(channels))[-1]
             self.body = nn.Sequential(*convs, nn.Flatten(), mlp([channels[-1] * fh * fw, *hidden], act))
         else:
             raise ValueError(f"backbone must be 'mlp' or 'conv', got {backbone!r}")
@@ -89,7 +89,7 @@ class DecoderTrunk(nn.Module):
                 nn.Unflatten(1, (out_channels, h, w)),
             )
         elif backbone == "conv":
-            sizes = list(reversed(_conv_sizes(h, w, len(channels))))
+            sizes = list(reversed(conv_sizes(h, w, len(channels))))
             chans = list(reversed(channels))
             layers: list[nn.Module] = [
                 mlp([in_features, *widths], act),

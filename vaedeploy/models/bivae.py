@@ -1,10 +1,12 @@
 """Bidirectional VAE with tied weights (after Adigun & Kosko): the decoder runs the encoder's matrices backwards.
 
-Encoding is the forward pass x → h_1 → … → h_L → (mean, logvar); decoding is the backward pass through the same
-matrices, z → h_L → … → h_1 → x, with ``F.linear(h, W.t())``. Only the biases and the output heads belong to the
-decoder: a per-pixel scale and shift for each likelihood parameter, and for the Gaussian a low-rank log-variance
-head on h_1 (so the variance need not follow the mean). The model has about half the parameters of a ``vae`` of
-the same widths. The mean half of the encoder's output layer is the decoder's first matrix.
+Encoding is the forward pass x → (convolutions) → h_1 → … → h_L → (mean, logvar); decoding is the backward pass
+through the same weights, z → h_L → … → h_1 → (transposed convolutions) → x: ``F.linear(h, W.t())`` for a dense
+layer and ``F.conv_transpose2d(h, K)`` with the same kernel K for a stride-2 convolution (the adjoint of the
+encoder's operator). Only the biases and the output heads belong to the decoder: a per-pixel scale and shift for
+each likelihood parameter, and for the Gaussian a low-rank log-variance head on h_1 (so the variance need not follow
+the mean). The model has about half the parameters of a ``vae`` of the same widths. The mean half of the encoder's
+output layer is the decoder's first matrix.
 
 For export, ``decoder.standalone()`` returns a decoder that holds its own copy of the transposed weights, so the
 decoder graph can be traced, shipped and run without the encoder.
@@ -17,15 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import activation
+from .backbones import activation, conv_sizes
 from .base import make_likelihood
 from .vae import VAE, GaussianEncoder, VAEConfig
 
 
 @dataclass
 class BiVAEConfig(VAEConfig):
-    """Everything that rebuilds a BiVAE: ``VAEConfig``'s fields, except that ``backbone`` must be ``mlp`` (the tied
-    pass is a stack of dense layers, ``hidden`` wide in both directions) and ``channels`` is unused; and:
+    """Everything that rebuilds a BiVAE: ``VAEConfig``'s fields (``mlp`` or ``conv`` backbone, both tied), and:
 
     Args:
         logvar_rank: rank of the untied log-variance head on h_1, ``gaussian`` only (0: the log-variance is a
@@ -35,12 +36,21 @@ class BiVAEConfig(VAEConfig):
     logvar_rank: int = 32
 
 
+def encoder_weights(encoder: GaussianEncoder, latent_dim: int) -> list[Tensor]:
+    """The encoder's weights in the order the backward pass uses them: the mean rows of the output layer, the dense
+    layers from the top down, then the convolution kernels from the top down. Each keeps the encoder's shape,
+    (out, in) or (out, in, k, k), which is (in, out, …) of the backward pass."""
+    dense = [m.weight for m in encoder.trunk.modules() if isinstance(m, nn.Linear)]
+    convs = [m.weight for m in encoder.trunk.modules() if isinstance(m, nn.Conv2d)]
+    return [encoder.head.weight[:latent_dim], *reversed(dense), *reversed(convs)]
+
+
 class TiedDecoder(nn.Module):
-    """z → likelihood parameters through the transposed encoder matrices.
+    """z → likelihood parameters through the transposed encoder weights.
 
     Tied to an encoder, it reads that encoder's weights at every call (they are not registered twice, so the state
     dict and the optimizer see each matrix once). Built with ``encoder=None`` it owns ``transposed``: copies of the
-    transposed matrices, which is what ``standalone()`` fills for export.
+    transposed weights, which is what ``standalone()`` fills for export.
     """
 
     def __init__(self, cfg: BiVAEConfig, encoder: GaussianEncoder | None):
@@ -49,38 +59,46 @@ class TiedDecoder(nn.Module):
         self.likelihood = make_likelihood(cfg.likelihood, cfg.min_logvar)
         self.act = activation(cfg.activation)
         self._encoder = [encoder] if encoder is not None else []  # a list hides it from module registration
-        pixels = cfg.input_shape[0] * cfg.input_shape[1] * cfg.input_shape[2]
-        # layer outputs of the backward pass: h_L, …, h_1, then the pixels
-        widths = [*reversed(cfg.hidden), pixels]
-        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(w)) for w in widths])
+        shapes = [w.shape for w in encoder_weights(encoder or GaussianEncoder(cfg), cfg.latent_dim)]
+        self.dense_layers = len(cfg.hidden) + 1  # the mean rows and every hidden layer
+        c, h, w = cfg.input_shape
+        pixels = c * h * w
+        # one bias per output unit of a dense layer and per output channel of a transposed convolution
+        self.biases = nn.ParameterList([nn.Parameter(torch.zeros(shape[1])) for shape in shapes])
+        # the spatial sizes the transposed convolutions land on, the encoder's sizes in reverse
+        self.sizes = conv_sizes(h, w, len(shapes) - self.dense_layers)[::-1]
         params = len(self.likelihood.names)
         self.head_scale = nn.Parameter(torch.ones(params, pixels))
         self.head_shift = nn.Parameter(torch.zeros(params, pixels))
         gaussian_rank = cfg.logvar_rank if cfg.likelihood == "gaussian" else 0
         self.logvar_head = nn.Sequential(nn.Linear(cfg.hidden[0], gaussian_rank), nn.Linear(gaussian_rank, pixels)) \
             if gaussian_rank > 0 else None
-        inputs = [cfg.latent_dim, *reversed(cfg.hidden)]
         self.transposed = nn.ParameterList(
-            [] if encoder is not None else [nn.Parameter(torch.empty(i, o)) for i, o in zip(inputs, widths)]
+            [] if encoder is not None else [nn.Parameter(torch.empty(shape)) for shape in shapes]
         )
 
     def transposed_weights(self) -> list[Tensor]:
-        """The backward pass's matrices, z-side first, each stored as (in, out) for ``F.linear(h, W.t())``."""
-        if not self._encoder:
-            return list(self.transposed)
-        encoder = self._encoder[0]
-        dense = [m for m in encoder.trunk.modules() if isinstance(m, nn.Linear)]
-        # the decoder reads z where the encoder wrote the mean: the first latent_dim rows of the output layer
-        return [encoder.head.weight[: self.cfg.latent_dim], *(m.weight for m in reversed(dense))]
+        """The backward pass's weights, z-side first, in the encoder's shapes (see ``encoder_weights``)."""
+        return encoder_weights(self._encoder[0], self.cfg.latent_dim) if self._encoder else list(self.transposed)
 
     def forward(self, z: Tensor) -> tuple[Tensor, ...]:
-        h = z
         weights = self.transposed_weights()
-        for weight, bias in zip(weights[:-1], self.biases):
-            h = self.act(F.linear(h, weight.t(), bias))
-        h_1 = h
-        out = F.linear(h_1, weights[-1].t(), self.biases[-1])
-        raw = out[:, None, :] * self.head_scale + self.head_shift  # N × params × pixels
+        last = len(weights) - 1
+        h, h_1 = z, None
+        for i, (weight, bias) in enumerate(zip(weights, self.biases)):
+            if i < self.dense_layers:
+                if i == self.dense_layers - 1:
+                    h_1 = h  # the first hidden layer's width: what the log-variance head reads
+                h = F.linear(h, weight.t(), bias)
+            else:
+                if h.dim() == 2:
+                    h = h.unflatten(1, (weight.shape[0], *self.sizes[0]))
+                (ih, iw), (oh, ow) = self.sizes[i - self.dense_layers], self.sizes[i - self.dense_layers + 1]
+                h = F.conv_transpose2d(h, weight, bias, stride=2, padding=1,
+                                       output_padding=(oh - (2 * ih - 1), ow - (2 * iw - 1)))
+            if i < last:
+                h = self.act(h)
+        raw = h.flatten(1)[:, None, :] * self.head_scale + self.head_shift  # N × params × pixels
         if self.logvar_head is not None:
             raw = torch.cat([raw[:, :1], raw[:, 1:] + self.logvar_head(h_1)[:, None]], 1)
         return self.likelihood.params(raw.reshape(z.shape[0], -1, *self.cfg.input_shape[1:]))
@@ -102,8 +120,6 @@ class BiVAE(VAE):
     Config = BiVAEConfig
 
     def __init__(self, config: BiVAEConfig):
-        if config.backbone != "mlp":
-            raise ValueError(f"bivae ties dense layers only: backbone must be 'mlp', got {config.backbone!r}")
         if not config.hidden:
             raise ValueError(f"bivae needs at least one hidden layer, got hidden={config.hidden!r}")
         super(VAE, self).__init__(config)  # Model.__init__: the VAE's own untied decoder is not built

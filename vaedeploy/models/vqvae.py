@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import _conv_sizes, activation, upsampling_conv
+from .backbones import conv_sizes, activation, upsampling_conv
 from .base import Model, make_likelihood
 from .code_prior import CodePrior, PriorObjective
 
@@ -124,7 +124,7 @@ class VQDecoder(nn.Module):
         super().__init__()
         self.likelihood = make_likelihood(cfg.likelihood, cfg.min_logvar)
         out_channels = cfg.input_shape[0] * len(self.likelihood.names)
-        sizes = list(reversed(_conv_sizes(*cfg.input_shape[1:], len(cfg.channels))))
+        sizes = list(reversed(conv_sizes(*cfg.input_shape[1:], len(cfg.channels))))
         chans = list(reversed(cfg.channels))
         layers: list[nn.Module] = [nn.Conv2d(cfg.embedding_dim, chans[0], 3, padding=1)]
         layers += [ResidualBlock(chans[0], cfg.activation) for _ in range(cfg.residual_blocks)]
@@ -276,7 +276,7 @@ class VQVAE(Model):
         self.encoder = VQEncoder(config)
         self.quantizer = VectorQuantizer(config)
         self.decoder = VQDecoder(config)
-        self.grid = _conv_sizes(*config.input_shape[1:], len(config.channels))[-1]
+        self.grid = conv_sizes(*config.input_shape[1:], len(config.channels))[-1]
         self.prior = CodePrior(config.num_codes, self.grid[0] * self.grid[1], config.prior_width,
                                config.prior_layers, config.prior_heads, config.prior_dropout)
         # Trained in its own stage: frozen here so the first stage's optimizer and DDP leave it alone.
