@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--name", default="family", help="results file name under benchmarks/results/")
     args = parser.parse_args()
 
+    model_config = {"backbone": args.backbone} if args.backbone else None
     rows = []
     for data_name in args.data:
         data = load_dataset(data_name)
@@ -88,7 +89,6 @@ def main() -> None:
         for kind, seed in ((kind, seed) for kind in args.kinds for seed in args.seeds):
             run = Path(args.out) / data_name / f"{kind}_seed{seed}"
             cfg = TrainConfig(epochs=2000, max_seconds=seconds, patience=30, seed=seed)
-            model_config = {"backbone": args.backbone} if args.backbone else None
             _, metrics = train_run(kind, data, run, model_config=model_config, train_config=cfg, progress=False)
             stages = metrics.get("stages", {}).values()
             train_seconds = metrics["train_seconds"] + sum(s["train_seconds"] for s in stages)

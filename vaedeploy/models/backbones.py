@@ -28,11 +28,15 @@ def mlp(sizes: list[int], act: str, final_activation: bool = True) -> nn.Sequent
     return nn.Sequential(*layers)
 
 
+def upsampling_padding(in_size: tuple[int, int], out_size: tuple[int, int]) -> tuple[int, int]:
+    """The output padding that makes a stride-2, padding-1 3×3 transposed convolution land on ``out_size`` (h, w)."""
+    (ih, iw), (oh, ow) = in_size, out_size
+    return oh - (2 * ih - 1), ow - (2 * iw - 1)
+
+
 def upsampling_conv(c_in: int, c_out: int, in_size: tuple[int, int], out_size: tuple[int, int]) -> nn.ConvTranspose2d:
     """A stride-2 3×3 transposed convolution from ``in_size`` to exactly ``out_size`` (h, w), e.g. 4→7 or 7→14."""
-    (ih, iw), (oh, ow) = in_size, out_size
-    pad = (oh - (2 * ih - 1), ow - (2 * iw - 1))
-    return nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad)
+    return nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=upsampling_padding(in_size, out_size))
 
 
 def conv_sizes(h: int, w: int, stages: int) -> list[tuple[int, int]]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import activation, conv_sizes
+from .backbones import activation, conv_sizes, upsampling_padding
 from .base import make_likelihood
 from .vae import VAE, GaussianEncoder, VAEConfig
 
@@ -91,11 +91,11 @@ class TiedDecoder(nn.Module):
                     h_1 = h  # the first hidden layer's width: what the log-variance head reads
                 h = F.linear(h, weight.t(), bias)
             else:
-                if h.dim() == 2:
+                stage = i - self.dense_layers
+                if stage == 0:  # the dense stack's output is the encoder's flattened last feature map
                     h = h.unflatten(1, (weight.shape[0], *self.sizes[0]))
-                (ih, iw), (oh, ow) = self.sizes[i - self.dense_layers], self.sizes[i - self.dense_layers + 1]
                 h = F.conv_transpose2d(h, weight, bias, stride=2, padding=1,
-                                       output_padding=(oh - (2 * ih - 1), ow - (2 * iw - 1)))
+                                       output_padding=upsampling_padding(self.sizes[stage], self.sizes[stage + 1]))
             if i < last:
                 h = self.act(h)
         raw = h.flatten(1)[:, None, :] * self.head_scale + self.head_shift  # N × params × pixels

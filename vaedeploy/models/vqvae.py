@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import conv_sizes, activation, upsampling_conv
+from .backbones import activation, conv_sizes, upsampling_conv
 from .base import Model, make_likelihood
 from .code_prior import CodePrior, PriorObjective
 
