@@ -162,6 +162,37 @@ def test_biva_dropout_is_on_the_encoder_and_only_while_training():
     assert all(torch.equal(a, b) for a, b in zip(model.encoder(x, *noise), model.encoder(x, *noise)))
 
 
+@pytest.mark.parametrize("bound", [2.0, 0.0])
+def test_biva_latent_bound_keeps_every_layer_gaussian_in_range(bound):
+    model = build_model("biva", {**TINY_BIVA, "latent_bound": bound}).eval()
+    with torch.no_grad():  # weights blown up as a drifting run would make them
+        for head in [model.encoder.top_head, *model.encoder.posterior_head, *model.decoder.top_down.prior_head]:
+            for p in head.parameters():
+                p.mul_(1000.0)
+        _, q_mean, q_logvar, p_mean, p_logvar = model.encoder.infer(torch.rand(64, 1, 8, 8),
+                                                                    model._noise(64))
+    means, logvars = torch.cat([*q_mean, *p_mean[:-1]], 1), torch.cat([*q_logvar, *p_logvar[:-1]], 1)
+    inside = bool(means.abs().max() <= 2.0 and logvars.abs().max() <= 4.0)
+    assert inside == (bound == 2.0)
+
+
+@pytest.mark.parametrize("bottom_inference", ["bottom_up", "bidirectional"])
+def test_biva_bottom_layer_is_inferred_bottom_up_or_from_both_paths(bottom_inference):
+    model = build_model("biva", {**TINY_BIVA, "bottom_inference": bottom_inference}).eval()
+    x = torch.rand(5, 1, 8, 8)
+    noise = [torch.randn(5, d) for d in (4, 3, 2)]
+    other = [noise[0], *(torch.randn_like(n) for n in noise[1:])]  # new draws above layer 1
+    z1_mean, other_z1_mean = model.encoder(x, *noise)[3], model.encoder(x, *other)[3]
+    assert torch.equal(z1_mean, other_z1_mean) == (bottom_inference == "bottom_up")
+
+
+@pytest.mark.parametrize("option, value, message", [("bottom_inference", "sideways", "bottom_inference must be"),
+                                                   ("latent_bound", -1.0, "latent_bound must be >= 0")])
+def test_biva_refuses_bad_inference_options(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("biva", {**TINY_BIVA, option: value})
+
+
 def test_biva_elbo_is_below_the_importance_weighted_bound():
     torch.manual_seed(0)
     model = build_model("biva", TINY_BIVA).eval()
