@@ -169,8 +169,7 @@ def test_biva_latent_bound_keeps_every_layer_gaussian_in_range(bound):
         for head in [model.encoder.top_head, *model.encoder.posterior_head, *model.decoder.top_down.prior_head]:
             for p in head.parameters():
                 p.mul_(1000.0)
-        _, q_mean, q_logvar, p_mean, p_logvar = model.encoder.infer(torch.rand(64, 1, 8, 8),
-                                                                    model._noise(64))
+        _, q_mean, q_logvar, p_mean, p_logvar = model.encoder.infer(torch.rand(64, 1, 8, 8), model._noise(64))
     means, logvars = torch.cat([*q_mean, *p_mean[:-1]], 1), torch.cat([*q_logvar, *p_logvar[:-1]], 1)
     inside = bool(means.abs().max() <= 2.0 and logvars.abs().max() <= 4.0)
     assert inside == (bound == 2.0)
