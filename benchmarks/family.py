@@ -10,6 +10,7 @@ trains once per seed and the checks compare the means over seeds (the spread is 
     python benchmarks/family.py --kinds bivae          # re-measure one model; the other rows of the file are kept
     python benchmarks/family.py --data digits --seeds 0 1 2   # three seeds per model
     python benchmarks/family.py --data mnist5k --kinds vae bivae --backbone conv --name family_conv   # conv pair
+    python benchmarks/family.py --kinds vae bivae biva --free-bits 0.5 --name family_free_bits   # one recipe
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS_DIR, markdown_table, write_rows  # noqa: E402
 from vaedeploy.data import load_dataset  # noqa: E402
 from vaedeploy.evaluate import evaluate_run  # noqa: E402
+from vaedeploy.io import read_json  # noqa: E402
 from vaedeploy.train import TrainConfig, train_run  # noqa: E402
 
 KINDS = ("vae", "bivae", "biva", "twostage")
@@ -76,8 +78,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="training time per model and stage (default per data set)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per model and seed")
     parser.add_argument("--backbone", choices=["mlp", "conv"], help="every model's backbone (default: each kind's)")
+    parser.add_argument("--free-bits", type=float, help="every model's free bits (default: each kind's)")
     parser.add_argument("--iw-samples", type=int, default=1000)
-    parser.add_argument("--out", default="runs/family")
+    parser.add_argument("--out", help="where the run directories go (default runs/NAME)")
     parser.add_argument("--name", default="family", help="results file name under benchmarks/results/")
     args = parser.parse_args()
 
@@ -87,14 +90,15 @@ def main() -> None:
         data = load_dataset(data_name)
         seconds = args.seconds or DEFAULT_SECONDS.get(data_name, 60.0)
         for kind, seed in ((kind, seed) for kind in args.kinds for seed in args.seeds):
-            run = Path(args.out) / data_name / f"{kind}_seed{seed}"
-            cfg = TrainConfig(epochs=2000, max_seconds=seconds, patience=30, seed=seed)
+            run = Path(args.out or f"runs/{args.name}") / data_name / f"{kind}_seed{seed}"
+            cfg = TrainConfig(epochs=2000, max_seconds=seconds, patience=30, seed=seed, free_bits=args.free_bits)
             _, metrics = train_run(kind, data, run, model_config=model_config, train_config=cfg, progress=False)
             stages = metrics.get("stages", {}).values()
             train_seconds = metrics["train_seconds"] + sum(s["train_seconds"] for s in stages)
             results = evaluate_run(run, iw_samples=args.iw_samples)
             row = {"data": data_name, "kind": kind, "seed": seed, "backbone": args.backbone or "default",
-                   "run": str(run), "measured": now(),
+                   "free_bits": read_json(run / "config.json")["train"]["free_bits"], "run": str(run),
+                   "measured": now(),
                    "train_seconds": train_seconds,
                    "epochs": len(metrics["history"]), "stop_reason": metrics["stop_reason"],
                    **{k: results[k] for k in ("parameters", "elbo", "log_likelihood_iw", "recon_error",

@@ -30,11 +30,21 @@ def test_training_lowers_the_loss_and_writes_a_run(tmp_path, digits):
     assert not list(tmp_path.glob(".*tmp*")), "a temporary file was left behind"
 
 
-def test_checkpoint_round_trip_gives_bit_identical_outputs(tmp_path, digits):
-    model, _ = train_run("vae", digits, tmp_path, model_config=SMALL, train_config=TrainConfig(epochs=2),
-                         progress=False)
-    model.load_state_dict(load_tensors(tmp_path / "model.safetensors"))
-    model.eval()
+def test_free_bits_left_unset_take_the_models_default_and_the_run_records_them(tmp_path, digits):
+    for kind, options, expected in [("bivae", {}, 0.5), ("vae", {}, 0.0), ("bivae", {"free_bits": 0.0}, 0.0)]:
+        run = tmp_path / f"{kind}{len(options)}"
+        train_run(kind, digits, run, model_config=SMALL, train_config=TrainConfig(epochs=1, **options),
+                  progress=False)
+        assert json.loads((run / "config.json").read_text())["train"]["free_bits"] == expected, (kind, options)
+
+
+def test_the_trained_model_is_the_runs_best_epoch_bit_for_bit(tmp_path, digits, monkeypatch):
+    # validation losses that make epoch 2 of 4 the best, so the last epoch's weights are not what the run keeps
+    losses = iter([3.0, 1.0, 2.0, 4.0])
+    monkeypatch.setattr("vaedeploy.train._validation_loss", lambda *args: (next(losses), {}))
+    model, metrics = train_run("vae", digits, tmp_path, model_config=SMALL,
+                               train_config=TrainConfig(epochs=4, patience=0), progress=False)
+    assert metrics["best"]["epoch"] == 2 and not model.training
     loaded, config = load_run(tmp_path)
     x = torch.from_numpy(digits.evaluation_inputs())
     with torch.no_grad():

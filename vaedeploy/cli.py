@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--kl-warmup", type=int, default=0, help="epochs of linear KL warm-up (default 0: off)")
-    train.add_argument("--free-bits", type=float, default=0.0, help="nats per latent dimension (default 0: off)")
+    train.add_argument("--free-bits", type=float,
+                       help="nats per latent dimension, 0: off (default: the model's, 0 for all but bivae)")
     train.add_argument("--patience", type=int, default=20, help="early-stopping patience in epochs (0: off)")
     train.add_argument("--max-seconds", type=float, default=0.0, help="training time limit (default 0: none)")
     train.add_argument("--grad-clip", type=float, default=0.0)

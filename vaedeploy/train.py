@@ -48,7 +48,8 @@ class TrainConfig:
         lr: Adam learning rate. Default 1e-3.
         seed: seeds weights, shuffling and noise. Default 0.
         kl_warmup_epochs: the KL weight rises linearly from 0 to 1 over this many epochs (0: off). Default 0.
-        free_bits: nats per latent dimension below which the KL is not pushed (0: off). Default 0.
+        free_bits: nats per latent dimension below which the KL is not pushed (0: off; None: the model's
+            ``default_free_bits``, which is 0 for every model but ``bivae``). Default None.
         patience: stop when the validation loss has not improved for this many epochs (0: never). Default 20.
         max_seconds: stop after this much training time (0: no limit). Default 0.
         grad_clip: clip the gradient norm to this value (0: off). Default 0.
@@ -60,7 +61,7 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     kl_warmup_epochs: int = 0
-    free_bits: float = 0.0
+    free_bits: float | None = None
     patience: int = 20
     max_seconds: float = 0.0
     grad_clip: float = 0.0
@@ -199,7 +200,7 @@ def fit(
         total, count = 0.0, 0
         for start in range(0, len(order), per_rank):
             x = torch.from_numpy(prepare(train_raw[order[start : start + per_rank]], rng).astype(np.float32))
-            loss, _ = module(x, kl_weight=kl_weight, free_bits=cfg.free_bits)
+            loss, _ = module(x, kl_weight=kl_weight, free_bits=cfg.free_bits or 0.0)  # train_run resolves None
             if not torch.isfinite(loss):
                 if rank == 0 and best_weights:
                     save_tensors(files["weights"], best_weights, {"format": str(FORMAT_VERSION)})
@@ -277,7 +278,8 @@ def train_run(
     A model with ``extra_stages`` (the VQ-VAE's prior) trains them after the main stage, on the main stage's best
     weights and with the same ``train_config``; each stage gets its own progress bar, weights, checkpoint and
     metrics files. ``stage="NAME"`` (re)trains only that extra stage of the existing run in ``out``. The returned
-    metrics are the main stage's, with each extra stage's under ``metrics["stages"][NAME]``.
+    metrics are the main stage's, with each extra stage's under ``metrics["stages"][NAME]``. The returned model holds
+    the best weights of every stage, in eval mode, as ``load_run(out)`` gives it.
     """
     out = Path(out)
     cfg = train_config or TrainConfig()
@@ -289,7 +291,9 @@ def train_run(
             raise ValueError(f"{out}: a {saved['kind']} run has no stage {stage!r} to train on its own; "
                              f"expected one of {list(model.extra_stages)} (or 'all')")
         torch.manual_seed(cfg.seed)
-        return model, {"stages": {stage: _fit_stage(model, stage, data, cfg, out, resume, progress)}}
+        cfg = _with_model_defaults(cfg, model)
+        metrics = {"stages": {stage: _fit_stage(model, stage, data, cfg, out, resume, progress)}}
+        return model.eval(), metrics
     if resume:
         saved = read_json(out / "config.json")
         model_config = saved["model"]
@@ -298,6 +302,7 @@ def train_run(
         model_config = {"input_shape": list(data.image_shape), **(model_config or {})}
     torch.manual_seed(cfg.seed)
     model = build_model(kind, model_config)
+    cfg = _with_model_defaults(cfg, model)
     if int(os.environ.get("RANK", "0")) == 0:
         write_json(out / "config.json", {
             "format": FORMAT_VERSION,
@@ -308,11 +313,16 @@ def train_run(
             "vaedeploy_version": __version__,
         })
     metrics = fit(model, data.train.raw, data.val.raw, data.prepare, cfg, out, resume=resume, progress=progress)
+    model.load_state_dict(load_tensors(out / "model.safetensors"))  # the best weights; later stages build on them
     if model.extra_stages:
-        model.load_state_dict(load_tensors(out / "model.safetensors"))  # the later stages build on the best weights
         metrics["stages"] = {name: _fit_stage(model, name, data, cfg, out, resume, progress)
                              for name in model.extra_stages}
-    return model, metrics
+    return model.eval(), metrics
+
+
+def _with_model_defaults(cfg: TrainConfig, model: Model) -> TrainConfig:
+    """``cfg`` with what it leaves to the model filled in, so config.json records what training used."""
+    return cfg if cfg.free_bits is not None else dataclasses.replace(cfg, free_bits=model.default_free_bits)
 
 
 def _fit_stage(model: Model, stage: str, data: Dataset, cfg: TrainConfig, out: Path, resume: bool,

@@ -117,6 +117,8 @@ class Model(nn.Module):
     has_prior: ClassVar[bool] = True
     # Training stages after the main one (e.g. a learned prior), each with its own weights file "<stage>.safetensors".
     extra_stages: ClassVar[tuple[str, ...]] = ()
+    # Free bits (nats per latent dimension) that training uses unless told otherwise (TrainConfig.free_bits=None).
+    default_free_bits: ClassVar[float] = 0.0
 
     def __init__(self, config):
         super().__init__()

