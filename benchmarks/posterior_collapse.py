@@ -15,9 +15,9 @@ data with variance above 0.01) and ``informative units`` (the dimension's KL to 
 above ``--kl-threshold`` nats). A dimension can pass the first with a negligible KL, i.e. while carrying almost no
 information, so the KL count is the one that says whether a dimension is in use.
 
-Writes ``benchmarks/results/NAME.json`` (every run, and per variant the mean and spread over seeds) and
-``benchmarks/results/NAME.png`` (``--name``, default ``posterior_collapse``; KL per dimension, dimensions sorted by KL within each run, then
-averaged over seeds) and prints markdown tables.
+Writes ``benchmarks/results/NAME.json`` (``--name``, default ``posterior_collapse``: every run, and per variant the
+mean and spread over seeds) and ``benchmarks/results/NAME.png`` (KL per dimension, dimensions sorted by KL within each
+run, then averaged over seeds) and prints markdown tables.
 
     python benchmarks/posterior_collapse.py                    # digits, 3 seeds: about 10 minutes on 2 idle cores
     python benchmarks/posterior_collapse.py --likelihood gaussian --name posterior_collapse_gaussian
@@ -103,7 +103,8 @@ def main() -> None:
               for count in COUNTS]
     path = write_rows(args.name, rows, meta={
         "data": args.data, "likelihood": args.likelihood, "preprocessing": PREPROCESSING[args.likelihood],
-        "epochs": args.epochs, "seeds": args.seeds, "iw_samples": args.iw_samples, "kl_threshold": args.kl_threshold, "summary": summary, "checks": checks})
+        "epochs": args.epochs, "seeds": args.seeds, "iw_samples": args.iw_samples, "kl_threshold": args.kl_threshold,
+        "summary": summary, "checks": checks})
     picture = plot_grouped_bars(
         kl_series, RESULTS_DIR / f"{args.name}.png",
         f"VAE {model} on {args.data}: KL per latent dimension after {args.epochs} epochs "

@@ -12,6 +12,7 @@ from vaedeploy.evaluate import evaluate_model, evaluate_run
 from vaedeploy.fid import CACHE_NAME, frechet_distance, load_or_train_classifier
 from vaedeploy.io import load_tensors, save_tensors
 from vaedeploy.models import build_model
+from vaedeploy.models.backbones import upsampling_padding
 from vaedeploy.models.biva import gaussian_kl_between
 from vaedeploy.models.base import log_normal
 from vaedeploy.train import TrainConfig, load_run, train_run
@@ -68,7 +69,7 @@ def test_bivae_conv_decoder_runs_the_adjoint_of_the_encoder_convolutions():
         forward = torch.nn.functional.conv2d(x, kernel.double(), stride=2, padding=1)
         backward = torch.nn.functional.conv_transpose2d(
             y, kernel.double(), stride=2, padding=1,
-            output_padding=(big[0] - (2 * small[0] - 1), big[1] - (2 * small[1] - 1)))
+            output_padding=upsampling_padding(small, big))
         assert backward.shape == x.shape
         torch.testing.assert_close((forward * y).sum(), (x * backward).sum())
 
