@@ -1,12 +1,12 @@
 """Fused kernels of vaedeploy: reparameterized sampling and vector-quantization lookup.
 
-The numpy ops (`reparameterize_numpy`, `standard_normal_numpy`, `vq_nearest_numpy`) import no torch: the ONNX Runtime
+The numpy ops (`reparameterize_numpy`, `standard_normal_numpy`, `uniform_numpy`, `vq_nearest_numpy`) import no torch: the ONNX Runtime
 path runs where torch does not exist. The torch entry points (`reparameterize`, `standard_normal`, `vq_nearest`)
 load on first use, and Triton only loads inside them where it is installed.
 """
 import importlib
 
-from .numpy_ops import reparameterize_numpy, standard_normal_numpy, vq_nearest_numpy
+from .numpy_ops import reparameterize_numpy, standard_normal_numpy, uniform_numpy, vq_nearest_numpy
 
 _TORCH_ENTRY_POINTS = {
     "reparameterize": "sampling",
@@ -14,7 +14,7 @@ _TORCH_ENTRY_POINTS = {
     "vq_nearest": "vq",
 }
 
-__all__ = ["reparameterize_numpy", "standard_normal_numpy", "vq_nearest_numpy", *_TORCH_ENTRY_POINTS]
+__all__ = ["reparameterize_numpy", "standard_normal_numpy", "uniform_numpy", "vq_nearest_numpy", *_TORCH_ENTRY_POINTS]
 
 
 def __getattr__(name):

@@ -3,6 +3,10 @@
 Same semantics as the torch references and the Triton kernels: the same seed and offset draw the same noise
 (element i of the flattened, row-major array uses Philox counter offset + i), logvar is clamped to [-30, 20], the
 nearest code is the lowest index among equal squared distances. Math in float32 (float64 for float64 input).
+
+Per-row streams: ``seed`` and ``offset`` may also be integer arrays with one value per row (``shape[0]``); row r
+then draws counters offset[r] + j for its j-th element under key seed[r]. With ``offset = o + r·row_size`` and one
+seed this is exactly the single stream, which is what lets a server batch requests of different seeds together.
 """
 from __future__ import annotations
 
@@ -19,15 +23,38 @@ def _check_float(name: str, x: np.ndarray) -> None:
         raise TypeError(f"{name} must be float16, float32 or float64, got {x.dtype}")
 
 
-def standard_normal_numpy(shape, seed: int, offset: int = 0, dtype=np.float32) -> np.ndarray:
-    """Standard normals shaped `shape`; element i (row-major) is `tl.randn(seed, offset + i)`."""
+def _streams(shape, seed, offset) -> tuple:
+    """(keys, counters) of every element of ``shape``: one stream, or one per row (see the module doc)."""
     shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
     n = int(np.prod(shape, dtype=np.int64))
-    return philox.randn(seed, philox.counters(offset, n)).reshape(shape).astype(dtype, copy=False)
+    if np.ndim(seed) == 0 and np.ndim(offset) == 0:
+        return shape, seed, philox.counters(offset, n)
+    rows = shape[0] if shape else 1
+    width = n // rows if rows else 0
+    seed = np.broadcast_to(np.asarray(seed), (rows,))
+    offset = np.broadcast_to(np.asarray(offset), (rows,))
+    if offset.dtype.kind not in "iu" or (rows and (offset.min() < 0 or int(offset.max()) > 2**63 - 1 - width)):
+        raise ValueError(f"offsets must be integers in [0, 2**63 - {width}] so every counter fits an int64")
+    counters = offset.astype(np.uint64)[:, None] + np.arange(width, dtype=np.uint64)
+    return shape, seed[:, None], counters
 
 
-def reparameterize_numpy(mean, logvar, seed: int, offset: int = 0, return_eps: bool = False):
-    """z = mean + exp(clamp(logvar, -30, 20) / 2) · eps with eps = `standard_normal_numpy(mean.shape, seed, offset)`.
+def standard_normal_numpy(shape, seed, offset=0, dtype=np.float32) -> np.ndarray:
+    """Standard normals shaped `shape`; element i (row-major) is `tl.randn(seed, offset + i)`, or with per-row
+    ``seed``/``offset`` arrays element j of row r is `tl.randn(seed[r], offset[r] + j)`."""
+    shape, keys, counters = _streams(shape, seed, offset)
+    return philox.randn(keys, counters).reshape(shape).astype(dtype, copy=False)
+
+
+def uniform_numpy(shape, seed, offset=0) -> np.ndarray:
+    """float32 uniforms in [0, 1) from the same streams: `tl.rand`'s conversion of `tl.randint(seed, counter)`."""
+    shape, keys, counters = _streams(shape, seed, offset)
+    return philox.uint_to_uniform_float(philox.randint(keys, counters)).reshape(shape)
+
+
+def reparameterize_numpy(mean, logvar, seed, offset=0, return_eps: bool = False):
+    """z = mean + exp(clamp(logvar, -30, 20) / 2) · eps with eps = `standard_normal_numpy(mean.shape, seed, offset)`
+    (one stream, or per-row ``seed``/``offset`` arrays).
 
     Returns z in the input dtype, and the float32 eps too when `return_eps`.
     """

@@ -29,8 +29,9 @@ def _mul_hi_lo(a: np.uint64, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
-    """`tl.philox_impl` for uint32 counters (arrays) and keys (scalars): returns the four output words."""
-    k0, k1 = np.uint32(k0), np.uint32(k1)
+    """`tl.philox_impl` for uint32 counters (arrays) and keys (scalars, or arrays that broadcast against the
+    counters: one key per element, the per-row streams of a batch): returns the four output words."""
+    k0, k1 = np.asarray(k0, dtype=np.uint32), np.asarray(k1, dtype=np.uint32)
     for _ in range(n_rounds):
         hi_b, lo_b = _mul_hi_lo(_ROUND_B, c2)
         hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
@@ -41,11 +42,17 @@ def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
     return c0, c1, c2, c3
 
 
-def _check_seed(seed: int) -> int:
-    seed = int(seed)
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in [0, 2**63) (an int64 the kernel can load), got {seed}")
-    return seed
+def _check_seed(seed):
+    """A seed as uint64: an int or an integer array (one seed per element), each in [0, 2**63)."""
+    if np.ndim(seed) == 0:
+        seed = int(seed)
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63) (an int64 the kernel can load), got {seed}")
+        return np.uint64(seed)
+    seed = np.asarray(seed)
+    if seed.dtype.kind not in "iu" or (seed.size and (seed.min() < 0 or int(seed.max()) >= 2**63)):
+        raise ValueError(f"seeds must be integers in [0, 2**63), got {seed.dtype} values")
+    return seed.astype(np.uint64)
 
 
 def counters(offset: int, n: int) -> np.ndarray:
@@ -56,14 +63,15 @@ def counters(offset: int, n: int) -> np.ndarray:
     return np.arange(n, dtype=np.uint64) + np.uint64(offset)
 
 
-def randint4x(seed: int, offsets: np.ndarray) -> tuple[np.ndarray, ...]:
-    """`tl.randint4x(seed, offsets)` for int64 offsets: four uint32 arrays shaped like `offsets`."""
+def randint4x(seed, offsets: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`tl.randint4x(seed, offsets)` for int64 offsets: four uint32 arrays shaped like `offsets`. ``seed`` is an int
+    or an array that broadcasts against ``offsets`` (each element then uses its own key)."""
     seed = _check_seed(seed)
     offsets = np.asarray(offsets, dtype=np.uint64)
     c0 = (offsets & _LOW32).astype(np.uint32)
     c1 = (offsets >> _SHIFT32).astype(np.uint32)
     zero = np.zeros_like(c0)
-    return philox4x32(c0, c1, zero, zero.copy(), seed & 0xFFFFFFFF, seed >> 32)
+    return philox4x32(c0, c1, zero, zero.copy(), seed & _LOW32, seed >> _SHIFT32)
 
 
 def randint(seed: int, offsets: np.ndarray) -> np.ndarray:

@@ -12,12 +12,17 @@ Gradients: d mean = dz; d logvar = dz · eps · std / 2 where -30 <= logvar <= 2
 (torch.clamp's rule, so the reference and the kernel agree). The backward kernel regenerates eps from the seed and
 offset instead of saving it: one tensor less to keep alive between forward and backward.
 
+Per-row streams: seed and offset may also be numpy integer arrays with one value per row (row r draws counters
+offset[r] + j under key seed[r], as `numpy_ops` defines them); those go to the reference on every device, the
+kernels taking one stream per launch.
+
 Dispatch: CUDA tensors go to Triton; CPU tensors (and float64, and installs without Triton) go to the torch
 reference, which draws the same noise with the numpy Philox in `philox.py`.
 """
 import operator
 import os
 
+import numpy as np
 import torch
 
 from .numpy_ops import LOGVAR_MAX, LOGVAR_MIN, standard_normal_numpy
@@ -121,6 +126,11 @@ def _check_int(name: str, value, n: int) -> None:
 
 def _as_int(value) -> int:
     return int(value.item()) if isinstance(value, torch.Tensor) else operator.index(value)
+
+
+def _per_row(*values) -> bool:
+    """Whether a seed or offset is given per row (a numpy integer array), which the reference alone takes."""
+    return any(isinstance(v, np.ndarray) and v.ndim == 1 for v in values)
 
 
 def _shape(shape) -> tuple:
@@ -230,10 +240,12 @@ def standard_normal_triton(shape, seed, offset=0, *, device="cuda", dtype=torch.
 
 def standard_normal_reference(shape, seed, offset=0, *, device="cpu", dtype=torch.float32):
     shape = _shape(shape)
-    n = int(torch.Size(shape).numel())
-    _check_int("seed", seed, n)
-    _check_int("offset", offset, n)
-    eps = torch.from_numpy(standard_normal_numpy(shape, _as_int(seed), _as_int(offset)))
+    if not _per_row(seed, offset):  # per-row arrays are checked by the numpy op
+        n = int(torch.Size(shape).numel())
+        _check_int("seed", seed, n)
+        _check_int("offset", offset, n)
+        seed, offset = _as_int(seed), _as_int(offset)
+    eps = torch.from_numpy(standard_normal_numpy(shape, seed, offset))
     return eps.to(device=device, dtype=dtype)
 
 
@@ -256,7 +268,7 @@ def reparameterize(mean, logvar, seed, offset=0, return_eps=False):
     Returns z (input dtype), or (z, eps) with eps in float32 when `return_eps`. Differentiable in mean and logvar.
     """
     _check_moments(mean, logvar)
-    if mean.is_cuda and triton is not None and mean.dtype in KERNEL_DTYPES:
+    if mean.is_cuda and triton is not None and mean.dtype in KERNEL_DTYPES and not _per_row(seed, offset):
         return reparameterize_triton(mean, logvar, seed, offset, return_eps)
     return reparameterize_reference(mean, logvar, seed, offset, return_eps)
 
@@ -264,6 +276,6 @@ def reparameterize(mean, logvar, seed, offset=0, return_eps=False):
 def standard_normal(shape, seed, offset=0, *, device="cpu", dtype=torch.float32):
     """Standard normals of `shape`, element i (row-major) = `tl.randn(seed, offset + i)`, the noise of reparameterize."""
     device = torch.device(device)
-    if device.type == "cuda" and triton is not None and dtype in KERNEL_DTYPES:
+    if device.type == "cuda" and triton is not None and dtype in KERNEL_DTYPES and not _per_row(seed, offset):
         return standard_normal_triton(shape, seed, offset, device=device, dtype=dtype)
     return standard_normal_reference(shape, seed, offset, device=device, dtype=dtype)

@@ -81,3 +81,21 @@ def test_torch_entry_points_fall_back_to_the_reference_without_triton():
         """,
     )
     assert out.startswith("(3,) (4,) [0, 0, 0]\nTriton is not installed")
+
+
+def test_per_row_streams_are_exactly_the_single_stream_they_stand_for():
+    from vaedeploy.kernels import uniform_numpy
+
+    d, rows = 5, np.arange(7)
+    for draw in (standard_normal_numpy, uniform_numpy):
+        whole = draw((7, d), 2**40 + 3, 10 * d)
+        np.testing.assert_array_equal(draw((7, d), np.full(7, 2**40 + 3), (10 + rows) * d), whole)
+    mixed = standard_normal_numpy((2, d), np.array([1, 9]), np.array([0, 4 * d]))
+    np.testing.assert_array_equal(mixed[1], standard_normal_numpy((5, d), 9)[4])
+    mean, logvar = np.zeros((2, d), np.float32), np.zeros((2, d), np.float32)
+    np.testing.assert_array_equal(reparameterize_numpy(mean, logvar, np.array([1, 9]), np.array([0, 4 * d])), mixed)
+    torch_z = reparameterize_reference(torch.from_numpy(mean), torch.from_numpy(logvar), np.array([1, 9]),
+                                       np.array([0, 4 * d]))
+    np.testing.assert_array_equal(torch_z.numpy(), mixed)
+    with pytest.raises(ValueError, match="offsets must be integers"):
+        standard_normal_numpy((2, d), np.array([1, 9]), np.array([-1, 0]))
