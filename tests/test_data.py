@@ -89,3 +89,25 @@ def test_missing_file_unknown_name_and_bad_suffix(tmp_path):
         load_dataset(str(tmp_path / "mismatch.npz"))
     with pytest.raises(DataError, match="preprocessing must be one of"):
         load_dataset("digits", preprocessing="whiten")
+
+
+def test_channels_last_images_are_read_as_channels(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 8, 6, 3)).astype(np.uint8)  # N×H×W×C, as PIL writes them
+    np.save(tmp_path / "rgb.npy", rgb)
+    data = load_dataset(str(tmp_path / "rgb.npy"))
+    assert data.image_shape == (3, 8, 6)
+    first = np.concatenate([data.train.raw, data.val.raw, data.test.raw])
+    assert sorted(map(bytes, first.astype(np.uint8).transpose(0, 2, 3, 1))) == sorted(map(bytes, rgb))
+    np.save(tmp_path / "chw.npy", rgb.transpose(0, 3, 1, 2))  # already N×C×H×W: unchanged
+    assert load_dataset(str(tmp_path / "chw.npy")).image_shape == (3, 8, 6)
+
+
+def test_every_split_gets_an_example_and_fewer_than_three_are_refused(tmp_path):
+    np.save(tmp_path / "three.npy", np.zeros((3, 4)))
+    data = load_dataset(str(tmp_path / "three.npy"))
+    assert (len(data.train), len(data.val), len(data.test)) == (1, 1, 1)
+    np.save(tmp_path / "two.npy", np.zeros((2, 4)))
+    with pytest.raises(DataError, match="expected at least 3 examples .* got 2"):
+        load_dataset(str(tmp_path / "two.npy"))
+    with pytest.raises(DataError, match="split fractions"):
+        load_dataset("digits", fractions=(0.6, 0.5))

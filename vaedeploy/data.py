@@ -12,6 +12,7 @@ User arrays that are already floats in [0, 1] have no levels; they are used as t
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,7 @@ BUILTIN = ("digits", "mnist5k")
 PREPROCESSINGS = ("dequantize", "binarize", "scale")
 
 
-class DataError(ValueError):
-    """A data set could not be loaded: the message names the source and what was expected."""
+from .errors import DataError
 
 
 @dataclass
@@ -79,6 +79,7 @@ class Dataset:
             "range": [0.0, 1.0],
             "levels": self.levels,
             "preprocessing": self.preprocessing,
+            "data": self.spec(),  # where the examples came from, so tools can load them again (vaedeploy web)
         }
 
     def prepare(self, raw: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -129,12 +130,13 @@ def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, int, tuple[int, in
 def _load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.exists():
         raise DataError(f"{path}: no such file (expected a .npy array or a .npz with 'x' and optional 'y')")
-    if path.suffix == ".npy":
-        try:
+    if path.suffix not in (".npy", ".npz"):
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} (expected .npy or .npz)")
+    if not path.is_file():
+        raise DataError(f"{path}: is a directory, not a file (expected a {path.suffix} array file)")
+    try:
+        if path.suffix == ".npy":
             return np.load(path, allow_pickle=False), None
-        except ValueError as e:
-            raise DataError(f"{path}: not a plain numeric .npy array ({e})") from None
-    if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.keys())
             x_key = next((k for k in ("x", "images", "data", "arr_0") if k in keys), None)
@@ -142,17 +144,27 @@ def _load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 raise DataError(f"{path}: expected an array named 'x' (or 'images', 'data', 'arr_0'); found {keys}")
             y_key = next((k for k in ("y", "labels", "targets") if k in keys), None)
             return archive[x_key], (archive[y_key] if y_key else None)
-    raise DataError(f"{path}: unsupported file type {path.suffix!r} (expected .npy or .npz)")
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: not a plain numeric {path.suffix} file ({type(e).__name__}: {e}); object arrays "
+                        "(pickles) are never loaded") from None
 
 
 def _check_images(x: np.ndarray, source: str) -> tuple[np.ndarray, int | None, tuple[int, int, int]]:
-    """Validate user images and bring them to N×C×H×W with their number of levels."""
+    """Validate user images and bring them to N×C×H×W with their number of levels.
+
+    Channels-last images (N×H×W×C with C of 1, 3 or 4, as image libraries write them, and H not of those sizes)
+    are transposed; any other 4-D array is read as N×C×H×W.
+    """
     if x.dtype.kind not in "biuf":
         raise DataError(f"{source}: expected a numeric array (integers or floats), got dtype {x.dtype}")
     if x.ndim == 2:
         x = x.reshape(len(x), 1, 1, x.shape[1])
     elif x.ndim == 3:
         x = x[:, None]
+    elif x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # channels last: grey, RGB or RGBA
     elif x.ndim != 4:
         raise DataError(f"{source}: expected N×D, N×H×W or N×C×H×W, got an array of rank {x.ndim} {x.shape}")
     if x.shape[0] == 0 or x.size == 0:
@@ -174,11 +186,15 @@ def _check_images(x: np.ndarray, source: str) -> tuple[np.ndarray, int | None, t
 
 
 def _split(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every split gets at least one example: training needs a validation loss, evaluation a test split."""
+    if len(fractions) != 2 or not all(0 < f < 1 for f in fractions) or sum(fractions) >= 1:
+        raise DataError(f"split fractions: expected (validation, test), each in (0, 1) with a sum below 1, got "
+                        f"{tuple(fractions)}")
     order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * fractions[0]))) if n >= 3 else 0
-    n_test = max(1, int(round(n * fractions[1]))) if n >= 3 else 0
+    n_val, n_test = (max(1, int(round(n * f))) for f in fractions)
     if n - n_val - n_test < 1:
-        raise DataError(f"expected at least 3 examples to make train/validation/test splits, got {n}")
+        raise DataError(f"expected at least 3 examples to make train/validation/test splits (one each at the "
+                        f"least), got {n}")
     return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 

@@ -14,7 +14,7 @@ import torch
 from .data import Dataset, load_from_spec
 from .io import write_json
 from .models import Model
-from .train import load_run
+from .runs import load_run
 
 
 def _batches(x: torch.Tensor, size: int):

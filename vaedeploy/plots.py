@@ -106,7 +106,7 @@ def plot_run(run_dir: str | Path, *, n_samples: int = 100, seed: int = 0) -> lis
     import torch
 
     from .data import load_from_spec
-    from .train import load_run
+    from .runs import load_run
 
     run_dir = Path(run_dir)
     model, config = load_run(run_dir)

@@ -1,13 +1,9 @@
 """Training: Adam on minibatches with KL warm-up, free bits, early stopping, resumable checkpoints and DDP.
 
 ``fit`` trains any module whose ``forward(x, kl_weight=, free_bits=)`` returns ``(loss, metrics)``; ``train_run``
-builds a model from the registry on a data set and writes a run directory:
-
-    config.json            kind, model config, data spec, training config (rebuilds everything)
-    model.safetensors      the weights with the best validation loss
-    metrics.json           per-epoch history and the best epoch
-    checkpoint.safetensors / checkpoint.json   the last epoch's weights, optimizer and RNG state, for --resume
-    training_curve.png
+builds a model from the registry on a data set and writes a run directory (its files: ``vaedeploy.runs``).
+Training into an existing run needs ``resume`` or ``overwrite``, and nothing in the run directory is written until
+the model is built and a first batch has given a finite loss, so a bad option or data set leaves no half-made run.
 
 Under ``torchrun`` (WORLD_SIZE > 1) it runs DistributedDataParallel, gloo on CPU and NCCL on GPU: each rank takes
 its share of every epoch's permutation, and only rank 0 writes files.
@@ -28,13 +24,13 @@ import torch.distributed as dist
 
 from . import __version__
 from .data import Dataset
-from .io import read_json, save_tensors, load_tensors, write_json
+from .errors import ConfigError, JobFailed, RunError, VaedeployError
+from .io import load_tensors, read_json, save_tensors, write_json
 from .models import Model, build_model
+from .runs import CONFIG, FORMAT_VERSION, check_target, load_run, read_config, remove_owned_files, stage_files
 
-FORMAT_VERSION = 1
 
-
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(JobFailed):
     """The loss became NaN or infinite; the last good checkpoint is kept on disk."""
 
 
@@ -67,6 +63,37 @@ class TrainConfig:
     grad_clip: float = 0.0
     checkpoint_seconds: float = 10.0
 
+    def __post_init__(self):
+        def bad(name: str, expected: str):
+            raise ConfigError(f"training option {name}: expected {expected}, got {getattr(self, name)!r}")
+
+        def number(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                bad(name, "a finite number")
+            return value
+
+        for name in ("epochs", "batch_size", "kl_warmup_epochs", "patience", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                bad(name, "an integer")
+        if self.epochs < 1:
+            bad("epochs", "at least 1")
+        if self.batch_size < 1:
+            bad("batch_size", "at least 1")
+        if not 0 <= self.seed < 2**63:
+            bad("seed", "an integer in [0, 2**63)")
+        if number("lr") <= 0:
+            bad("lr", "a positive number")
+        for name in ("kl_warmup_epochs", "patience"):
+            if getattr(self, name) < 0:
+                bad(name, "0 (off) or more")
+        for name in ("max_seconds", "grad_clip", "checkpoint_seconds"):
+            if number(name) < 0:
+                bad(name, "0 (off) or a positive number")
+        if self.free_bits is not None and number("free_bits") < 0:
+            bad("free_bits", "None (the model's default), 0 (off) or a positive number")
+
     def kl_weight(self, epoch: int) -> float:
         return 1.0 if self.kl_warmup_epochs <= 0 else min(1.0, (epoch + 1) / self.kl_warmup_epochs)
 
@@ -77,17 +104,6 @@ def _distributed() -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def _stage_files(run_dir: Path, stage: str) -> dict[str, Path]:
-    prefix = "" if stage == "model" else f"{stage}_"
-    return {
-        "weights": run_dir / f"{stage}.safetensors",
-        "metrics": run_dir / f"{prefix}metrics.json",
-        "checkpoint": run_dir / f"{prefix}checkpoint.safetensors",
-        "state": run_dir / f"{prefix}checkpoint.json",
-        "curve": run_dir / f"{prefix}training_curve.png",
-    }
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, list]:
@@ -147,7 +163,7 @@ def fit(
         progress: show a progress bar (rank 0 only).
     """
     run_dir = Path(run_dir)
-    files = _stage_files(run_dir, stage)
+    files = stage_files(run_dir, stage)
     rank, world = _distributed()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     history: list[dict] = []
@@ -158,7 +174,10 @@ def fit(
     if resume:
         if not files["state"].exists():
             raise FileNotFoundError(f"{files['state']}: no checkpoint to resume from")
-        state = read_json(files["state"])
+        state = read_json(files["state"], "a training checkpoint's state (checkpoint.json)")
+        keys = ("epoch", "history", "best", "bad_epochs", "elapsed", "param_groups")
+        if not isinstance(state, dict) or any(k not in state for k in keys):
+            raise RunError(f"{files['state']}: expected a checkpoint state with {list(keys)}; the file is damaged")
         tensors = load_tensors(files["checkpoint"])
         model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
         resumed_best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
@@ -267,13 +286,15 @@ def train_run(
     model_config: dict | None = None,
     train_config: TrainConfig | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     stage: str = "all",
 ) -> tuple[Model, dict]:
     """Build a ``kind`` model for ``data``, train it and write the run directory ``out``.
 
-    With ``resume`` the model and training configuration come from ``out/config.json``; only ``epochs`` is taken
-    from ``train_config``, so an interrupted run can be continued or extended.
+    ``out`` must be absent or empty, unless ``resume`` (continue the run there: the model and training
+    configuration come from its config.json, only ``epochs`` from ``train_config``, and a ``model_config`` that
+    disagrees with the run's is refused) or ``overwrite`` (replace that run's own files; other files stay).
 
     A model with ``extra_stages`` (the VQ-VAE's prior) trains them after the main stage, on the main stage's best
     weights and with the same ``train_config``; each stage gets its own progress bar, weights, checkpoint and
@@ -284,27 +305,28 @@ def train_run(
     out = Path(out)
     cfg = train_config or TrainConfig()
     if stage != "all":
-        model, saved = load_run(out, require_stages=False)
-        if saved["kind"] != kind:
-            raise ValueError(f"{out}: the run holds a {saved['kind']} model, not {kind}")
-        if stage not in model.extra_stages:
-            raise ValueError(f"{out}: a {saved['kind']} run has no stage {stage!r} to train on its own; "
-                             f"expected one of {list(model.extra_stages)} (or 'all')")
-        torch.manual_seed(cfg.seed)
-        cfg = _with_model_defaults(cfg, model)
-        metrics = {"stages": {stage: _fit_stage(model, stage, data, cfg, out, resume, progress)}}
-        return model.eval(), metrics
+        return _train_one_stage(kind, stage, data, out, cfg, resume, progress)
+    check_target(out, kind, resume=resume, overwrite=overwrite)
     if resume:
-        saved = read_json(out / "config.json")
+        saved = read_config(out)
+        if model_config and (changed := {k: v for k, v in model_config.items() if saved["model"].get(k) != v}):
+            raise RunError(f"{out}: the run was trained with another model config ({changed} given, the run has "
+                           f"{ {k: saved['model'].get(k) for k in changed} }); with --resume it comes from the run")
         model_config = saved["model"]
-        cfg = dataclasses.replace(TrainConfig(**saved["train"]), epochs=cfg.epochs)
+        try:
+            cfg = dataclasses.replace(TrainConfig(**saved["train"]), epochs=cfg.epochs)
+        except TypeError as e:
+            raise RunError(f"{out / CONFIG}: its 'train' options are not this vaedeploy's ({e})") from None
     else:
         model_config = {"input_shape": list(data.image_shape), **(model_config or {})}
     torch.manual_seed(cfg.seed)
     model = build_model(kind, model_config)
     cfg = _with_model_defaults(cfg, model)
+    _first_batch_runs(model, data, cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        write_json(out / "config.json", {
+        if overwrite and (out / CONFIG).is_file():
+            remove_owned_files(out)
+        write_json(out / CONFIG, {
             "format": FORMAT_VERSION,
             "kind": kind,
             "model": model.config_dict(),
@@ -320,6 +342,43 @@ def train_run(
     return model.eval(), metrics
 
 
+def _train_one_stage(kind: str, stage: str, data: Dataset, out: Path, cfg: TrainConfig, resume: bool,
+                     progress: bool) -> tuple[Model, dict]:
+    """(Re)train one extra stage of the existing run in ``out`` on its main stage's best weights."""
+    model, saved = load_run(out, require_stages=False)
+    if saved["kind"] != kind:
+        raise RunError(f"{out}: the run holds a {saved['kind']} model, not {kind}")
+    if stage not in model.extra_stages:
+        raise RunError(f"{out}: a {saved['kind']} run has no stage {stage!r} to train on its own; "
+                       f"expected one of {list(model.extra_stages)} (or 'all')")
+    torch.manual_seed(cfg.seed)
+    cfg = _with_model_defaults(cfg, model)
+    metrics = {"stages": {stage: _fit_stage(model, stage, data, cfg, out, resume, progress)}}
+    return model.eval(), metrics
+
+
+@torch.no_grad()
+def _first_batch_runs(model: Model, data: Dataset, cfg: TrainConfig) -> None:
+    """Run the model once on a first training batch, before any file is written: a config that does not fit the
+    data (shapes, sizes) is refused here with a sentence instead of leaving a half-made run."""
+    x = torch.from_numpy(data.prepare(data.train.raw[: cfg.batch_size], np.random.default_rng(cfg.seed))
+                         .astype(np.float32))
+    model.eval()  # no training-mode side effects (the VQ codebook's k-means start, dropout)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            loss, _ = model(x)
+    except (RuntimeError, ValueError, IndexError) as e:
+        if isinstance(e, VaedeployError):
+            raise
+        raise ConfigError(f"a {model.kind} model with this config cannot run on {data.name} (inputs "
+                          f"{'×'.join(map(str, data.image_shape))}): {str(e).splitlines()[0]}") from e
+    finally:
+        model.train()
+    if not torch.isfinite(loss):
+        raise ConfigError(f"a {model.kind} model with this config gives a loss of {float(loss)} on the first batch "
+                          f"of {data.name} before any training; check the model options")
+
+
 def _with_model_defaults(cfg: TrainConfig, model: Model) -> TrainConfig:
     """``cfg`` with what it leaves to the model filled in, so config.json records what training used."""
     return cfg if cfg.free_bits is not None else dataclasses.replace(cfg, free_bits=model.default_free_bits)
@@ -329,39 +388,8 @@ def _fit_stage(model: Model, stage: str, data: Dataset, cfg: TrainConfig, out: P
                progress: bool) -> dict:
     """Train one extra stage of ``model``; ``resume`` continues it only where that stage left a checkpoint."""
     module, train, val, prepare = model.stage_objective(stage, data)
-    files = _stage_files(out, stage)
+    files = stage_files(out, stage)
     metrics = fit(module, train, val, prepare, cfg, out, stage=stage, resume=resume and files["state"].exists(),
                   progress=progress)
     model.load_state_dict(load_tensors(files["weights"]), strict=False)  # the stage's best weights, as load_run has
     return metrics
-
-
-def load_run(run_dir: str | os.PathLike, *, require_stages: bool = True) -> tuple[Model, dict]:
-    """The trained model (best weights, eval mode) and the config document of a run directory.
-
-    The weights of a model's extra stages load from their own files (``prior.safetensors``); a missing one is an
-    error unless ``require_stages`` is False (then that part keeps its initial weights).
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (expected the --out of `vaedeploy train`)")
-    config = read_json(run_dir / "config.json")
-    if config.get("format", 0) > FORMAT_VERSION:
-        raise ValueError(f"{run_dir}: run format {config['format']} is newer than this vaedeploy reads "
-                         f"({FORMAT_VERSION}); upgrade vaedeploy")
-    model = build_model(config["kind"], config["model"])
-    model.load_state_dict(load_tensors(run_dir / "model.safetensors"))
-    for stage in model.extra_stages:
-        path = _stage_files(run_dir, stage)["weights"]
-        if not path.exists():
-            if require_stages:
-                raise FileNotFoundError(f"{path}: missing; the {stage} stage of this run was not trained "
-                                        f"(vaedeploy train {config['kind']} --stage {stage} --out {run_dir})")
-            continue
-        weights = load_tensors(path)
-        unknown = set(weights) - set(model.state_dict())
-        if unknown:
-            raise ValueError(f"{path}: tensors {sorted(unknown)[:3]} are not part of a {config['kind']} model")
-        model.load_state_dict(weights, strict=False)
-    model.eval()
-    return model, config

@@ -1,6 +1,7 @@
 """The model registry: ``vaedeploy train KIND`` and every loader find a model class here by its ``kind``."""
 from __future__ import annotations
 
+from ..errors import ConfigError
 from .ae import AE
 from .base import Model
 from .biva import BIVA
@@ -14,7 +15,7 @@ MODELS: dict[str, type[Model]] = {cls.kind: cls for cls in (AE, VAE, VQVAE, BiVA
 
 def model_class(kind: str) -> type[Model]:
     if kind not in MODELS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(MODELS)}")
+        raise ConfigError(f"unknown model kind {kind!r}; expected one of {sorted(MODELS)}")
     return MODELS[kind]
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from .backbones import EncoderTrunk
+from .backbones import EncoderTrunk, check_sizes
 from .base import Model
 from .vae import Decoder, VAEConfig
 
@@ -25,6 +25,7 @@ class DeterministicEncoder(nn.Module):
 
     def __init__(self, cfg: AEConfig):
         super().__init__()
+        check_sizes(latent_dim=cfg.latent_dim)
         self.trunk = EncoderTrunk(cfg.input_shape, cfg.backbone, cfg.hidden, cfg.channels, cfg.activation)
         self.head = nn.Linear(self.trunk.out_features, cfg.latent_dim)
 

@@ -10,6 +10,8 @@ import math
 
 from torch import Tensor, nn
 
+from ..errors import ConfigError
+
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "elu": nn.ELU}
 
 
@@ -17,6 +19,14 @@ def activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[name]()
+
+
+def check_sizes(**sizes) -> None:
+    """Refuse a config whose layer sizes cannot make a network: each named tuple non-empty, every entry ≥ 1."""
+    for name, values in sizes.items():
+        values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+        if not values or min(values) < 1:
+            raise ConfigError(f"{name}: expected sizes of at least 1 (and at least one of them), got {values!r}")
 
 
 def mlp(sizes: list[int], act: str, final_activation: bool = True) -> nn.Sequential:
@@ -62,6 +72,7 @@ class EncoderTrunk(nn.Module):
 
     def __init__(self, input_shape, backbone: str, hidden, channels, act: str):
         super().__init__()
+        check_sizes(input_shape=input_shape, hidden=hidden, **({"channels": channels} if backbone == "conv" else {}))
         c, h, w = input_shape
         if backbone == "mlp":
             self.body = nn.Sequential(nn.Flatten(), mlp([c * h * w, *hidden], act))

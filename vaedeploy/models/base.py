@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from pathlib import Path
 from typing import Callable, ClassVar
 
@@ -15,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..errors import ConfigError, VaedeployError
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -126,7 +129,15 @@ class Model(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict | object) -> "Model":
-        return cls(config if isinstance(config, cls.Config) else config_from_dict(cls.Config, config))
+        """The model a config (its dataclass, or the dict of config.json) describes; a config it cannot be built
+        from is a ``ConfigError`` that says why."""
+        config = config if isinstance(config, cls.Config) else config_from_dict(cls.Config, config)
+        try:
+            return cls(config)
+        except (ValueError, RuntimeError, TypeError, IndexError) as e:
+            if isinstance(e, VaedeployError):
+                raise
+            raise ConfigError(f"{cls.kind}: cannot build the model from its config: {str(e).splitlines()[0]}") from e
 
     def config_dict(self) -> dict:
         return dataclasses.asdict(self.config)
@@ -177,9 +188,44 @@ class Model(nn.Module):
 
 
 def config_from_dict(cls: type, values: dict):
-    """Rebuild a config dataclass from JSON, turning lists back into tuples and refusing unknown keys."""
+    """Rebuild a config dataclass from JSON (or ``--set`` values), checking every value against its field's type:
+    lists become tuples, ints are accepted for floats, anything else of the wrong type is a ``ConfigError``."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{cls.__name__}: expected an object of options, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown option(s) {sorted(unknown)}; expected some of {sorted(fields)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        raise ConfigError(f"{cls.__name__}: unknown option(s) {sorted(unknown)}; expected some of {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _typed(f"{cls.__name__}.{k}", hints[k], v) for k, v in values.items()})
+
+
+def _typed(name: str, hint, value):
+    """``value`` as the field type ``hint`` (int, float, str, bool, tuple[int, ...], tuple[int, int, int]) or a
+    ``ConfigError`` naming the option, the type and what came."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if args[-1] is Ellipsis and not isinstance(value, (list, tuple, dict, str)):
+            value = [value]  # one width, as --set hidden=256 gives it
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list of {_TYPE_NAMES.get(args[0], args[0].__name__)}s, got "
+                              f"{value!r}")
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"{name}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(_typed(name, args[0], v) for v in value)
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        expected = {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}
+        raise ConfigError(f"{name}: expected {expected.get(hint, hint.__name__)}, got {value!r}")
+    return value
+
+
+_TYPE_NAMES = {int: "integer", float: "number", str: "string"}

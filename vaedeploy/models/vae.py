@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .backbones import DecoderTrunk, EncoderTrunk
+from .backbones import DecoderTrunk, EncoderTrunk, check_sizes
 from .base import (
     LOG_2PI,
     Model,
@@ -49,6 +49,7 @@ class GaussianEncoder(nn.Module):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
+        check_sizes(latent_dim=cfg.latent_dim)
         self.trunk = EncoderTrunk(cfg.input_shape, cfg.backbone, cfg.hidden, cfg.channels, cfg.activation)
         self.head = nn.Linear(self.trunk.out_features, 2 * cfg.latent_dim)
 
