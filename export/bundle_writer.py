@@ -1,4 +1,4 @@
-"""Export a model into a validated bundle, written atomically: temporary directory, then one rename.
+"""Export a model into a validated bundle, written atomically: a temporary directory, then one swap (target.py).
 
 ``export_run`` exports a run directory of ``vaedeploy train``; ``export_bundle`` exports any pair of encoder and
 decoder modules (the user's own too) with the same checks. Each model kind names its graphs in ``KIND_GRAPHS``:
@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from vaedeploy import __version__
-from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, PRECISIONS, sha256_file
-from vaedeploy.io import atomic_write_bytes, save_tensors, write_json
+from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, PRECISIONS, check_manifest, sha256_file
+from vaedeploy.errors import ConfigError
+from vaedeploy.io import atomic_write_bytes, replace_directory, save_tensors, write_json
 
-from .onnx_export import DEFAULT_OPSET, HalfPrecision, export_graph
 from .kinds import bivae_graphs, hierarchical_graphs, two_stage_graphs, vq_graphs
+from .onnx_export import DEFAULT_OPSET, HalfPrecision, check_opset, export_graph
+from .target import check_target, clean_leftovers, failed_dir, release, scratch_dir
 from .validate import GraphCase, ValidationError, rows, summary, validate_graphs
 
 # What each latent type's encoder returns: the names of its outputs, in order.
@@ -45,26 +47,42 @@ def _tool_versions() -> dict:
     return versions
 
 
+def _outputs(module: nn.Module, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        out = module(*inputs)
+    return (out,) if isinstance(out, torch.Tensor) else tuple(out)
+
+
 def _latent_spec(latent: str | dict, encoder: nn.Module, example: torch.Tensor) -> dict:
     spec = {"type": latent} if isinstance(latent, str) else dict(latent)
     if spec.get("type") not in ENCODER_OUTPUTS:
-        raise ValueError(f"latent type must be one of {sorted(ENCODER_OUTPUTS)}, got {spec.get('type')!r}")
-    with torch.no_grad():
-        out = encoder(example)
-    out = (out,) if isinstance(out, torch.Tensor) else tuple(out)
-    if len(out) != len(ENCODER_OUTPUTS[spec["type"]]) or any(o.dim() != 2 for o in out):
-        raise ValueError(f"a {spec['type']} encoder must return {len(ENCODER_OUTPUTS[spec['type']])} tensor(s) "
-                         f"shaped N×latent_dim ({ENCODER_OUTPUTS[spec['type']]}), got shapes "
-                         f"{[list(o.shape) for o in out]}")
+        raise ConfigError(f"latent type must be one of {sorted(ENCODER_OUTPUTS)}, got {spec.get('type')!r}")
+    out = _outputs(encoder, example)
+    if len(out) != len(ENCODER_OUTPUTS[spec["type"]]) or any(o.dim() != 2 for o in out) \
+            or any(o.shape != out[0].shape for o in out):
+        raise ConfigError(f"a {spec['type']} encoder must return {len(ENCODER_OUTPUTS[spec['type']])} tensor(s) "
+                          f"shaped N×latent_dim ({ENCODER_OUTPUTS[spec['type']]}), got shapes "
+                          f"{[list(o.shape) for o in out]}")
     spec["dim"] = int(out[0].shape[1])
     return spec
 
 
-def _check_options(precisions: tuple[str, ...], max_batch: int) -> None:
+def _check_decoder(decoder: nn.Module, z: torch.Tensor, likelihood: dict, image_shape: list[int]) -> None:
+    """The decoder gives one N × image tensor per likelihood parameter, so ``decode`` returns images."""
+    out = _outputs(decoder, z)
+    expected = [len(z), *image_shape]
+    if len(out) != len(likelihood["outputs"]) or any(list(o.shape) != expected for o in out):
+        raise ConfigError(f"the decoder must return {len(likelihood['outputs'])} tensor(s) "
+                          f"({likelihood['outputs']}) shaped like its images, N×{'×'.join(map(str, image_shape))}; got "
+                          f"shapes {['×'.join(map(str, o.shape)) for o in out]} for N={len(z)}")
+
+
+def _check_options(precisions: tuple[str, ...], max_batch: int, exporter: str, opset: int) -> None:
     if unknown := set(precisions) - set(PRECISIONS):
-        raise ValueError(f"precision must be among {PRECISIONS}, got {sorted(unknown)}")
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        raise ConfigError(f"precision must be among {PRECISIONS}, got {sorted(unknown)}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ConfigError(f"max_batch must be an integer of at least 1, got {max_batch!r}")
+    check_opset(exporter, opset)
 
 
 def export_bundle(
@@ -84,6 +102,7 @@ def export_bundle(
     max_batch: int = DEFAULT_MAX_BATCH,
     extra_graphs: tuple[GraphCase, ...] = (),
     extra_arrays: dict[str, np.ndarray] | None = None,
+    force: bool = False,
 ) -> Path:
     """Export ``encoder`` and ``decoder`` to the bundle directory ``out``, validate it and return ``out``.
 
@@ -103,18 +122,24 @@ def export_bundle(
         extra_graphs: more graphs a kind needs (a VQ prior, per-stage graphs), each a ``GraphCase`` with its role,
             module, input and output names and validation inputs; exported, validated and listed like the others.
         extra_arrays: name → array written as ``name.npy`` (no pickle) and checksummed, e.g. ``codebook``.
+        force: replace a directory at ``out`` whose manifest cannot be read (see ``target.check_target``; a run
+            directory, a file or a folder of other files is never replaced).
 
-    Raises ``ValidationError`` (after writing ``<out>.failed/validation.json``) when a graph disagrees with PyTorch.
+    Raises ``ValidationError`` (after writing ``<out>.failed/validation.json``) when a graph disagrees with PyTorch,
+    ``BundleError`` when ``out`` holds something export may not replace.
     """
     if not isinstance(example, torch.Tensor) or example.dim() < 2 or example.shape[0] < 2:
-        raise ValueError(f"example must be a tensor of at least 2 real inputs (N×...), got "
-                         f"{getattr(example, 'shape', type(example).__name__)}")
-    _check_options(precisions, max_batch)
+        raise ConfigError(f"example must be a tensor of at least 2 real inputs (N×...), got "
+                          f"{getattr(example, 'shape', type(example).__name__)}")
+    _check_options(precisions, max_batch, exporter, opset)
+    check_target(Path(out), force=force)
     encoder, decoder = encoder.eval().float(), decoder.eval().float()
     example = example.float()
     latent = _latent_spec(latent, encoder, example)
     likelihood = likelihood or IDENTITY_LIKELIHOOD
     input_spec = input_spec or {"shape": list(example.shape[1:]), "dtype": "float32"}
+    if latent["type"] in ("gaussian", "deterministic"):
+        _check_decoder(decoder, _outputs(encoder, example[:2])[0], likelihood, input_spec["shape"])
 
     data = rows(example.numpy(), max_batch)
     with torch.no_grad():
@@ -129,7 +154,7 @@ def export_bundle(
     ]
     return write_bundle(cases, out=out, kind=kind, input_spec=input_spec, latent=latent, likelihood=likelihood,
                         model=model, exporter=exporter, opset=opset, precisions=precisions, max_batch=max_batch,
-                        extra_arrays=extra_arrays)
+                        extra_arrays=extra_arrays, force=force)
 
 
 def write_bundle(
@@ -147,6 +172,7 @@ def write_bundle(
     max_batch: int = DEFAULT_MAX_BATCH,
     extra_arrays: dict[str, np.ndarray] | None = None,
     extra_checks: tuple[Callable[[Path, dict], dict], ...] = (),
+    force: bool = False,
 ) -> Path:
     """Export every graph of ``cases``, validate them, and write the bundle ``out`` atomically; return ``out``.
 
@@ -154,19 +180,17 @@ def write_bundle(
     noise inputs of a hierarchical model, the tokens of a VQ prior) build their ``GraphCase`` list themselves
     (``export/kinds.py``). ``extra_checks`` are called as ``check(bundle_dir, graph_files)`` after the graphs are
     validated, with ``graph_files`` role → precision → file; each returns ``{"name", "passed", "failures", ...}``,
-    which joins the validation report (the VQ index agreement is one).
+    which joins the validation report (the VQ index agreement is one). The manifest is checked against the bundle
+    schema (``vaedeploy.bundle.check_manifest``) before the bundle takes the place of whatever was at ``out``.
     """
     out = Path(out)
     precisions = tuple(dict.fromkeys(("fp32", *precisions)))
-    _check_options(precisions, max_batch)
+    _check_options(precisions, max_batch, exporter, opset)
+    check_target(out, force=force)
+    clean_leftovers(out)
     facts = {"format_version": FORMAT_VERSION, "kind": kind, "input": input_spec, "latent": latent,
              "likelihood": likelihood, "vaedeploy_version": __version__}
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the bundle should look like any directory the user makes
+    tmp, backup = scratch_dir(out), scratch_dir(out)
     try:
         graphs: dict[str, dict] = {}
         for case in cases:
@@ -190,12 +214,7 @@ def write_bundle(
             report["passed"] = report["passed"] and result["passed"]
         write_json(tmp / "validation.json", report)
         if not report["passed"]:
-            failed = out.with_name(out.name + ".failed")
-            shutil.rmtree(failed, ignore_errors=True)
-            os.replace(tmp, failed)
-            raise ValidationError(
-                f"validation failed, bundle not written; report in {failed / 'validation.json'}:\n  "
-                + "\n  ".join(report["failures"][:10]), report)
+            raise _failed(tmp, out, report, backup)
         for name, array in (extra_arrays or {}).items():
             buffer = io.BytesIO()
             np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
@@ -205,7 +224,7 @@ def write_bundle(
             save_tensors(tmp / "model.safetensors", model["state_dict"], {"format": str(FORMAT_VERSION)})
             model_doc = {"kind": model["kind"], "config": model["config"], "weights": "model.safetensors"}
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        write_json(tmp / MANIFEST, {
+        manifest = {
             **facts,
             "max_batch": max_batch,
             "graphs": graphs,
@@ -214,22 +233,31 @@ def write_bundle(
             "files": files,
             "tools": _tool_versions(),
             "validation": {**summary(report), "file": "validation.json"},
-        })
-        _replace_dir(tmp, out)
+        }
+        check_manifest(manifest, tmp / MANIFEST)
+        write_json(tmp / MANIFEST, manifest)
+        check_target(out, force=force)  # again: the target may have changed while the graphs were exported
+        old = replace_directory(tmp, out, backup=backup)
+        if old is not None:
+            shutil.rmtree(old)  # the previous bundle: only bundle files (check_target), now swapped out
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for path in (tmp, backup):  # this export's own directories; a failed delete is cleaned next time
+            shutil.rmtree(path, ignore_errors=True)
+            release(path)
     return out
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished bundle into place; an older bundle at ``out`` is swapped out first, then removed."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-        os.replace(out, old / "bundle")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+def _failed(tmp: Path, out: Path, report: dict, backup: Path) -> ValidationError:
+    """Keep the graphs that failed validation at ``OUT.failed`` (when nothing else is there) and say where."""
+    failed = failed_dir(out)
+    if failed is None:  # something not ours is at OUT.failed: keep this report under a name of its own
+        failed = out.with_name(f"{out.name}.failed-{secrets.token_hex(4)}")
+    old = replace_directory(tmp, failed, backup=backup)
+    if old is not None:
+        shutil.rmtree(old)
+    return ValidationError(
+        f"validation failed, bundle not written; report in {failed / 'validation.json'}:\n  "
+        + "\n  ".join(report["failures"][:10]), report)
 
 
 def gaussian_graphs(model, example: torch.Tensor, max_batch: int) -> dict:
@@ -262,14 +290,17 @@ def export_run(
     opset: int = DEFAULT_OPSET,
     precisions: tuple[str, ...] = ("fp32",),
     max_batch: int = DEFAULT_MAX_BATCH,
+    force: bool = False,
 ) -> Path:
     """Export the best weights of a ``vaedeploy train`` run into a validated bundle at ``out``."""
     from vaedeploy.data import load_from_spec
-    from vaedeploy.train import load_run
+    from vaedeploy.runs import load_run
 
+    _check_options(tuple(precisions), max_batch, exporter, opset)
+    check_target(Path(out), force=force)  # before the work: a refused target should not cost an export
     model, config = load_run(run_dir)
     if config["kind"] not in KIND_GRAPHS:
-        raise ValueError(f"{run_dir}: export does not know model kind {config['kind']!r} yet; it exports "
+        raise ConfigError(f"{run_dir}: export does not know model kind {config['kind']!r} yet; it exports "
                          f"{sorted(KIND_GRAPHS)}")
     data = load_from_spec(config["data"])
     example = torch.from_numpy(data.evaluation_inputs("test"))
@@ -278,7 +309,7 @@ def export_run(
     common = dict(
         out=out, kind=config["kind"], likelihood=model.decoder.likelihood.spec(), input_spec=data.input_spec(),
         model={"kind": config["kind"], "config": model.config_dict(), "state_dict": model.state_dict()},
-        exporter=exporter, opset=opset, precisions=precisions, max_batch=max_batch,
+        exporter=exporter, opset=opset, precisions=precisions, max_batch=max_batch, force=force,
     )
     if "cases" in spec:
         return write_bundle(spec.pop("cases"), **common, **spec)

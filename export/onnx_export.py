@@ -18,16 +18,36 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from vaedeploy.bundle import BATCH_AXIS
+from vaedeploy.errors import ConfigError, VaedeployError
+
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSET = 18
-BATCH_AXIS = "batch"
+
+
+def opset_range(exporter: str) -> tuple[int, int]:
+    """The ONNX opsets this torch's exporter writes: the dynamo exporter's implementations start at 18 (it converts
+    anything lower, which may fail); the legacy TorchScript exporter has its own ceiling."""
+    from torch.onnx import _constants
+
+    if exporter == "dynamo":
+        return 18, _constants.ONNX_MAX_OPSET
+    return _constants.ONNX_MIN_OPSET, _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+
+
+def check_opset(exporter: str, opset) -> None:
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    low, high = opset_range(exporter)
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise ConfigError(f"opset: the {exporter} exporter writes opsets {low} to {high}, got {opset!r}")
 # Exporters freeze a random op to one draw (optimum #1383); noise belongs to the runtime's kernels.
 RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                 onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32"}
 
 
-class ExportError(RuntimeError):
+class ExportError(VaedeployError, RuntimeError):
     """A graph could not be exported or failed the ONNX checks."""
 
 
@@ -63,12 +83,62 @@ def _dynamic_shapes(module: nn.Module, n_inputs: int, batch) -> tuple:
     return tuple(shapes)
 
 
+def _name_outputs(graph: onnx.GraphProto, names: list[str]) -> None:
+    """Give the graph's outputs ``names``. An inner value that already has one of the names (the dynamo exporter
+    names a node after its op: a module that calls ``Tensor.mean`` holds a value "mean") is renamed first, so the
+    graph stays in single static assignment form."""
+    if len(names) != len(graph.output):
+        raise ExportError(f"the module returns {len(graph.output)} output(s), {len(names)} name(s) were given: "
+                          f"{names}")
+    wanted = {o.name: n for o, n in zip(graph.output, names) if o.name != n}
+    used = {v for node in graph.node for v in (*node.input, *node.output)} | {i.name for i in graph.input} \
+        | {t.name for t in graph.initializer}
+    inner = {n for n in wanted.values() if n in used} - set(wanted)
+    fresh = {n: f"{n}__inner" for n in inner}
+    while used & set(fresh.values()):
+        fresh = {n: f"{f}_" for n, f in fresh.items()}
+    renames = {**fresh, **wanted}
+    if {i.name for i in graph.input} & set(renames) or {t.name for t in graph.initializer} & set(renames):
+        raise ExportError(f"an output of the module is one of its inputs or weights, unchanged; outputs {names}")
+    for node in graph.node:
+        node.input[:] = [renames.get(v, v) for v in node.input]
+        node.output[:] = [renames.get(v, v) for v in node.output]
+    for value in (*graph.output, *graph.value_info):
+        value.name = renames.get(value.name, value.name)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def _value_specs(values) -> list[dict]:
     specs = []
     for v in values:
         dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
         specs.append({"name": v.name, "shape": dims, "dtype": _ONNX_DTYPES.get(v.type.tensor_type.elem_type, "?")})
     return specs
+
+
+def _export(module, example, input_names, output_names, path: Path, exporter: str, opset: int) -> onnx.ModelProto:
+    """The ONNX model of ``module(*example)`` with a dynamic batch axis and the given input and output names."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' deprecation and torchvision notices say nothing about us
+        if exporter == "dynamo":
+            # the exporter logs that torchvision's ops are not registered on every export; no graph of ours uses them
+            logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+            batch = torch.export.Dim(BATCH_AXIS, min=1, max=2**20)
+            program = torch.onnx.export(
+                module, example, input_names=input_names, opset_version=opset,
+                dynamo=True, dynamic_shapes=_dynamic_shapes(module, len(example), batch), verbose=False,
+            )
+            model = program.model_proto
+            _name_outputs(model.graph, list(output_names))
+        else:
+            axes = {name: {0: BATCH_AXIS} for name in [*input_names, *output_names]}
+            torch.onnx.export(module, example, str(path), input_names=input_names, output_names=output_names,
+                              opset_version=opset, dynamo=False, dynamic_axes=axes)
+            model = onnx.load(str(path))
+    return model
 
 
 def export_graph(
@@ -89,28 +159,18 @@ def export_graph(
     hold no random operation; otherwise ``ExportError`` names the graph and what failed.
     """
     path = Path(path)
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    check_opset(exporter, opset)
     if any(t.shape[0] < 2 for t in example):
-        raise ValueError(f"{path.name}: trace with an example batch of at least 2 rows (1 or 0 fixes the batch "
-                         f"axis), got batch sizes {[t.shape[0] for t in example]}")
+        raise ConfigError(f"{path.name}: trace with an example batch of at least 2 rows (1 or 0 fixes the batch "
+                          f"axis), got batch sizes {[t.shape[0] for t in example]}")
     module = module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporters' deprecation and torchvision notices say nothing about us
-        if exporter == "dynamo":
-            # the exporter logs that torchvision's ops are not registered on every export; no graph of ours uses them
-            logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-            batch = torch.export.Dim(BATCH_AXIS, min=1, max=2**20)
-            program = torch.onnx.export(
-                module, example, input_names=input_names, output_names=output_names, opset_version=opset,
-                dynamo=True, dynamic_shapes=_dynamic_shapes(module, len(example), batch), verbose=False,
-            )
-            model = program.model_proto
-        else:
-            axes = {name: {0: BATCH_AXIS} for name in [*input_names, *output_names]}
-            torch.onnx.export(module, example, str(path), input_names=input_names, output_names=output_names,
-                              opset_version=opset, dynamo=False, dynamic_axes=axes)
-            model = onnx.load(str(path))
+    try:
+        model = _export(module, example, input_names, output_names, path, exporter, opset)
+    except VaedeployError:
+        raise
+    except Exception as e:  # the exporters raise many types (torch._dynamo, torch.export, onnxscript) for one cause
+        raise ExportError(f"{path.name}: torch.onnx ({exporter} exporter, opset {opset}) could not export the module: "
+                          f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
     random_ops = sorted({n.op_type for n in model.graph.node} & RANDOM_OPS)
     if random_ops:
         raise ExportError(f"{path.name}: the graph holds random operations {random_ops}; draw noise outside the "
@@ -129,7 +189,7 @@ def export_graph(
         "inputs": _value_specs(model.graph.input),
         "outputs": _value_specs(model.graph.output),
         "dynamic_axes": {v.name: {"0": BATCH_AXIS} for v in [*model.graph.input, *model.graph.output]},
-        "opset": opset,
+        "opset": _opset(model),  # what the graph declares, which is what a runtime reads
         "exporter": exporter,
         "ir_version": model.ir_version,
     }

@@ -1,36 +1,41 @@
-"""Reading and verifying a bundle: the directory ``vaedeploy export`` writes and the runtime loads (no torch here).
+"""The bundle: the directory ``vaedeploy export`` writes and the runtime loads, its schema and its checks (no torch).
 
-Layout (DESIGN.md "The bundle")::
+Layout (docs/bundle.md)::
 
     manifest.json      format version, kind, input / latent / likelihood specs, graphs, sha256 of every file
-    encoder.onnx       x → (mean, logvar) for Gaussian latents, x → z for deterministic ones
+    encoder.onnx       x → (mean, logvar) for Gaussian latents, x → z for deterministic ones, x → z_e for VQ
     decoder.onnx       z → likelihood parameters
     *.fp16.onnx        half-precision variants (fp16 compute, fp32 inputs and outputs), when exported
     NAME.npy           arrays a kind needs beside its graphs (``manifest["arrays"]``: a VQ codebook, ...)
     model.safetensors  the weights, with ``manifest["model"]`` the kind and config, for the torch backend
     validation.json    ONNX Runtime against PyTorch, per graph, precision and batch size
 
-``manifest["graphs"]`` maps a role (``encoder``, ``decoder``; more kinds add ``prior``, per-stage graphs, ...) to
-its variants by precision, each with its file, input and output specs, opset and exporter. Loading checks the format
-version, that every listed file exists inside the bundle, and its sha256; each failure names the file.
+The schema is defined once, here, for the writer and the reader alike: ``check_manifest`` checks every field's type
+and what the latent type implies about the graphs (``LATENT_TYPES``: which roles a bundle of that type has and the
+name, shape and dtype of each graph's inputs and outputs). ``load_bundle`` also checks every file's presence and
+sha256, that no path leaves the bundle, and that each ONNX graph is what its manifest entry says. Every failure is a
+``BundleError`` that names the file and the field.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+
+from .errors import BundleError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16")
-
-
-class BundleError(ValueError):
-    """A bundle cannot be used: the message names the bundle, the file and what was expected."""
+BATCH_AXIS = "batch"  # the name of every graph's dynamic leading axis
+LIKELIHOOD_OUTPUTS = {"gaussian": 2, "bernoulli": 1, "identity": 1}  # how many parameters each kind's decoder gives
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -50,6 +55,258 @@ def _inside(root: Path, name: str) -> Path:
         raise BundleError(f"{root}: manifest path {name!r} leaves the bundle; expected a path inside {root}")
     return path
 
+
+# ---- the schema ------------------------------------------------------------------------------------------------
+
+def _show(value) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list, str, bool, int, float, type(None))) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _Fields:
+    """Type checks of one manifest's fields; each failure names the file, the field, what was expected and what came."""
+
+    def __init__(self, where):
+        self.where = where
+
+    def fail(self, field: str, expected: str, got) -> None:
+        raise BundleError(f"{self.where}: {field}: expected {expected}, got {_show(got)}")
+
+    def obj(self, doc, field: str) -> dict:
+        if not isinstance(doc, dict):
+            self.fail(field, "an object", doc)
+        return doc
+
+    def key(self, doc: dict, key: str, field: str):
+        if key not in doc:
+            raise BundleError(f"{self.where}: {field}: missing key {key!r}")
+        return doc[key]
+
+    def integer(self, value, field: str, minimum: int = 1) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(field, f"an integer ≥ {minimum}", value)
+        return value
+
+    def string(self, value, field: str) -> str:
+        if not isinstance(value, str) or not value:
+            self.fail(field, "a non-empty string", value)
+        return value
+
+    def one_of(self, value, options, field: str):
+        if not isinstance(value, str) or value not in options:
+            self.fail(field, f"one of {sorted(options)}", value)
+        return value
+
+    def listed(self, value, field: str, min_length: int = 0) -> list:
+        if not isinstance(value, list) or len(value) < min_length:
+            self.fail(field, f"a list of at least {min_length} item(s)", value)
+        return value
+
+
+def tensor(name: str, dims, dtype: str = "float32") -> dict:
+    """The spec of one graph input or output: the dynamic batch axis, then ``dims``."""
+    return {"name": name, "shape": [BATCH_AXIS, *(int(d) for d in dims)], "dtype": dtype}
+
+
+Signature = tuple[list[dict], list[dict]]  # (inputs, outputs) of one graph, as ``tensor`` specs
+
+
+def _gaussian(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
+    latent = m["latent"]
+    d = f.integer(f.key(latent, "dim", "latent"), "latent.dim")
+    graphs = {"encoder": ([tensor("x", m["input"]["shape"])], [tensor("mean", [d]), tensor("logvar", [d])]),
+              "decoder": ([tensor("z", [d])], image())}
+    if "prior" in latent:  # a learned prior over z: a two-stage VAE's stage-2 decoder u → (mean, log γ)
+        prior = f.obj(latent["prior"], "latent.prior")
+        if f.key(prior, "type", "latent.prior") != "two_stage":
+            f.fail("latent.prior.type", "'two_stage'", prior["type"])
+        u = f.integer(f.key(prior, "dim", "latent.prior"), "latent.prior.dim")
+        graphs[f.string(f.key(prior, "graph", "latent.prior"), "latent.prior.graph")] = (
+            [tensor("u", [u])], [tensor("mean", [d]), tensor("log_gamma", [d])])
+    return graphs
+
+
+def _deterministic(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
+    d = f.integer(f.key(m["latent"], "dim", "latent"), "latent.dim")
+    return {"encoder": ([tensor("x", m["input"]["shape"])], [tensor("z", [d])]),
+            "decoder": ([tensor("z", [d])], image())}
+
+
+def _vq(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
+    latent = m["latent"]
+    d = f.integer(f.key(latent, "dim", "latent"), "latent.dim")
+    grid = f.listed(f.key(latent, "grid", "latent"), "latent.grid", 2)
+    if len(grid) != 2:
+        f.fail("latent.grid", "[h, w]", grid)
+    h, w = (f.integer(g, "latent.grid") for g in grid)
+    codes = f.integer(f.key(latent, "num_codes", "latent"), "latent.num_codes", minimum=2)
+    f.one_of(f.key(latent, "codebook", "latent"), m.get("arrays", {}), "latent.codebook")
+    prior = f.obj(f.key(latent, "prior", "latent"), "latent.prior")
+    if f.key(prior, "type", "latent.prior") != "autoregressive":
+        f.fail("latent.prior.type", "'autoregressive'", prior["type"])
+    length = f.integer(f.key(prior, "length", "latent.prior"), "latent.prior.length")
+    if length != h * w:
+        f.fail("latent.prior.length", f"the grid's {h}×{w} = {h * w} positions", length)
+    start = f.integer(f.key(prior, "start_token", "latent.prior"), "latent.prior.start_token", minimum=0)
+    if start > codes:
+        f.fail("latent.prior.start_token", f"a token in [0, {codes}]", start)
+    return {"encoder": ([tensor("x", m["input"]["shape"])], [tensor("z_e", [d, h, w])]),
+            "decoder": ([tensor("z_q", [d, h, w])], image()),
+            f.string(f.key(prior, "graph", "latent.prior"), "latent.prior.graph"): (
+                [tensor("tokens", [length], "int64")], [tensor("logits", [length, codes])])}
+
+
+def _hierarchical(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
+    latent = m["latent"]
+    layers = f.listed(f.key(latent, "layers", "latent"), "latent.layers", 2)
+    dims, names = [], {}
+    for i, layer in enumerate(layers):
+        layer = f.obj(layer, f"latent.layers[{i}]")
+        dims.append(f.integer(f.key(layer, "dim", f"latent.layers[{i}]"), f"latent.layers[{i}].dim"))
+        for k in ("noise", "z", "mean", "logvar"):
+            names.setdefault(k, []).append(f.string(f.key(layer, k, f"latent.layers[{i}]"), f"latent.layers[{i}].{k}"))
+    if f.integer(f.key(latent, "dim", "latent"), "latent.dim") != sum(dims):
+        f.fail("latent.dim", f"the sum of the layers' sizes, {sum(dims)}", latent["dim"])
+    roles = f.obj(f.key(latent, "graphs", "latent"), "latent.graphs")
+    encode, decode, sample = (f.string(f.key(roles, k, "latent.graphs"), f"latent.graphs.{k}")
+                              for k in ("encode", "decode", "sample"))
+    if encode != "encoder":
+        f.fail("latent.graphs.encode", "'encoder'", encode)
+    noise = [tensor(n, [d]) for n, d in zip(names["noise"], dims)]
+    return {encode: ([tensor("x", m["input"]["shape"]), *noise],
+                     [tensor(n, [d]) for k in ("z", "mean", "logvar") for n, d in zip(names[k], dims)]),
+            decode: ([tensor("z", [sum(dims)])], image()),
+            sample: (noise, image())}
+
+
+# The latent types a bundle can declare, each with the graphs it implies; the runtime picks its class by this name.
+LATENT_TYPES: dict[str, Callable[[dict, _Fields, Callable], dict[str, Signature]]] = {
+    "gaussian": _gaussian, "deterministic": _deterministic, "vq": _vq, "hierarchical": _hierarchical,
+}
+
+
+def _check_graph_entry(entry, field: str, f: _Fields) -> None:
+    entry = f.obj(entry, field)
+    f.string(f.key(entry, "file", field), f"{field}.file")
+    for side in ("inputs", "outputs"):
+        specs = f.listed(f.key(entry, side, field), f"{field}.{side}", 1)
+        for i, spec in enumerate(specs):
+            where = f"{field}.{side}[{i}]"
+            spec = f.obj(spec, where)
+            f.string(f.key(spec, "name", where), f"{where}.name")
+            shape = f.listed(f.key(spec, "shape", where), f"{where}.shape", 1)
+            if not all(isinstance(s, (int, str)) and not isinstance(s, bool) for s in shape):
+                f.fail(f"{where}.shape", "a list of sizes (integers) and axis names", shape)
+            f.string(f.key(spec, "dtype", where), f"{where}.dtype")
+
+
+def _same_signature(entry: dict, expected: Signature) -> str | None:
+    """Where a graph entry (or a graph read from its file) differs from ``expected``, in words; None when it agrees.
+
+    The batch axis may have any name; every other size must match."""
+    for side, specs in zip(("inputs", "outputs"), expected):
+        got = entry[side]
+        if [s["name"] for s in got] != [s["name"] for s in specs]:
+            return f"{side} named {[s['name'] for s in got]}, expected {[s['name'] for s in specs]}"
+        for g, e in zip(got, specs):
+            if len(g["shape"]) != len(e["shape"]) or not isinstance(g["shape"][0], str) \
+                    or list(g["shape"][1:]) != list(e["shape"][1:]):
+                return f"{side[:-1]} {g['name']!r} shaped {g['shape']}, expected {e['shape']}"
+            if g["dtype"] != e["dtype"]:
+                return f"{side[:-1]} {g['name']!r} of dtype {g['dtype']}, expected {e['dtype']}"
+    return None
+
+
+def check_manifest(manifest, where) -> None:
+    """Check a manifest document against the schema; raise ``BundleError`` naming ``where`` and the field.
+
+    The writer calls this before a bundle is written and ``load_bundle`` before one is used, so both agree on
+    what a bundle is.
+    """
+    f = _Fields(where)
+    m = f.obj(manifest, "the manifest")
+    version = f.key(m, "format_version", "the manifest")
+    f.integer(version, "format_version")
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{where}: bundle format {version} is newer than this vaedeploy reads ({FORMAT_VERSION}); "
+                          "upgrade vaedeploy")
+    for key in ("kind", "input", "latent", "likelihood", "graphs", "files", "max_batch", "validation"):
+        f.key(m, key, "the manifest")
+    f.string(m["kind"], "kind")
+    f.integer(m["max_batch"], "max_batch")
+    shape = f.listed(f.key(f.obj(m["input"], "input"), "shape", "input"), "input.shape", 1)
+    for s in shape:
+        f.integer(s, "input.shape")
+    files = f.obj(m["files"], "files")
+    for name, digest in files.items():
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            f.fail(f"files[{name!r}]", "a sha256 hex digest", digest)
+    for name, file in f.obj(m.get("arrays", {}), "arrays").items():
+        f.one_of(file, files, f"arrays.{name}")
+    if m.get("model") is not None:
+        model = f.obj(m["model"], "model")
+        f.string(f.key(model, "kind", "model"), "model.kind")
+        f.obj(f.key(model, "config", "model"), "model.config")
+        f.one_of(f.key(model, "weights", "model"), files, "model.weights")
+    if f.key(f.obj(m["validation"], "validation"), "passed", "validation") is not True:
+        f.fail("validation.passed", "true (a bundle is written only when its graphs match PyTorch)",
+               m["validation"]["passed"])
+
+    likelihood = f.obj(m["likelihood"], "likelihood")
+    kind = f.one_of(f.key(likelihood, "kind", "likelihood"), LIKELIHOOD_OUTPUTS, "likelihood.kind")
+    outputs = f.listed(f.key(likelihood, "outputs", "likelihood"), "likelihood.outputs", 1)
+    if len(outputs) != LIKELIHOOD_OUTPUTS[kind]:
+        f.fail("likelihood.outputs", f"{LIKELIHOOD_OUTPUTS[kind]} name(s) for a {kind} likelihood", outputs)
+    for name in outputs:
+        f.string(name, "likelihood.outputs")
+
+    def image() -> list[dict]:  # a decoder's outputs: every likelihood parameter shaped like the input
+        return [tensor(name, shape) for name in outputs]
+
+    latent_type = f.one_of(f.key(f.obj(m["latent"], "latent"), "type", "latent"), LATENT_TYPES, "latent.type")
+    expected = LATENT_TYPES[latent_type](m, f, image)
+
+    graphs = f.obj(m["graphs"], "graphs")
+    for role in expected:
+        if role not in graphs:
+            raise BundleError(f"{where}: graphs: a {latent_type} bundle needs a {role!r} graph; it has "
+                              f"{sorted(graphs)}")
+    for role, variants in graphs.items():
+        variants = f.obj(variants, f"graphs.{role}")
+        if "fp32" not in variants or not set(variants) <= set(PRECISIONS):
+            f.fail(f"graphs.{role}", f"variants among {list(PRECISIONS)}, fp32 always", sorted(variants))
+        for precision, entry in variants.items():
+            field = f"graphs.{role}.{precision}"
+            _check_graph_entry(entry, field, f)
+            f.one_of(entry["file"], files, f"{field}.file")
+            if role in expected and (difference := _same_signature(entry, expected[role])):
+                raise BundleError(f"{where}: {field}: the graph has {difference} (from the {latent_type} latent "
+                                  f"of size {m['latent'].get('dim')} and inputs {shape})")
+
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+               "tensor(int64)": "int64", "tensor(int32)": "int32"}
+
+
+def read_graph_signature(path: Path) -> dict:
+    """The inputs and outputs (name, shape, dtype) of an ONNX file, read by ONNX Runtime with no optimization."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ONNX Runtime's parse errors have no common base class
+        raise BundleError(f"{path}: not an ONNX graph ONNX Runtime can load ({str(e).splitlines()[0]})") from None
+
+    def specs(values) -> list[dict]:
+        return [{"name": v.name, "shape": [s if s is not None else "?" for s in v.shape],
+                 "dtype": _ORT_DTYPES.get(v.type, v.type)} for v in values]
+
+    return {"inputs": specs(session.get_inputs()), "outputs": specs(session.get_outputs())}
+
+
+# ---- the bundle ------------------------------------------------------------------------------------------------
 
 @dataclass
 class Bundle:
@@ -93,11 +350,15 @@ class Bundle:
         arrays = self.manifest.get("arrays", {})
         if name not in arrays:
             raise BundleError(f"{self.root}: no array {name!r}; this bundle has {sorted(arrays)}")
-        return np.load(_inside(self.root, arrays[name]), allow_pickle=False)
+        path = _inside(self.root, arrays[name])
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise BundleError(f"{path}: not a plain .npy array ({e})") from None
 
 
-def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
-    """Read ``root/manifest.json`` and check the format version, every file's presence and (``verify``) sha256."""
+def read_manifest(root: str | os.PathLike) -> dict:
+    """The parsed ``manifest.json`` of ``root`` (any JSON value; ``check_manifest`` says whether it is one)."""
     root = Path(root)
     manifest_path = root / MANIFEST
     if not root.is_dir():
@@ -105,20 +366,17 @@ def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
     if not manifest_path.is_file():
         raise BundleError(f"{root}: missing {MANIFEST} (expected the --out of `vaedeploy export`)")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{manifest_path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{manifest_path}: expected a JSON object, got {type(manifest).__name__}")
-    version = manifest.get("format_version")
-    if not isinstance(version, int):
-        raise BundleError(f"{manifest_path}: expected an integer format_version, got {version!r}")
-    if version > FORMAT_VERSION:
-        raise BundleError(f"{root}: bundle format {version} is newer than this vaedeploy reads ({FORMAT_VERSION}); "
-                          "upgrade vaedeploy")
-    missing = [k for k in ("kind", "input", "latent", "graphs", "files", "max_batch") if k not in manifest]
-    if missing:
-        raise BundleError(f"{manifest_path}: missing key(s) {missing}")
+        return json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BundleError(f"{manifest_path}: not valid JSON ({type(e).__name__}: {e})") from None
+
+
+def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
+    """Read ``root/manifest.json``, check it against the schema and every listed file's presence; with ``verify``
+    (the default) also every file's sha256 and that each ONNX graph has the inputs and outputs its entry says."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    check_manifest(manifest, root / MANIFEST)
     for name, expected in manifest["files"].items():
         path = _inside(root, name)
         if not path.is_file():
@@ -126,9 +384,11 @@ def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
         if verify and sha256_file(path) != expected:
             raise BundleError(f"{root}: {name} does not match its sha256 in {MANIFEST} (expected {expected}); "
                               "the file was changed or damaged after export")
-    for role, variants in manifest["graphs"].items():
-        for precision, entry in variants.items():
-            if entry.get("file") not in manifest["files"]:
-                raise BundleError(f"{manifest_path}: the {role} {precision} graph's file {entry.get('file')!r} "
-                                  "is not among the checksummed files")
+    if verify:
+        for role, variants in manifest["graphs"].items():
+            for precision, entry in variants.items():
+                actual = read_graph_signature(_inside(root, entry["file"]))
+                if difference := _same_signature(actual, (entry["inputs"], entry["outputs"])):
+                    raise BundleError(f"{root / entry['file']}: the graph has {difference}, which is what "
+                                      f"{MANIFEST} says of graphs.{role}.{precision}")
     return Bundle(root, manifest)

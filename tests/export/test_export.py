@@ -125,7 +125,8 @@ def test_the_users_own_modules_export_validate_and_run(tmp_path):
 
 def test_a_kind_with_more_graphs_and_arrays_plugs_into_the_same_bundle(tmp_path):
     # what a VQ or hierarchical kind adds: one more graph (here a "prior" over z) and an array beside the graphs
-    encoder, decoder, prior = nn.Sequential(nn.Flatten(), nn.Linear(6, 2)), nn.Linear(2, 6), nn.Linear(2, 4)
+    encoder, prior = nn.Sequential(nn.Flatten(), nn.Linear(6, 2)), nn.Linear(2, 4)
+    decoder = nn.Sequential(nn.Linear(2, 6), nn.Unflatten(1, (2, 3)))  # images like its 2×3 inputs
     z = np.random.default_rng(0).standard_normal((8, 2), dtype=np.float32)
     codebook = np.arange(12, dtype=np.float32).reshape(4, 3)
     out = export_bundle(encoder, decoder, latent="deterministic", example=torch.rand(5, 2, 3), out=tmp_path / "b",
