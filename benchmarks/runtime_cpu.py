@@ -11,8 +11,8 @@ of them alike.
 
 - ``pytorch eager``: the encoder or decoder module on torch tensors under ``inference_mode``, torch threads = cores.
 - ``ort default``: ``InferenceSession(path).run`` with onnxruntime's default options, what a user writes first.
-- ``ort session.run``: the runtime's own tuned session, called raw with the same output names: the runtime's
-  wrapper cost is its time over this one.
+- ``ort session.run``: a session with the runtime's tuned options, called raw with the same output names: the
+  runtime's wrapper cost is its time over this one.
 - ``vaedeploy``: ``Runtime.encode_params(x)`` (encoder graph) and ``Runtime.decode(z)`` on numpy arrays, with their
   input checks. ``encode+noise`` adds the seeded reparameterization of ``Runtime.encode`` (numpy Philox).
 Goals on 2 cores: the runtime at batch 1 at least 2.5× faster than eager, at most 15% slower than raw session.run.
@@ -57,25 +57,38 @@ def demo_bundles(tmp: Path, run: str | None) -> dict[str, Path]:
     return {kind: export_run(path, tmp / f"{kind}_bundle") for kind, path in runs.items()}
 
 
+def eager_module(rt, role: str):
+    """The PyTorch module a graph was exported from, rebuilt from the bundle's weights as a user would."""
+    from vaedeploy.io import load_tensors
+    from vaedeploy.models import build_model
+
+    doc = rt.bundle.manifest["model"]
+    module = build_model(doc["kind"], doc["config"])
+    module.load_state_dict(load_tensors(rt.bundle.path(doc["weights"])))
+    for name in rt.bundle.graph(role)["module"].split("."):
+        module = getattr(module, name)
+    return module.eval()
+
+
 def bench_bundle(bundle: Path, scale: float = 1.0, min_seconds: float = 1.0) -> list[dict]:
     import onnxruntime as ort
     import torch
 
     from vaedeploy import load
-    from vaedeploy.runtime.backends.onnxruntime import physical_cores
+    from vaedeploy.runtime.backends.onnxruntime import physical_cores, session_options
 
     torch.set_num_threads(physical_cores())
     rt = load(bundle, backend="onnxruntime")
-    model = load(bundle, backend="torch")
-    modules = {"encode": model.runner("encoder").module, "decode": model.runner("decoder").module}
+    modules = {"encode": eager_module(rt, "encoder"), "decode": eager_module(rt, "decoder")}
     rng = np.random.default_rng(0)
     rows = []
     for op in ("encode", "decode", "encode+noise"):
         if op == "encode+noise" and rt.latent_type != "gaussian":
             continue
         role = "decoder" if op == "decode" else "encoder"
-        runner = rt.runner(role)
-        default = ort.InferenceSession(str(rt.bundle.graph(role)["path"]), providers=["CPUExecutionProvider"])
+        path, runner = str(rt.bundle.graph(role)["path"]), rt.runners[role]
+        default = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        tuned = ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"])
         shape = (rt.latent_dim,) if op == "decode" else rt.input_shape
         for batch in BATCHES:
             arrays = [rng.random((batch, *shape), dtype=np.float32) for _ in range(8)]
@@ -83,11 +96,11 @@ def bench_bundle(bundle: Path, scale: float = 1.0, min_seconds: float = 1.0) -> 
             if op == "encode+noise":
                 calls = {"vaedeploy": lambda x: rt.encode(x, seed=0)}
             else:
-                feed = runner.input_name
+                feed = runner.input_names[0]
                 calls = {
                     "pytorch eager": modules[op],
-                    "ort default": lambda x, s=default, o=runner.outputs, f=feed: s.run(o, {f: x}),
-                    "ort session.run": lambda x, s=runner.session, o=runner.outputs, f=feed: s.run(o, {f: x}),
+                    "ort default": lambda x, s=default, o=runner.output_names, f=feed: s.run(o, {f: x}),
+                    "ort session.run": lambda x, s=tuned, o=runner.output_names, f=feed: s.run(o, {f: x}),
                     "vaedeploy": rt.encode_params if op == "encode" else rt.decode,
                 }
             inputs = {name: tensors if name == "pytorch eager" else arrays for name in calls}

@@ -14,7 +14,7 @@ from vaedeploy.bundle import load_bundle
 from vaedeploy.cli import main
 from vaedeploy.kernels import standard_normal_numpy
 from vaedeploy.runtime import InputError
-from vaedeploy.runtime.kinds import STAGE1_NOISE_OFFSET
+from vaedeploy.runtime.latents import STAGE1_NOISE_OFFSET
 from vaedeploy.train import load_run
 
 KINDS = ["vqvae", "bivae", "biva", "twostage"]

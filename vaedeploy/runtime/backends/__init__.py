@@ -1,14 +1,13 @@
-"""Backends: runners with one small interface (Polygraphy style), each imported only when it is asked for.
-
-A runner is built from ``(bundle, role, precision, device)`` and called with one input array (or tensor) of a graph;
-it returns the outputs named by ``outputs`` at construction, in that order. ``NATIVE`` says what it takes and
-returns: ``numpy`` arrays (onnxruntime on the CPU) or ``torch`` tensors. A TensorRT runner plugs in here as one more
-module and one more name in ``AUTO_ORDER``.
+"""Backends: each a module with a ``Backend`` (its arrays, a runner per graph, ``close``) and a ``Runner``
+subclass (``base.py``), imported only when asked for. A TensorRT backend plugs in here as one more module and one
+more name in ``AUTO_ORDER``.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
+
+from ...errors import ConfigError, MissingDependency
 
 BACKENDS = {
     "onnxruntime": (".onnxruntime", "onnxruntime"),  # module in this package, the package it needs
@@ -27,14 +26,14 @@ def resolve(backend: str) -> str:
         for name in AUTO_ORDER:
             if installed(name):
                 return name
-        raise RuntimeError(f"no backend is installed; install one of {list(AUTO_ORDER)}")
+        raise MissingDependency(f"no backend is installed; install one of {list(AUTO_ORDER)}")
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
+        raise ConfigError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
     if not installed(backend):
-        raise RuntimeError(f"backend {backend!r} needs the {BACKENDS[backend][1]!r} package, which is not installed")
+        raise MissingDependency(f"backend {backend!r} needs the {BACKENDS[backend][1]!r} package, which is not "
+                                "installed")
     return backend
 
 
-def runner_class(name: str):
-    module = importlib.import_module(BACKENDS[name][0], __name__)
-    return module.Runner
+def backend_class(name: str):
+    return importlib.import_module(BACKENDS[name][0], __name__).Backend

@@ -1,4 +1,4 @@
-"""ONNX Runtime runner: numpy in, numpy out, set up for low latency; imports no torch.
+"""ONNX Runtime backend: numpy in, numpy out, set up for low latency; imports no torch.
 
 Sessions run with every graph optimization on (ORT_ENABLE_ALL), sequential execution and one intra-op thread per
 physical core: at the small batches a VAE is served at, more threads only add synchronization. Input and output
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-NATIVE = "numpy"
+from ...errors import ConfigError, MissingDependency
+from ..arrays import NumpyArrays
+from .base import Runner
 
 
 def physical_cores() -> int:
@@ -47,33 +49,53 @@ def providers(device: str) -> list[str]:
         return ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError(f"device {device!r} needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime "
-                               f"has {ort.get_available_providers()}")
+            raise MissingDependency(f"device {device!r} needs onnxruntime-gpu (CUDAExecutionProvider); this "
+                                    f"onnxruntime has {ort.get_available_providers()}")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
 
 
-class Runner:
-    """One graph of a bundle in an ``InferenceSession``; ``runner(*inputs)`` (in the graph's input order) returns
-    the chosen outputs as numpy arrays."""
+class OnnxRuntimeRunner(Runner):
+    """One graph in an ``InferenceSession``, created on ``activate``."""
 
-    native = NATIVE
+    backend = "onnxruntime"
 
-    def __init__(self, bundle, role: str, precision: str, device: str, outputs: list[str]):
-        graph = bundle.graph(role, precision)
-        self.session = ort.InferenceSession(str(graph["path"]), session_options(), providers=providers(device))
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.input_name = self.input_names[0]
-        known = [o.name for o in self.session.get_outputs()]
-        if unknown := [o for o in outputs if o not in known]:
-            raise ValueError(f"{graph['file']} has outputs {known}; asked for {unknown}")
-        self.outputs = list(outputs)
+    def __init__(self, bundle, role: str, precision: str, device: str, outputs: list[str] | None = None,
+                 threads: int | None = None):
+        super().__init__(bundle, role, precision, device, outputs)
+        self.providers, self.threads = providers(device), threads
+        self.session = None
+
+    def activate_impl(self) -> None:
+        self.session = ort.InferenceSession(str(self.graph["path"]), session_options(self.threads),
+                                            providers=self.providers)
         # InferenceSession.run re-checks the feed's names in Python on every call (about a microsecond, 10% of a
         # batch-1 call); the runtime has checked the input already, so it calls the compiled session directly
         # where this onnxruntime exposes it, with the same (outputs, feed, run_options) signature.
         self._run = getattr(self.session, "_sess", self.session).run
+        self._first = self.input_names[0] if len(self.input_names) == 1 else None
 
-    def __call__(self, *inputs):
-        if len(inputs) == 1:  # the hot path of every one-input graph: no zip, one dict literal
-            return self._run(self.outputs, {self.input_name: inputs[0]}, None)
-        return self._run(self.outputs, dict(zip(self.input_names, inputs)), None)
+    def deactivate_impl(self) -> None:
+        self.session = self._run = None
+
+    def run_impl(self, inputs: tuple) -> list:
+        if self._first is not None:  # the hot path of every one-input graph: one dict literal
+            return self._run(self.output_names, {self._first: inputs[0]}, None)
+        return self._run(self.output_names, dict(zip(self.input_names, inputs)), None)
+
+
+class Backend:
+    """What a runtime asks of a backend: its arrays, a runner per graph, and ``close``."""
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle, precision: str, device: str):
+        providers(device)  # refuse a device this onnxruntime cannot serve before any session is made
+        self.bundle, self.precision, self.device = bundle, precision, device
+        self.arrays = NumpyArrays()
+
+    def runner(self, role: str, outputs: list[str] | None = None) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(self.bundle, role, self.precision, self.device, outputs)
+
+    def close(self) -> None:
+        pass

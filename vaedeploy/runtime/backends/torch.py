@@ -1,55 +1,80 @@
-"""PyTorch runner: rebuilds the model from the bundle's weights and config; torch tensors in and out.
+"""PyTorch backend: the model rebuilt from the bundle's weights and config; torch tensors in and out.
 
-The only part of the runtime that imports torch and the model classes. fp16 runs the modules in half precision
-behind float32 inputs and outputs, like the bundle's fp16 graphs.
+The only part of the runtime that imports torch and the model classes. The model is built once per runtime (the
+runners of its graphs share it) and freed by ``close``. fp16 builds it in half precision behind float32 inputs and
+outputs, like the bundle's fp16 graphs.
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 
-from ...bundle import BundleError
+from ...errors import BundleError, ConfigError
 from ...io import load_tensors
 from ...models import build_model
-
-NATIVE = "torch"
-_MODELS: dict = {}  # (weights sha256, device) → model, so the encoder and decoder runners share one copy
-
-
-def _model(bundle, device: str):
-    doc = bundle.manifest.get("model")
-    if not doc:
-        raise BundleError(f"{bundle.root}: the torch backend needs the model's weights and config, and this "
-                          "bundle has none (exported from plain modules); use backend='onnxruntime'")
-    key = (bundle.manifest["files"][doc["weights"]], device)
-    if key not in _MODELS:
-        model = build_model(doc["kind"], doc["config"])
-        model.load_state_dict(load_tensors(bundle.path(doc["weights"])))
-        _MODELS[key] = model.eval().to(device)
-    return _MODELS[key]
+from ..arrays import TorchArrays
+from .base import Runner
 
 
-class Runner:
-    native = NATIVE
+class TorchRunner(Runner):
+    """The module of one graph (``graph["module"]``, an attribute path in the model) under inference mode."""
 
-    def __init__(self, bundle, role: str, precision: str, device: str, outputs: list[str]):
-        graph = bundle.graph(role, precision)
-        module = _model(bundle, device)
-        self.half = precision == "fp16"
-        if self.half:
-            # a half copy of the whole model, not of the one module: a module may read weights that another one
-            # registers (the tied BiVAE decoder, the BIVA encoder's top-down path); the float32 model stays shared
-            module = copy.deepcopy(module).half()
-        for name in graph.get("module", role).split("."):  # the module the graph was exported from
+    backend = "torch"
+
+    def __init__(self, bundle, role: str, precision: str, device: str, outputs: list[str] | None, model):
+        super().__init__(bundle, role, precision, device, outputs)
+        self._model = model  # the backend's loader of the shared model
+        names = [spec["name"] for spec in self.graph["outputs"]]
+        self.indices = [names.index(o) for o in self.output_names]
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.module = None
+
+    def activate_impl(self) -> None:
+        module = self._model()
+        for name in self.graph.get("module", self.role).split("."):  # the module the graph was exported from
             module = getattr(module, name)
         self.module = module
-        names = [o["name"] for o in graph["outputs"]]
-        self.indices = [names.index(o) for o in outputs]
-        self.device = torch.device(device)
+
+    def deactivate_impl(self) -> None:
+        self.module = None
 
     @torch.inference_mode()
-    def __call__(self, *inputs):
-        out = self.module(*(x.half() if self.half and x.is_floating_point() else x for x in inputs))
+    def run_impl(self, inputs: tuple) -> list:
+        out = self.module(*(x.to(self.dtype) if x.is_floating_point() else x for x in inputs))
         out = (out,) if isinstance(out, torch.Tensor) else out
         return [out[i].float() for i in self.indices]
+
+
+class Backend:
+    name = "torch"
+
+    def __init__(self, bundle, precision: str, device: str):
+        self.doc = bundle.manifest.get("model")
+        if not self.doc:
+            raise BundleError(f"{bundle.root}: the torch backend needs the model's weights and config, and this "
+                              "bundle has none (exported from plain modules); use backend='onnxruntime'")
+        self.bundle, self.precision, self.device = bundle, precision, device
+        self.arrays = TorchArrays(device)
+        self._built = None
+
+    def model(self) -> torch.nn.Module:
+        """The bundle's model on the device in the runtime's precision, built on first use."""
+        if self._built is None:
+            try:
+                model = build_model(self.doc["kind"], self.doc["config"])
+            except ConfigError as e:
+                raise BundleError(f"{self.bundle.root / 'manifest.json'}: model: {e}") from None
+            path = self.bundle.path(self.doc["weights"])
+            try:
+                model.load_state_dict(load_tensors(path))
+            except RuntimeError as e:
+                raise BundleError(f"{path}: does not fit the {self.doc['kind']} model of manifest.json "
+                                  f"({str(e).splitlines()[0]})") from None
+            dtype = torch.float16 if self.precision == "fp16" else torch.float32
+            self._built = model.eval().to(self.device, dtype)
+        return self._built
+
+    def runner(self, role: str, outputs: list[str] | None = None) -> TorchRunner:
+        return TorchRunner(self.bundle, role, self.precision, self.device, outputs, self.model)
+
+    def close(self) -> None:
+        self._built = None

@@ -1,0 +1,156 @@
+"""A bundle's manifest is checked against the schema and against its graphs before anything runs."""
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vaedeploy import load
+from vaedeploy.bundle import BundleError, check_manifest, load_bundle
+
+
+@pytest.fixture()
+def vae_copy(exported, tmp_path):
+    copy_ = tmp_path / "bundle"
+    shutil.copytree(exported("vae")[1], copy_)
+    return copy_
+
+
+def edited(bundle, change):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    change(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def swap_graphs(m):
+    m["graphs"]["encoder"], m["graphs"]["decoder"] = m["graphs"]["decoder"], m["graphs"]["encoder"]
+
+
+def point_encoder_at_decoder_file(m):
+    m["graphs"]["encoder"]["fp32"]["file"] = "decoder.onnx"
+
+
+CASES = [  # (what the independent check found, the edit, what the error names)
+    ("max_batch 0", lambda m: m.update(max_batch=0), r"max_batch: expected an integer ≥ 1, got 0"),
+    ("max_batch negative", lambda m: m.update(max_batch=-3), r"max_batch: expected an integer ≥ 1, got -3"),
+    ("latent.dim not the decoder's input", lambda m: m["latent"].update(dim=5),
+     r"graphs.encoder.fp32: the graph has output 'mean' shaped \['batch', 4\], expected \['batch', 5\]"),
+    ("encoder and decoder swapped", swap_graphs, r"graphs.encoder.fp32: the graph has inputs named \['z'\]"),
+    ("an entry naming the other graph's file", point_encoder_at_decoder_file,
+     r"encoder.onnx|decoder.onnx: the graph has inputs named \['z'\], expected \['x'\]"),
+    ("a changed likelihood", lambda m: m["likelihood"].update(kind="bernoulli"),
+     r"likelihood.outputs: expected 1 name\(s\) for a bernoulli likelihood"),
+    ("list-typed files", lambda m: m.update(files=list(m["files"])), r"files: expected an object"),
+    ("a missing likelihood", lambda m: m.pop("likelihood"), r"missing key 'likelihood'"),
+    ("format version 0", lambda m: m.update(format_version=0), r"format_version: expected an integer ≥ 1, got 0"),
+    ("format version true", lambda m: m.update(format_version=True), r"format_version: expected an integer"),
+    ("an unknown latent type", lambda m: m["latent"].update(type="flow"), r"latent.type: expected one of"),
+    ("a failed validation", lambda m: m["validation"].update(passed=False), r"validation.passed: expected true"),
+    ("a digest that is not one", lambda m: m["files"].update({"decoder.onnx": "abc"}),
+     r"files\['decoder.onnx'\]: expected a sha256"),
+    ("an fp16 variant without fp32", lambda m: m["graphs"]["decoder"].pop("fp32"), r"graphs.decoder: expected"),
+]
+
+
+@pytest.mark.parametrize("name, change, message", CASES, ids=[c[0] for c in CASES])
+def test_a_manifest_that_disagrees_with_its_graphs_is_refused_naming_the_field(vae_copy, name, change, message):
+    load(vae_copy)
+    edited(vae_copy, change)
+    with pytest.raises(BundleError, match=message) as info:
+        load(vae_copy)
+    assert str(vae_copy) in str(info.value)
+
+
+def test_a_graph_file_that_is_not_what_its_entry_says_is_refused(vae_copy):
+    # the checksums agree (rewritten for the swapped files), so only reading the graphs themselves catches it
+    def swap_files(m):
+        enc, dec = m["graphs"]["encoder"]["fp32"], m["graphs"]["decoder"]["fp32"]
+        (vae_copy / "encoder.onnx").rename(vae_copy / "tmp.onnx")
+        (vae_copy / "decoder.onnx").rename(vae_copy / "encoder.onnx")
+        (vae_copy / "tmp.onnx").rename(vae_copy / "decoder.onnx")
+        m["files"]["encoder.onnx"], m["files"]["decoder.onnx"] = m["files"]["decoder.onnx"], m["files"]["encoder.onnx"]
+        assert enc["file"] == "encoder.onnx" and dec["file"] == "decoder.onnx"
+
+    edited(vae_copy, swap_files)
+    with pytest.raises(BundleError, match=r"encoder.onnx: the graph has inputs named \['z'\], expected \['x'\]"):
+        load(vae_copy)
+
+
+def test_json_of_any_shape_is_a_bundle_error(vae_copy):
+    for text in ["[" * 100000 + "]" * 100000, "[1, 2]", "null", "\"manifest\"", "{\"format_version\": 1}", "\xff"]:
+        (vae_copy / "manifest.json").write_text(text, errors="surrogateescape") if text != "\xff" else \
+            (vae_copy / "manifest.json").write_bytes(b"\xff\xfe{")
+        with pytest.raises(BundleError):
+            load(vae_copy)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 2**64) | st.floats(allow_nan=True) | st.text(max_size=5),
+                    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children,
+                                                                                      max_size=3), max_leaves=6)
+
+
+def _paths(doc, prefix=()):
+    yield prefix
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _paths(v, (*prefix, i))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_malformed_manifests_give_a_bundle_error_and_never_another_exception(exported, data):
+    bundle = exported("vae")[1]
+    valid = json.loads((bundle / "manifest.json").read_text())
+    manifest = copy.deepcopy(valid)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(list(_paths(manifest))))
+        if not path:
+            manifest = data.draw(JSON)
+            continue
+        parent = manifest
+        for key in path[:-1]:
+            parent = parent[key]
+        if data.draw(st.booleans()) and isinstance(parent, dict):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = data.draw(JSON)
+    try:
+        check_manifest(manifest, "manifest.json")
+    except BundleError:
+        return
+    # a manifest the schema accepts still has the types every reader relies on
+    assert isinstance(manifest["graphs"], dict) and isinstance(manifest["max_batch"], int)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_loading_a_bundle_with_a_malformed_manifest_is_a_bundle_error_or_works(exported, tmp_path_factory, data):
+    source = exported("vae")[1]
+    bundle = tmp_path_factory.mktemp("fuzz") / "b"
+    shutil.copytree(source, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    path = data.draw(st.sampled_from([p for p in _paths(manifest) if p]))
+    parent = manifest
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = data.draw(JSON)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        rt = load(bundle)
+    except BundleError:
+        return
+    z = np.zeros((2, rt.latent_dim), np.float32)
+    assert rt.decode(z).shape == (2, *rt.input_shape)
+
+
+def test_a_good_bundle_passes_every_check(exported):
+    for name in ("vae", "ae", "vqvae", "biva", "twostage", "bivae"):
+        bundle = load_bundle(exported(name)[1])
+        check_manifest(bundle.manifest, bundle.root)

@@ -1,0 +1,211 @@
+"""The array adaptor: the few array operations the runtime needs, for numpy (ONNX Runtime on the CPU) and for
+torch tensors on a device (the torch backend; later CUDA and TensorRT runners). A runtime is written once against
+this interface, so no runtime code branches on the backend's array type.
+
+``take`` checks what the caller gave and converts it to the backend's arrays; the function it returns turns a result
+back into the caller's type (numpy in, numpy out; a tensor in, a tensor out on the tensor's device). This module
+imports no torch: ``TorchArrays`` is only built by the torch backend, and a tensor can only reach ``take`` where
+torch was imported already.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+
+from ..errors import InputError
+from ..kernels import reparameterize_numpy, standard_normal_numpy, vq_nearest_numpy
+
+_FLOAT32 = np.dtype(np.float32)
+_CASTABLE = (np.float16, np.float64)  # floats that become float32 without surprise; ints and bools are refused
+
+
+def _same(x):
+    return x
+
+
+def shape_text(shape) -> str:
+    return "×".join(str(s) for s in shape) if len(shape) else "a 0-d scalar"
+
+
+def is_tensor(x) -> bool:
+    torch = sys.modules.get("torch")  # a tensor can only exist where torch was imported; never import it here
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _check_rows(x, trailing: tuple, name: str) -> None:
+    if tuple(x.shape[1:]) != trailing:
+        raise InputError(f"{name}: expected shape N×{shape_text(trailing)}, got {shape_text(x.shape)}"
+                         + (" (add a batch axis)" if tuple(x.shape) == trailing else ""))
+    if x.shape[0] == 0:
+        raise InputError(f"{name}: expected at least one row (N ≥ 1), got an empty batch")
+
+
+def _check_memory(shape: tuple, itemsize: int) -> None:
+    """Refuse a result larger than the machine's memory before allocating it (an allocation that large may
+    succeed on paper and then take the machine down as it is filled)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    needed = math.prod(shape) * itemsize
+    if needed > memory:
+        raise InputError(f"the result of {shape[0]} rows needs {needed / 2**30:.1f} GiB, more than this machine's "
+                         f"{memory / 2**30:.1f} GiB; ask for fewer rows per call (offset= continues a stream)")
+
+
+class NumpyArrays:
+    """numpy arrays on the CPU: what ONNX Runtime's CPU provider takes and gives."""
+
+    device = "cpu"
+
+    def take(self, x, trailing: tuple, name: str):
+        """``x`` (N × trailing floats, finite, N ≥ 1) as a C-contiguous float32 array, and the way back.
+
+        The hot path (a float32 numpy array) costs about a microsecond: an identity dtype check, a tuple compare, and
+        the finiteness test as one dot product (NaN and Inf propagate into x·x; only when that is not finite, which a
+        huge but finite input can also cause, is every value tested).
+        """
+        if type(x) is np.ndarray:
+            if x.dtype is not _FLOAT32:
+                if x.dtype.type not in _CASTABLE:
+                    raise InputError(f"{name}: expected float32 values (float16/float64 are converted), got {x.dtype}")
+                with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes Inf, refused below
+                    x = x.astype(np.float32)
+            back = _same
+        elif is_tensor(x):
+            if not x.is_floating_point():
+                raise InputError(f"{name}: expected a floating-point tensor (float32), got {x.dtype}")
+            device, torch = x.device, sys.modules["torch"]
+            x = x.detach().to("cpu", torch.float32).numpy()
+            back = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+        else:
+            raise InputError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+        _check_rows(x, trailing, name)
+        if not math.isfinite(np.vdot(x, x)) and not np.isfinite(x).all():
+            raise InputError(f"{name}: expected finite values, got NaN or Inf")
+        return (x if x.flags.c_contiguous else np.ascontiguousarray(x)), back
+
+    def take_integers(self, x, name: str):
+        """Integer ``x`` as an int64 numpy array, and the way back to the caller's type."""
+        if is_tensor(x):
+            device, torch = x.device, sys.modules["torch"]
+            return x.detach().cpu().numpy().astype(np.int64, copy=False), lambda a: torch.from_numpy(a).to(device)
+        return np.asarray(x).astype(np.int64, copy=False), _same
+
+    def from_numpy(self, a: np.ndarray):
+        return a
+
+    def to_numpy(self, a) -> np.ndarray:
+        return a
+
+    def output(self, a):
+        """A result made without a caller's input (``sample``): numpy on the CPU."""
+        return a
+
+    def empty(self, shape: tuple, like):
+        _check_memory(shape, like.dtype.itemsize)
+        return np.empty(shape, like.dtype)
+
+    def cat(self, arrays: list, axis: int):
+        return np.concatenate(arrays, axis)
+
+    def columns(self, a, start: int, stop: int):
+        return np.ascontiguousarray(a[:, start:stop])
+
+    def channels_first(self, a):
+        return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
+
+    def channels_last(self, a):
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+    def sigmoid(self, a):
+        return np.exp(-np.logaddexp(np.float32(0), -a))
+
+    def exp(self, a):
+        return np.exp(a)
+
+    def normal(self, shape: tuple, seed, offset):
+        return standard_normal_numpy(shape, seed, offset)
+
+    def reparameterize(self, mean, logvar, seed, offset):
+        return reparameterize_numpy(mean, logvar, seed, offset)
+
+    def nearest(self, rows, codebook):
+        return vq_nearest_numpy(rows, codebook)
+
+
+class TorchArrays:
+    """torch tensors on one device: what the torch backend (and, on CUDA, the kernels) takes and gives."""
+
+    def __init__(self, device: str):
+        import torch
+
+        from .. import kernels
+
+        self.torch, self.kernels, self.device = torch, kernels, torch.device(device)
+
+    def take(self, x, trailing: tuple, name: str):
+        torch = self.torch
+        if isinstance(x, np.ndarray):
+            x, _ = NumpyArrays().take(x, trailing, name)
+            return torch.from_numpy(x).to(self.device), self.to_numpy
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InputError(f"{name}: expected a floating-point tensor (float32), got {x.dtype}")
+        _check_rows(x, trailing, name)
+        if not torch.isfinite(x).all():
+            raise InputError(f"{name}: expected finite values, got NaN or Inf")
+        device = x.device
+        return x.detach().to(self.device, torch.float32), lambda t: t.to(device)
+
+    def take_integers(self, x, name: str):
+        if isinstance(x, self.torch.Tensor):
+            device = x.device
+            return x.detach().cpu().numpy().astype(np.int64, copy=False), lambda t: t.to(device)
+        return np.asarray(x).astype(np.int64, copy=False), self.to_numpy
+
+    def from_numpy(self, a: np.ndarray):
+        return self.torch.from_numpy(a).to(self.device)
+
+    def to_numpy(self, t) -> np.ndarray:
+        return t.cpu().numpy()
+
+    def output(self, t):
+        """A result made without a caller's input (``sample``): numpy on the CPU, a tensor on an accelerator."""
+        return self.to_numpy(t) if self.device.type == "cpu" else t
+
+    def empty(self, shape: tuple, like):
+        if self.device.type == "cpu":
+            _check_memory(shape, like.element_size())
+        return self.torch.empty(shape, dtype=like.dtype, device=self.device)
+
+    def cat(self, tensors: list, axis: int):
+        return self.torch.cat(tensors, axis)
+
+    def columns(self, t, start: int, stop: int):
+        return t[:, start:stop].contiguous()
+
+    def channels_first(self, t):
+        return t.permute(0, 3, 1, 2).contiguous()
+
+    def channels_last(self, t):
+        return t.permute(0, 2, 3, 1).contiguous()
+
+    def sigmoid(self, t):
+        return self.torch.sigmoid(t)
+
+    def exp(self, t):
+        return self.torch.exp(t)
+
+    def normal(self, shape: tuple, seed, offset):
+        return self.kernels.standard_normal(shape, seed, offset, device=self.device)
+
+    def reparameterize(self, mean, logvar, seed, offset):
+        return self.kernels.reparameterize(mean, logvar, seed, offset)
+
+    def nearest(self, rows, codebook):
+        return self.kernels.vq_nearest(rows.contiguous(), codebook)

@@ -1,0 +1,245 @@
+"""The runtime of each latent type the bundle schema defines (``vaedeploy.bundle.LATENT_TYPES``), driven by the
+manifest's ``latent`` entry alone: no kind's name and no training code is needed to serve a bundle.
+
+- ``gaussian`` / ``deterministic``: encoder x → (mean, logvar) or z; ``encode`` draws z = mean + exp(logvar/2)·eps
+  with the kernels' seeded noise; ``sample`` decodes z ~ N(0, T² I). A ``two_stage`` prior samples u ~ N(0, T² I) →
+  stage-2 decoder (mean, log γ) → z = mean + T·exp(log γ / 2)·eps → decoder.
+- ``vq``: encode is x → z_e (encoder graph) → nearest codebook row (the kernels, outside every graph) → (indices
+  N×h×w, z_q N×D×h×w); decode takes indices (integers) or z_q (floats); sample runs the ``prior`` graph
+  autoregressively and draws each code by inverse CDF from the kernels' seeded uniforms (in numpy on every backend,
+  so one seed gives the same codes everywhere).
+- ``hierarchical``: the encoder and the sampling decoder take one noise input per stochastic layer, filled from one
+  N×Σd draw split by layer, bottom first; z is every layer's sample concatenated, and ``decode`` runs the graph
+  from that z to x. Zero noise gives each layer's posterior mean.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..bundle import BundleError
+from ..errors import InputError
+from ..kernels import uniform_numpy
+from .arrays import is_tensor, shape_text
+from .base import Runtime
+from .noise import Noise
+
+# the stage-1 noise of a two-stage sample starts here in the Philox stream, far past any u draw, so row i of a
+# sample does not depend on how many rows were asked for
+STAGE1_NOISE_OFFSET = 2**62
+
+
+class GaussianRuntime(Runtime):
+    """Gaussian latents (``vae``, ``bivae``) and deterministic ones (``ae``: ``encode`` is the code itself)."""
+
+    LATENT_TYPES = ("gaussian", "deterministic")
+
+    def __init__(self, bundle, backend: str, device: str, precision: str):
+        super().__init__(bundle, backend, device, precision)
+        self._encoder = self._runner("encoder")
+
+    def _encode_params_rows(self, x) -> tuple:
+        return tuple(self._encoder.run(x))
+
+    def _encode_rows(self, x, noise: Noise) -> tuple:
+        params = self._encoder.run(x)
+        if self.latent_type == "deterministic":
+            return (params[0],)
+        return (self.arrays.reparameterize(*params, *noise.stream(self.latent_dim)),)
+
+    def _reconstruct_rows(self, x) -> tuple:
+        return self._decode_rows(self._encoder.run(x)[0])
+
+    def _sample_rows(self, noise: Noise, temperature: float) -> tuple:
+        if self.latent_type != "gaussian":
+            return super()._sample_rows(noise, temperature)
+        return self._decode_rows(self.arrays.normal((len(noise), self.latent_dim), *noise.stream(self.latent_dim))
+                                 * np.float32(temperature))
+
+
+class TwoStageRuntime(GaussianRuntime):
+    """A Gaussian VAE whose prior is a second VAE's decoder: u → z (``twostage``)."""
+
+    def __init__(self, bundle, backend: str, device: str, precision: str):
+        super().__init__(bundle, backend, device, precision)
+        prior = bundle.latent["prior"]
+        self.stage2_dim = int(prior["dim"])
+        self._stage2 = self._runner(prior["graph"], ["mean", "log_gamma"])
+
+    def _sample_rows(self, noise: Noise, temperature: float) -> tuple:
+        """u ~ N(0, T² I) → z ~ N(mean(u), T²·γ(u)) → the stage-1 decoder's mean image, as ``TwoStage.sample``."""
+        t, arrays, n = np.float32(temperature), self.arrays, len(noise)
+        u = arrays.normal((n, self.stage2_dim), *noise.stream(self.stage2_dim))
+        mean, log_gamma = self._stage2.run(u * t)
+        eps = arrays.normal((n, self.latent_dim), *noise.stream(self.latent_dim, base=STAGE1_NOISE_OFFSET))
+        return self._decode_rows(mean + t * arrays.exp(0.5 * log_gamma) * eps)
+
+
+def _categorical(logits: np.ndarray, temperature: float, uniform: np.ndarray) -> np.ndarray:
+    """One code per row of N×K logits: inverse CDF of softmax(logits / T) at ``uniform``; argmax at T = 0."""
+    if temperature == 0:
+        return logits.argmax(1)
+    scaled = logits.astype(np.float64) / temperature
+    cdf = np.cumsum(np.exp(scaled - scaled.max(1, keepdims=True)), 1)
+    return np.minimum((cdf < uniform[:, None] * cdf[:, -1:]).sum(1), logits.shape[1] - 1)
+
+
+class VQRuntime(Runtime):
+    """A VQ-VAE bundle: ``encode`` → (indices, z_q); ``decode`` accepts either; ``sample`` through the code prior."""
+
+    LATENT_TYPES = ("vq",)
+
+    def __init__(self, bundle, backend: str, device: str, precision: str):
+        super().__init__(bundle, backend, device, precision)
+        latent = bundle.latent
+        self.grid, self.num_codes = tuple(int(s) for s in latent["grid"]), int(latent["num_codes"])
+        self.latent_shape = (self.latent_dim, *self.grid)
+        codebook = bundle.array(latent["codebook"])
+        if codebook.dtype != np.float32 or codebook.shape != (self.num_codes, self.latent_dim):
+            raise BundleError(f"{bundle.root}: expected a float32 {self.num_codes}×{self.latent_dim} codebook, got "
+                              f"{codebook.dtype} {shape_text(codebook.shape)}")
+        self.codebook = self.arrays.from_numpy(codebook)
+        prior = latent["prior"]
+        self.code_length, self.start_token = int(prior["length"]), int(prior["start_token"])
+        self._encoder = self._runner("encoder")
+        self._prior = self._runner(prior["graph"], ["logits"])
+
+    def _quantize(self, z_e) -> tuple:
+        """z_e (N×D×h×w) → (indices N×h×w, z_q N×D×h×w) through the kernels' nearest-code op."""
+        n = len(z_e)
+        index, rows = self.arrays.nearest(self.arrays.channels_last(z_e).reshape(-1, self.latent_dim), self.codebook)
+        return index.reshape(n, *self.grid), self._channels_first(rows, n)
+
+    def _channels_first(self, rows, n: int):
+        return self.arrays.channels_first(rows.reshape(n, *self.grid, self.latent_dim))
+
+    def _lookup(self, codes):
+        """z_q (N×D×h×w) of N×L integer codes."""
+        return self._channels_first(self.codebook[codes.reshape(-1)], len(codes))
+
+    def _take_codes(self, codes):
+        """Integer codes N×h×w (or N×L) in [0, K), as N×L in the backend's arrays, and the way back."""
+        codes, back = self.arrays.take_integers(codes, "codes")
+        if tuple(codes.shape[1:]) not in (self.grid, (self.code_length,)):
+            raise InputError(f"codes: expected shape N×{shape_text(self.grid)} or N×{self.code_length}, got "
+                             f"{shape_text(codes.shape)}")
+        if len(codes) == 0:
+            raise InputError("codes: expected at least one row (N ≥ 1), got an empty batch")
+        if codes.min() < 0 or codes.max() >= self.num_codes:
+            raise InputError(f"codes: expected indices in [0, {self.num_codes}), got [{codes.min()}, {codes.max()}]")
+        return self.arrays.from_numpy(codes.reshape(len(codes), -1)), back
+
+    @staticmethod
+    def _is_codes(z) -> bool:
+        if is_tensor(z):
+            return not z.is_floating_point() and not z.is_complex() and str(z.dtype) != "torch.bool"
+        return isinstance(z, np.ndarray) and np.issubdtype(z.dtype, np.integer)
+
+    def _encode_params_rows(self, x) -> tuple:
+        return tuple(self._encoder.run(x))
+
+    def encode_params(self, x) -> tuple:
+        """``(z_e,)``: the encoder's output N×D×h×w, before quantization."""
+        return super().encode_params(x)
+
+    def _encode_rows(self, x) -> tuple:
+        return self._quantize(self._encoder.run(x)[0])
+
+    def encode(self, x, seed=None, offset=0):
+        """``(indices N×h×w int64, z_q N×D×h×w)``: the nearest codebook row of every latent vector. Deterministic;
+        ``seed`` and ``offset`` are accepted for the common API and unused."""
+        x, back = self._take(x, self.input_shape, "x")
+        return tuple(back(a) for a in self._map(self._encode_rows, x))
+
+    def decode(self, z):
+        """The mean image of p(x|z_q) for integer codes (N×h×w or N×L) or float z_q (N×D×h×w)."""
+        if self._is_codes(z):
+            codes, back = self._take_codes(z)
+            return back(self._map(lambda c: self._decode_rows(self._lookup(c)), codes)[0])
+        z_q, back = self._take(z, self.latent_shape, "z")
+        return back(self._map(self._decode_rows, z_q)[0])
+
+    def _reconstruct_rows(self, x) -> tuple:
+        return self._decode_rows(self._quantize(self._encoder.run(x)[0])[1])
+
+    def sample_codes(self, n: int, seed=None, temperature: float = 1.0, offset=0) -> np.ndarray:
+        """N×h×w codes from the prior, one position at a time; code t of row r uses uniform t of row
+        ``offset + r`` of ``seed``'s stream (L uniforms a row)."""
+        n, temperature = self._check_sample(n, temperature)
+        codes = self._map(lambda noise: (self._codes_rows(noise, temperature),), Noise.of(seed, offset, n))
+        return self.arrays.to_numpy(codes[0]).reshape(n, *self.grid)
+
+    def _codes_rows(self, noise: Noise, temperature: float):
+        """N×L codes in the backend's arrays."""
+        n, length = len(noise), self.code_length
+        uniform = uniform_numpy((n, length), *noise.stream(length)).astype(np.float64)
+        tokens = np.zeros((n, length), np.int64)
+        tokens[:, 0] = self.start_token
+        codes = np.empty((n, length), np.int64)
+        for t in range(length):
+            # the prior is causal: positions after t do not change the logits at t, so all L are fed every step
+            logits = self.arrays.to_numpy(self._prior.run(self.arrays.from_numpy(tokens))[0])[:, t]
+            codes[:, t] = _categorical(logits, temperature, uniform[:, t])
+            if t + 1 < length:
+                tokens[:, t + 1] = codes[:, t]
+        return self.arrays.from_numpy(codes)
+
+    def _sample_rows(self, noise: Noise, temperature: float) -> tuple:
+        return self._decode_rows(self._lookup(self._codes_rows(noise, temperature)))
+
+
+class HierarchicalRuntime(Runtime):
+    """A bundle with stochastic layers whose graphs take each layer's noise as an input (``biva``)."""
+
+    LATENT_TYPES = ("hierarchical",)
+
+    def __init__(self, bundle, backend: str, device: str, precision: str):
+        self.DECODER_ROLE = bundle.latent["graphs"]["decode"]
+        super().__init__(bundle, backend, device, precision)
+        self.layers = bundle.latent["layers"]
+        self._encoder = self._runner("encoder")
+        names = self._encoder.output_names
+        self._outputs = {k: [names.index(layer[k]) for layer in self.layers] for k in ("z", "mean", "logvar")}
+        bounds = np.cumsum([0] + [int(layer["dim"]) for layer in self.layers])
+        self._columns = list(zip(bounds[:-1], bounds[1:]))
+        self._sampler = self._runner(bundle.latent["graphs"]["sample"], bundle.manifest["likelihood"]["outputs"][:1])
+
+    def _layer_noise(self, n: int, noise: Noise | None, scale: float = 1.0) -> list:
+        """Each layer's noise, bottom first: columns of one N×Σd standard-normal draw; zeros without noise."""
+        if noise is None:
+            eps = self.arrays.from_numpy(np.zeros((n, self.latent_dim), np.float32))
+        else:
+            eps = self.arrays.normal((n, self.latent_dim), *noise.stream(self.latent_dim)) * np.float32(scale)
+        return [self.arrays.columns(eps, a, b) for a, b in self._columns]
+
+    def _layers(self, x, noise: Noise | None, key: str):
+        outputs = self._encoder.run(x, *self._layer_noise(len(x), noise))
+        return self.arrays.cat([outputs[i] for i in self._outputs[key]], 1)
+
+    def _encode_params_rows(self, x) -> tuple:
+        """(mean, logvar), N×Σd each: every layer's posterior given its parents' posterior means."""
+        outputs = self._encoder.run(x, *self._layer_noise(len(x), None))
+        return tuple(self.arrays.cat([outputs[i] for i in self._outputs[k]], 1) for k in ("mean", "logvar"))
+
+    def _encode_rows(self, x, noise: Noise) -> tuple:
+        """z (N×Σd): every layer's posterior sample, bottom first, drawn top-down with the call's noise."""
+        return (self._layers(x, noise, "z"),)
+
+    def _reconstruct_rows(self, x) -> tuple:
+        """decode(every layer's posterior mean given its parents' means)."""
+        return self._decode_rows(self._layers(x, None, "z"))
+
+    def _sample_rows(self, noise: Noise, temperature: float) -> tuple:
+        """Ancestral sampling, top layer first, from noise N(0, T² I) of every layer."""
+        return (self._image(self._sampler.run(*self._layer_noise(len(noise), noise, temperature))[0]),)
+
+
+RUNTIMES = {"gaussian": GaussianRuntime, "deterministic": GaussianRuntime, "vq": VQRuntime,
+            "hierarchical": HierarchicalRuntime}  # by the manifest's latent type
+PRIORS = {"two_stage": TwoStageRuntime}  # Gaussian latents with a learned prior, by its type
+
+
+def runtime_class(bundle) -> type[Runtime]:
+    latent = bundle.latent
+    if "prior" in latent and latent["type"] == "gaussian":
+        return PRIORS[latent["prior"]["type"]]
+    return RUNTIMES[latent["type"]]
