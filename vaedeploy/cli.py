@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
+
+from .errors import ConfigError, JobFailed, VaedeployError
+
+
+# the training options a --resume takes from the run instead of the command line; only --epochs may change
+TRAIN_OPTIONS = ("batch_size", "lr", "seed", "kl_warmup", "free_bits", "patience", "max_seconds", "grad_clip")
+MODEL_OPTIONS = ("latent_dim", "backbone", "hidden", "likelihood", "activation")
 
 
 def _value(text: str):
@@ -23,33 +31,44 @@ def _model_overrides(args) -> dict:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.hidden is not None:
-        overrides["hidden"] = _value(args.hidden) if "," in args.hidden else [int(args.hidden)]
+        overrides["hidden"] = [_value(w) for w in args.hidden.split(",")]
     if args.preprocessing == "binarize" and "likelihood" not in overrides:
         overrides["likelihood"] = "bernoulli"
     for item in args.set:
         key, sep, text = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        if not sep or not key:
+            raise ConfigError(f"--set: expected KEY=VALUE, got {item!r}")
         overrides[key.replace("-", "_")] = _value(text)
     return overrides
 
 
+def _train_config(args):
+    from .train import TrainConfig
+
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+             "kl_warmup_epochs": args.kl_warmup, "free_bits": args.free_bits, "patience": args.patience,
+             "max_seconds": args.max_seconds, "grad_clip": args.grad_clip}
+    return TrainConfig(**{k: v for k, v in given.items() if v is not None})
+
+
 def cmd_train(args) -> int:
     from .data import load_dataset, load_from_spec
-    from .io import read_json
-    from .train import TrainConfig, train_run
+    from .runs import read_config
+    from .train import train_run
 
     if args.resume or args.stage != "all":
-        data = load_from_spec(read_json(Path(args.out) / "config.json")["data"])
+        if args.resume:
+            given = [f"--{name.replace('_', '-')}" for name in (*TRAIN_OPTIONS, *MODEL_OPTIONS)
+                     if getattr(args, name) is not None] + (["--set"] if args.set else [])
+            if given:
+                raise ConfigError(f"--resume continues the run with its own options; only --epochs may change, got "
+                                  f"{' '.join(given)}")
+        data = load_from_spec(read_config(args.out)["data"])
     else:
         data = load_dataset(args.data, preprocessing=args.preprocessing, split_seed=args.split_seed)
-    cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        kl_warmup_epochs=args.kl_warmup, free_bits=args.free_bits, patience=args.patience,
-        max_seconds=args.max_seconds, grad_clip=args.grad_clip,
-    )
-    _, metrics = train_run(args.model, data, args.out, model_config=_model_overrides(args), train_config=cfg,
-                           resume=args.resume, progress=not args.no_progress, stage=args.stage)
+    _, metrics = train_run(args.model, data, args.out, model_config=_model_overrides(args),
+                           train_config=_train_config(args), resume=args.resume, overwrite=args.overwrite,
+                           progress=not args.no_progress, stage=args.stage)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun, rank 0 speaks for all
     stages = ({"model": metrics} if "best" in metrics else {}) | metrics.get("stages", {})
@@ -77,20 +96,17 @@ def cmd_plot(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import ExportError, ValidationError, export_run
+    from .export import export_run
 
-    try:
-        out = export_run(args.run, args.out, exporter=args.exporter, opset=args.opset,
-                         precisions=tuple(args.precision), max_batch=args.max_batch)
-    except (ExportError, ValidationError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    out = export_run(args.run, args.out, exporter=args.exporter, opset=args.opset, precisions=tuple(args.precision),
+                     max_batch=args.max_batch, force=args.force)
     manifest = json.loads((out / "manifest.json").read_text())
     worst = manifest["validation"]["worst"]
+    opsets = sorted({e["opset"] for g in manifest["graphs"].values() for e in g.values()})
     print(f"exported {manifest['kind']} to {out}: graphs {sorted(manifest['graphs'])} in "
           f"{sorted(set(p for g in manifest['graphs'].values() for p in g))}, {args.exporter} exporter, opset "
-          f"{args.opset}; validated against PyTorch at batch sizes {manifest['validation']['batch_sizes']}, "
-          f"worst rel-L2 error {max(w['rel_l2'] for w in worst.values()):.2g}")
+          f"{', '.join(map(str, opsets))}; validated against PyTorch at batch sizes "
+          f"{manifest['validation']['batch_sizes']}, worst rel-L2 error {max(w['rel_l2'] for w in worst.values()):.2g}")
     return 0
 
 
@@ -102,7 +118,7 @@ def _demo_runtime(run: Path, out: Path, data) -> list[Path]:
     from .export import export_run
     from .plots import plot_grid, plot_reconstructions
 
-    bundle = export_run(run, out / "vae_bundle")
+    bundle = export_run(run, out / "vae_bundle")  # replaces the bundle an earlier demo wrote, and nothing else
     manifest = json.loads((bundle / "manifest.json").read_text())
     worst = manifest["validation"]["worst"]
     print(f"      {bundle}: {', '.join(sorted(manifest['files']))}; ONNX Runtime matches PyTorch at batch sizes "
@@ -145,7 +161,7 @@ def cmd_demo(args) -> int:
     data = load_dataset("digits")
     print(f"[1/5] training a VAE on digits ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test "
           f"images, 8×8): up to {args.epochs} epochs, early stopping, at most {args.seconds:g} s")
-    train_run("vae", data, out / "vae",
+    train_run("vae", data, out / "vae", overwrite=True,  # the demo's own run: an earlier demo's is replaced
               train_config=TrainConfig(epochs=args.epochs, max_seconds=args.seconds, patience=30))
     print("[2/5] evaluating on the test split (importance sampling with 1,000 samples)")
     results = evaluate_run(out / "vae")
@@ -175,29 +191,51 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _number(kind: type, low: float, inclusive: bool = True):
+    """An argparse type: a ``kind`` number ≥ ``low`` (> ``low`` when not ``inclusive``), or a one-line usage error."""
+    expected = f"{'an integer' if kind is int else 'a finite number'} {'≥' if inclusive else '>'} {low:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE = _number(int, 1), _number(int, 0), _number(float, 0, False), \
+    _number(float, 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .models import MODELS
 
     parser = argparse.ArgumentParser(prog="vaedeploy", description="Train, evaluate, export and serve VAEs.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error, not one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model and write a run directory")
     train.add_argument("model", choices=sorted(MODELS))
     train.add_argument("--data", default="digits", help="digits, mnist5k, or a .npy/.npz path (default digits)")
-    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--out", required=True, help="run directory to write (absent or empty, unless --resume or "
+                                                     "--overwrite)")
     train.add_argument("--preprocessing", default="dequantize", choices=["dequantize", "binarize", "scale"])
-    train.add_argument("--split-seed", type=int, default=0)
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--kl-warmup", type=int, default=0, help="epochs of linear KL warm-up (default 0: off)")
-    train.add_argument("--free-bits", type=float,
+    train.add_argument("--split-seed", type=COUNT, default=0)
+    train.add_argument("--epochs", type=POSITIVE_INT, help="the most epochs to train (default 100)")
+    train.add_argument("--batch-size", type=POSITIVE_INT, help="examples per step (default 128)")
+    train.add_argument("--lr", type=POSITIVE, help="Adam learning rate (default 1e-3)")
+    train.add_argument("--seed", type=COUNT, help="seeds weights, shuffling and noise (default 0)")
+    train.add_argument("--kl-warmup", type=COUNT, help="epochs of linear KL warm-up (default 0: off)")
+    train.add_argument("--free-bits", type=NON_NEGATIVE,
                        help="nats per latent dimension, 0: off (default: the model's, 0 for all but bivae)")
-    train.add_argument("--patience", type=int, default=20, help="early-stopping patience in epochs (0: off)")
-    train.add_argument("--max-seconds", type=float, default=0.0, help="training time limit (default 0: none)")
-    train.add_argument("--grad-clip", type=float, default=0.0)
-    train.add_argument("--latent-dim", type=int)
+    train.add_argument("--patience", type=COUNT, help="early-stopping patience in epochs (default 20; 0: off)")
+    train.add_argument("--max-seconds", type=NON_NEGATIVE, help="training time limit (default 0: none)")
+    train.add_argument("--grad-clip", type=NON_NEGATIVE, help="clip the gradient norm (default 0: off)")
+    train.add_argument("--latent-dim", type=POSITIVE_INT)
     train.add_argument("--backbone", choices=["mlp", "conv"])
     train.add_argument("--hidden", help="dense widths, e.g. 256,256")
     train.add_argument("--likelihood", choices=["gaussian", "bernoulli"])
@@ -205,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any other model config field, e.g. --set min_logvar=-6")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (its own files only; other files stay)")
     train.add_argument("--stage", default="all",
                        help="all (default) or one extra stage (vqvae: prior) to (re)train on the run in --out")
     train.add_argument("--no-progress", action="store_true")
@@ -212,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a run on its test split; writes RUN/eval.json")
     ev.add_argument("run")
-    ev.add_argument("--iw-samples", type=int, default=1000)
-    ev.add_argument("--elbo-samples", type=int, default=10)
+    ev.add_argument("--iw-samples", type=POSITIVE_INT, default=1000)
+    ev.add_argument("--elbo-samples", type=POSITIVE_INT, default=10)
     ev.set_defaults(func=cmd_eval)
 
     plot = sub.add_parser("plot", help="write PNG pictures of a run")
@@ -222,35 +262,64 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser("export", help="export a run to a validated ONNX bundle (exit 1 when validation fails)")
     export.add_argument("run")
-    export.add_argument("--out", required=True, help="bundle directory to write")
+    export.add_argument("--out", required=True, help="bundle directory to write (absent, empty, or a bundle)")
     export.add_argument("--exporter", default="dynamo", choices=["dynamo", "legacy"],
                         help="torch.onnx exporter (default dynamo; legacy is recorded in the manifest)")
     export.add_argument("--precision", action="append", choices=["fp32", "fp16"], default=["fp32"],
                         help="fp16 adds half-precision graphs beside the fp32 master (repeatable)")
-    export.add_argument("--opset", type=int, default=18)
-    export.add_argument("--max-batch", type=int, default=1024, help="largest batch validated (default 1024)")
+    export.add_argument("--opset", type=POSITIVE_INT, default=18,
+                        help="ONNX opset (dynamo: 18 up to this torch's newest; default 18)")
+    export.add_argument("--max-batch", type=POSITIVE_INT, default=1024, help="largest batch validated (default 1024)")
+    export.add_argument("--force", action="store_true",
+                        help="replace a bundle whose manifest cannot be read (never a run or other files)")
     export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser("demo", help="train, evaluate, plot, export and serve a VAE on the embedded digits")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--epochs", type=int, default=300, help="training epochs (default 300, ~20 s on 2 cores)")
-    demo.add_argument("--seconds", type=float, default=120.0, help="training time limit (default 120)")
+    demo.add_argument("--epochs", type=POSITIVE_INT, default=300, help="training epochs (default 300, ~20 s on 2 cores)")
+    demo.add_argument("--seconds", type=NON_NEGATIVE, default=120.0, help="training time limit (default 120)")
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .train import TrainingDiverged
+# packages of the extras, and the extra that brings each: a command that needs one says which to install
+_OPTIONAL = {"torch": "train", "safetensors": "train", "sklearn": "train", "mlxtend": "train", "matplotlib": "train",
+             "tqdm": "train", "onnx": "train", "onnxscript": "train"}
 
+
+def _os_error(e: OSError) -> str:
+    what = e.strerror or str(e)
+    return f"{e.filename}: {what}" if e.filename and str(e.filename) not in what else what
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command; every expected failure is one line on stderr and exit code 2 (1 when the work ran and its own
+    check failed: validation against PyTorch, a diverged loss). Anything else is a bug and keeps its traceback;
+    ``--debug`` shows the traceback of every error."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if args.debug:
+            raise
+        if isinstance(e, JobFailed):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if isinstance(e, VaedeployError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):
+            print(f"error: {_os_error(e)}", file=sys.stderr)
+            return 2
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").split(".")[0] in _OPTIONAL:
+            package = e.name.split(".")[0]
+            print(f"error: vaedeploy {args.command} needs the {package!r} package: pip install "
+                  f"'vaedeploy[{_OPTIONAL[package]}]'", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""Every expected failure of the CLI is one line on stderr and exit code 2; runs are never lost or half-made."""
+import errno
+import json
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from vaedeploy.cli import main
+
+TINY = ["--hidden", "8", "--latent-dim", "2", "--no-progress"]
+
+
+def one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+def files(path):
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "vae"
+    assert main(["train", "vae", "--epochs", "2", "--out", str(run), *TINY]) == 0
+    return run
+
+
+@pytest.fixture()
+def run_copy(vae_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(vae_run, copy)
+    return copy
+
+
+def test_training_into_an_existing_run_needs_resume_or_overwrite(run_copy, capsys):
+    before = files(run_copy)
+    assert main(["train", "vae", "--epochs", "1", "--out", str(run_copy), *TINY]) == 2
+    one_line_error(capsys, "already holds a run; pass --resume to continue it or --overwrite to replace it")
+    assert files(run_copy) == before
+    (run_copy / "my_notes.txt").write_text("keep me")
+    (run_copy / "prior.safetensors").write_bytes(b"")  # not a vae run's file: overwrite leaves it alone
+    assert main(["train", "vae", "--epochs", "1", "--overwrite", "--out", str(run_copy), *TINY]) == 0
+    capsys.readouterr()
+    assert (run_copy / "my_notes.txt").read_text() == "keep me" and (run_copy / "prior.safetensors").exists()
+    assert len(json.loads((run_copy / "metrics.json").read_text())["history"]) == 1
+
+
+def test_resume_checks_the_kind_and_options_before_touching_any_file(run_copy, capsys):
+    before = files(run_copy)
+    assert main(["train", "ae", "--resume", "--epochs", "3", "--out", str(run_copy), "--no-progress"]) == 2
+    one_line_error(capsys, "the run holds a vae model, not ae")
+    assert main(["train", "vae", "--resume", "--epochs", "3", "--lr", "0.1", "--out", str(run_copy)]) == 2
+    one_line_error(capsys, "only --epochs may change, got --lr")
+    assert files(run_copy) == before
+    assert main(["train", "vae", "--resume", "--epochs", "3", "--out", str(run_copy), "--no-progress"]) == 0
+    assert json.loads((run_copy / "config.json").read_text())["kind"] == "vae"
+
+
+def test_a_folder_of_other_files_is_not_a_place_to_train(tmp_path, capsys):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    for flag in ([], ["--overwrite"]):
+        assert main(["train", "vae", "--epochs", "1", "--out", str(tmp_path), *TINY, *flag]) == 2
+        one_line_error(capsys, "is not a run directory")
+    assert files(tmp_path) == {"thesis.tex": b"years of work"}
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_too_few_examples_is_a_sentence_and_no_half_made_run(tmp_path, capsys, n):
+    np.save(tmp_path / "few.npy", np.random.default_rng(0).random((n, 4, 4)))
+    out = tmp_path / "run"
+    assert main(["train", "vae", "--data", str(tmp_path / "few.npy"), "--out", str(out), *TINY]) == 2
+    one_line_error(capsys, "expected at least 3 examples", f"got {n}")
+    assert not out.exists()
+
+
+def test_a_directory_named_like_an_array_file(tmp_path, capsys):
+    (tmp_path / "x.npy").mkdir()
+    assert main(["train", "vae", "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "r")]) == 2
+    one_line_error(capsys, "x.npy: is a directory, not a file")
+
+
+def test_damaged_weights_and_checkpoints_are_named(run_copy, capsys):
+    (run_copy / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    assert main(["eval", str(run_copy)]) == 2
+    one_line_error(capsys, "model.safetensors: not a readable safetensors file")
+    (run_copy / "checkpoint.safetensors").write_bytes(b"garbage")
+    assert main(["train", "vae", "--resume", "--epochs", "3", "--out", str(run_copy)]) == 2
+    one_line_error(capsys, "checkpoint.safetensors: not a readable safetensors file")
+    (run_copy / "config.json").write_text("[1, 2")
+    assert main(["eval", str(run_copy)]) == 2
+    one_line_error(capsys, "config.json: not valid JSON")
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "No space left on device"),
+                                         (errno.EROFS, "Read-only file system")])
+def test_a_full_or_read_only_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, code, words):
+    def refuse(src, dst):
+        raise OSError(code, words)
+
+    monkeypatch.setattr("vaedeploy.io.os.replace", refuse)
+    assert main(["train", "vae", "--epochs", "1", "--out", str(tmp_path / "r"), *TINY]) == 2
+    one_line_error(capsys, f"cannot write {tmp_path / 'r' / 'config.json'}: {words}")
+    assert not [p for p in (tmp_path / "r").rglob("*.tmp")], "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "argument --epochs: expected an integer ≥ 1, got '0'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer ≥ 1, got '0'"),
+    (["--lr", "-1"], "argument --lr: expected a finite number > 0, got '-1'"),
+    (["--patience", "x"], "argument --patience: expected an integer ≥ 0, got 'x'"),
+])
+def test_bad_numbers_are_refused_by_the_parser(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "vae", "--out", str(tmp_path / "r"), *argv])
+    assert info.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("latent_dim=abc", "VAEConfig.latent_dim: expected an integer, got 'abc'"),
+    ("hidden=-4", "hidden: expected sizes of at least 1"),
+    ("min_logvar=[1]", "VAEConfig.min_logvar: expected a finite number, got [1]"),
+    ("colour=blue", "unknown option(s) ['colour']"),
+    ("nonsense", "--set: expected KEY=VALUE, got 'nonsense'"),
+])
+def test_bad_model_settings_are_one_line_and_leave_no_run(tmp_path, capsys, setting, message):
+    out = tmp_path / "r"
+    assert main(["train", "vae", "--epochs", "1", "--out", str(out), "--set", setting]) == 2
+    one_line_error(capsys, message)
+    assert not out.exists()
+
+
+def test_a_config_that_does_not_fit_the_data_is_refused_before_the_run_is_written(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "vae", "--epochs", "1", "--out", str(out), "--set", "input_shape=[1,4,4]"]) == 2
+    one_line_error(capsys, "cannot run on digits")
+    assert not out.exists()
+
+
+def test_debug_shows_the_traceback_and_a_bug_is_never_hidden(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "eval", str(tmp_path / "absent")])
+    monkeypatch.setattr("vaedeploy.cli.cmd_eval", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["eval", str(tmp_path)])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(array=hnp.arrays(st.sampled_from([np.float32, np.float64, np.uint8, np.int16, np.bool_]),
+                        hnp.array_shapes(min_dims=1, max_dims=5, min_side=1, max_side=6)))
+def test_any_data_array_trains_or_is_refused_with_one_line(tmp_path_factory, capsys, array):
+    tmp = tmp_path_factory.mktemp("data")
+    np.save(tmp / "data.npy", array)
+    code = main(["train", "vae", "--data", str(tmp / "data.npy"), "--epochs", "1", "--out", str(tmp / "run"), *TINY])
+    if code == 0:
+        capsys.readouterr()
+        assert (tmp / "run" / "model.safetensors").exists()
+    else:
+        assert code == 2
+        one_line_error(capsys)
+        assert not (tmp / "run").exists()
