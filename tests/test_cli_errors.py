@@ -166,3 +166,12 @@ def test_any_data_array_trains_or_is_refused_with_one_line(tmp_path_factory, cap
         assert code == 2
         one_line_error(capsys)
         assert not (tmp / "run").exists()
+
+
+def test_a_missing_optional_package_names_the_extra_to_install(vae_run, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the train extra were not installed
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    assert main(["plot", str(vae_run)]) == 2
+    one_line_error(capsys, "vaedeploy plot needs the 'matplotlib' package: pip install 'vaedeploy[train]'")
