@@ -1,9 +1,10 @@
 """Export a model into a validated bundle, written atomically: a temporary directory, then one swap (target.py).
 
-``export_run`` exports a run directory of ``vaedeploy train``; ``export_bundle`` exports any pair of encoder and
-decoder modules (the user's own too) with the same checks. Each model kind names its graphs in ``KIND_GRAPHS``:
-Gaussian (vae) and deterministic (ae) latents have an encoder and a decoder; a VQ, hierarchical or two-stage kind adds
-its entry with more roles (``prior``, per-stage graphs) and files (``codebook.npy``), and the manifest carries them.
+``export_run`` exports a run directory of ``vaedeploy train``: the model says what it exports
+(``Model.export_spec``: its graphs, validation inputs, latent entry and arrays), so this file never reads a kind's
+name. ``export_bundle`` exports any pair of encoder and decoder modules (the user's own too) with the same checks.
+``write_bundle`` does the work for both: every graph to ONNX in every precision, validation against PyTorch, the
+latent type's own checks, the manifest (checked against the bundle schema), and the swap.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,18 +23,17 @@ from vaedeploy import __version__
 from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, PRECISIONS, check_manifest, sha256_file
 from vaedeploy.errors import ConfigError
 from vaedeploy.io import atomic_write_bytes, replace_directory, save_tensors, write_json
+from vaedeploy.models.spec import ExportSpec, GraphSpec, encoder_decoder_spec
 
-from .kinds import bivae_graphs, hierarchical_graphs, two_stage_graphs, vq_graphs
 from .onnx_export import DEFAULT_OPSET, HalfPrecision, check_opset, export_graph
 from .target import check_target, clean_leftovers, failed_dir, release, scratch_dir
-from .validate import GraphCase, ValidationError, rows, summary, validate_graphs
+from .validate import LATENT_CHECKS, ValidationError, summary, validate_graphs
 
 # What each latent type's encoder returns: the names of its outputs, in order.
 ENCODER_OUTPUTS = {"gaussian": ["mean", "logvar"], "deterministic": ["z"]}
 # A decoder of one of our models ends in a likelihood; a user's decoder may return the image itself.
 IDENTITY_LIKELIHOOD = {"kind": "identity", "outputs": ["x"]}
 DEFAULT_MAX_BATCH = 1024
-NORMAL_SEED = 0
 
 
 def _tool_versions() -> dict:
@@ -95,12 +94,11 @@ def export_bundle(
     likelihood: dict | None = None,
     kind: str = "custom",
     input_spec: dict | None = None,
-    model: dict | None = None,
     exporter: str = "dynamo",
     opset: int = DEFAULT_OPSET,
     precisions: tuple[str, ...] = ("fp32",),
     max_batch: int = DEFAULT_MAX_BATCH,
-    extra_graphs: tuple[GraphCase, ...] = (),
+    extra_graphs: tuple[GraphSpec, ...] = (),
     extra_arrays: dict[str, np.ndarray] | None = None,
     force: bool = False,
 ) -> Path:
@@ -108,20 +106,17 @@ def export_bundle(
 
     Args:
         encoder: x (N × input shape) → ``(mean, logvar)`` for ``latent="gaussian"``, z for ``"deterministic"``.
-        decoder: z (N × latent dim) → likelihood parameters (a tensor or a tuple); the first is the image unless
-            ``likelihood`` says otherwise.
+        decoder: z (N × latent dim) → likelihood parameters (a tensor or a tuple), each shaped like the images.
         latent: ``"gaussian"``, ``"deterministic"`` or a dict with ``type`` and any extra facts for the manifest.
         example: real inputs, at least 2 rows: traced, and validated on (cycled up to ``max_batch`` rows).
         likelihood: ``{"kind": "gaussian" | "bernoulli" | "identity", "outputs": [names]}``; default identity.
         kind: the model kind written in the manifest (``custom`` for a user's modules).
         input_spec: shape, dtype, value range and preprocessing of x; default the example's shape, float32.
-        model: ``{"kind", "config", "state_dict"}`` of a vaedeploy model so the torch backend can rebuild it.
         exporter, opset: ``dynamo`` (default) or ``legacy``; ONNX opset, default 18.
         precisions: ``fp32`` always, plus ``fp16`` for half-precision variants validated on their own.
         max_batch: the largest batch a graph is validated at; the runtime splits larger batches.
-        extra_graphs: more graphs a kind needs (a VQ prior, per-stage graphs), each a ``GraphCase`` with its role,
-            module, input and output names and validation inputs; exported, validated and listed like the others.
-        extra_arrays: name → array written as ``name.npy`` (no pickle) and checksummed, e.g. ``codebook``.
+        extra_graphs: more graphs (``GraphSpec``), exported, validated and listed like the others.
+        extra_arrays: name → array written as ``name.npy`` (no pickle) and checksummed.
         force: replace a directory at ``out`` whose manifest cannot be read (see ``target.check_target``; a run
             directory, a file or a folder of other files is never replaced).
 
@@ -138,148 +133,11 @@ def export_bundle(
     latent = _latent_spec(latent, encoder, example)
     likelihood = likelihood or IDENTITY_LIKELIHOOD
     input_spec = input_spec or {"shape": list(example.shape[1:]), "dtype": "float32"}
-    if latent["type"] in ("gaussian", "deterministic"):
-        _check_decoder(decoder, _outputs(encoder, example[:2])[0], likelihood, input_spec["shape"])
-
-    data = rows(example.numpy(), max_batch)
-    with torch.no_grad():
-        encodings = rows(encoder(torch.from_numpy(data))[0].numpy() if latent["type"] == "gaussian"
-                          else encoder(torch.from_numpy(data)).numpy(), max_batch)
-    normal = np.random.default_rng(NORMAL_SEED).standard_normal((max_batch, latent["dim"]), dtype=np.float32)
-    cases = [
-        GraphCase("encoder", encoder, ["x"], {"data": [data]}, ENCODER_OUTPUTS[latent["type"]]),
-        GraphCase("decoder", decoder, ["z"], {"encodings": [encodings], "normal": [normal]},
-                  list(likelihood["outputs"])),
-        *extra_graphs,
-    ]
-    return write_bundle(cases, out=out, kind=kind, input_spec=input_spec, latent=latent, likelihood=likelihood,
-                        model=model, exporter=exporter, opset=opset, precisions=precisions, max_batch=max_batch,
-                        extra_arrays=extra_arrays, force=force)
-
-
-def write_bundle(
-    cases: list[GraphCase],
-    *,
-    out: str | os.PathLike,
-    kind: str,
-    input_spec: dict,
-    latent: dict,
-    likelihood: dict,
-    model: dict | None = None,
-    exporter: str = "dynamo",
-    opset: int = DEFAULT_OPSET,
-    precisions: tuple[str, ...] = ("fp32",),
-    max_batch: int = DEFAULT_MAX_BATCH,
-    extra_arrays: dict[str, np.ndarray] | None = None,
-    extra_checks: tuple[Callable[[Path, dict], dict], ...] = (),
-    force: bool = False,
-) -> Path:
-    """Export every graph of ``cases``, validate them, and write the bundle ``out`` atomically; return ``out``.
-
-    ``export_bundle`` calls this with an encoder and a decoder; kinds whose graphs take more than one input (the
-    noise inputs of a hierarchical model, the tokens of a VQ prior) build their ``GraphCase`` list themselves
-    (``export/kinds.py``). ``extra_checks`` are called as ``check(bundle_dir, graph_files)`` after the graphs are
-    validated, with ``graph_files`` role → precision → file; each returns ``{"name", "passed", "failures", ...}``,
-    which joins the validation report (the VQ index agreement is one). The manifest is checked against the bundle
-    schema (``vaedeploy.bundle.check_manifest``) before the bundle takes the place of whatever was at ``out``.
-    """
-    out = Path(out)
-    precisions = tuple(dict.fromkeys(("fp32", *precisions)))
-    _check_options(precisions, max_batch, exporter, opset)
-    check_target(out, force=force)
-    clean_leftovers(out)
-    facts = {"format_version": FORMAT_VERSION, "kind": kind, "input": input_spec, "latent": latent,
-             "likelihood": likelihood, "vaedeploy_version": __version__}
-    tmp, backup = scratch_dir(out), scratch_dir(out)
-    try:
-        graphs: dict[str, dict] = {}
-        for case in cases:
-            first_set = next(iter(case.input_sets.values()))
-            example_inputs = tuple(torch.from_numpy(a[:2].copy()) for a in first_set)
-            for precision in precisions:
-                file = f"{case.role}.onnx" if precision == "fp32" else f"{case.role}.{precision}.onnx"
-                module = case.module if precision == "fp32" else HalfPrecision(case.module)
-                entry = export_graph(
-                    module, example_inputs, case.input_names, case.output_names, tmp / file, exporter=exporter,
-                    opset=opset, metadata={**facts, "role": case.role, "precision": precision, "exporter": exporter},
-                )
-                entry["module"] = case.module_path or case.role  # what the torch backend runs for this graph
-                graphs.setdefault(case.role, {})[precision] = entry
-                case.files[precision] = file
-        report = validate_graphs(cases, tmp, max_batch)
-        for check in extra_checks:
-            result = check(tmp, {case.role: dict(case.files) for case in cases})
-            report["extra"][result["name"]] = result
-            report["failures"] += result["failures"]
-            report["passed"] = report["passed"] and result["passed"]
-        write_json(tmp / "validation.json", report)
-        if not report["passed"]:
-            raise _failed(tmp, out, report, backup)
-        for name, array in (extra_arrays or {}).items():
-            buffer = io.BytesIO()
-            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-            atomic_write_bytes(tmp / f"{name}.npy", buffer.getvalue())
-        model_doc = None
-        if model is not None:
-            save_tensors(tmp / "model.safetensors", model["state_dict"], {"format": str(FORMAT_VERSION)})
-            model_doc = {"kind": model["kind"], "config": model["config"], "weights": "model.safetensors"}
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        manifest = {
-            **facts,
-            "max_batch": max_batch,
-            "graphs": graphs,
-            "arrays": {name: f"{name}.npy" for name in (extra_arrays or {})},
-            "model": model_doc,
-            "files": files,
-            "tools": _tool_versions(),
-            "validation": {**summary(report), "file": "validation.json"},
-        }
-        check_manifest(manifest, tmp / MANIFEST)
-        write_json(tmp / MANIFEST, manifest)
-        check_target(out, force=force)  # again: the target may have changed while the graphs were exported
-        old = replace_directory(tmp, out, backup=backup)
-        if old is not None:
-            shutil.rmtree(old)  # the previous bundle: only bundle files (check_target), now swapped out
-    finally:
-        for path in (tmp, backup):  # this export's own directories; a failed delete is cleaned next time
-            shutil.rmtree(path, ignore_errors=True)
-            release(path)
-    return out
-
-
-def _failed(tmp: Path, out: Path, report: dict, backup: Path) -> ValidationError:
-    """Keep the graphs that failed validation at ``OUT.failed`` (when nothing else is there) and say where."""
-    failed = failed_dir(out)
-    if failed is None:  # something not ours is at OUT.failed: keep this report under a name of its own
-        failed = out.with_name(f"{out.name}.failed-{secrets.token_hex(4)}")
-    old = replace_directory(tmp, failed, backup=backup)
-    if old is not None:
-        shutil.rmtree(old)
-    return ValidationError(
-        f"validation failed, bundle not written; report in {failed / 'validation.json'}:\n  "
-        + "\n  ".join(report["failures"][:10]), report)
-
-
-def gaussian_graphs(model, example: torch.Tensor, max_batch: int) -> dict:
-    return {"latent": "gaussian"}
-
-
-def deterministic_graphs(model, example: torch.Tensor, max_batch: int) -> dict:
-    return {"latent": "deterministic"}
-
-
-# kind → a function of (trained model, real inputs, max batch) giving the kind's bundle: either ``export_bundle``
-# arguments (the latent type; ``encoder``/``decoder`` when the exported module is not the model's own, plus
-# ``extra_graphs`` and ``extra_arrays``), or with ``cases`` every graph for ``write_bundle`` (kinds whose graphs
-# take more than one input). See export/kinds.py.
-KIND_GRAPHS = {
-    "vae": gaussian_graphs,
-    "ae": deterministic_graphs,
-    "bivae": bivae_graphs,
-    "twostage": two_stage_graphs,
-    "vqvae": vq_graphs,
-    "biva": hierarchical_graphs,
-}
+    _check_decoder(decoder, _outputs(encoder, example[:2])[0], likelihood, input_spec["shape"])
+    spec = encoder_decoder_spec(encoder, decoder, latent, likelihood, example.numpy(), max_batch, extra_graphs)
+    spec.arrays.update(extra_arrays or {})
+    return write_bundle(spec, out=out, kind=kind, input_spec=input_spec, exporter=exporter, opset=opset,
+                        precisions=precisions, max_batch=max_batch, force=force)
 
 
 def export_run(
@@ -299,19 +157,113 @@ def export_run(
     _check_options(tuple(precisions), max_batch, exporter, opset)
     check_target(Path(out), force=force)  # before the work: a refused target should not cost an export
     model, config = load_run(run_dir)
-    if config["kind"] not in KIND_GRAPHS:
-        raise ConfigError(f"{run_dir}: export does not know model kind {config['kind']!r} yet; it exports "
-                         f"{sorted(KIND_GRAPHS)}")
     data = load_from_spec(config["data"])
-    example = torch.from_numpy(data.evaluation_inputs("test"))
-    model.eval()
-    spec = KIND_GRAPHS[config["kind"]](model, example, max_batch)
-    common = dict(
-        out=out, kind=config["kind"], likelihood=model.decoder.likelihood.spec(), input_spec=data.input_spec(),
-        model={"kind": config["kind"], "config": model.config_dict(), "state_dict": model.state_dict()},
-        exporter=exporter, opset=opset, precisions=precisions, max_batch=max_batch, force=force,
-    )
-    if "cases" in spec:
-        return write_bundle(spec.pop("cases"), **common, **spec)
-    encoder, decoder = spec.pop("encoder", model.encoder), spec.pop("decoder", model.decoder)
-    return export_bundle(encoder, decoder, example=example, **common, **spec)
+    with torch.no_grad():
+        spec = model.eval().export_spec(data.evaluation_inputs("test"), max_batch)
+    weights = {"kind": config["kind"], "config": model.config_dict(), "state_dict": model.state_dict()}
+    return write_bundle(spec, out=out, kind=config["kind"], input_spec=data.input_spec(), model=weights,
+                        exporter=exporter, opset=opset, precisions=precisions, max_batch=max_batch, force=force)
+
+
+def write_bundle(
+    spec: ExportSpec,
+    *,
+    out: str | os.PathLike,
+    kind: str,
+    input_spec: dict,
+    model: dict | None = None,
+    exporter: str = "dynamo",
+    opset: int = DEFAULT_OPSET,
+    precisions: tuple[str, ...] = ("fp32",),
+    max_batch: int = DEFAULT_MAX_BATCH,
+    force: bool = False,
+) -> Path:
+    """Export every graph of ``spec``, validate them, and write the bundle ``out`` atomically; return ``out``.
+
+    ``model`` (``{"kind", "config", "state_dict"}`` of a vaedeploy model) lets the torch backend rebuild it. The
+    latent type's own checks (``validate.LATENT_CHECKS``: the VQ index agreement) join the validation report. The
+    manifest is checked against the bundle schema (``vaedeploy.bundle.check_manifest``) before the bundle takes the
+    place of whatever was at ``out``.
+    """
+    out = Path(out)
+    precisions = tuple(dict.fromkeys(("fp32", *precisions)))
+    _check_options(precisions, max_batch, exporter, opset)
+    check_target(out, force=force)
+    clean_leftovers(out)
+    facts = {"format_version": FORMAT_VERSION, "kind": kind, "input": input_spec, "latent": spec.latent,
+             "likelihood": spec.likelihood, "vaedeploy_version": __version__}
+    tmp, backup = scratch_dir(out), scratch_dir(out)
+    try:
+        graphs, files = _export_graphs(spec, tmp, facts, exporter, opset, precisions)
+        report = validate_graphs(spec.graphs, files, tmp, max_batch)
+        if check := LATENT_CHECKS.get(spec.latent["type"]):
+            result = check(spec, files, tmp, max_batch)
+            report["extra"][result["name"]] = result
+            report["failures"] += result["failures"]
+            report["passed"] = report["passed"] and result["passed"]
+        write_json(tmp / "validation.json", report)
+        if not report["passed"]:
+            raise _failed(tmp, out, report, backup)
+        for name, array in spec.arrays.items():
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            atomic_write_bytes(tmp / f"{name}.npy", buffer.getvalue())
+        model_doc = None
+        if model is not None:
+            save_tensors(tmp / "model.safetensors", model["state_dict"], {"format": str(FORMAT_VERSION)})
+            model_doc = {"kind": model["kind"], "config": model["config"], "weights": "model.safetensors"}
+        manifest = {
+            **facts,
+            "max_batch": max_batch,
+            "graphs": graphs,
+            "arrays": {name: f"{name}.npy" for name in spec.arrays},
+            "model": model_doc,
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+            "tools": _tool_versions(),
+            "validation": {**summary(report), "file": "validation.json"},
+        }
+        check_manifest(manifest, tmp / MANIFEST)
+        write_json(tmp / MANIFEST, manifest)
+        check_target(out, force=force)  # again: the target may have changed while the graphs were exported
+        old = replace_directory(tmp, out, backup=backup)
+        if old is not None:
+            shutil.rmtree(old)  # the previous bundle: only bundle files (check_target), now swapped out
+    finally:
+        for path in (tmp, backup):  # this export's own directories; a failed delete is cleaned next time
+            shutil.rmtree(path, ignore_errors=True)
+            release(path)
+    return out
+
+
+def _export_graphs(spec: ExportSpec, tmp: Path, facts: dict, exporter: str, opset: int,
+                   precisions: tuple[str, ...]) -> tuple[dict, dict]:
+    """Every graph in every precision into ``tmp``: (manifest entries role → precision → entry, files likewise)."""
+    graphs: dict[str, dict] = {}
+    files: dict[str, dict[str, str]] = {}
+    for graph in spec.graphs:
+        first_set = next(iter(graph.input_sets.values()))
+        example_inputs = tuple(torch.from_numpy(a[:2].copy()) for a in first_set)
+        for precision in precisions:
+            file = f"{graph.role}.onnx" if precision == "fp32" else f"{graph.role}.{precision}.onnx"
+            module = graph.module if precision == "fp32" else HalfPrecision(graph.module)
+            entry = export_graph(
+                module, example_inputs, graph.input_names, graph.output_names, tmp / file, exporter=exporter,
+                opset=opset, metadata={**facts, "role": graph.role, "precision": precision, "exporter": exporter},
+            )
+            entry["module"] = graph.module_path or graph.role  # what the torch backend runs for this graph
+            graphs.setdefault(graph.role, {})[precision] = entry
+            files.setdefault(graph.role, {})[precision] = file
+    return graphs, files
+
+
+def _failed(tmp: Path, out: Path, report: dict, backup: Path) -> ValidationError:
+    """Keep the graphs that failed validation at ``OUT.failed`` (when nothing else is there) and say where."""
+    failed = failed_dir(out)
+    if failed is None:  # something not ours is at OUT.failed: keep this report under a name of its own
+        failed = out.with_name(f"{out.name}.failed-{secrets.token_hex(4)}")
+    old = replace_directory(tmp, failed, backup=backup)
+    if old is not None:
+        shutil.rmtree(old)
+    return ValidationError(
+        f"validation failed, bundle not written; report in {failed / 'validation.json'}:\n  "
+        + "\n  ".join(report["failures"][:10]), report)

@@ -12,7 +12,7 @@ same tolerance. A module that mixes rows (``x - x.mean(0)``, batch statistics) f
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -20,10 +20,18 @@ import torch
 from torch import nn
 
 from vaedeploy.errors import JobFailed
+from vaedeploy.kernels import vq_nearest_numpy
+from vaedeploy.models.spec import ExportSpec, GraphSpec
 
 BATCH_SIZES = (1, 2, 7, 64)
-# fp16 keeps 11 significant bits: about 1e-3 relative per value, more after a few layers.
+# fp16 keeps 11 significant bits: about 1e-3 relative per value, more after a few layers. A graph may set its own
+# (GraphSpec.tolerances).
 TOLERANCES = {"fp32": {"max_abs": 1e-4, "rel_l2": 1e-5}, "fp16": {"max_abs": 5e-2, "rel_l2": 1e-2}}
+# Least share of VQ indices on which ONNX Runtime and PyTorch must agree, per precision. An index can only flip where
+# z_e lies within the graph's error (≤ 1e-4 in fp32, ≤ 5e-2 in fp16) of the boundary between two codes: a
+# near-tie, rare in fp32 (one flip in a thousand vectors allowed) and less rare in fp16, whose error is 500× larger.
+# A wrong graph moves most vectors to other codes, far below either threshold.
+VQ_AGREEMENT = {"fp32": 0.999, "fp16": 0.99}
 
 
 class ValidationError(JobFailed):
@@ -32,29 +40,6 @@ class ValidationError(JobFailed):
     def __init__(self, message: str, report: dict):
         super().__init__(message)
         self.report = report
-
-
-@dataclass
-class GraphCase:
-    """One graph to export and validate: its role, float32 PyTorch module, input and output names, input sets.
-
-    ``input_sets`` maps a label (``data``, ``encodings``, ``normal``) to one array per graph input, each with at least
-    the bundle's maximum batch of rows; batch size b uses the first b rows. ``module_path`` names the module inside a
-    vaedeploy model (``stage2.decoder``) when it is not the attribute named by the role.
-    """
-
-    role: str
-    module: nn.Module
-    input_names: list[str]
-    input_sets: dict[str, list[np.ndarray]]
-    output_names: list[str] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)  # precision → ONNX file, filled in by the export
-    module_path: str = ""  # attribute path of the module in a vaedeploy model (torch backend); default the role
-
-
-def rows(x: np.ndarray, n: int) -> np.ndarray:
-    """The first n rows of x as float32, cycling through x when it has fewer (real data repeated up to the max batch)."""
-    return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])).astype(np.float32))
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -76,16 +61,17 @@ def cpu_session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def validate_graphs(cases: list[GraphCase], root, max_batch: int) -> dict:
-    """Run every case at every batch size and precision; return the report (``passed`` is the verdict)."""
-    sizes = batch_sizes(max_batch)
+def validate_graphs(graphs: list[GraphSpec], files: dict[str, dict[str, str]], root, max_batch: int) -> dict:
+    """Run every graph (its files: role → precision → ONNX file in ``root``) at every batch size and precision on
+    each of its input sets; return the report (``passed`` is the verdict)."""
+    root, sizes = Path(root), batch_sizes(max_batch)
     checks, apart = [], []  # against PyTorch; the largest batch against its rows run apart (ONNX Runtime both)
-    for case in cases:
+    for case in graphs:
         module = case.module.eval()
-        for precision, file in case.files.items():
+        for precision, file in files[case.role].items():
             session = cpu_session(root / file)
             output_names = [o.name for o in session.get_outputs()]
-            tolerance = TOLERANCES[precision]
+            tolerance = case.tolerances.get(precision, TOLERANCES[precision])
             for label, arrays in case.input_sets.items():
                 for b in sizes:
                     inputs = [np.ascontiguousarray(a[:b]) for a in arrays]
@@ -135,7 +121,7 @@ def validate_graphs(cases: list[GraphCase], root, max_batch: int) -> dict:
     }
 
 
-def _rows_on_their_own(case: GraphCase, session, output_names, arrays, b: int, precision: str, label: str,
+def _rows_on_their_own(case: GraphSpec, session, output_names, arrays, b: int, precision: str, label: str,
                        tolerance: dict) -> dict:
     """The check that batch b gives the outputs of its first row and its other b - 1 rows run apart."""
     feed = lambda rows: dict(zip(case.input_names, (np.ascontiguousarray(a[rows]) for a in arrays)))  # noqa: E731
@@ -154,3 +140,36 @@ def _rows_on_their_own(case: GraphCase, session, output_names, arrays, b: int, p
 def summary(report: dict) -> dict:
     """The part of the report that goes into the manifest."""
     return {k: report[k] for k in ("passed", "runtime", "batch_sizes", "tolerances", "worst", "extra")}
+
+
+def vq_index_agreement(spec: ExportSpec, files: dict[str, dict[str, str]], root, max_batch: int) -> dict:
+    """Share of latent vectors whose nearest code is the same from ONNX Runtime's z_e and from PyTorch's: the check
+    every ``vq`` bundle gets, on the encoder's real data at every batch size and precision."""
+    encoder = next(g for g in spec.graphs if g.role == "encoder")
+    codebook = spec.arrays[spec.latent["codebook"]]
+    data = next(iter(encoder.input_sets.values()))[0]
+
+    def codes(z_e: np.ndarray) -> np.ndarray:
+        return vq_nearest_numpy(np.ascontiguousarray(z_e.transpose(0, 2, 3, 1).reshape(-1, codebook.shape[1])),
+                                codebook)[0]
+
+    results, failures = {}, []
+    for precision, file in files["encoder"].items():
+        graph = cpu_session(Path(root) / file)
+        for b in batch_sizes(max_batch):
+            with torch.no_grad():
+                expected = codes(encoder.module(torch.from_numpy(data[:b])).numpy())
+            got = codes(graph.run(None, {"x": data[:b]})[0])
+            rate = float((got == expected).mean())
+            results[f"{precision}@{b}"] = {"rate": rate, "vectors": int(expected.size),
+                                           "disagreements": int((got != expected).sum())}
+            if rate < VQ_AGREEMENT[precision]:
+                failures.append(f"encoder {precision} on data at batch {b}: VQ index agreement {rate:.4f} below "
+                                f"{VQ_AGREEMENT[precision]}")
+    worst = min(r["rate"] for r in results.values())
+    return {"name": "vq_index_agreement", "passed": not failures, "thresholds": VQ_AGREEMENT, "worst": worst,
+            "by_precision_and_batch": results, "failures": failures}
+
+
+# checks a latent type adds to every bundle of that type, beyond per-output errors
+LATENT_CHECKS = {"vq": vq_index_agreement}

@@ -67,7 +67,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, digits):
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_weights(tmp_path, digits, monkeypatch):
-    model_cls = __import__("vaedeploy.models", fromlist=["VAE"]).VAE
+    from vaedeploy.models.vae import VAE as model_cls
     original = model_cls.forward
     calls = {"n": 0}
 

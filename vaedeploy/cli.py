@@ -88,7 +88,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plots import plot_run
+    from .pictures import plot_run
 
     for path in plot_run(args.run):
         print(path)
@@ -153,7 +153,7 @@ def _demo_benchmark(bundle: Path, out: Path) -> None:
 def cmd_demo(args) -> int:
     from .data import load_dataset
     from .evaluate import evaluate_run
-    from .plots import plot_run
+    from .pictures import plot_run
     from .train import TrainConfig, train_run
 
     out = Path(args.out)
@@ -225,14 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "--overwrite)")
     train.add_argument("--preprocessing", default="dequantize", choices=["dequantize", "binarize", "scale"])
     train.add_argument("--split-seed", type=COUNT, default=0)
-    train.add_argument("--epochs", type=POSITIVE_INT, help="the most epochs to train (default 100)")
+    train.add_argument("--epochs", type=POSITIVE_INT, help="the most epochs to train (default 2000; early stopping ends sooner)")
     train.add_argument("--batch-size", type=POSITIVE_INT, help="examples per step (default 128)")
     train.add_argument("--lr", type=POSITIVE, help="Adam learning rate (default 1e-3)")
     train.add_argument("--seed", type=COUNT, help="seeds weights, shuffling and noise (default 0)")
     train.add_argument("--kl-warmup", type=COUNT, help="epochs of linear KL warm-up (default 0: off)")
     train.add_argument("--free-bits", type=NON_NEGATIVE,
                        help="nats per latent dimension, 0: off (default: the model's, 0 for all but bivae)")
-    train.add_argument("--patience", type=COUNT, help="early-stopping patience in epochs (default 20; 0: off)")
+    train.add_argument("--patience", type=COUNT, help="early-stopping patience in epochs (default 30; 0: off)")
     train.add_argument("--max-seconds", type=NON_NEGATIVE, help="training time limit (default 0: none)")
     train.add_argument("--grad-clip", type=NON_NEGATIVE, help="clip the gradient norm (default 0: off)")
     train.add_argument("--latent-dim", type=POSITIVE_INT)

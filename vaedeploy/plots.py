@@ -1,4 +1,7 @@
-"""PNG pictures: training curves, sample grids, data beside reconstructions, the latent space by label."""
+"""PNG pictures: training curves, sample grids, data beside reconstructions, the latent space by label, bars.
+
+Arrays in, PNG out: nothing here knows a model or a run (``vaedeploy.pictures`` draws a run's pictures with these).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -99,33 +102,6 @@ def plot_bars(values: list[float], path: str | Path, title: str, xlabel: str, yl
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return save_figure(fig, path)
-
-
-def plot_run(run_dir: str | Path, *, n_samples: int = 100, seed: int = 0) -> list[Path]:
-    """Write the pictures of a trained run into ``run_dir``: samples, reconstructions, the latent space."""
-    import torch
-
-    from .data import load_from_spec
-    from .runs import load_run
-
-    run_dir = Path(run_dir)
-    model, config = load_run(run_dir)
-    data = load_from_spec(config["data"])
-    x = data.evaluation_inputs("test")
-    title = f"{config['kind']} on {data.name}"
-    written = []
-    with torch.no_grad():
-        if model.has_prior:
-            samples = model.sample(n_samples, generator=torch.Generator().manual_seed(seed)).numpy()
-            written.append(plot_grid(samples, run_dir / "samples.png", f"{title}: samples"))
-        recon = model.reconstruct(torch.from_numpy(x[:50])).numpy()
-        written.append(plot_reconstructions(x[:50], recon, run_dir / "reconstructions.png",
-                                            f"{title}: data (odd rows) and reconstructions (even rows)"))
-        means = model.latent_means(torch.from_numpy(x)).flatten(1).numpy()
-        written.append(plot_latent_space(means, data.test.labels, run_dir / "latent_space.png",
-                                         f"{title}: latent means of the test split"))
-        written += model.extra_pictures(torch.from_numpy(x), run_dir, title)
-    return written
 
 
 def plot_grouped_bars(series: dict[str, list[float]], path: str | Path, title: str, xlabel: str,

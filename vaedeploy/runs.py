@@ -24,6 +24,7 @@ from .models import Model, build_model
 FORMAT_VERSION = 1
 CONFIG = "config.json"
 EVAL = "eval.json"
+PICTURES = ("samples.png", "reconstructions.png", "latent_space.png")  # what `vaedeploy plot` draws for every model
 
 
 def stage_files(run_dir: str | os.PathLike, stage: str) -> dict[str, Path]:
@@ -97,7 +98,7 @@ def owned_files(run_dir: str | os.PathLike, kind: str) -> list[Path]:
 
     stages = ("model", *model_class(kind).extra_stages)
     names = [p for stage in stages for p in stage_files(run_dir, stage).values()]
-    names += [Path(run_dir) / n for n in (CONFIG, EVAL, FD_CACHE)]
+    names += [Path(run_dir) / n for n in (CONFIG, EVAL, FD_CACHE, *PICTURES)]
     return [p for p in names if p.is_file()]
 
 

@@ -13,7 +13,8 @@ from vaedeploy.cli import main
 from vaedeploy.export import ExportError, ValidationError, export_bundle, export_graph, export_run
 from vaedeploy.export import validate as validate_module
 from vaedeploy.export.onnx_export import RANDOM_OPS
-from vaedeploy.export.validate import GraphCase, validate_graphs
+from vaedeploy.export.validate import validate_graphs
+from vaedeploy.models.spec import GraphSpec
 from vaedeploy.train import load_run
 
 BUNDLE_EXPORTER = {"vae": "dynamo", "vae_conv_bernoulli": "dynamo", "ae": "legacy"}
@@ -68,8 +69,8 @@ def test_validation_fails_hard_on_a_graph_that_disagrees_with_pytorch(exported, 
             return mean + 1e-2, logvar
 
     z = np.random.default_rng(0).standard_normal((64, 5), dtype=np.float32)
-    case = GraphCase("decoder", Perturbed(), ["z"], {"normal": [z]}, ["mean", "logvar"], {"fp32": "decoder.onnx"})
-    report = validate_graphs([case], bundle, 64)
+    case = GraphSpec("decoder", Perturbed(), ["z"], {"normal": [z]}, ["mean", "logvar"])
+    report = validate_graphs([case], {"decoder": {"fp32": "decoder.onnx"}}, bundle, 64)
     assert not report["passed"] and len(report["failures"]) == 4  # batch 1, 2, 7, 64
     assert "decoder fp32 on normal at batch 1: mean max_abs=0.01" in report["failures"][0]
     assert all(c["outputs"]["logvar"]["passed"] for c in report["checks"])
@@ -130,7 +131,7 @@ def test_a_kind_with_more_graphs_and_arrays_plugs_into_the_same_bundle(tmp_path)
     z = np.random.default_rng(0).standard_normal((8, 2), dtype=np.float32)
     codebook = np.arange(12, dtype=np.float32).reshape(4, 3)
     out = export_bundle(encoder, decoder, latent="deterministic", example=torch.rand(5, 2, 3), out=tmp_path / "b",
-                        max_batch=8, extra_graphs=(GraphCase("prior", prior, ["z"], {"normal": [z]}, ["logits"]),),
+                        max_batch=8, extra_graphs=(GraphSpec("prior", prior, ["z"], {"normal": [z]}, ["logits"]),),
                         extra_arrays={"codebook": codebook})
     bundle = load_bundle(out)
     assert bundle.graph("prior")["outputs"][0]["name"] == "logits"

@@ -219,21 +219,23 @@ def test_the_export_command_exports_every_kind(exported, kind, tmp_path, capsys)
 
 
 def test_the_vq_index_agreement_fails_a_graph_that_picks_other_codes(exported):
-    from vaedeploy.export.kinds import vq_index_agreement
-    from vaedeploy.export.validate import rows
+    import dataclasses
+
+    from vaedeploy.export.validate import vq_index_agreement
 
     run, bundle = exported("vqvae")
     model, _ = load_run(run)
-    model.eval()
-    codebook = load_bundle(bundle).array("codebook")
-    data = rows(inputs(64), 64)
-    files = {"fp32": "encoder.onnx"}
-    passed = vq_index_agreement(model.encoder, codebook, data, bundle, files, 64)
+    with torch.no_grad():
+        spec = model.eval().export_spec(inputs(64), 64)
+    codebook = spec.arrays["codebook"]
+    files = {"encoder": {"fp32": "encoder.onnx"}}
+    passed = vq_index_agreement(spec, files, bundle, 64)
     assert passed["passed"] and passed["worst"] == 1.0 and passed["by_precision_and_batch"]["fp32@64"]["vectors"] == 256
 
     def shifted(x):  # the reference moves z_e by a quarter of the codebook's spread: many vectors change code
         return model.encoder(x) + 0.25 * float(codebook.std())
 
-    failed = vq_index_agreement(shifted, codebook, data, bundle, files, 64)
+    spec.graphs = [dataclasses.replace(g, module=shifted) if g.role == "encoder" else g for g in spec.graphs]
+    failed = vq_index_agreement(spec, files, bundle, 64)
     assert not failed["passed"] and failed["worst"] < 0.999
     assert "VQ index agreement" in failed["failures"][0]

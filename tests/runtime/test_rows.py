@@ -12,6 +12,13 @@ from vaedeploy.runtime import InputError
 from vaedeploy.runtime.noise import Noise
 
 
+MAX_BATCH = 64  # the test bundles' (tests/conftest.py)
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
+
+
 def same(a, b):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 

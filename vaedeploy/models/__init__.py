@@ -1,16 +1,18 @@
-"""The model registry: ``vaedeploy train KIND`` and every loader find a model class here by its ``kind``."""
+"""The model registry: ``vaedeploy train KIND`` and every loader find a model class here by its ``kind``.
+
+Each kind registers itself (``@register`` in its own module, ``models/<kind>.py``: config, model, export spec), and
+importing this package imports every module in it, so adding a kind is one file.
+"""
 from __future__ import annotations
 
-from ..errors import ConfigError
-from .ae import AE
-from .base import Model
-from .biva import BIVA
-from .bivae import BiVAE
-from .twostage import TwoStage
-from .vae import VAE
-from .vqvae import VQVAE
+import importlib
+import pkgutil
 
-MODELS: dict[str, type[Model]] = {cls.kind: cls for cls in (AE, VAE, VQVAE, BiVAE, BIVA, TwoStage)}
+from ..errors import ConfigError
+from .base import MODELS, Model, register
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def model_class(kind: str) -> type[Model]:
@@ -23,4 +25,4 @@ def build_model(kind: str, config: dict) -> Model:
     return model_class(kind).from_config(config)
 
 
-__all__ = ["MODELS", "Model", "build_model", "model_class"]
+__all__ = ["MODELS", "Model", "build_model", "model_class", "register"]

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from .backbones import EncoderTrunk, check_sizes
-from .base import Model
+from .base import Model, register
+from .spec import ExportSpec, encoder_decoder_spec
 from .vae import Decoder, VAEConfig
 
 
@@ -33,6 +34,7 @@ class DeterministicEncoder(nn.Module):
         return self.head(self.trunk(x))
 
 
+@register
 class AE(Model):
     """Deterministic autoencoder (the seed's recap)."""
 
@@ -56,3 +58,9 @@ class AE(Model):
 
     def latent_means(self, x: Tensor) -> Tensor:
         return self.encoder(x)
+
+    def export_spec(self, data, max_batch: int) -> ExportSpec:
+        """encoder x → z, decoder z → likelihood; ``encode`` is the code itself."""
+        latent = {"type": "deterministic", "dim": self.config.latent_dim}
+        return encoder_decoder_spec(self.encoder, self.decoder, latent, self.decoder.likelihood.spec(), data,
+                                    max_batch)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from pathlib import Path
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -105,6 +104,17 @@ def make_likelihood(kind: str, min_logvar: float) -> GaussianLikelihood | Bernou
     raise ValueError(f"likelihood must be 'gaussian' or 'bernoulli', got {kind!r}")
 
 
+MODELS: dict[str, type["Model"]] = {}  # kind → class, filled by ``register``
+
+
+def register(cls: type["Model"]) -> type["Model"]:
+    """Class decorator: make a model kind known to ``vaedeploy train``, the loaders and the contract tests."""
+    if cls.kind in MODELS:
+        raise ValueError(f"model kind {cls.kind!r} is registered twice ({MODELS[cls.kind].__name__}, {cls.__name__})")
+    MODELS[cls.kind] = cls
+    return cls
+
+
 class Model(nn.Module):
     """Base of every vaedeploy model.
 
@@ -162,9 +172,16 @@ class Model(nn.Module):
         """
         raise ValueError(f"{self.kind} has no training stage {stage!r}; its extra stages: {list(self.extra_stages)}")
 
-    def extra_pictures(self, x: Tensor, run_dir: Path, title: str) -> list[Path]:
-        """Model-specific PNGs of the prepared test split ``x`` written into ``run_dir`` (``vaedeploy plot``)."""
-        return []
+    def export_spec(self, data: np.ndarray, max_batch: int):
+        """The ``ExportSpec`` of this model (``spec.py``): its graphs, their validation inputs built from ``data``
+        (real prepared inputs, N × input shape) with ``max_batch`` rows, the manifest's latent and likelihood
+        entries and any arrays. Export calls this on a model in eval mode, under ``torch.no_grad``."""
+        raise NotImplementedError(f"{self.kind} does not say how it exports")
+
+    def bar_charts(self, x: Tensor) -> dict[str, dict]:
+        """Model-specific bar charts of the prepared test split ``x``, as data: file stem → ``{"values", "title",
+        "xlabel", "ylabel"}`` (``vaedeploy plot`` draws them; a model never draws)."""
+        return {}
 
     @torch.no_grad()
     def log_likelihood_iw(self, x: Tensor, k: int = 1000, chunk: int = 100) -> Tensor:

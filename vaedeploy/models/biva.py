@@ -27,11 +27,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .backbones import EncoderTrunk, mlp
-from .base import Model, log_normal
+from .base import Model, log_normal, register
+from .spec import NORMAL_SEED, ExportSpec, GraphSpec, normal_draws, validation_rows
 from .vae import Decoder, posterior_collapse_figures
 
 
@@ -186,6 +188,19 @@ class BIVADecoder(nn.Module):
         return self.decode_latents([z[i] for i in range(top + 1)])
 
 
+class ExportedEncoder(nn.Module):
+    """The encoder with the decoder's top-down path registered beside it: the encoder reads that path at every call
+    without owning it, and a half-precision copy of the graph must cast it too."""
+
+    def __init__(self, encoder: BIVAEncoder, top_down: TopDown):
+        super().__init__()
+        self.encoder, self.top_down = encoder, top_down
+
+    def forward(self, x: Tensor, *noise: Tensor) -> tuple[Tensor, ...]:
+        return self.encoder(x, *noise)
+
+
+@register
 class BIVA(Model):
     """Hierarchical VAE with bidirectional inference and a skip-connected top-down decoder."""
 
@@ -254,6 +269,34 @@ class BIVA(Model):
 
     def latent_means(self, x: Tensor) -> Tensor:
         return torch.cat(self._posterior_means(x), 1)
+
+    @torch.no_grad()
+    def export_spec(self, data, max_batch: int) -> ExportSpec:
+        """encoder (x, eps_1..eps_L) → (z_i, mean_i, logvar_i per layer), decoder (eps_1..eps_L) → likelihood
+        (ancestral sampling), and ``latent_decoder`` (z_1..z_L concatenated → likelihood) for decode and
+        reconstruct. The number and sizes of the layers come from the config, so added layers export the same way."""
+        dims = [int(d) for d in self.config.latent_dims]
+        layers = [{"dim": d, "noise": f"eps_{i}", "z": f"z_{i}", "mean": f"mean_{i}", "logvar": f"logvar_{i}"}
+                  for i, d in enumerate(dims, 1)]
+        noise_names = [layer["noise"] for layer in layers]
+        x = validation_rows(data, max_batch)
+        noise = [normal_draws((max_batch, d), NORMAL_SEED + i) for i, d in enumerate(dims)]
+        zeros = [np.zeros_like(eps) for eps in noise]
+        z = self.encoder(torch.from_numpy(x), *map(torch.from_numpy, noise))[: len(dims)]
+        likelihood = self.decoder.likelihood.spec()
+        outputs = [layer[k] for k in ("z", "mean", "logvar") for layer in layers]
+        graphs = [
+            GraphSpec("encoder", ExportedEncoder(self.encoder, self.decoder.top_down), ["x", *noise_names],
+                      {"data": [x, *noise], "data_posterior_means": [x, *zeros]}, outputs),
+            GraphSpec("decoder", self.decoder, noise_names, {"normal": noise}, likelihood["outputs"]),
+            GraphSpec("latent_decoder", self.decoder.x_decoder, ["z"],
+                      {"encodings": [torch.cat(z, 1).numpy()], "normal": [normal_draws((max_batch, sum(dims)))]},
+                      likelihood["outputs"], module_path="decoder.x_decoder"),
+        ]
+        # z is every layer's sample concatenated (bottom first); each layer's noise is N(0, I) of its size
+        latent = {"type": "hierarchical", "dim": sum(dims), "layers": layers,
+                  "graphs": {"encode": "encoder", "decode": "latent_decoder", "sample": "decoder"}}
+        return ExportSpec(latent, likelihood, graphs)
 
     @torch.no_grad()
     def diagnostics(self, x: Tensor) -> dict:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import activation, conv_sizes, upsampling_padding
-from .base import make_likelihood
+from .base import make_likelihood, register
 from .vae import VAE, GaussianEncoder, VAEConfig
 
 
@@ -113,6 +113,7 @@ class TiedDecoder(nn.Module):
         return copy.train(self.training)
 
 
+@register
 class BiVAE(VAE):
     """Gaussian VAE whose decoder is the encoder run backwards; training, ELBO and sampling are the VAE's."""
 
@@ -130,3 +131,7 @@ class BiVAE(VAE):
         super(VAE, self).__init__(config)  # Model.__init__: the VAE's own untied decoder is not built
         self.encoder = GaussianEncoder(config)
         self.decoder = TiedDecoder(config, self.encoder)
+
+    def export_decoder(self) -> TiedDecoder:
+        """The decoder graph ships without the encoder: a copy that owns the transposed matrices."""
+        return self.decoder.standalone().eval()

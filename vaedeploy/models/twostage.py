@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import mlp
-from .base import GaussianLikelihood
+from .base import GaussianLikelihood, register
+from .spec import NORMAL_SEED, ExportSpec, GraphSpec, encoder_decoder_spec, normal_draws, validation_rows
 from .vae import VAE, GaussianEncoder, VAEConfig, posterior_collapse_figures
 
 
@@ -88,6 +89,7 @@ class Stage2Objective(nn.Module):
         return self.stage2(z, kl_weight=kl_weight, free_bits=free_bits)
 
 
+@register
 class TwoStage(VAE):
     """Stage 1 is this VAE itself (``encoder``, ``decoder``, ``forward``); ``stage2`` is the VAE on its latents."""
 
@@ -138,6 +140,21 @@ class TwoStage(VAE):
         train, val = (self.stage2_inputs(data.evaluation_inputs(split)) for split in ("train", "val"))
         self.stage2.requires_grad_(True)
         return Stage2Objective(self.stage2), train, val, draw_latents
+
+    @torch.no_grad()
+    def export_spec(self, data, max_batch: int) -> ExportSpec:
+        """Stage 1 as a Gaussian VAE plus ``stage2_decoder`` (u → mean, log γ of p(z|u)), the learned prior the
+        runtime samples through: u ~ N(0, T² I) → z = mean + T·exp(log γ / 2)·eps → decoder."""
+        u_dim = self.stage2.config.latent_dim
+        z_means = self.encoder(torch.from_numpy(validation_rows(data, max_batch)))[0]
+        u_means = self.stage2.encoder(z_means)[0].numpy()
+        stage2 = GraphSpec("stage2_decoder", self.stage2.decoder, ["u"],
+                           {"encodings": [u_means], "normal": [normal_draws((max_batch, u_dim), NORMAL_SEED + 1)]},
+                           ["mean", "log_gamma"], module_path="stage2.decoder")
+        latent = {"type": "gaussian", "dim": self.config.latent_dim,
+                  "prior": {"type": "two_stage", "graph": "stage2_decoder", "dim": u_dim}}
+        return encoder_decoder_spec(self.encoder, self.decoder, latent, self.decoder.likelihood.spec(), data,
+                                    max_batch, extra_graphs=(stage2,))
 
     @torch.no_grad()
     def diagnostics(self, x: Tensor) -> dict:

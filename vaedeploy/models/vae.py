@@ -15,8 +15,10 @@ from .base import (
     log_normal,
     log_standard_normal,
     make_likelihood,
+    register,
     reparameterize,
 )
+from .spec import ExportSpec, encoder_decoder_spec
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Decoder(nn.Module):
         return self.likelihood.params(self.trunk(z))
 
 
+@register
 class VAE(Model):
     """Gaussian VAE: encoder → (mean, logvar), reparameterized z, decoder → p(x|z); analytic KL to N(0, I)."""
 
@@ -130,6 +133,16 @@ class VAE(Model):
     def diagnostics(self, x: Tensor) -> dict:
         mean, logvar = self.encoder(x)
         return posterior_collapse_figures(mean, logvar)
+
+    def export_spec(self, data, max_batch: int) -> ExportSpec:
+        """encoder x → (mean, logvar), decoder z → likelihood; the runtime draws z = mean + exp(logvar/2)·eps."""
+        latent = {"type": "gaussian", "dim": self.config.latent_dim}
+        return encoder_decoder_spec(self.encoder, self.export_decoder(), latent, self.decoder.likelihood.spec(),
+                                    data, max_batch)
+
+    def export_decoder(self) -> nn.Module:
+        """The module the decoder graph is traced from (a tied decoder gives a copy that owns its weights)."""
+        return self.decoder
 
 
 def posterior_collapse_figures(mean: Tensor, logvar: Tensor) -> dict:

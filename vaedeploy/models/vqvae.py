@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,8 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import activation, conv_sizes, upsampling_conv
-from .base import Model, make_likelihood
+from .base import Model, make_likelihood, register
 from .code_prior import CodePrior, PriorObjective
+from .spec import NORMAL_SEED, ExportSpec, GraphSpec, normal_draws, validation_rows
 
 CODEBOOK_UPDATES = ("loss", "ema")
 
@@ -262,6 +262,7 @@ def perplexity(counts: Tensor) -> Tensor:
     return torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum())
 
 
+@register
 class VQVAE(Model):
     """VQ-VAE with a learned autoregressive prior; see the module doc."""
 
@@ -363,13 +364,40 @@ class VQVAE(Model):
         }
 
     @torch.no_grad()
-    def extra_pictures(self, x: Tensor, run_dir: Path, title: str) -> list[Path]:
-        from ..plots import plot_bars
+    def export_spec(self, data, max_batch: int) -> ExportSpec:
+        """encoder x → z_e, decoder z_q → likelihood, ``prior`` tokens → logits, and ``codebook.npy``. The nearest-code
+        step is the runtime's (``vaedeploy.kernels``), never in a graph; export adds the index agreement check that
+        every ``vq`` bundle gets. The prior graph reads N×L tokens (start token, then codes 0..L-2) and gives N×L×K
+        logits; it is causal, so the runtime feeds all L positions at every step and reads position t."""
+        codebook = self.codebook.detach().float().contiguous()
+        num_codes, dim = codebook.shape
+        (h, w), length = self.grid, self.prior.length
+        x = validation_rows(data, max_batch)
+        z_e = self.encoder(torch.from_numpy(x))
+        index = _nearest(z_e.permute(0, 2, 3, 1).reshape(-1, dim), codebook)
+        z_q = F.embedding(index, codebook).view(max_batch, h, w, dim).permute(0, 3, 1, 2).contiguous().numpy()
+        tokens = self.prior.tokens_for(index.view(max_batch, length)).numpy()
+        random_tokens = np.random.default_rng(NORMAL_SEED).integers(0, num_codes, (max_batch, length), dtype=np.int64)
+        random_tokens[:, 0] = self.prior.start_token
+        likelihood = self.decoder.likelihood.spec()
+        graphs = [
+            GraphSpec("encoder", self.encoder, ["x"], {"data": [x]}, ["z_e"]),
+            GraphSpec("decoder", self.decoder, ["z_q"],
+                      {"encodings": [z_q], "normal": [normal_draws((max_batch, dim, h, w))]}, likelihood["outputs"]),
+            GraphSpec("prior", self.prior, ["tokens"], {"encodings": [tokens], "random_codes": [random_tokens]},
+                      ["logits"]),
+        ]
+        latent = {"type": "vq", "dim": dim, "grid": [h, w], "num_codes": num_codes, "codebook": "codebook",
+                  "prior": {"type": "autoregressive", "graph": "prior", "length": length,
+                            "start_token": self.prior.start_token}}
+        return ExportSpec(latent, likelihood, graphs, arrays={"codebook": codebook.numpy()})
 
+    @torch.no_grad()
+    def bar_charts(self, x: Tensor) -> dict[str, dict]:
         _, counts = self.code_statistics(x)
         used = int((counts > 0).sum())
         ordered = sorted(counts.tolist(), reverse=True)
-        return [plot_bars(ordered, Path(run_dir) / "codebook_usage.png",
-                          f"{title}: codebook usage ({used} of {len(ordered)} codes, perplexity "
-                          f"{float(perplexity(counts.float())):.0f})",
-                          "code, most used first", "vectors of the test split")]
+        return {"codebook_usage": {
+            "values": ordered, "xlabel": "code, most used first", "ylabel": "vectors of the test split",
+            "title": f"codebook usage ({used} of {len(ordered)} codes, perplexity {float(perplexity(counts.float())):.0f})",
+        }}

@@ -1,0 +1,82 @@
+"""What a kind exports, said by the model itself: one ``GraphSpec`` per graph and an ``ExportSpec`` for the bundle.
+
+After optimum's ``OnnxConfig``: each exported part names its role, the module traced, its inputs and outputs (every
+one with the dynamic batch axis), the inputs it is validated on and, where it needs one, its own tolerance. Export
+(``vaedeploy.export``) reads these and never a kind's name; the manifest's ``latent`` entry (a type of
+``vaedeploy.bundle.LATENT_TYPES``) is what the runtime needs to serve the bundle.
+
+Validation inputs have ``max_batch`` rows: real data cycled up to that many, their real encodings, and N(0, I)
+draws, so a graph is checked where it will run and where sampling takes it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+NORMAL_SEED = 0
+
+
+@dataclass
+class GraphSpec:
+    """One graph to export and validate.
+
+    Args:
+        role: its name in the manifest (``encoder``, ``decoder``, ``prior``, ``stage2_decoder``, ...).
+        module: the float32 module traced; it must treat every row of a batch on its own.
+        input_names, output_names: the graph's names, in the module's order.
+        input_sets: label (``data``, ``encodings``, ``normal``) → one array per input, ``max_batch`` rows each;
+            validation at batch size b uses the first b rows.
+        module_path: attribute path of the module inside the model (``stage2.decoder``), what the torch backend
+            runs; default the role.
+        tolerances: precision → ``{"max_abs", "rel_l2"}`` where this graph needs its own; default export's.
+    """
+
+    role: str
+    module: nn.Module
+    input_names: list[str]
+    input_sets: dict[str, list[np.ndarray]]
+    output_names: list[str]
+    module_path: str = ""
+    tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class ExportSpec:
+    """Everything a bundle holds of one model: the manifest's ``latent`` and ``likelihood`` entries, its graphs and
+    the arrays beside them (``name.npy``, e.g. a VQ codebook)."""
+
+    latent: dict
+    likelihood: dict
+    graphs: list[GraphSpec]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def validation_rows(x: np.ndarray, n: int) -> np.ndarray:
+    """The first n rows of x as float32, cycling through x when it has fewer (real data repeated up to the max batch)."""
+    return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])).astype(np.float32))
+
+
+def normal_draws(shape, seed: int = NORMAL_SEED) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def encoder_decoder_spec(encoder: nn.Module, decoder: nn.Module, latent: dict, likelihood: dict, data: np.ndarray,
+                         max_batch: int, extra_graphs: tuple[GraphSpec, ...] = ()) -> ExportSpec:
+    """The spec of a Gaussian or deterministic model: ``encoder`` x → (mean, logvar) or z, ``decoder`` z → the
+    likelihood's outputs, validated on real data, its encodings and N(0, I) latents (plus ``extra_graphs``)."""
+    outputs = {"gaussian": ["mean", "logvar"], "deterministic": ["z"]}[latent["type"]]
+    x = validation_rows(data, max_batch)
+    with torch.no_grad():
+        code = encoder(torch.from_numpy(x))
+    code = code if isinstance(code, torch.Tensor) else code[0]
+    graphs = [
+        GraphSpec("encoder", encoder, ["x"], {"data": [x]}, outputs),
+        GraphSpec("decoder", decoder, ["z"], {"encodings": [validation_rows(code.numpy(), max_batch)],
+                                             "normal": [normal_draws((max_batch, latent["dim"]))]},
+                  list(likelihood["outputs"])),
+        *extra_graphs,
+    ]
+    return ExportSpec(latent, likelihood, graphs)
