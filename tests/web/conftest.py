@@ -45,7 +45,8 @@ def browser():
     if reason and os.environ.get("CI") == "true":
         pytest.fail(f"CI=true and the browser tests cannot run: {reason}")
     if reason:
-        pytest.skip(f"browser tests skipped: {reason}; `make test` (as root) installs chromium and builds the page")
+        pytest.skip(f"browser tests skipped: {reason}; `make test` builds the page where npm exists and, as root, "
+                    "installs chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
