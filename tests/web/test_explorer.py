@@ -146,9 +146,13 @@ def test_what_the_page_does_not_support_is_said(open_page):
 def test_a_bad_seed_is_one_sentence_beside_the_button(open_page):
     view = open_page("vae")
     frames = view.state()["frames"]
-    view.page.fill("#seed", "-1")
-    view.page.click("#sample")
-    assert view.page.inner_text("#sample-note") == "seed must be in [0, 2**63), got -1"
+    for text, message in [("-1", "seed must be in [0, 2**63), got -1"),
+                          (str(2**63), f"seed must be in [0, 2**63), got {2**63}"),
+                          ("", 'seed must be an integer in [0, 2**63), got ""'),
+                          ("0x10", 'seed must be an integer in [0, 2**63), got "0x10"')]:
+        view.page.fill("#seed", text)
+        view.page.click("#sample")
+        assert view.page.inner_text("#sample-note") == message
     assert view.state()["frames"] == frames
     view.assert_clean()
 

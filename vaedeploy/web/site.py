@@ -87,7 +87,7 @@ def _pad(runtime, dataset) -> dict:
         source = (f"the two principal directions of {len(means)} encoded training images of {dataset.name} "
                   f"({share:.0%} of their variance), ±{PAD_SIGMAS:g} standard deviations along each")
     else:
-        axes, sigma = np.eye(d), means.std(0)
+        axes, sigma = np.eye(d), means.std(0, ddof=1)
         source = (f"the latent coordinates around the mean of {len(means)} encoded training images of "
                   f"{dataset.name}, ±{PAD_SIGMAS:g} standard deviations along each")
     span = PAD_SIGMAS * np.where(sigma > 0, sigma, 1.0)  # a collapsed direction still gets a usable pad

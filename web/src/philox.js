@@ -35,12 +35,10 @@ export function philox4x32(c0, c1, k0, k1) {
 
 /** A seed or offset as a BigInt in [0, 2**63), from a BigInt, a safe integer or a decimal string. */
 export function toUint63(value, what) {
-  let big;
-  try {
-    big = typeof value === "bigint" ? value : BigInt(typeof value === "string" ? value.trim() : value);
-  } catch {
-    throw new RangeError(`${what} must be an integer in [0, 2**63), got ${JSON.stringify(String(value))}`);
-  }
+  const text = typeof value === "string" ? value.trim() : null;
+  const integral = typeof value === "bigint" || Number.isSafeInteger(value) || /^-?[0-9]+$/.test(text ?? "");
+  if (!integral) throw new RangeError(`${what} must be an integer in [0, 2**63), got ${JSON.stringify(String(value))}`);
+  const big = BigInt(text ?? value);
   if (big < 0n || big >= 2n ** 63n) throw new RangeError(`${what} must be in [0, 2**63), got ${big}`);
   return big;
 }
