@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean web browser-deps
 
 install: $(STAMP)
 
@@ -18,9 +18,28 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/vaedeploy demo
 
+# The explorer page (docs/web.md): onnxruntime-web and esbuild from web/package-lock.json, built into
+# vaedeploy/web/page/ (package data; not committed: its wasm is 28 MB and comes from the lockfile).
+PAGE := vaedeploy/web/page/build.json
+web: $(PAGE)
+
+$(PAGE): web/package.json web/package-lock.json web/build.mjs $(wildcard web/src/*)
+	cd web && npm ci --no-audit --no-fund --loglevel=error && node build.mjs
+
+# What the browser tests (tests/web) need, where this machine allows it: the page (npm) and Debian's chromium
+# (apt-get, as root). Without them those tests skip and say why; under CI=true they fail.
+browser-deps:
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory web || echo "the page did not build: the browser tests will skip"; \
+	else echo "npm not found: the explorer page is not built and the browser tests will skip"; fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "apt-get could not install chromium: the browser tests will skip"; \
+	  else echo "no /usr/bin/chromium: the browser tests will skip (apt-get install chromium)"; fi; fi
+
 # pytest exits 5 when it collects no test; that is not a failure of the code under test.
-test: $(STAMP)
+test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest -q -ra; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info web/node_modules vaedeploy/web/page

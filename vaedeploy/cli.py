@@ -1,4 +1,4 @@
-"""The `vaedeploy` command: train, eval, plot, export, demo."""
+"""The `vaedeploy` command: train, eval, plot, export, demo, web."""
 from __future__ import annotations
 
 import argparse
@@ -191,6 +191,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_web(args) -> int:
+    from .web import serve, write_site
+
+    out = write_site(args.bundle, args.out, data=args.data)
+    print(f"wrote the latent explorer for {args.bundle} to {out}")
+    if args.serve:
+        serve(out, port=args.port)
+    return 0
+
+
 def _number(kind: type, low: float, inclusive: bool = True):
     """An argparse type: a ``kind`` number ≥ ``low`` (> ``low`` when not ``inclusive``), or a one-line usage error."""
     expected = f"{'an integer' if kind is int else 'a finite number'} {'≥' if inclusive else '>'} {low:g}"
@@ -279,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=POSITIVE_INT, default=300, help="training epochs (default 300, ~20 s on 2 cores)")
     demo.add_argument("--seconds", type=NON_NEGATIVE, default=120.0, help="training time limit (default 120)")
     demo.set_defaults(func=cmd_demo)
+
+    web = sub.add_parser("web", help="write a browser page decoding the bundle on onnxruntime-web")
+    web.add_argument("bundle")
+    web.add_argument("--out", required=True, help="new or empty directory, or a previous output")
+    web.add_argument("--data", help="training data for the pad's principal directions: digits, mnist5k or .npy/.npz "
+                                    "(default: the data the bundle's manifest names)")
+    web.add_argument("--serve", action="store_true", help="serve the page on 127.0.0.1 with COOP/COEP headers")
+    web.add_argument("--port", type=_number(int, 1), default=8080)
+    web.set_defaults(func=cmd_web)
     return parser
 
 

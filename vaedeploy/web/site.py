@@ -1,0 +1,213 @@
+"""Writing the explorer directory: the built page, the bundle files it decodes with, and explorer.json.
+
+The directory is staged beside its target and renamed into place. A previous output is replaced only when every
+file in it is one that ``vaedeploy web`` listed in its explorer.json; any other non-empty directory is refused, so
+nothing a user put there is ever deleted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, load
+from ..bundle import MANIFEST
+from ..errors import VaedeployError
+
+GENERATOR = "vaedeploy web"
+SPEC = "explorer.json"
+PAGE = Path(__file__).resolve().parent / "page"
+PAD_POINTS = 500  # encoded training images drawn on the pad as dots
+PAD_SIGMAS = 3.0  # the pad spans ± this many standard deviations along each axis
+
+
+class WebError(VaedeployError, ValueError):
+    """The explorer cannot be written: the message names what was expected and what came."""
+
+
+class PageNotBuilt(VaedeployError, FileNotFoundError):
+    """The npm build of the page is missing from this install."""
+
+
+def page_files() -> list[str]:
+    """The built page's files (from its build.json), each checked to exist."""
+    build = PAGE / "build.json"
+    hint = "run `make web` in a vaedeploy checkout (needs npm), or install a vaedeploy wheel, which ships the page"
+    if not build.is_file():
+        raise PageNotBuilt(f"{PAGE}: the explorer page is not built (no build.json); {hint}")
+    files = json.loads(build.read_text())["files"]
+    missing = [name for name in files if not (PAGE / name).is_file()]
+    if missing:
+        raise PageNotBuilt(f"{PAGE}: the explorer page build is incomplete (missing {missing[0]}); {hint}")
+    return files
+
+
+def _dataset(runtime, data: str | None):
+    """The training data to encode: ``data`` when given, else what the manifest says the bundle was exported from."""
+    from ..data import load_dataset, load_from_spec
+
+    manifest_input = runtime.bundle.manifest["input"]
+    if data is not None:
+        dataset = load_dataset(data, preprocessing=manifest_input.get("preprocessing", "dequantize"))
+    elif manifest_input.get("data"):
+        dataset = load_from_spec(manifest_input["data"])
+    else:
+        return None
+    if tuple(dataset.image_shape) != tuple(runtime.input_shape):
+        shape = "×".join(map(str, dataset.image_shape))
+        raise WebError(f"data {dataset.name!r} has {shape} images; the bundle {runtime.bundle.root} expects "
+                       f"{'×'.join(map(str, runtime.input_shape))}")
+    return dataset
+
+
+def _pad(runtime, dataset) -> dict:
+    """The pad: z = center + a·span₀·axis₀ + b·span₁·axis₁ for pad coordinates (a, b) in [-1, 1]²."""
+    d = runtime.latent_dim
+    if dataset is None:
+        if d > 2 or runtime.latent_type != "gaussian":
+            raise WebError(f"{runtime.bundle.root}: the pad over a {d}-dimensional {runtime.latent_type} latent needs "
+                           "the encoded training data; expected --data (digits, mnist5k or a .npy/.npz), since the "
+                           "bundle's manifest does not say which data it was exported from")
+        return {"center": [0.0] * d, "axes": np.eye(d)[:2].tolist(), "span": [PAD_SIGMAS] * min(d, 2),
+                "points": [], "source": f"the latent coordinates, ±{PAD_SIGMAS:g} standard deviations of the prior"}
+    # the posterior means (an autoencoder's codes; every layer's mean for hierarchical latents)
+    means = runtime.encode_params(dataset.evaluation_inputs("train"))[0].astype(np.float64)
+    center = means.mean(0)
+    if d > 2:
+        variances, vectors = np.linalg.eigh(np.cov(means - center, rowvar=False))
+        order = np.argsort(variances)[::-1][:2]
+        axes = vectors[:, order].T
+        axes *= np.sign(axes[np.arange(2), np.abs(axes).argmax(1)])[:, None]  # one sign, whatever LAPACK gave
+        sigma = np.sqrt(np.maximum(variances[order], 0))
+        share = float(variances[order].sum() / variances.sum()) if variances.sum() > 0 else 0.0
+        source = (f"the two principal directions of {len(means)} encoded training images of {dataset.name} "
+                  f"({share:.0%} of their variance), ±{PAD_SIGMAS:g} standard deviations along each")
+    else:
+        axes, sigma = np.eye(d), means.std(0, ddof=1)
+        source = (f"the latent coordinates around the mean of {len(means)} encoded training images of "
+                  f"{dataset.name}, ±{PAD_SIGMAS:g} standard deviations along each")
+    span = PAD_SIGMAS * np.where(sigma > 0, sigma, 1.0)  # a collapsed direction still gets a usable pad
+    coordinates = ((means[:PAD_POINTS] - center) @ axes.T) / span
+    labels = dataset.train.labels
+    points = [[round(float(a), 4) for a in row] + [0.0] * (2 - len(row))
+              + [None if labels is None else int(labels[i])] for i, row in enumerate(coordinates)]
+    return {"center": center.tolist(), "axes": axes.tolist(), "span": span.tolist(), "points": points,
+            "source": source}
+
+
+def explorer_spec(runtime, dataset=None) -> dict:
+    """What the page needs beyond the manifest: the pad (latents) or the first code grid (VQ)."""
+    spec = {"generator": GENERATOR, "vaedeploy_version": __version__, "bundle": str(runtime.bundle.root),
+            "data": None if dataset is None else dataset.spec()}
+    if runtime.latent_type == "vq":
+        if dataset is None:
+            spec["codes"] = [0] * int(np.prod(runtime.grid))
+        else:  # the codes of the first training image, so the grid starts on something recognisable
+            spec["codes"] = runtime.encode(dataset.evaluation_inputs("train")[:1])[0].reshape(-1).tolist()
+    else:
+        spec["pad"] = _pad(runtime, dataset)
+    return spec
+
+
+def _bundle_files(bundle) -> list[str]:
+    """The bundle files the page fetches: the manifest, every fp32 graph and every array."""
+    manifest = bundle.manifest
+    graphs = [variants["fp32"]["file"] for variants in manifest["graphs"].values() if "fp32" in variants]
+    return [MANIFEST, *sorted(set(graphs)), *sorted(manifest.get("arrays", {}).values())]
+
+
+def _files_under(root: Path) -> set[str]:
+    """Every non-directory entry under root (symlinks included, never followed), relative, with / separators."""
+    found = set()
+    for folder, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if (Path(folder) / d).is_symlink()]:
+            found.add((Path(folder) / name).relative_to(root).as_posix())
+    return found
+
+
+def _check_out(out: Path) -> bool:
+    """Whether ``out`` holds a previous output to replace; refuses anything else that is not absent or empty."""
+    if not out.exists() and not out.is_symlink():
+        return False
+    if not out.is_dir() or out.is_symlink():
+        raise WebError(f"{out}: exists and is not a directory; expected a new or empty directory, or a previous "
+                       "`vaedeploy web` output")
+    found = _files_under(out)
+    if not found and not any(out.iterdir()):
+        return False
+    try:
+        spec = json.loads((out / SPEC).read_text())
+        listed = set(spec["files"]) if spec.get("generator") == GENERATOR else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        listed = None
+    if listed is None:
+        raise WebError(f"{out}: not empty and not a previous `vaedeploy web` output (no valid {SPEC}); expected a "
+                       "new or empty directory")
+    foreign = sorted(found - listed)
+    if foreign:
+        raise WebError(f"{out}: holds {foreign[0]}, which `vaedeploy web` did not write; expected only the files of "
+                       "a previous output (move it away or choose another --out)")
+    return True
+
+
+def _stage(out: Path, runtime, spec: dict) -> Path:
+    """A new directory beside ``out`` holding the whole output."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; the output should look like any directory made
+        written = []
+        for name in page_files():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(PAGE / name, staging / name)
+            written.append(name)
+        (staging / "bundle").mkdir()
+        for name in _bundle_files(runtime.bundle):
+            target = staging / "bundle" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(runtime.bundle.path(name), target)
+            written.append(f"bundle/{name}")
+        spec = dict(spec, files=sorted([*written, SPEC]))
+        (staging / SPEC).write_text(json.dumps(spec) + "\n")
+    except BaseException:
+        shutil.rmtree(staging)
+        raise
+    return staging
+
+
+def write_site(bundle, out, data: str | None = None) -> Path:
+    """Write the explorer for ``bundle`` into ``out`` and return ``out``.
+
+    Args:
+        bundle: a bundle directory (``vaedeploy export``'s --out); it is verified as ``vaedeploy.load`` does.
+        out: the directory to write: new, empty, or a previous output of this function (replaced).
+        data: the training data whose encodings give the pad's axes: a built-in name (digits, mnist5k) or a
+            .npy/.npz path; default the data named in the bundle's manifest, if any. Needed for latents of more
+            than two dimensions and for deterministic ones.
+    """
+    out = Path(out)
+    page_files()  # fail before any work when the page is not built
+    runtime = load(bundle, backend="onnxruntime")
+    spec = explorer_spec(runtime, _dataset(runtime, data))
+    replacing = _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = _stage(out, runtime, spec)
+    try:
+        if replacing:
+            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+            os.rename(out, old)
+            os.rename(staging, out)
+            shutil.rmtree(old)  # checked above: only files a previous run listed as its own
+        else:
+            os.rename(staging, out)  # also over an empty directory, which rename replaces
+    except BaseException:
+        if staging.exists():
+            shutil.rmtree(staging)
+        raise
+    return out
