@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean web browser-deps
+.PHONY: demo test install clean web browser-deps docs
 
 install: $(STAMP)
 
@@ -43,3 +43,7 @@ test: $(STAMP) browser-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info web/node_modules vaedeploy/web/page
+
+# docs/*.md tables from the committed results in benchmarks/results/*.json (tests/test_docs.py checks they agree)
+docs: $(STAMP)
+	$(BIN)/python -m benchmarks.report

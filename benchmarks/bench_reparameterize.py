@@ -47,11 +47,13 @@ def main():
             for provider, fn in _providers(n, dtype).items():
                 p50, p20, p80 = triton.testing.do_bench(fn, quantiles=QUANTILES)
                 rows.append({
-                    "op": "reparameterize", "provider": provider, "shape": [n], "dtype": str(dtype).removeprefix("torch."),
+                    "op": "reparameterize", "provider": provider, "shape": [n],
+                    "dtype": str(dtype).removeprefix("torch."),
                     "ms_p50": p50, "ms_p20": p20, "ms_p80": p80, "gb_per_s": traffic / p50 / 1e6,
                     "device": info["gpu"]["name"], "versions": info["versions"],
                 })
-    path = write_rows("bench_reparameterize", rows, meta={"goals": {"of_copy": GOAL_OF_COPY, "vs_torch": GOAL_VS_TORCH}})
+    goals = {"of_copy": GOAL_OF_COPY, "vs_torch": GOAL_VS_TORCH}
+    path = write_rows("bench_reparameterize", rows, meta={"goals": goals})
     print(_summary(rows))
     _plot(rows, RESULTS_DIR / "bench_reparameterize.png")
     print(f"rows: {path}")
@@ -82,7 +84,8 @@ def _plot(rows, path):
         for provider in ("triton", "torch", "copy"):
             pts = [(r["shape"][0], r["gb_per_s"]) for r in rows if r["dtype"] == name and r["provider"] == provider]
             ax.plot(*zip(*pts), marker="o", label=provider)
-        ax.set(xscale="log", xlabel="elements", ylabel="GB/s (mean + logvar read, z written)", title=f"reparameterize {name}")
+        ax.set(xscale="log", xlabel="elements", ylabel="GB/s (mean + logvar read, z written)",
+               title=f"reparameterize {name}")
         ax.legend()
     fig.suptitle(rows[0]["device"])
     fig.tight_layout()

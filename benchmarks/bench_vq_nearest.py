@@ -66,7 +66,8 @@ def main():
             base = torch.cuda.memory_allocated()
             fn()
             torch.cuda.synchronize()
-            rows.append({**common, "provider": provider, "shape": [n, K, D], "peak_mib": (torch.cuda.max_memory_allocated() - base) / 2**20})
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            rows.append({**common, "provider": provider, "shape": [n, K, D], "peak_mib": peak})
     path = write_rows("bench_vq_nearest", rows)
     timed = [r for r in rows if "ms_p50" in r]
     print(markdown_table(
@@ -75,7 +76,8 @@ def main():
           r["argmin_agreement_vs_float64"]] for r in timed],
     ))
     memory = [r for r in rows if "peak_mib" in r]
-    print(markdown_table(["provider", "N", "peak MiB"], [[r["provider"], r["shape"][0], r["peak_mib"]] for r in memory]))
+    print(markdown_table(["provider", "N", "peak MiB"],
+                         [[r["provider"], r["shape"][0], r["peak_mib"]] for r in memory]))
     _plot(timed, memory, RESULTS_DIR / "bench_vq_nearest.png")
     print(f"rows: {path}")
 

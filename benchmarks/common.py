@@ -102,7 +102,8 @@ def time_interleaved(
 
     On a machine shared with other work, a slow moment then hits every provider alike, so their ratios stay fair.
     Blocks rather than single alternating calls: thread pools (ONNX Runtime's, OpenMP's) spin for a while after a
-    call, and would steal the cores of the next provider. ``inputs[name]`` are rotated so no single buffer stays hot in cache.
+    call, and would steal the cores of the next provider. ``inputs[name]`` are rotated so no single buffer stays hot
+    in cache.
     Returns name → ``summarize`` figures.
     """
     names = list(calls)

@@ -1,7 +1,7 @@
 """Encode and decode of the demo models on the CPU: PyTorch eager, raw onnxruntime ``session.run``, vaedeploy runtime.
 
     python benchmarks/runtime_cpu.py                 # times, writes benchmarks/results/runtime_cpu.json, prints table
-    python benchmarks/runtime_cpu.py --table         # the README table from the committed JSON
+    python benchmarks/runtime_cpu.py --table         # the docs/runtime.md table from the committed JSON
     python benchmarks/runtime_cpu.py --run RUN_DIR   # a trained run instead of the demo architecture
 
 The demo models are the VAE of ``vaedeploy demo`` (16 latents, MLP 256-256, 8×8 digits) and the AE of the same
@@ -42,8 +42,9 @@ GOALS = {"speedup_vs_eager_min": 2.5, "overhead_vs_session_run_max": 0.15}
 
 
 def demo_bundles(tmp: Path, run: str | None) -> dict[str, Path]:
-    from vaedeploy.data import load_dataset
     from vaedeploy.export import export_run
+
+    from vaedeploy.data import load_dataset
     from vaedeploy.train import TrainConfig, train_run
 
     runs = {}
@@ -129,13 +130,13 @@ def goals(rows: list[dict]) -> list[dict]:
 
 
 def table(doc: dict) -> str:
-    """The README table: p50 / p99 in milliseconds per provider, and the runtime's ratios."""
+    """The docs/runtime.md table: p50 / p99 in milliseconds per provider, and the runtime's ratios."""
     rows = doc["rows"]
     index = {(r["model"], r["op"], r["batch"], r["provider"]): r for r in rows}
     lines = []
     for model, op, batch in dict.fromkeys((r["model"], r["op"], r["batch"]) for r in rows):
-        def cell(provider):
-            r = index.get((model, op, batch, provider))
+        def cell(provider, key=(model, op, batch)):
+            r = index.get((*key, provider))
             return f"{r['p50_ms']:.3f} / {r['p99_ms']:.3f}" if r else "–"
 
         runtime = index[(model, op, batch, "vaedeploy")]["p50_ms"]

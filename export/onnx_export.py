@@ -1,6 +1,6 @@
 """One module → one checked ONNX graph with a dynamic batch axis and the bundle's facts in its metadata_props.
 
-DESIGN.md "Export lessons": the dynamo exporter (``torch.onnx.export(..., dynamo=True)``) at opset 18 is the default;
+The dynamo exporter (``torch.onnx.export(..., dynamo=True)``) at opset 18 is the default;
 the legacy TorchScript exporter is used only when asked (``exporter="legacy"``) and the choice is recorded in the
 manifest, never taken silently. The example batch must have at least 2 rows: an example of size 0 or 1 makes the
 exporter specialize the batch dimension to a constant.

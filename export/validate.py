@@ -1,4 +1,4 @@
-"""ONNX Runtime against PyTorch on every exported graph, failing hard (DESIGN.md "Export lessons").
+"""ONNX Runtime against PyTorch on every exported graph, failing hard (docs/bundle.md, "Validation").
 
 Each graph is run at batch sizes 1, 2, 7, 64 and the bundle's maximum, on each input set it was given (real data,
 the real encodings of that data, N(0, I) latents), in every precision exported. Every output is compared with the
@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import nn
+from vaedeploy.kernels import vq_nearest_numpy
 
 from vaedeploy.errors import JobFailed
-from vaedeploy.kernels import vq_nearest_numpy
 from vaedeploy.models.spec import ExportSpec, GraphSpec
 
 BATCH_SIZES = (1, 2, 7, 64)

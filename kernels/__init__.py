@@ -1,6 +1,7 @@
 """Fused kernels of vaedeploy: reparameterized sampling and vector-quantization lookup.
 
-The numpy ops (`reparameterize_numpy`, `standard_normal_numpy`, `uniform_numpy`, `vq_nearest_numpy`) import no torch: the ONNX Runtime
+The numpy ops (`reparameterize_numpy`, `standard_normal_numpy`, `uniform_numpy`, `vq_nearest_numpy`) import no torch:
+the ONNX Runtime
 path runs where torch does not exist. The torch entry points (`reparameterize`, `standard_normal`, `vq_nearest`)
 load on first use, and Triton only loads inside them where it is installed.
 """

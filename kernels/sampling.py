@@ -274,7 +274,7 @@ def reparameterize(mean, logvar, seed, offset=0, return_eps=False):
 
 
 def standard_normal(shape, seed, offset=0, *, device="cpu", dtype=torch.float32):
-    """Standard normals of `shape`, element i (row-major) = `tl.randn(seed, offset + i)`, the noise of reparameterize."""
+    """Standard normals of `shape`, element i (row-major) = `tl.randn(seed, offset + i)`: reparameterize's noise."""
     device = torch.device(device)
     if device.type == "cuda" and triton is not None and dtype in KERNEL_DTYPES and not _per_row(seed, offset):
         return standard_normal_triton(shape, seed, offset, device=device, dtype=dtype)

@@ -76,10 +76,12 @@ def _check_inputs(z, codebook, precision) -> None:
         raise TypeError(f"z must be float16, bfloat16, float32 or float64, got {z.dtype}")
     if z.dtype != codebook.dtype or z.device != codebook.device:
         raise TypeError(
-            f"z and codebook must share dtype and device, got {z.dtype} {z.device} and {codebook.dtype} {codebook.device}"
+            f"z and codebook must share dtype and device, got {z.dtype} {z.device} and {codebook.dtype} "
+            f"{codebook.device}"
         )
     if z.dim() != 2 or codebook.dim() != 2:
-        raise ValueError(f"z must be N×D and codebook K×D (2-D), got shapes {tuple(z.shape)} and {tuple(codebook.shape)}")
+        raise ValueError(f"z must be N×D and codebook K×D (2-D), got shapes {tuple(z.shape)} and "
+                         f"{tuple(codebook.shape)}")
     if z.shape[1] != codebook.shape[1]:
         raise ValueError(f"z and codebook must share D, got z D={z.shape[1]} and codebook D={codebook.shape[1]}")
     if codebook.shape[0] == 0:

@@ -27,27 +27,31 @@ def pytest_collection_modifyitems(config, items):
 
 
 # ---- exported bundles shared by tests/export and tests/runtime: a dynamo export costs seconds per graph ----------
-BUNDLE_RUNS = {
-    # name: (kind, model config, exporter, precisions)
-    "vae": ("vae", {"hidden": [32], "latent_dim": 4}, "dynamo", ("fp32", "fp16")),
-    "vae_conv_bernoulli": ("vae", {"hidden": [16], "latent_dim": 3, "backbone": "conv", "channels": [4, 8],
-                                   "likelihood": "bernoulli"}, "dynamo", ("fp32",)),
-    "ae": ("ae", {"hidden": [16], "latent_dim": 5}, "legacy", ("fp32",)),
-    # the kinds with more graphs (tests/runtime/test_kinds.py); fp16 where a kind's graphs need care in half precision
-    "vqvae": ("vqvae", {"channels": [8, 16], "embedding_dim": 4, "num_codes": 16, "prior_width": 32,
-                        "prior_layers": 1, "prior_heads": 2}, "dynamo", ("fp32", "fp16")),
-    "bivae": ("bivae", {"hidden": [32], "latent_dim": 4}, "dynamo", ("fp32",)),
-    "biva": ("biva", {"hidden": [32], "latent_dims": [4, 3, 2], "layer_hidden": 16}, "dynamo", ("fp32", "fp16")),
-    "twostage": ("twostage", {"hidden": [32], "latent_dim": 4, "stage2_hidden": [16]}, "dynamo", ("fp32",)),
-}
+def _bundle_runs() -> dict:
+    """name → (kind, model config, exporter, precisions): every registered kind with its example config (so a new
+    kind is exported and served by construction), fp16 where a kind's graphs need care in half precision, the legacy
+    exporter for one, and a conv Bernoulli VAE."""
+    from vaedeploy.models import MODELS
+
+    runs = {kind: (kind, dict(cls.example_config), "dynamo", ("fp32",)) for kind, cls in MODELS.items()}
+    for kind in ("vae", "vqvae", "biva"):
+        runs[kind] = (*runs[kind][:3], ("fp32", "fp16"))
+    runs["ae"] = (*runs["ae"][:2], "legacy", ("fp32",))
+    runs["vae_conv_bernoulli"] = ("vae", {"hidden": [16], "latent_dim": 3, "backbone": "conv", "channels": [4, 8],
+                                          "likelihood": "bernoulli"}, "dynamo", ("fp32",))
+    return runs
+
+
+BUNDLE_RUNS = _bundle_runs()
 BUNDLE_MAX_BATCH = 64
 
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """name → (run dir, bundle dir), each trained for one epoch and exported once, on first use."""
-    from vaedeploy.data import load_dataset
     from vaedeploy.export import export_run
+
+    from vaedeploy.data import load_dataset
     from vaedeploy.train import TrainConfig, train_run
 
     root = tmp_path_factory.mktemp("bundles")

@@ -13,8 +13,8 @@ from vaedeploy.fid import CACHE_NAME, frechet_distance, load_or_train_classifier
 from vaedeploy.io import load_tensors, save_tensors
 from vaedeploy.models import build_model
 from vaedeploy.models.backbones import upsampling_padding
-from vaedeploy.models.biva import gaussian_kl_between
 from vaedeploy.models.base import log_normal
+from vaedeploy.models.biva import gaussian_kl_between
 from vaedeploy.train import TrainConfig, load_run, train_run
 
 TINY = {"hidden": [32], "latent_dim": 4}

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from .errors import ConfigError, JobFailed, VaedeployError
 
-
 # the training options a --resume takes from the run instead of the command line; only --epochs may change
 TRAIN_OPTIONS = ("batch_size", "lr", "seed", "kl_warmup", "free_bits", "patience", "max_seconds", "grad_clip")
 MODEL_OPTIONS = ("latent_dim", "backbone", "hidden", "likelihood", "activation")
@@ -122,7 +121,8 @@ def _demo_runtime(run: Path, out: Path, data) -> list[Path]:
     manifest = json.loads((bundle / "manifest.json").read_text())
     worst = manifest["validation"]["worst"]
     print(f"      {bundle}: {', '.join(sorted(manifest['files']))}; ONNX Runtime matches PyTorch at batch sizes "
-          f"{manifest['validation']['batch_sizes']} (worst relative L2 error {max(w['rel_l2'] for w in worst.values()):.1g})")
+          f"{manifest['validation']['batch_sizes']} (worst relative L2 error "
+          f"{max(w['rel_l2'] for w in worst.values()):.1g})")
     runtime = load(bundle, backend="auto")
     x = data.evaluation_inputs("test")
     z = runtime.encode(x, seed=0)
@@ -139,12 +139,12 @@ def _demo_runtime(run: Path, out: Path, data) -> list[Path]:
 
 
 def _demo_benchmark(bundle: Path, out: Path) -> None:
-    """Print the CPU benchmark table for the demo bundle (a short run; the committed figures are in README)."""
+    """Print the CPU benchmark table for the demo bundle (a short run; the committed figures are in docs/runtime.md)."""
     import subprocess
 
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "runtime_cpu.py"
     if not script.exists():
-        print("      benchmarks/runtime_cpu.py is not part of this install; see README for the figures")
+        print("      benchmarks/runtime_cpu.py is not part of this install; docs/runtime.md has the figures")
         return
     subprocess.run([sys.executable, str(script), "--bundle", str(bundle), "--quick", "--json",
                     str(out / "benchmark_runtime_cpu.json")], check=True)
@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "--overwrite)")
     train.add_argument("--preprocessing", default="dequantize", choices=["dequantize", "binarize", "scale"])
     train.add_argument("--split-seed", type=COUNT, default=0)
-    train.add_argument("--epochs", type=POSITIVE_INT, help="the most epochs to train (default 2000; early stopping ends sooner)")
+    train.add_argument("--epochs", type=POSITIVE_INT,
+                       help="the most epochs to train (default 2000; early stopping ends sooner)")
     train.add_argument("--batch-size", type=POSITIVE_INT, help="examples per step (default 128)")
     train.add_argument("--lr", type=POSITIVE, help="Adam learning rate (default 1e-3)")
     train.add_argument("--seed", type=COUNT, help="seeds weights, shuffling and noise (default 0)")
@@ -286,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train, evaluate, plot, export and serve a VAE on the embedded digits")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--epochs", type=POSITIVE_INT, default=300, help="training epochs (default 300, ~20 s on 2 cores)")
+    demo.add_argument("--epochs", type=POSITIVE_INT, default=300, help="the most training epochs (default 300)")
     demo.add_argument("--seconds", type=NON_NEGATIVE, default=120.0, help="training time limit (default 120)")
     demo.set_defaults(func=cmd_demo)
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
+
 BUILTIN = ("digits", "mnist5k")
 PREPROCESSINGS = ("dequantize", "binarize", "scale")
 
-
-from .errors import DataError
 
 
 @dataclass

@@ -89,7 +89,8 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 
 
 def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step with Linux's renameat2(RENAME_EXCHANGE); False where the OS or file system lacks it."""
+    """Swap two paths in one step with Linux's renameat2(RENAME_EXCHANGE); False where the OS or file system
+    lacks it."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)

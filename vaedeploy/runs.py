@@ -86,8 +86,8 @@ def _load_weights(model: Model, path: Path, strict: bool) -> None:
     missing = sorted(set(expected) - set(weights)) if strict else []
     wrong = sorted(k for k in set(weights) & set(expected) if weights[k].shape != expected[k].shape)
     if unknown or missing or wrong:
-        found = "; ".join(f"{what} {names[:3]}" for what, names in
-                          (("unknown tensors", unknown), ("missing tensors", missing), ("wrong shapes", wrong)) if names)
+        problems = (("unknown tensors", unknown), ("missing tensors", missing), ("wrong shapes", wrong))
+        found = "; ".join(f"{what} {names[:3]}" for what, names in problems if names)
         raise RunError(f"{path}: does not fit a {model.kind} model built from config.json ({found})")
     model.load_state_dict(weights, strict=strict)
 

@@ -225,7 +225,8 @@ def fit(
                 if rank == 0 and best_weights:
                     save_tensors(files["weights"], best_weights, {"format": str(FORMAT_VERSION)})
                 raise TrainingDiverged(
-                    f"loss became {float(loss.detach())} in epoch {epoch + 1}; training stopped. The best weights so far "
+                    f"loss became {float(loss.detach())} in epoch {epoch + 1}; training stopped. The best weights so "
+                    f"far "
                     f"(epoch {best['epoch']}) are in {files['weights']} and the last checkpoint in "
                     f"{files['checkpoint']}; try a lower --lr or --grad-clip, then --resume."
                 )

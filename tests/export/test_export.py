@@ -6,14 +6,14 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
-
-from vaedeploy import load
-from vaedeploy.bundle import FORMAT_VERSION, load_bundle, sha256_file
-from vaedeploy.cli import main
 from vaedeploy.export import ExportError, ValidationError, export_bundle, export_graph, export_run
 from vaedeploy.export import validate as validate_module
 from vaedeploy.export.onnx_export import RANDOM_OPS
 from vaedeploy.export.validate import validate_graphs
+
+from vaedeploy import load
+from vaedeploy.bundle import FORMAT_VERSION, load_bundle, sha256_file
+from vaedeploy.cli import main
 from vaedeploy.models.spec import GraphSpec
 from vaedeploy.train import load_run
 

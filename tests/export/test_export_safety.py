@@ -8,13 +8,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from torch import nn
-
 import vaedeploy.export.bundle_writer as writer
+from torch import nn
+from vaedeploy.export import ValidationError, export_bundle, export_run
+
 from vaedeploy import load
 from vaedeploy.bundle import BundleError, load_bundle
 from vaedeploy.errors import ConfigError
-from vaedeploy.export import ValidationError, export_bundle, export_run
 from vaedeploy.io import replace_directory
 
 
@@ -152,7 +152,8 @@ def test_a_reader_never_sees_the_bundle_missing_while_it_is_replaced(tmp_path):
 
 def test_leftovers_are_cleaned_only_when_they_are_ours_and_their_export_is_gone(exported, tmp_path):
     run, out = ae_run(exported), tmp_path / "bundle"
-    dead, alive, foreign = (tmp_path / f".bundle.export-{pid}-ab12cd34.tmp" for pid in (2**22 + 7, os.getppid(), 2**22 + 9))
+    pids = (2**22 + 7, os.getppid(), 2**22 + 9)  # past Linux's largest pid; the parent, alive; past again
+    dead, alive, foreign = (tmp_path / f".bundle.export-{pid}-ab12cd34.tmp" for pid in pids)
     for leftover in (dead, alive, foreign):
         leftover.mkdir()
         (leftover / "encoder.onnx").write_bytes(b"partial")

@@ -6,7 +6,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
 from vaedeploy.kernels import reparameterize_numpy, standard_normal_numpy
 from vaedeploy.kernels.sampling import reparameterize_reference
 

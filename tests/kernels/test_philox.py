@@ -4,7 +4,6 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-
 from vaedeploy.kernels import philox
 
 CASES = [

@@ -1,8 +1,6 @@
 """reparameterize / standard_normal: the Triton kernel under the interpreter, the torch reference, the dispatch."""
-import numpy as np
 import pytest
 import torch
-
 from vaedeploy.kernels import philox, reparameterize, standard_normal
 from vaedeploy.kernels.sampling import (
     reparameterize_reference,

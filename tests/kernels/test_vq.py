@@ -4,7 +4,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from vaedeploy.kernels import vq_nearest, vq_nearest_numpy
 from vaedeploy.kernels.vq import vq_nearest_reference, vq_nearest_triton
 

@@ -88,7 +88,8 @@ def test_json_of_any_shape_is_a_bundle_error(vae_copy):
             load(vae_copy)
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-3, 2**64) | st.floats(allow_nan=True) | st.text(max_size=5),
+SCALARS = st.none() | st.booleans() | st.integers(-3, 2**64) | st.floats(allow_nan=True) | st.text(max_size=5)
+JSON = st.recursive(SCALARS,
                     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children,
                                                                                       max_size=3), max_leaves=6)
 

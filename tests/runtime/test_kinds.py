@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from vaedeploy.kernels import standard_normal_numpy
 
 from vaedeploy import load
 from vaedeploy.bundle import load_bundle
 from vaedeploy.cli import main
-from vaedeploy.kernels import standard_normal_numpy
 from vaedeploy.runtime import InputError
 from vaedeploy.runtime.latents import STAGE1_NOISE_OFFSET
 from vaedeploy.train import load_run
@@ -45,7 +45,7 @@ def test_each_kind_exports_its_graphs_validated_at_every_batch_size(exported, ki
     checked = {(c["graph"], c["precision"]) for c in report["checks"]}
     assert checked == {(g, p) for g in GRAPHS[kind] for p in manifest["graphs"][g]}
     assert {c["batch"] for c in report["checks"]} == {1, 2, 7, 64}
-    for role, variants in manifest["graphs"].items():
+    for variants in manifest["graphs"].values():
         for entry in variants.values():
             graph = onnx.load(str(bundle / entry["file"]))
             assert {n.op_type for n in graph.graph.node}.isdisjoint({"RandomNormal", "RandomNormalLike"})

@@ -5,12 +5,11 @@ sizes (BLAS picks kernels by shape), so results of differently batched calls are
 """
 import numpy as np
 import pytest
+from vaedeploy.kernels import standard_normal_numpy, uniform_numpy
 
 from vaedeploy import load
-from vaedeploy.kernels import standard_normal_numpy, uniform_numpy
 from vaedeploy.runtime import InputError
 from vaedeploy.runtime.noise import Noise
-
 
 MAX_BATCH = 64  # the test bundles' (tests/conftest.py)
 

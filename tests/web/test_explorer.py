@@ -11,9 +11,9 @@ import json
 
 import numpy as np
 import pytest
+from vaedeploy.kernels import philox, standard_normal_numpy
 
 from vaedeploy import load
-from vaedeploy.kernels import philox, standard_normal_numpy
 
 IMAGE_ATOL = 2e-6
 NORMAL_ULPS = 4

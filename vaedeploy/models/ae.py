@@ -6,6 +6,7 @@ is the binary cross-entropy. There is no prior, so the AE reconstructs but does 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -40,6 +41,8 @@ class AE(Model):
 
     kind = "ae"
     Config = AEConfig
+    # a config that trains and exports in seconds: the contract test runs every kind with it
+    example_config: ClassVar[dict] = {"hidden": (16,), "latent_dim": 5}
     has_density = False
     has_prior = False
 

@@ -1,6 +1,7 @@
 """What every model shares: likelihoods, Gaussian helpers, the config round trip and the model contract.
 
-The contract (DESIGN.md "The model contract"): a model is an ``encoder`` module and a ``decoder`` module that export
+The contract (docs/architecture.md, "One place per kind"): a model is an ``encoder`` module and a ``decoder`` module
+that export
 can trace on their own, plus training and evaluation methods that use them. Decoders return a tuple of likelihood
 parameters (Gaussian: ``(mean, logvar)``; Bernoulli: ``(logits,)``) so every graph has named outputs.
 """
@@ -132,6 +133,8 @@ class Model(nn.Module):
     extra_stages: ClassVar[tuple[str, ...]] = ()
     # Free bits (nats per latent dimension) that training uses unless told otherwise (TrainConfig.free_bits=None).
     default_free_bits: ClassVar[float] = 0.0
+    # A config small enough to train and export in seconds (tests/models/test_contract.py runs every kind with it).
+    example_config: ClassVar[dict] = {}
 
     def __init__(self, config):
         super().__init__()

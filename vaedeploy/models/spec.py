@@ -55,7 +55,7 @@ class ExportSpec:
 
 
 def validation_rows(x: np.ndarray, n: int) -> np.ndarray:
-    """The first n rows of x as float32, cycling through x when it has fewer (real data repeated up to the max batch)."""
+    """The first n rows of x as float32, cycling through x when it has fewer (real data repeated up to max batch)."""
     return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])).astype(np.float32))
 
 

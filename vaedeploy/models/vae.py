@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .backbones import DecoderTrunk, EncoderTrunk, check_sizes
 from .base import (
-    LOG_2PI,
     Model,
     gaussian_kl,
     log_normal,
@@ -82,6 +82,8 @@ class VAE(Model):
 
     kind = "vae"
     Config = VAEConfig
+    # a config that trains and exports in seconds: the contract test runs every kind with it
+    example_config: ClassVar[dict] = {"hidden": (32,), "latent_dim": 4}
 
     def __init__(self, config: VAEConfig):
         super().__init__(config)
