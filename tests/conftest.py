@@ -68,3 +68,20 @@ def exported(tmp_path_factory):
         return made[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from vaedeploy.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def fd_classifier(digits, tmp_path_factory):
+    """A briefly trained sample-FD classifier file for digits, copied into run directories to save test time."""
+    from vaedeploy.fid import CACHE_NAME, load_or_train_classifier
+
+    cache = tmp_path_factory.mktemp("fd")
+    load_or_train_classifier(digits, cache, epochs=8)
+    return cache / CACHE_NAME

@@ -6,14 +6,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
-from vaedeploy.export import ExportError, ValidationError, export_bundle, export_graph, export_run
+from vaedeploy.export import ExportError, export_bundle, export_graph, export_run
 from vaedeploy.export import validate as validate_module
 from vaedeploy.export.onnx_export import RANDOM_OPS
 from vaedeploy.export.validate import validate_graphs
 
 from vaedeploy import load
 from vaedeploy.bundle import FORMAT_VERSION, load_bundle, sha256_file
-from vaedeploy.cli import main
 from vaedeploy.models.spec import GraphSpec
 from vaedeploy.train import load_run
 
@@ -74,30 +73,6 @@ def test_validation_fails_hard_on_a_graph_that_disagrees_with_pytorch(exported, 
     assert not report["passed"] and len(report["failures"]) == 4  # batch 1, 2, 7, 64
     assert "decoder fp32 on normal at batch 1: mean max_abs=0.01" in report["failures"][0]
     assert all(c["outputs"]["logvar"]["passed"] for c in report["checks"])
-
-
-def test_the_export_command_writes_a_bundle_with_half_precision_graphs(exported, tmp_path, capsys):
-    run, _ = exported("ae")
-    out = tmp_path / "bundle"
-    assert main(["export", str(run), "--out", str(out), "--exporter", "legacy", "--precision", "fp16",
-                 "--max-batch", "8"]) == 0
-    assert f"exported ae to {out}" in capsys.readouterr().out
-    manifest = load_bundle(out).manifest
-    assert set(manifest["graphs"]["decoder"]) == {"fp32", "fp16"} and manifest["max_batch"] == 8
-    assert manifest["validation"]["passed"] and manifest["graphs"]["encoder"]["fp32"]["exporter"] == "legacy"
-
-
-def test_a_failed_validation_writes_no_bundle_and_exits_non_zero(exported, tmp_path, monkeypatch, capsys):
-    run, _ = exported("ae")
-    monkeypatch.setitem(validate_module.TOLERANCES, "fp32", {"max_abs": -1.0, "rel_l2": -1.0})
-    out = tmp_path / "bundle"
-    assert main(["export", str(run), "--out", str(out), "--exporter", "legacy", "--max-batch", "8"]) == 1
-    assert "validation failed" in capsys.readouterr().err
-    assert not out.exists()
-    report = json.loads((tmp_path / "bundle.failed" / "validation.json").read_text())
-    assert not report["passed"] and report["failures"]
-    with pytest.raises(ValidationError):
-        export_run(run, out, exporter="legacy", max_batch=8)
 
 
 def test_the_users_own_modules_export_validate_and_run(tmp_path):

@@ -48,18 +48,6 @@ def test_a_folder_of_the_users_files_a_file_and_a_run_are_never_replaced(exporte
     assert {p: tree(p) for p in (users, run_copy)} == before and single.read_text() == "mine"
 
 
-def test_the_export_command_refuses_to_overwrite_its_own_run_with_one_line(exported, tmp_path, capsys):
-    from vaedeploy.cli import main
-
-    run = tmp_path / "run"
-    shutil.copytree(ae_run(exported), run)
-    before = tree(run)
-    assert main(["export", str(run), "--out", str(run), "--exporter", "legacy"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "is a training run" in err and "Traceback" not in err
-    assert tree(run) == before
-
-
 def test_a_bundle_holding_a_users_file_or_a_damaged_manifest(exported, tmp_path):
     run, out = ae_run(exported), tmp_path / "bundle"
     export_ae(run, out)
@@ -172,16 +160,6 @@ def test_a_failed_validation_never_replaces_something_else_at_out_failed(exporte
     with pytest.raises(ValidationError, match=r"report in .*bundle.failed-[0-9a-f]{8}/validation.json"):
         export_ae(run, out)
     assert (tmp_path / "bundle.failed" / "keep.txt").read_text() == "mine" and not out.exists()
-
-
-@pytest.mark.parametrize("opset", [5, 17, 99])
-def test_an_opset_outside_the_exporters_range_is_refused_before_any_work(exported, tmp_path, opset, capsys):
-    from vaedeploy.cli import main
-
-    assert main(["export", str(ae_run(exported)), "--out", str(tmp_path / "b"), "--opset", str(opset)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: opset: the dynamo exporter writes opsets 18 to") and err.count("\n") == 1
-    assert not (tmp_path / "b").exists()
 
 
 def test_the_manifest_states_the_opset_the_graph_declares(tmp_path):

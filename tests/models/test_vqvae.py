@@ -1,9 +1,8 @@
-import json
+"""The VQ-VAE: the quantizer, its codebook updates, dead codes, k-means start and the causal prior."""
 
 import pytest
 import torch
 
-from vaedeploy.cli import main
 from vaedeploy.data import load_dataset
 from vaedeploy.models import build_model
 from vaedeploy.models.vqvae import VectorQuantizer, VQVAEConfig
@@ -168,40 +167,6 @@ def test_bad_input_is_refused_with_what_was_expected():
         model.decode_codes(torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"codes must lie in \[0, 16\)"):
         model.decode_codes(torch.full((2, 4), 16))
-
-
-@pytest.mark.slow
-def test_two_stage_training_eval_plot_and_prior_stage_alone(tmp_path, capsys):
-    run = tmp_path / "vq"
-    # 12 steps per epoch on digits: codes unused for 5 steps are re-seeded several times within the run
-    options = [f"--set={k}={json.dumps(v)}" for k, v in {**TINY, "num_codes": 32, "dead_code_steps": 5}.items()]
-    assert main(["train", "vqvae", "--data", "digits", "--epochs", "6", "--out", str(run), "--no-progress",
-                 *options]) == 0
-    assert "(prior)" in capsys.readouterr().out
-    for name in ("model.safetensors", "prior.safetensors", "prior_metrics.json", "prior_training_curve.png"):
-        assert (run / name).stat().st_size > 0
-    prior_history = json.loads((run / "prior_metrics.json").read_text())["history"]
-    assert prior_history[-1]["val_loss"] < prior_history[0]["val_loss"]
-
-    assert main(["eval", str(run)]) == 0
-    results = json.loads((run / "eval.json").read_text())
-    assert results["codes_used"] >= 0.5 and results["dead_codes"] == 32 - round(32 * results["codes_used"])
-    assert 1 < results["codebook_perplexity"] <= 32
-    # the learned prior beats the uniform distribution over codes (5 bits) on the test split
-    assert results["prior_nll_bits_per_code"] < 5.0
-    assert "elbo" not in results  # the VQ-VAE gives no density of x
-    assert main(["plot", str(run)]) == 0
-    for name in ("samples.png", "reconstructions.png", "codebook_usage.png"):
-        assert (run / name).stat().st_size > 1000
-
-    before = load_run(run)[0].prior.state_dict()
-    assert main(["train", "vqvae", "--stage", "prior", "--epochs", "2", "--seed", "1", "--out", str(run),
-                 "--no-progress"]) == 0
-    after, _ = load_run(run)
-    assert len(json.loads((run / "prior_metrics.json").read_text())["history"]) == 2
-    assert any(not torch.equal(before[k], v) for k, v in after.prior.state_dict().items())
-    assert main(["train", "vae", "--stage", "prior", "--out", str(run), "--no-progress"]) == 2
-    assert "holds a vqvae model, not vae" in capsys.readouterr().err
 
 
 def test_a_run_without_its_prior_is_a_clear_error(tmp_path):

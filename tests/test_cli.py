@@ -1,15 +1,37 @@
-"""Every expected failure of the CLI is one line on stderr and exit code 2; runs are never lost or half-made."""
+"""The `vaedeploy` command: every subcommand end to end, and every expected failure as one line on stderr with exit
+code 2; runs are never lost or half-made."""
 import errno
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from vaedeploy.export import ValidationError, export_run
+from vaedeploy.export import validate as validate_module
 
+from vaedeploy import load
+from vaedeploy.bundle import load_bundle
 from vaedeploy.cli import main
+from vaedeploy.train import load_run
+
+VQ_TINY = {"channels": [8, 16], "embedding_dim": 4, "num_codes": 16, "prior_width": 32, "prior_layers": 1,
+        "prior_heads": 2}
+KINDS = ["vqvae", "bivae", "biva", "twostage"]
+GRAPHS = {
+    "vqvae": {"encoder", "decoder", "prior"},
+    "bivae": {"encoder", "decoder"},
+    "biva": {"encoder", "decoder", "latent_decoder"},
+    "twostage": {"encoder", "decoder", "stage2_decoder"},
+}
+
+
+def inputs(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
 
 TINY = ["--hidden", "8", "--latent-dim", "2", "--no-progress"]
 
@@ -169,9 +191,135 @@ def test_any_data_array_trains_or_is_refused_with_one_line(tmp_path_factory, cap
 
 
 def test_a_missing_optional_package_names_the_extra_to_install(vae_run, monkeypatch, capsys):
-    import sys
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the train extra were not installed
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     assert main(["plot", str(vae_run)]) == 2
     one_line_error(capsys, "vaedeploy plot needs the 'matplotlib' package: pip install 'vaedeploy[train]'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bivae", "biva", "twostage"])
+def test_cli_trains_evaluates_and_plots_every_family_model(tmp_path, kind, fd_classifier):
+    run = str(tmp_path / kind)
+    assert main(["train", kind, "--data", "digits", "--epochs", "25", "--patience", "0", "--hidden", "64", "--out", run,
+                 "--no-progress"]) == 0
+    shutil.copy(fd_classifier, run)
+    assert main(["eval", run, "--iw-samples", "50", "--elbo-samples", "2"]) == 0
+    results = json.loads((tmp_path / kind / "eval.json").read_text())
+    # an untrained model scores far below 0 nats per digit; 25 epochs lift every kind well above it
+    assert results["log_likelihood_iw"] > 10.0, results["log_likelihood_iw"]
+    assert results["elbo"] < results["log_likelihood_iw"]
+    assert main(["plot", run]) == 0
+    assert (tmp_path / kind / "samples.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_cli_train_eval_plot_meet_the_foundation_figures(tmp_path, capsys):
+    run = str(tmp_path / "vae")
+    # a fixed number of epochs, not a time limit: the figures must not depend on how busy the machine is
+    assert main(["train", "vae", "--data", "digits", "--epochs", "80", "--patience", "0", "--out", run,
+                 "--no-progress"]) == 0
+    assert main(["eval", run, "--iw-samples", "200"]) == 0
+    results = json.loads((tmp_path / "vae" / "eval.json").read_text())
+    assert results["log_likelihood_iw"] > results["elbo"]
+    assert results["log_likelihood_iw"] > results["baseline_ppca_log_likelihood"] + 10
+    assert results["active_units"] > 0
+    assert len(results["kl_per_dim"]) == 16
+    assert main(["plot", run]) == 0
+    for name in ("samples.png", "reconstructions.png", "latent_space.png"):
+        assert (tmp_path / "vae" / name).stat().st_size > 1000
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert main(["train", "vae", "--data", str(tmp_path / "nope.npy"), "--out", str(tmp_path / "r")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "missing-run")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_stage_training_eval_plot_and_prior_stage_alone(tmp_path, capsys):
+    run = tmp_path / "vq"
+    # 12 steps per epoch on digits: codes unused for 5 steps are re-seeded several times within the run
+    options = [f"--set={k}={json.dumps(v)}" for k, v in {**VQ_TINY, "num_codes": 32, "dead_code_steps": 5}.items()]
+    assert main(["train", "vqvae", "--data", "digits", "--epochs", "6", "--out", str(run), "--no-progress",
+                 *options]) == 0
+    assert "(prior)" in capsys.readouterr().out
+    for name in ("model.safetensors", "prior.safetensors", "prior_metrics.json", "prior_training_curve.png"):
+        assert (run / name).stat().st_size > 0
+    prior_history = json.loads((run / "prior_metrics.json").read_text())["history"]
+    assert prior_history[-1]["val_loss"] < prior_history[0]["val_loss"]
+
+    assert main(["eval", str(run)]) == 0
+    results = json.loads((run / "eval.json").read_text())
+    assert results["codes_used"] >= 0.5 and results["dead_codes"] == 32 - round(32 * results["codes_used"])
+    assert 1 < results["codebook_perplexity"] <= 32
+    # the learned prior beats the uniform distribution over codes (5 bits) on the test split
+    assert results["prior_nll_bits_per_code"] < 5.0
+    assert "elbo" not in results  # the VQ-VAE gives no density of x
+    assert main(["plot", str(run)]) == 0
+    for name in ("samples.png", "reconstructions.png", "codebook_usage.png"):
+        assert (run / name).stat().st_size > 1000
+
+    before = load_run(run)[0].prior.state_dict()
+    assert main(["train", "vqvae", "--stage", "prior", "--epochs", "2", "--seed", "1", "--out", str(run),
+                 "--no-progress"]) == 0
+    after, _ = load_run(run)
+    assert len(json.loads((run / "prior_metrics.json").read_text())["history"]) == 2
+    assert any(not torch.equal(before[k], v) for k, v in after.prior.state_dict().items())
+    assert main(["train", "vae", "--stage", "prior", "--out", str(run), "--no-progress"]) == 2
+    assert "holds a vqvae model, not vae" in capsys.readouterr().err
+
+
+def test_the_export_command_writes_a_bundle_with_half_precision_graphs(exported, tmp_path, capsys):
+    run, _ = exported("ae")
+    out = tmp_path / "bundle"
+    assert main(["export", str(run), "--out", str(out), "--exporter", "legacy", "--precision", "fp16",
+                 "--max-batch", "8"]) == 0
+    assert f"exported ae to {out}" in capsys.readouterr().out
+    manifest = load_bundle(out).manifest
+    assert set(manifest["graphs"]["decoder"]) == {"fp32", "fp16"} and manifest["max_batch"] == 8
+    assert manifest["validation"]["passed"] and manifest["graphs"]["encoder"]["fp32"]["exporter"] == "legacy"
+
+
+def test_a_failed_validation_writes_no_bundle_and_exits_non_zero(exported, tmp_path, monkeypatch, capsys):
+    run, _ = exported("ae")
+    monkeypatch.setitem(validate_module.TOLERANCES, "fp32", {"max_abs": -1.0, "rel_l2": -1.0})
+    out = tmp_path / "bundle"
+    assert main(["export", str(run), "--out", str(out), "--exporter", "legacy", "--max-batch", "8"]) == 1
+    assert "validation failed" in capsys.readouterr().err
+    assert not out.exists()
+    report = json.loads((tmp_path / "bundle.failed" / "validation.json").read_text())
+    assert not report["passed"] and report["failures"]
+    with pytest.raises(ValidationError):
+        export_run(run, out, exporter="legacy", max_batch=8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_export_command_exports_every_kind(exported, kind, tmp_path, capsys):
+    run, _ = exported(kind)
+    out = tmp_path / "bundle"
+    assert main(["export", str(run), "--out", str(out), "--max-batch", "4"]) == 0
+    assert f"exported {kind} to {out}" in capsys.readouterr().out
+    manifest = load_bundle(out).manifest
+    assert set(manifest["graphs"]) == GRAPHS[kind] and manifest["validation"]["passed"]
+    assert load(out).reconstruct(inputs(6)).shape == (6, 1, 8, 8)  # 6 rows: split at the max batch of 4
+
+
+def test_the_export_command_refuses_to_overwrite_its_own_run_with_one_line(exported, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(exported("ae")[0], run)
+    before = files(run)
+    assert main(["export", str(run), "--out", str(run), "--exporter", "legacy"]) == 2
+    one_line_error(capsys, "is a training run")
+    assert files(run) == before
+
+
+@pytest.mark.parametrize("opset", [5, 17, 99])
+def test_an_opset_outside_the_exporters_range_is_refused_before_any_work(exported, tmp_path, opset, capsys):
+    assert main(["export", str(exported("ae")[0]), "--out", str(tmp_path / "b"), "--opset", str(opset)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: opset: the dynamo exporter writes opsets 18 to") and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()
