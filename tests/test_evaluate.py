@@ -73,7 +73,7 @@ def test_ppca_baseline_is_the_test_log_likelihood_of_tipping_and_bishops_maximum
     train = (rng.standard_normal((600, 3)) @ mixing + [1.0, -2.0, 0.5]).reshape(600, 1, 1, 3).astype(np.float32)
     test = (rng.standard_normal((200, 3)) @ mixing + [1.0, -2.0, 0.5]).reshape(200, 1, 1, 3).astype(np.float32)
     flat_train, flat_test = train.reshape(600, 3).astype(np.float64), test.reshape(200, 3).astype(np.float64)
-    # one component: C = λ1 u1 u1ᵀ + σ² (I - u1 u1ᵀ) with σ² the mean of the discarded eigenvalues (sample covariance)
+    # one component: C = λ1 u1 u1ᵀ + σ² (I - u1 u1ᵀ), σ² the mean of the discarded eigenvalues of the sample covariance
     values, vectors = np.linalg.eigh(np.cov(flat_train, rowvar=False))
     u1 = vectors[:, -1:]
     noise = values[:-1].mean()

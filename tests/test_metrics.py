@@ -60,7 +60,8 @@ def grid_integrals(model: Model, x: torch.Tensor) -> dict:
     z = np.linspace(-12.0, 12.0, 8001)
     dz = z[1] - z[0]
     with torch.no_grad():
-        mean, logvar = (p.double().numpy().reshape(len(z), -1) for p in model.decoder(torch.from_numpy(z[:, None]).float()))
+        params = model.decoder(torch.from_numpy(z[:, None]).float())
+    mean, logvar = (p.double().numpy().reshape(len(z), -1) for p in params)
     xs = x.double().numpy().reshape(len(x), 1, -1)
     log_px_given_z = log_normal(xs, mean[None], np.exp(logvar)[None]).sum(-1)  # N × grid
     log_prior = log_normal(z, 0.0, 1.0)
@@ -341,7 +342,8 @@ def test_frechet_distance_of_correlated_gaussians_is_the_wasserstein_closed_form
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     root_a = _symmetric_root(cov_a)
     # W2² between Gaussians, in the symmetric form (Σa^½ Σb Σa^½)^½ rather than the code's (Σa Σb)^½
-    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a + cov_b - 2 * _symmetric_root(root_a @ cov_b @ root_a))
+    cross = _symmetric_root(root_a @ cov_b @ root_a)
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a + cov_b - 2 * cross)
     assert frechet_distance(a, b) == pytest.approx(expected, abs=1e-4)
     assert frechet_distance(b, a) == pytest.approx(expected, abs=1e-4)
 

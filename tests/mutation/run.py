@@ -144,7 +144,10 @@ def run_selection(tests: list[str], timeout: float) -> dict:
         raise
     lines = output.splitlines()
     failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
-    assertion = [line.strip() for line in lines if line.startswith("E ")][:6]
+    # the failing source line (the one --tb=short prints before the first "E" line), then the error itself
+    first_error = next((i for i, line in enumerate(lines) if line.startswith("E ")), None)
+    assertion = [] if first_error is None else [line.strip() for line in lines[first_error - 1 : first_error + 6]
+                                                if line.strip()]
     return {"returncode": returncode, "seconds": round(time.perf_counter() - start, 1), "failed": failed,
             "assertion": assertion, "tail": lines[-15:]}
 
@@ -195,8 +198,10 @@ def mutate_all(entries: list[dict]) -> list[dict]:
                       assertion=result["assertion"])
         mark = {"killed": "killed", "survived": "SURVIVED" if "accepted" not in entry else "survived (accepted)",
                 "error": "ERROR"}[status]
-        print(f"{mark:9} {entry['id']} ({result['seconds']:.1f} s)"
-              + (f"\n          {result['failed'][0]}" if result["failed"] and status == "killed" else ""))
+        print(f"{mark:9} {entry['id']} ({result['seconds']:.1f} s)")
+        if status == "killed":
+            for line in (result["failed"][:1] + result["assertion"][:2]):
+                print(f"          {line}")
         records.append(record)
     return records
 
@@ -236,7 +241,9 @@ def write_results(records: list[dict], summary: dict, seconds: float) -> None:
     write_json(RESULTS, {
         "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": _git("rev-parse", "HEAD"),
-        "uncommitted_changes": sorted(_git("status", "--porcelain").splitlines()),
+        # what differed from that commit while the pass ran, apart from the two files it writes
+        "uncommitted_changes": sorted(line for line in _git("status", "--porcelain").splitlines()
+                                      if not line.endswith(("docs/mutation_results.json", "docs/testing.md"))),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), **_versions()},
         "seconds": round(seconds, 1),
         "summary": summary,
