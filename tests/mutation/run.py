@@ -146,8 +146,10 @@ def run_selection(tests: list[str], timeout: float) -> dict:
     failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
     # the failing source line (the one --tb=short prints before the first "E" line), then the error itself
     first_error = next((i for i, line in enumerate(lines) if line.startswith("E ")), None)
-    assertion = [] if first_error is None else [line.strip() for line in lines[first_error - 1 : first_error + 6]
-                                                if line.strip()]
+    assertion = []
+    if first_error is not None:
+        errors = [line.strip() for line in lines[first_error:] if line.startswith("E ")][:6]
+        assertion = [lines[first_error - 1].strip()] + [line for line in errors if line != "E"]
     return {"returncode": returncode, "seconds": round(time.perf_counter() - start, 1), "failed": failed,
             "assertion": assertion, "tail": lines[-15:]}
 
