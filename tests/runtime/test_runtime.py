@@ -7,13 +7,13 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from vaedeploy.kernels import standard_normal_numpy
 
 from vaedeploy import load
 from vaedeploy.bundle import BundleError
-from vaedeploy.kernels import standard_normal_numpy
 from vaedeploy.runtime import InputError
 from vaedeploy.train import load_run
 
@@ -115,6 +115,7 @@ def test_onnxruntime_path_runs_without_torch(exported, tmp_path):
     rt = load(bundle, backend="onnxruntime")
     np.save(tmp_path / "expected.npy", rt.decode(z))
     np.save(tmp_path / "expected_sample.npy", rt.sample(3, seed=11))
+    np.save(tmp_path / "expected_encode.npy", rt.encode(rt.decode(z), seed=1))
     script = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
@@ -126,7 +127,8 @@ def test_onnxruntime_path_runs_without_torch(exported, tmp_path):
         np.testing.assert_array_equal(rt.decode(z), np.load({str(tmp_path / 'expected.npy')!r}, allow_pickle=False))
         np.testing.assert_array_equal(rt.sample(3, seed=11),
                                       np.load({str(tmp_path / 'expected_sample.npy')!r}, allow_pickle=False))
-        rt.encode(rt.decode(z), seed=1)
+        np.testing.assert_array_equal(rt.encode(rt.decode(z), seed=1),
+                                      np.load({str(tmp_path / 'expected_encode.npy')!r}, allow_pickle=False))
         print("ok", sorted(m for m in sys.modules if m.startswith("torch")))
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -203,17 +205,74 @@ def test_each_bad_input_gets_a_clear_error(exported):
 
 DTYPES = st.sampled_from([np.float16, np.float32, np.float64, np.int32, np.uint8, np.bool_, np.complex64])
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=9)
+# batch sizes the runtime accepts, half of them above the bundles' max batch (64), where it splits and reassembles
+ROWS = st.one_of(st.integers(1, 64), st.integers(65, 160))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data(), dtype=DTYPES, shape=SHAPES, method=st.sampled_from(["encode", "reconstruct", "decode"]))
-def test_any_shape_and_dtype_gives_a_result_or_an_input_error(exported, data, dtype, shape, method):
-    rt = load(exported("vae")[1], verify=False)
-    if data.draw(st.booleans()):  # half the time a shape the runtime accepts, so the success path is exercised too
-        shape = (data.draw(st.integers(0, 70)), *(rt.input_shape if method != "decode" else (rt.latent_dim,)))
-    x = data.draw(hnp.arrays(dtype, shape))
-    try:
-        out = getattr(rt, method)(x)
-    except InputError:
+@st.composite
+def accepted_arrays(draw, trailing):
+    """Finite float arrays of N × trailing that the runtime must accept: any float dtype, values of any scale."""
+    n, dtype = draw(ROWS), draw(st.sampled_from([np.float16, np.float32, np.float64]))
+    scale = draw(st.sampled_from([1e-3, 1.0, 30.0]))
+    values = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).uniform(-scale, scale, (n, *trailing))
+    return values.astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def vae_runtime(exported):
+    return load(exported("vae")[1], verify=False)
+
+
+def _call(rt, method, x, seed):
+    if method == "sample":
+        return rt.sample(x, seed=seed)
+    if method == "encode":
+        return rt.encode(x, seed=seed)
+    return getattr(rt, method)(x)
+
+
+def _assert_rows_match_single_row_calls(rt, method, x, seed, out):
+    """Row i of a batch call is what a call on row i alone gives (for draws: row i of the seed's noise)."""
+    if method == "encode_params":
+        for i in range(len(x)):
+            for got, single in zip(out, rt.encode_params(x[i : i + 1])):
+                np.testing.assert_allclose(got[i : i + 1], single, rtol=1e-5, atol=1e-6)
         return
-    assert out.shape[0] == shape[0] and out.dtype == np.float32 and np.isfinite(out).all()
+    if method in ("reconstruct", "decode"):
+        for i in range(len(x)):
+            np.testing.assert_allclose(out[i : i + 1], getattr(rt, method)(x[i : i + 1]), rtol=1e-5, atol=1e-6)
+        return
+    n = x if method == "sample" else len(x)
+    noise = standard_normal_numpy((n, rt.latent_dim), seed)  # element i of the N×d latent draws counter i
+    for i in range(n):
+        if method == "sample":
+            expected = rt.decode(noise[i : i + 1])
+        else:
+            mean, logvar = (p.astype(np.float64) for p in rt.encode_params(x[i : i + 1]))
+            expected = mean + np.exp(np.clip(logvar, -30, 20) / 2) * noise[i]
+        np.testing.assert_allclose(out[i : i + 1], expected, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), method=st.sampled_from(["encode", "encode_params", "reconstruct", "decode", "sample"]))
+def test_any_input_gives_an_input_error_or_rows_that_match_single_row_calls(vae_runtime, data, method):
+    rt = vae_runtime
+    trailing = (rt.latent_dim,) if method == "decode" else rt.input_shape
+    # about three times in four an input the runtime must accept, else anything at all
+    accepted = data.draw(st.sampled_from(["accepted", "accepted", "accepted", "any"]), label="input") == "accepted"
+    if method == "sample":
+        x = data.draw(ROWS if accepted else st.sampled_from([0, -1, True, 2.5, None]), label="n")
+    else:
+        x = data.draw(accepted_arrays(trailing) if accepted else hnp.arrays(DTYPES, SHAPES), label="x")
+    seed = data.draw(st.integers(0, 2**63 - 1), label="seed")
+    try:
+        out = _call(rt, method, x, seed)
+    except InputError:
+        assert not accepted, "an input the runtime must accept was refused"
+        event("input error")
+        return
+    n = x if method == "sample" else len(x)
+    event(f"result, n {'above' if n > rt.max_batch else 'within'} max_batch")
+    first = out[0] if method == "encode_params" else out
+    assert first.shape[0] == n and first.dtype == np.float32 and np.isfinite(first).all()
+    _assert_rows_match_single_row_calls(rt, method, x, seed, out)
