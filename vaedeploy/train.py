@@ -308,6 +308,7 @@ def train_run(
     cfg = train_config or TrainConfig()
     if stage != "all":
         return _train_one_stage(kind, stage, data, out, cfg, resume, progress)
+    rank, world = _distributed()
     check_target(out, kind, resume=resume, overwrite=overwrite)
     if resume:
         saved = read_config(out)
@@ -325,7 +326,9 @@ def train_run(
     model = build_model(kind, model_config)
     cfg = _with_model_defaults(cfg, model)
     _first_batch_runs(model, data, cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if world > 1:
+        dist.barrier()  # every rank has checked the run directory before rank 0 writes into it
+    if rank == 0:
         if overwrite and (out / CONFIG).is_file():
             remove_owned_files(out)
         write_json(out / CONFIG, {
