@@ -1,4 +1,4 @@
-"""The `vaedeploy` command: train, eval, plot, export, demo, web."""
+"""The `vaedeploy` command: train, eval, plot, export, demo, web, serve, triton-repo."""
 from __future__ import annotations
 
 import argparse
@@ -201,6 +201,18 @@ def cmd_web(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serve.options import serve
+
+    return serve(args)
+
+
+def cmd_triton_repo(args) -> int:
+    from .serve.options import triton_repo
+
+    return triton_repo(args)
+
+
 def _number(kind: type, low: float, inclusive: bool = True):
     """An argparse type: a ``kind`` number ≥ ``low`` (> ``low`` when not ``inclusive``), or a one-line usage error."""
     expected = f"{'an integer' if kind is int else 'a finite number'} {'≥' if inclusive else '>'} {low:g}"
@@ -298,6 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--serve", action="store_true", help="serve the page on 127.0.0.1 with COOP/COEP headers")
     web.add_argument("--port", type=_number(int, 1), default=8080)
     web.set_defaults(func=cmd_web)
+
+    from .serve.options import add_serve_arguments, add_triton_repo_arguments
+
+    serve = sub.add_parser("serve", help="serve bundles on the Open Inference Protocol (KServe V2 / Triton's HTTP) "
+                                         "with dynamic batching (docs/serving.md)")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
+    triton = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository of a bundle")
+    add_triton_repo_arguments(triton)
+    triton.set_defaults(func=cmd_triton_repo)
     return parser
 
 

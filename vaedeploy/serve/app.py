@@ -1,0 +1,287 @@
+"""The server: the Open Inference Protocol's HTTP endpoints (KServe V2 as Triton serves them) on Starlette, run by
+uvicorn (uvloop and httptools where installed).
+
+Endpoints: ``GET /v2/health/live|ready``, ``GET /v2`` (server metadata with its extensions),
+``GET /v2/models/{name}[/versions/1]`` (metadata), ``…/ready``, ``…/config`` (Triton's model-configuration
+extension), ``POST …/infer``, ``POST /v2/repository/index`` (Triton's repository extension) and ``GET /metrics``.
+Every error is ``{"error": "..."}`` with Triton's status mapping: 400 bad input, 404 unknown model or route, 413 a
+body over the limit, 503 unavailable (queue full, shutting down, timed out), 500 a fault of the server.
+
+Shutdown (SIGTERM or Ctrl-C): ``/v2/health/ready`` turns false at once, uvicorn stops accepting connections and
+waits for the requests in flight, then every batcher runs what is queued and every runtime is closed.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..errors import BundleError, ConfigError, InputError, VaedeployError
+from .batcher import BatchPolicy, DynamicBatcher
+from .metrics import Metrics
+from .models import Operation, describe, operations
+from .protocol import HEADER_LENGTH, ProtocolError, parse_request, write_response
+
+log = logging.getLogger("vaedeploy.serve")
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository(index)", "schedule_policy",
+              "parameters"]
+OFF_LOOP_BYTES = 1 << 20  # bodies (or JSON outputs) larger than this are parsed (or written) in a thread
+CLIENT_GONE = 499  # nginx's "client closed request": written to no one
+
+
+class Disconnected(Exception):
+    """The client closed its connection before its response was ready."""
+
+
+def _error(message: str, status: int, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status, headers)
+
+
+class InferenceServer:
+    """The models of some bundles, their batchers and metrics, and the Starlette app that serves them.
+
+    Args:
+        bundles: ``(name, runtime)`` pairs: each runtime (``vaedeploy.load``) is served as the models ``name.*``;
+            the server closes the runtimes when it stops.
+        policy: the ``BatchPolicy`` of every model.
+        max_body_bytes: the largest request body accepted (413 beyond).
+        max_sample: the largest ``n`` of a sampling request (400 beyond).
+    """
+
+    def __init__(self, bundles: list[tuple[str, object]], policy: BatchPolicy = BatchPolicy(),
+                 max_body_bytes: int = 64 << 20, max_sample: int = 4096):
+        names = [name for name, _ in bundles]
+        if duplicates := sorted({n for n in names if names.count(n) > 1}):
+            raise ConfigError(f"model names must be unique; {duplicates} would be served twice (use --name)")
+        self.runtimes = [runtime for _, runtime in bundles]
+        self.policy, self.max_body_bytes = policy, max_body_bytes
+        self.metrics = Metrics()
+        self.models: dict[str, Operation] = {op.name: op for name, rt in bundles
+                                             for op in operations(name, rt, max_sample)}
+        self.batchers = {name: DynamicBatcher(op, policy, self.metrics.model(name))
+                         for name, op in self.models.items()}
+        self.ready = False
+        self.announce: str | None = None  # printed once the models are ready (the CLI's address line)
+        self.app = self._app()
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        for batcher in self.batchers.values():
+            batcher.start()
+        self.ready = True
+        if self.announce:
+            print(self.announce, flush=True)
+        try:
+            yield
+        finally:
+            self.ready = False
+            await asyncio.gather(*(b.close() for b in self.batchers.values()))
+            for runtime in self.runtimes:
+                runtime.close()
+
+    # ---- routes ------------------------------------------------------------------------------------------------
+
+    def _app(self) -> Starlette:
+        def model_routes(suffix: str, endpoint, methods=("GET",)) -> list[Route]:
+            return [Route(f"/v2/models/{{name}}{version}{suffix}", endpoint, methods=list(methods))
+                    for version in ("", "/versions/{version}")]
+
+        routes = [Route("/v2/health/live", self.live), Route("/v2/health/ready", self.health_ready),
+                  Route("/v2", self.server_metadata), Route("/v2/repository/index", self.index, methods=["POST"]),
+                  Route("/metrics", self.metrics_page),
+                  *model_routes("", self.model_metadata), *model_routes("/ready", self.model_ready),
+                  *model_routes("/config", self.model_config), *model_routes("/infer", self.infer, ("POST",))]
+
+        async def http_error(request, exc: HTTPException):
+            what = "no such endpoint" if exc.status_code == 404 else exc.detail
+            return _error(f"{request.method} {request.url.path}: {what}; expected the V2 endpoints under /v2 "
+                          "(docs/serving.md)", exc.status_code)
+
+        return Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={HTTPException: http_error})
+
+    def _model(self, request: Request) -> Operation:
+        name, version = request.path_params["name"], request.path_params.get("version", "1")
+        model = self.models.get(name)
+        if model is None:
+            raise ProtocolError(f"unknown model {name!r}; this server has {sorted(self.models)}", 404)
+        if version != "1":
+            raise ProtocolError(f"model {name!r} has no version {version!r}; expected version 1", 404)
+        return model
+
+    async def live(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def health_ready(self, request: Request) -> Response:
+        return Response(status_code=200 if self.ready else 400)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse({"name": "vaedeploy", "version": __version__, "extensions": EXTENSIONS})
+
+    async def index(self, request: Request) -> Response:
+        state = "READY" if self.ready else "UNAVAILABLE"
+        return JSONResponse([{"name": name, "version": "1", "state": state} for name in self.models])
+
+    async def metrics_page(self, request: Request) -> Response:
+        return Response(self.metrics.exposition(), headers={"content-type": self.metrics.content_type})
+
+    async def model_metadata(self, request: Request) -> Response:
+        try:
+            return JSONResponse(self._model(request).metadata())
+        except ProtocolError as e:
+            return _error(str(e), e.status)
+
+    async def model_ready(self, request: Request) -> Response:
+        try:
+            self._model(request)
+        except ProtocolError as e:
+            return _error(str(e), e.status)
+        return Response(status_code=200 if self.ready else 400)
+
+    async def model_config(self, request: Request) -> Response:
+        try:
+            model = self._model(request)
+        except ProtocolError as e:
+            return _error(str(e), e.status)
+        return JSONResponse(model_config(model, self.policy))
+
+    async def infer(self, request: Request) -> Response:
+        model = None
+        try:
+            model = self._model(request)
+            body = await self._body(request)
+            header_length = request.headers.get(HEADER_LENGTH)
+            if len(body) > OFF_LOOP_BYTES:
+                parsed = await asyncio.to_thread(parse_request, body, header_length)
+            else:
+                parsed = parse_request(body, header_length)
+            if parsed.outputs is not None and (unknown := sorted(set(parsed.outputs) - set(model.output_names))):
+                raise ProtocolError(f"{model.name}: unknown output(s) {unknown}; expected some of "
+                                    f"{model.output_names}")
+            piece = model.piece(parsed.inputs, parsed.parameters)
+            priority, timeout = parsed.parameters.get("priority", 0), parsed.parameters.get("timeout", 0)
+            for key, value in (("priority", priority), ("timeout", timeout)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ProtocolError(f"parameter {key}: expected an integer ≥ 0, got {value!r}")
+            batcher = self.batchers[model.name]
+            job = batcher.submit(piece, priority, timeout)
+            outputs = await self._result(request, batcher, job)
+            named = dict(zip(model.output_names, outputs))
+            if sum(a.size for a in outputs) * 4 > OFF_LOOP_BYTES:
+                body, headers = await asyncio.to_thread(write_response, model.name, parsed, named)
+            else:
+                body, headers = write_response(model.name, parsed, named)
+            return Response(body, headers=headers)
+        except (Disconnected, ClientDisconnect):
+            return Response(status_code=CLIENT_GONE)
+        except ProtocolError as e:
+            if model is not None and e.status != 503:  # the batcher counted its own refusals
+                self.metrics.model(model.name).failed("OTHER")
+            return _error(str(e), e.status, e.headers)
+        except (InputError, ConfigError) as e:  # the runtime refused what the checks let through
+            return _error(str(e), 400)
+        except (BundleError, VaedeployError) as e:
+            return _error(f"{model.name if model else 'the server'}: {e}", 500)
+        except Exception as e:  # a fault of the server: logged with its traceback, answered as one line
+            log.exception("infer on %s failed", model.name if model else request.url.path)
+            return _error(f"internal error in {model.name if model else 'the server'}: {type(e).__name__}: {e}", 500)
+
+    async def _body(self, request: Request) -> bytes:
+        limit, length = self.max_body_bytes, request.headers.get("content-length")
+        too_big = f"the request body is larger than this server's limit of {limit} bytes (--max-body-bytes)"
+        if length is not None:
+            if not length.isdigit():
+                raise ProtocolError(f"Content-Length: expected a byte count, got {length!r}")
+            if int(length) > limit:
+                raise ProtocolError(too_big, 413)
+            return await request.body()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ProtocolError(too_big, 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    async def _result(request: Request, batcher: DynamicBatcher, job):
+        """The job's outputs; a client that disconnects meanwhile cancels the job (its queued rows are dropped)."""
+        watch = asyncio.ensure_future(request.receive())
+
+        def gone(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is None and task.result()["type"] == "http.disconnect":
+                batcher.cancel(job)
+                if not job.future.done():
+                    job.future.set_exception(Disconnected())
+
+        watch.add_done_callback(gone)
+        try:
+            return await job.future
+        finally:
+            watch.cancel()
+
+
+def model_config(model: Operation, policy: BatchPolicy) -> dict:
+    """Triton's ``ModelConfig`` of a served model, as JSON (the ``/config`` endpoint; ``vaedeploy triton-repo``
+    writes the same fields as text)."""
+    def tensors(specs) -> list[dict]:
+        return [{"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": list(s.dims)} for s in specs]
+
+    config = {"name": model.name, "platform": f"vaedeploy_{model.runtime.backend}", "input": tensors(model.inputs),
+              "output": tensors(model.outputs), **policy.model_config()}
+    if model.parameters:
+        config["parameters"] = {"request_parameters": {"string_value": ",".join(model.parameters)}}
+    return config
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"{host}:{port}: cannot listen ({e.strerror}); expected a free port (--port, 0 for any)") \
+            from None
+    sock.listen(2048)  # connections made before uvicorn starts wait in the backlog
+    return sock
+
+
+class Uvicorn(uvicorn.Server):
+    """uvicorn's server of an ``InferenceServer``, which marks it unready as soon as it is told to stop, so a load
+    balancer stops sending before the listener closes; uvicorn then waits for the requests in flight."""
+
+    def __init__(self, server: InferenceServer, shutdown_timeout: float = 30.0):
+        super().__init__(uvicorn.Config(server.app, log_level="warning", access_log=False, lifespan="on",
+                                        timeout_graceful_shutdown=shutdown_timeout, backlog=2048))
+        self.inference_server = server
+
+    def handle_exit(self, sig, frame) -> None:
+        self.inference_server.ready = False
+        super().handle_exit(sig, frame)
+
+
+def run(server: InferenceServer, host: str = "127.0.0.1", port: int = 8000, shutdown_timeout: float = 30.0) -> None:
+    """Serve until SIGTERM or Ctrl-C, then shut down gracefully (at most ``shutdown_timeout`` seconds for the
+    requests in flight). Prints the address and the models once they are ready."""
+    sock = _listening_socket(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    server.announce = (f"vaedeploy serve: {len(server.models)} models on http://{shown}:{sock.getsockname()[1]}/v2 "
+                       "(Ctrl-C or SIGTERM stops)\n" + "\n".join(f"  {describe(m)}" for m in server.models.values()))
+    try:
+        Uvicorn(server, shutdown_timeout).run(sockets=[sock])
+    finally:
+        sock.close()
+        sys.stdout.flush()
