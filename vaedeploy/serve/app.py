@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
 import socket
 import sys
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -35,6 +37,8 @@ from .protocol import HEADER_LENGTH, ProtocolError, parse_request, write_respons
 log = logging.getLogger("vaedeploy.serve")
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository(index)", "schedule_policy",
               "parameters"]
+INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+HEADER_BYTES = HEADER_LENGTH.encode()
 OFF_LOOP_BYTES = 1 << 20  # bodies (or JSON outputs) larger than this are parsed (or written) in a thread
 CLIENT_GONE = 499  # nginx's "client closed request": written to no one
 
@@ -47,8 +51,13 @@ def _error(message: str, status: int, headers: dict | None = None) -> JSONRespon
     return JSONResponse({"error": message}, status, headers)
 
 
+def _error_body(message: str, status: int, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    return status, json.dumps({"error": message}).encode(), {"content-type": "application/json", **(headers or {})}
+
+
 class InferenceServer:
-    """The models of some bundles, their batchers and metrics, and the Starlette app that serves them.
+    """The models of some bundles, their batchers and metrics, and the ASGI app that serves them (itself: infer
+    requests directly, the other endpoints through a Starlette app).
 
     Args:
         bundles: ``(name, runtime)`` pairs: each runtime (``vaedeploy.load``) is served as the models ``name.*``;
@@ -102,7 +111,7 @@ class InferenceServer:
                   Route("/v2", self.server_metadata), Route("/v2/repository/index", self.index, methods=["POST"]),
                   Route("/metrics", self.metrics_page),
                   *model_routes("", self.model_metadata), *model_routes("/ready", self.model_ready),
-                  *model_routes("/config", self.model_config), *model_routes("/infer", self.infer, ("POST",))]
+                  *model_routes("/config", self.model_config)]
 
         async def http_error(request, exc: HTTPException):
             what = "no such endpoint" if exc.status_code == 404 else exc.detail
@@ -112,7 +121,9 @@ class InferenceServer:
         return Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={HTTPException: http_error})
 
     def _model(self, request: Request) -> Operation:
-        name, version = request.path_params["name"], request.path_params.get("version", "1")
+        return self._lookup(request.path_params["name"], request.path_params.get("version", "1"))
+
+    def _lookup(self, name: str, version: str) -> Operation:
         model = self.models.get(name)
         if model is None:
             raise ProtocolError(f"unknown model {name!r}; this server has {sorted(self.models)}", 404)
@@ -156,12 +167,27 @@ class InferenceServer:
             return _error(str(e), e.status)
         return JSONResponse(model_config(model, self.policy))
 
-    async def infer(self, request: Request) -> Response:
+    # ---- infer: plain ASGI, the hot path (Starlette's routing and request objects cost more than the protocol) ----
+
+    async def __call__(self, scope, receive, send) -> None:
+        """The ASGI app: ``POST …/infer`` here, everything else (and the lifespan) through Starlette."""
+        if scope["type"] == "http" and scope["method"] == "POST" and (match := INFER.fullmatch(scope["path"])):
+            status, body, headers = await self.infer(match.group(1), match.group(2) or "1", scope, receive)
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-length", str(len(body)).encode()),
+                                    *((k.encode(), v.encode()) for k, v in headers.items())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+    async def infer(self, name: str, version: str, scope, receive) -> tuple[int, bytes, dict]:
+        """(status, body, headers) of one infer request; every failure is a JSON error with its status."""
         model = None
         try:
-            model = self._model(request)
-            body = await self._body(request)
-            header_length = request.headers.get(HEADER_LENGTH)
+            model = self._lookup(name, version)
+            headers = {k: v for k, v in scope["headers"] if k in (b"content-length", HEADER_BYTES)}
+            body = await self._body(receive, headers.get(b"content-length"))
+            header_length = headers[HEADER_BYTES].decode("latin-1") if HEADER_BYTES in headers else None
             if len(body) > OFF_LOOP_BYTES:
                 parsed = await asyncio.to_thread(parse_request, body, header_length)
             else:
@@ -175,49 +201,53 @@ class InferenceServer:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise ProtocolError(f"parameter {key}: expected an integer ≥ 0, got {value!r}")
             batcher = self.batchers[model.name]
-            job = batcher.submit(piece, priority, timeout)
-            outputs = await self._result(request, batcher, job)
+            outputs = await self._result(receive, batcher, batcher.submit(piece, priority, timeout))
             named = dict(zip(model.output_names, outputs))
             if sum(a.size for a in outputs) * 4 > OFF_LOOP_BYTES:
                 body, headers = await asyncio.to_thread(write_response, model.name, parsed, named)
             else:
                 body, headers = write_response(model.name, parsed, named)
-            return Response(body, headers=headers)
-        except (Disconnected, ClientDisconnect):
-            return Response(status_code=CLIENT_GONE)
+            return 200, body, headers
+        except Disconnected:
+            return CLIENT_GONE, b"", {}
         except ProtocolError as e:
             if model is not None and e.status != 503:  # the batcher counted its own refusals
                 self.metrics.model(model.name).failed("OTHER")
-            return _error(str(e), e.status, e.headers)
+            return _error_body(str(e), e.status, e.headers)
         except (InputError, ConfigError) as e:  # the runtime refused what the checks let through
-            return _error(str(e), 400)
+            return _error_body(str(e), 400)
         except (BundleError, VaedeployError) as e:
-            return _error(f"{model.name if model else 'the server'}: {e}", 500)
+            return _error_body(f"{model.name if model else 'the server'}: {e}", 500)
         except Exception as e:  # a fault of the server: logged with its traceback, answered as one line
-            log.exception("infer on %s failed", model.name if model else request.url.path)
-            return _error(f"internal error in {model.name if model else 'the server'}: {type(e).__name__}: {e}", 500)
+            log.exception("infer on %s failed", name)
+            return _error_body(f"internal error in {name}: {type(e).__name__}: {e}", 500)
 
-    async def _body(self, request: Request) -> bytes:
-        limit, length = self.max_body_bytes, request.headers.get("content-length")
+    async def _body(self, receive, length: bytes | None) -> bytes:
+        limit = self.max_body_bytes
         too_big = f"the request body is larger than this server's limit of {limit} bytes (--max-body-bytes)"
         if length is not None:
             if not length.isdigit():
-                raise ProtocolError(f"Content-Length: expected a byte count, got {length!r}")
+                raise ProtocolError(f"Content-Length: expected a byte count, got {length.decode('latin-1')!r}")
             if int(length) > limit:
                 raise ProtocolError(too_big, 413)
-            return await request.body()
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise ProtocolError(too_big, 413)
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @staticmethod
-    async def _result(request: Request, batcher: DynamicBatcher, job):
-        """The job's outputs; a client that disconnects meanwhile cancels the job (its queued rows are dropped)."""
-        watch = asyncio.ensure_future(request.receive())
+    async def _result(receive, batcher: DynamicBatcher, job):
+        """The job's outputs; a client that disconnects meanwhile cancels the job (its queued rows are dropped).
+        After the body, uvicorn's ``receive`` returns only when the client disconnects or the response is sent."""
+        watch = asyncio.ensure_future(receive())
 
         def gone(task: asyncio.Task) -> None:
             if not task.cancelled() and task.exception() is None and task.result()["type"] == "http.disconnect":
@@ -264,7 +294,7 @@ class Uvicorn(uvicorn.Server):
     balancer stops sending before the listener closes; uvicorn then waits for the requests in flight."""
 
     def __init__(self, server: InferenceServer, shutdown_timeout: float = 30.0):
-        super().__init__(uvicorn.Config(server.app, log_level="warning", access_log=False, lifespan="on",
+        super().__init__(uvicorn.Config(server, log_level="warning", access_log=False, lifespan="on",
                                         timeout_graceful_shutdown=shutdown_timeout, backlog=2048))
         self.inference_server = server
 
