@@ -98,8 +98,9 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     try:
         doc = json.loads(header)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        hint = "" if header_length is not None or not body[-1:].isascii() or body.isascii() else \
-            " (binary data needs the Inference-Header-Content-Length header)"
+        trailing = isinstance(e, UnicodeDecodeError) or getattr(e, "msg", "") == "Extra data"
+        hint = " (binary data needs the Inference-Header-Content-Length header)" if header_length is None and \
+            trailing else ""
         raise ProtocolError(f"the request's JSON header does not parse ({type(e).__name__}: {e}){hint}") from None
     doc = _object(doc, "the request")
     parameters = _object(doc.get("parameters", {}), "parameters")
