@@ -6,7 +6,8 @@ bare runtime in-process (the ceiling).
 
 For each model (the demo VAE on digits, a conv VAE on mnist5k), operation (``sample`` and ``encode`` of one row)
 and number of concurrent clients (1, 8, 64, each with one request outstanding, a closed loop), three servers run on
-127.0.0.1, one at a time, each serving both bundles:
+127.0.0.1 at once, each serving both bundles, and are measured point by point in turn (the order rotating, two
+rounds by default, pooled), so a busy moment on the shared machine hits all three alike:
 
 - ``batched``: ``vaedeploy serve --max-batch-size 64`` (Triton's defaults otherwise: no queue delay, so a batch is
   whatever queued while the model computed the last one);
@@ -17,8 +18,9 @@ and number of concurrent clients (1, 8, 64, each with one request outstanding, a
 The V2 requests are what tritonclient sends by default: the image as binary, outputs asked for as binary.
 
 The load generator is this process: asyncio (uvloop) over keep-alive HTTP/1.1 connections, a few microseconds of
-Python per request, on the same cores as the server (the machine has two). A point is a warm-up then a timed window;
-throughput is completed requests per second in the window, p50/p99 their latencies as the client saw them.
+Python per request, on the same cores as the server (the machine has two). A point is, per round, a warm-up then a
+timed window; throughput is completed requests per second over the windows, p50/p99 their latencies as the client
+saw them.
 Beside each point: the server's CPU time per request (all its threads, from /proc; less sensitive than throughput
 to other work on a shared machine) and the machine's 1-minute load average.
 The ceiling is the runtime called in this process with no server, at the batch sizes the batcher formed (per-row
@@ -42,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks.common` when run as a script
 
-from benchmarks.common import RESULTS_DIR, machine_info, markdown_table, summarize, write_rows  # noqa: E402
+from benchmarks.common import RESULTS_DIR, markdown_table, summarize, write_rows  # noqa: E402
 
 NAME = "serve"
 CONCURRENCY = (1, 8, 64)
@@ -163,9 +165,7 @@ def load_point(port: int, requests: list[bytes], clients: int, warmup: float, se
         return latencies, failures
 
     latencies, failures = _event_loop_run(main())
-    figures = summarize(latencies) if latencies else {}
-    return {"requests": len(latencies), "failures": len(failures), "throughput_rps": len(latencies) / seconds,
-            "p50_ms": figures.get("p50_ms"), "p99_ms": figures.get("p99_ms"), "mean_ms": figures.get("mean_ms")}
+    return {"latencies": latencies, "failures": len(failures), "seconds": seconds}
 
 
 def _event_loop_run(coroutine):
@@ -234,6 +234,8 @@ def ceiling(bundles: dict[str, str], images: dict[str, np.ndarray], min_seconds:
 # ---- the run --------------------------------------------------------------------------------------------------
 
 def measure(args) -> None:
+    """Every point of every system, the systems interleaved point by point in rotating order (``--rounds`` times),
+    so a busy moment on the shared machine hits all three alike; each row pools its rounds."""
     bundles = {"demo": str(Path(args.demo).resolve()), "conv": str(Path(args.conv).resolve())}
     from vaedeploy import load
 
@@ -242,38 +244,60 @@ def measure(args) -> None:
         rt = load(path)
         images[model] = np.random.default_rng(0).random((64, *rt.input_shape), dtype=np.float32)
         rt.close()
+    servers = {system: start_system(system, bundles) for system in SYSTEMS}
     rows = []
-    for system in SYSTEMS:
-        process, port = start_system(system, bundles)
-        try:
+    try:
+        for system, (_, port) in servers.items():  # first calls (sessions' arenas, caches) are not measured
             for model in bundles:
                 for operation in OPERATIONS:
-                    requests = requests_for(system, model, operation, images[model])
-                    for clients in CONCURRENCY:
-                        before = batch_figures(port, f"{model}.{operation}") if system != "fastapi" else None
-                        cpu = cpu_seconds(process.pid)
-                        point = load_point(port, requests, clients, args.warmup, args.seconds)
-                        cpu = cpu_seconds(process.pid) - cpu  # warm-up included: per request over both
-                        total = point["requests"] * (args.warmup + args.seconds) / args.seconds
+                    load_point(port, requests_for(system, model, operation, images[model]), 8, 0.0, 1.0)
+        for model in bundles:
+            for operation in OPERATIONS:
+                requests = {s: requests_for(s, model, operation, images[model]) for s in SYSTEMS}
+                for clients in CONCURRENCY:
+                    pooled = {s: {"latencies": [], "failures": 0, "seconds": 0.0, "cpu": 0.0, "load": []}
+                              for s in SYSTEMS}
+                    before = {s: batch_figures(servers[s][1], f"{model}.{operation}") for s in SYSTEMS[:2]}
+                    for round_ in range(args.rounds):
+                        for system in SYSTEMS[round_ % 3:] + SYSTEMS[:round_ % 3]:
+                            process, port = servers[system]
+                            cpu = cpu_seconds(process.pid)
+                            point = load_point(port, requests[system], clients, args.warmup, args.seconds)
+                            into = pooled[system]
+                            into["cpu"] += cpu_seconds(process.pid) - cpu  # warm-up included: per request of both
+                            into["latencies"] += point["latencies"]
+                            into["failures"] += point["failures"]
+                            into["seconds"] += point["seconds"]
+                            into["load"].append(os.getloadavg()[0])
+                    for system in SYSTEMS:
+                        into, n = pooled[system], len(pooled[system]["latencies"])
+                        figures = summarize(into["latencies"]) if n else {}
                         row = {"kind": "server", "system": system, "model": model, "operation": operation,
-                               "concurrency": clients, **point, "loadavg_1min": os.getloadavg()[0],
-                               "server_cpu_us_per_request": cpu / total * 1e6 if total else None}
-                        if before is not None:
-                            after = batch_figures(port, f"{model}.{operation}")
-                            executions = after["executions"] - before["executions"]
-                            row["mean_batch"] = (after["rows"] - before["rows"]) / executions if executions else None
-                            row["batch_histogram"] = {le: after["cumulative_buckets"].get(le, 0) - n
-                                                      for le, n in before["cumulative_buckets"].items()}
+                               "concurrency": clients, "requests": n, "failures": into["failures"],
+                               "throughput_rps": n / into["seconds"], "p50_ms": figures.get("p50_ms"),
+                               "p99_ms": figures.get("p99_ms"), "mean_ms": figures.get("mean_ms"),
+                               "server_cpu_us_per_request":
+                                   into["cpu"] / (n * (args.warmup + args.seconds) / args.seconds) * 1e6 if n else None,
+                               "loadavg_1min": [round(x, 2) for x in into["load"]]}
+                        if system in before:
+                            after = batch_figures(servers[system][1], f"{model}.{operation}")
+                            executions = after["executions"] - before[system]["executions"]
+                            row["mean_batch"] = ((after["rows"] - before[system]["rows"]) / executions
+                                                 if executions else None)
+                            row["batch_histogram"] = {le: after["cumulative_buckets"].get(le, 0) - count for le, count
+                                                      in before[system]["cumulative_buckets"].items()}
                         rows.append(row)
-                        print(f"{system:9} {model:4} {operation:6} c={clients:<3} {point['throughput_rps']:8.0f} "
-                              f"req/s  p50 {point['p50_ms'] or 0:7.2f} ms  p99 {point['p99_ms'] or 0:7.2f} ms  "
+                        print(f"{system:9} {model:4} {operation:6} c={clients:<3} {row['throughput_rps']:8.0f} "
+                              f"req/s  p50 {row['p50_ms'] or 0:7.2f} ms  p99 {row['p99_ms'] or 0:7.2f} ms  "
                               f"batch {row.get('mean_batch') or 1:5.1f}  server CPU "
-                              f"{row['server_cpu_us_per_request'] or 0:5.0f} us/req  load {row['loadavg_1min']:.1f}  "
-                              f"failures {point['failures']}", flush=True)
-        finally:
+                              f"{row['server_cpu_us_per_request'] or 0:5.0f} us/req  load {max(into['load']):.1f}  "
+                              f"failures {row['failures']}", flush=True)
+    finally:
+        for process, _ in servers.values():
             stop(process)
     rows += ceiling(bundles, images, args.ceiling_seconds)
-    meta = {"settings": {"warmup_s": args.warmup, "window_s": args.seconds, "concurrency": list(CONCURRENCY),
+    meta = {"settings": {"warmup_s": args.warmup, "window_s": args.seconds, "rounds": args.rounds,
+                         "concurrency": list(CONCURRENCY),
                          "bundles": {m: {"path": p, "manifest": _manifest_summary(p)} for m, p in bundles.items()},
                          "note": args.note},
             "goal": goal_verdict(rows)}
@@ -325,13 +349,14 @@ def table(doc: dict) -> str:
                 b, u, f = (_server(rows, s, model, operation, clients) for s in SYSTEMS)
                 ceil = ceiling_at(rows, model, operation, b.get("mean_batch"))
                 lines.append([clients, b["throughput_rps"], b["p50_ms"], b["p99_ms"], b.get("mean_batch") or 1.0,
-                              u["throughput_rps"], u["p50_ms"], u["p99_ms"], f["throughput_rps"], f["p99_ms"],
-                              b["throughput_rps"] / u["throughput_rps"],
-                              f"{ceil['rows_per_s']:.0f} (b={ceil['batch']})"])
-            out.append(f"**{model} `{operation}`** (requests/s; latency in ms)\n")
-            out.append(markdown_table(["clients", "batched req/s", "p50", "p99", "mean batch", "unbatched req/s",
-                                       "p50", "p99", "fastapi req/s", "p99", "batched / unbatched",
-                                       "runtime ceiling rows/s"], lines))
+                              b["server_cpu_us_per_request"], u["throughput_rps"], u["p50_ms"], u["p99_ms"],
+                              u["server_cpu_us_per_request"], f["throughput_rps"], f["p99_ms"],
+                              f"{b['throughput_rps'] / u['throughput_rps']:.2f}×",
+                              f"{ceil['rows_per_s']:.0f} (batch {ceil['batch']})"])
+            out.append(f"**{model} VAE, `{operation}`** (requests/s; latency in ms; server CPU in µs per request)\n")
+            out.append(markdown_table(["clients", "batched req/s", "p50", "p99", "mean batch", "CPU",
+                                       "unbatched req/s", "p50", "p99", "CPU", "fastapi req/s", "p99",
+                                       "batched / unbatched", "runtime ceiling rows/s"], lines))
             out.append("")
     return "\n".join(out)
 
@@ -369,8 +394,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo", help="the demo VAE's bundle (vaedeploy demo, or train vae --data digits)")
     parser.add_argument("--conv", help="a conv VAE's bundle on mnist5k (train vae --data mnist5k --backbone conv)")
-    parser.add_argument("--seconds", type=float, default=4.0, help="timed window per point (default 4)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up per point (default 1)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed window per point and round (default 3)")
+    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up per point and round (default 0.5)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the three systems per point (default 2)")
     parser.add_argument("--ceiling-seconds", type=float, default=0.5, help="timing per ceiling point (default 0.5)")
     parser.add_argument("--note", default="", help="a sentence stored with the results (e.g. who shared the machine)")
     parser.add_argument("--table", action="store_true", help="print the table of the committed results and exit")
@@ -384,5 +410,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers it started are stopped too
     main()

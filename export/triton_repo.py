@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from ..bundle import load_bundle
-from ..errors import BundleError, ConfigError
+from ..errors import ConfigError
 from ..io import replace_directory, write_json
 
 MARKER = ".vaedeploy-triton-repo.json"
@@ -152,7 +152,7 @@ def _image_step(repo: _Repository, decoder: str, source: str, target: str) -> li
 
 
 def build(bundle, name: str, batching: dict) -> _Repository:
-    """The repository's models for a loaded bundle served as ``name`` with ``batching`` (``BatchPolicy.model_config``)."""
+    """The models of a loaded bundle served as ``name`` with ``batching`` (``BatchPolicy.model_config``)."""
     latent = bundle.latent
     kind = latent["type"]
     if kind == "hierarchical":
@@ -253,10 +253,11 @@ def write_repository(bundle_dir, out, name: str, batching: dict) -> list[str]:
 
 # ---- the Python-backend step, written as each step's model.py -------------------------------------------------
 
-PYTHON_STEP = '''"""A vaedeploy step for Triton's Python backend, written by `vaedeploy triton-repo`: the noise and nearest-code steps
-of vaedeploy's runtime over its numpy kernels (so a seed gives the noise `vaedeploy serve` gives). The step and its
-settings are this model's config parameters; each request's own parameters (n, seed, temperature, offset) come with
-it, forwarded by the ensemble. Needs `vaedeploy` importable (pip install vaedeploy: numpy and onnxruntime).
+PYTHON_STEP = '''"""A vaedeploy step for Triton's Python backend, written by `vaedeploy triton-repo`: the noise and
+nearest-code steps of vaedeploy's runtime over its numpy kernels (so a seed gives the noise `vaedeploy serve` gives).
+The step and its settings are this model's config parameters; each request's own parameters (n, seed, temperature,
+offset) come with it, forwarded by the ensemble. Needs `vaedeploy` importable (pip install vaedeploy: numpy and
+onnxruntime).
 """
 import json
 import secrets

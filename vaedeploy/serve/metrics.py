@@ -65,7 +65,7 @@ class ModelMetrics:
         self._failure, self._labels = metrics.failure, labels
 
     def failed(self, reason: str) -> None:
-        """A failed request; ``reason`` as Triton's label: REJECTED (queue full, timed out), CANCELED, BACKEND, OTHER."""
+        """A failed request; ``reason`` as Triton's label: REJECTED (queue full, timeout), CANCELED, BACKEND, OTHER."""
         self._failure.labels(*self._labels, reason).inc()
 
     def executed(self, rows: int, compute_s: float) -> None:

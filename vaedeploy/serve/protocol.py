@@ -169,7 +169,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
 
 
 def write_response(model: str, request: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, dict]:
-    """The response body and its headers for ``outputs`` (name → array, in the model's order), as the request asked."""
+    """The response body and headers for ``outputs`` (name → array, in the model's order), as the request asked."""
     tensors, blobs = [], []
     for name in request.outputs if request.outputs is not None else outputs:
         array = outputs[name]
