@@ -14,7 +14,7 @@ LAYERS = [
     (3, ("vaedeploy.runs", "vaedeploy.fid")),
     (4, ("vaedeploy.train", "vaedeploy.evaluate", "vaedeploy.pictures")),
     (5, ("vaedeploy.export",)),
-    (9, ("vaedeploy.cli", "vaedeploy.web", "vaedeploy.serve", "vaedeploy.bench")),
+    (9, ("vaedeploy.cli", "vaedeploy.argtypes", "vaedeploy.web", "vaedeploy.serve", "vaedeploy.bench")),
 ]
 ROOT_PACKAGE = "vaedeploy"  # its one import, of the runtime, happens when a user asks for vaedeploy.load
 RUNTIME_MAY_IMPORT = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.bundle", "vaedeploy.kernels")

@@ -1,14 +1,14 @@
-"""The `vaedeploy` command: train, eval, plot, export, demo, web."""
+"""The `vaedeploy` command: train, eval, plot, export, demo, web, serve, triton-repo."""
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
+from .argtypes import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, number
 from .errors import ConfigError, JobFailed, VaedeployError
 
 # the training options a --resume takes from the run instead of the command line; only --epochs may change
@@ -201,24 +201,16 @@ def cmd_web(args) -> int:
     return 0
 
 
-def _number(kind: type, low: float, inclusive: bool = True):
-    """An argparse type: a ``kind`` number ≥ ``low`` (> ``low`` when not ``inclusive``), or a one-line usage error."""
-    expected = f"{'an integer' if kind is int else 'a finite number'} {'≥' if inclusive else '>'} {low:g}"
+def cmd_serve(args) -> int:
+    from .serve.options import serve
 
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value < low or (value == low and not inclusive):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
+    return serve(args)
 
 
-POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE = _number(int, 1), _number(int, 0), _number(float, 0, False), \
-    _number(float, 0)
+def cmd_triton_repo(args) -> int:
+    from .serve.options import triton_repo
+
+    return triton_repo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,8 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--data", help="training data for the pad's principal directions: digits, mnist5k or .npy/.npz "
                                     "(default: the data the bundle's manifest names)")
     web.add_argument("--serve", action="store_true", help="serve the page on 127.0.0.1 with COOP/COEP headers")
-    web.add_argument("--port", type=_number(int, 1), default=8080)
+    web.add_argument("--port", type=number(int, 1), default=8080)
     web.set_defaults(func=cmd_web)
+
+    from .serve.options import add_serve_arguments, add_triton_repo_arguments
+
+    serve = sub.add_parser("serve", help="serve bundles on the Open Inference Protocol (KServe V2 / Triton's HTTP) "
+                                         "with dynamic batching (docs/serving.md)")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
+    triton = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository of a bundle")
+    add_triton_repo_arguments(triton)
+    triton.set_defaults(func=cmd_triton_repo)
     return parser
 
 

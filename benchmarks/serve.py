@@ -1,0 +1,415 @@
+"""`vaedeploy serve` under load: dynamic batching on against max_batch_size=1, beside a plain FastAPI endpoint and the
+bare runtime in-process (the ceiling).
+
+    python benchmarks/serve.py --demo DEMO_BUNDLE --conv CONV_BUNDLE   # measures; writes results/serve.json + .png
+    python benchmarks/serve.py --table                                 # the docs table from the committed JSON
+
+For each model (the demo VAE on digits, a conv VAE on mnist5k), operation (``sample`` and ``encode`` of one row)
+and number of concurrent clients (1, 8, 64, each with one request outstanding, a closed loop), three servers run on
+127.0.0.1 at once, each serving both bundles, and are measured point by point in turn (the order rotating, two
+rounds by default, pooled), so a busy moment on the shared machine hits all three alike:
+
+- ``batched``: ``vaedeploy serve --max-batch-size 64`` (Triton's defaults otherwise: no queue delay, so a batch is
+  whatever queued while the model computed the last one);
+- ``unbatched``: ``vaedeploy serve --max-batch-size 1``: the same server, one request per model execution;
+- ``fastapi``: the endpoint a user would otherwise write (``serve_anchor.py``): FastAPI, a pydantic body with the
+  seed (and the image as a JSON list), ``runtime.sample`` / ``runtime.encode`` per request in FastAPI's thread
+  pool, JSON out.
+The V2 requests are what tritonclient sends by default: the image as binary, outputs asked for as binary.
+
+The load generator is this process: asyncio (uvloop) over keep-alive HTTP/1.1 connections, a few microseconds of
+Python per request, on the same cores as the server (the machine has two). A point is, per round, a warm-up then a
+timed window; throughput is completed requests per second over the windows, p50/p99 their latencies as the client
+saw them.
+Beside each point: the server's CPU time per request (all its threads, from /proc; less sensitive than throughput
+to other work on a shared machine) and the machine's 1-minute load average.
+The ceiling is the runtime called in this process with no server, at the batch sizes the batcher formed (per-row
+seeds and offsets, as the batcher calls it): rows per second the model alone can give at that batch size.
+Goal (issue 16), at 64 clients on the conv VAE: batched ≥ 2× unbatched throughput, with p99 no worse.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks.common` when run as a script
+
+from benchmarks.common import RESULTS_DIR, markdown_table, summarize, write_rows  # noqa: E402
+
+NAME = "serve"
+CONCURRENCY = (1, 8, 64)
+OPERATIONS = ("sample", "encode")
+SYSTEMS = ("batched", "unbatched", "fastapi")
+CEILING_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+GOAL = {"model": "conv", "concurrency": 64, "speedup": 2.0}
+CONTENT_LENGTH = re.compile(rb"(?im)^content-length:\s*(\d+)")  # not Inference-Header-Content-Length
+
+
+# ---- servers --------------------------------------------------------------------------------------------------
+
+def start(command: list[str], pattern: str, timeout: float = 90) -> tuple[subprocess.Popen, int]:
+    """Start a server; return it and its port once it accepts connections."""
+    import socket
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        if match := re.search(pattern, line):
+            port = int(match.group(1))
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    return process, port
+                except OSError:
+                    time.sleep(0.1)
+        if time.monotonic() > deadline:
+            break
+    process.kill()
+    raise RuntimeError(f"{' '.join(command)} did not start")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_system(system: str, bundles: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    if system == "fastapi":
+        port = free_port()
+        anchor = Path(__file__).with_name("serve_anchor.py")
+        return start([sys.executable, str(anchor), str(port), *(f"{n}={p}" for n, p in bundles.items())],
+                     r"127\.0\.0\.1:(\d+)")
+    names = [a for name in bundles for a in ("--name", name)]
+    batch = "64" if system == "batched" else "1"
+    return start([sys.executable, "-m", "vaedeploy.cli", "serve", *bundles.values(), *names, "--port", "0",
+                  "--max-batch-size", batch], r"127\.0\.0\.1:(\d+)/v2")
+
+
+# ---- requests -------------------------------------------------------------------------------------------------
+
+def http_request(path: str, body: bytes, headers: dict | None = None) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}",
+             *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def requests_for(system: str, model: str, operation: str, images: np.ndarray, count: int = 64) -> list[bytes]:
+    """``count`` prebuilt requests (rotating seeds and images), as each system's client sends them."""
+    made = []
+    for i in range(count):
+        x = images[i % len(images)][None]
+        if system == "fastapi":
+            doc = {"seed": i} if operation == "sample" else {"x": x.reshape(-1).tolist(), "seed": i}
+            made.append(http_request(f"/{model}/{operation}", json.dumps(doc).encode(),
+                                     {"Content-Type": "application/json"}))
+            continue
+        if operation == "sample":
+            header = json.dumps({"parameters": {"n": 1, "seed": i, "binary_data_output": True}}).encode()
+            made.append(http_request(f"/v2/models/{model}.sample/infer", header))
+            continue
+        header = json.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                         "parameters": {"binary_data_size": x.nbytes}}],
+                             "parameters": {"seed": i, "binary_data_output": True}}).encode()
+        made.append(http_request(f"/v2/models/{model}.encode/infer", header + x.tobytes(),
+                                 {"Inference-Header-Content-Length": len(header)}))
+    return made
+
+
+async def one_client(port: int, requests: list[bytes], start_at: float, stop_at: float, latencies: list,
+                     failures: list, offset: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    i = offset
+    try:
+        while (now := time.perf_counter()) < stop_at:
+            writer.write(requests[i % len(requests)])
+            i += 1
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(CONTENT_LENGTH.search(head).group(1))
+            await reader.readexactly(length)
+            done = time.perf_counter()
+            if now >= start_at:
+                (latencies if head.startswith(b"HTTP/1.1 200") else failures).append(done - now)
+    finally:
+        writer.close()
+
+
+def load_point(port: int, requests: list[bytes], clients: int, warmup: float, seconds: float) -> dict:
+    async def main():
+        begin = time.perf_counter()
+        start_at, stop_at = begin + warmup, begin + warmup + seconds
+        latencies, failures = [], []
+        await asyncio.gather(*(one_client(port, requests, start_at, stop_at, latencies, failures, k)
+                               for k in range(clients)))
+        return latencies, failures
+
+    latencies, failures = _event_loop_run(main())
+    return {"latencies": latencies, "failures": len(failures), "seconds": seconds}
+
+
+def _event_loop_run(coroutine):
+    try:
+        import uvloop
+
+        return uvloop.run(coroutine)
+    except ImportError:
+        return asyncio.run(coroutine)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and all its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_figures(port: int, model: str) -> dict:
+    """The server's batch-size histogram and counts for one model, from /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+    def value(name: str, extra: str = "") -> float:
+        pattern = rf'^{name}\{{[^}}]*model="{re.escape(model)}"[^}}]*{extra}[^}}]*\}} (\S+)$'
+        return sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
+
+    buckets = {}
+    for m in re.finditer(rf'^vaedeploy_batch_size_bucket\{{le="([^"]+)",model="{re.escape(model)}"[^}}]*\}} (\S+)$',
+                         text, re.M):
+        buckets[m.group(1)] = float(m.group(2))
+    return {"rows": value("nv_inference_count"), "executions": value("nv_inference_exec_count"),
+            "cumulative_buckets": buckets}
+
+
+# ---- the ceiling ----------------------------------------------------------------------------------------------
+
+def ceiling(bundles: dict[str, str], images: dict[str, np.ndarray], min_seconds: float) -> list[dict]:
+    from vaedeploy import load
+
+    rows = []
+    for model, path in bundles.items():
+        rt = load(path)
+        for batch in CEILING_BATCHES:
+            seeds, offsets = np.arange(batch, dtype=np.int64), np.zeros(batch, np.int64)
+            x = np.ascontiguousarray(np.resize(images[model], (batch, *rt.input_shape)))
+            calls = {"sample": lambda rt=rt, n=batch, s=seeds, o=offsets: rt.sample(n, seed=s, offset=o),
+                     "encode": lambda rt=rt, x=x, s=seeds, o=offsets: rt.encode(x, seed=s, offset=o)}
+            if batch == 1:  # a lone request is called with one seed, as the batcher does
+                calls = {"sample": lambda rt=rt: rt.sample(1, seed=0),
+                         "encode": lambda rt=rt, x=x: rt.encode(x, seed=0)}
+            for operation, call in calls.items():
+                for _ in range(5):
+                    call()
+                times, started = [], time.perf_counter()
+                while time.perf_counter() - started < min_seconds or len(times) < 20:
+                    t0 = time.perf_counter()
+                    call()
+                    times.append(time.perf_counter() - t0)
+                per_call = float(np.median(times))
+                rows.append({"kind": "ceiling", "model": model, "operation": operation, "batch": batch,
+                             "us_per_call": per_call * 1e6, "rows_per_s": batch / per_call})
+        rt.close()
+    return rows
+
+
+# ---- the run --------------------------------------------------------------------------------------------------
+
+def measure(args) -> None:
+    """Every point of every system, the systems interleaved point by point in rotating order (``--rounds`` times),
+    so a busy moment on the shared machine hits all three alike; each row pools its rounds."""
+    bundles = {"demo": str(Path(args.demo).resolve()), "conv": str(Path(args.conv).resolve())}
+    from vaedeploy import load
+
+    images = {}
+    for model, path in bundles.items():
+        rt = load(path)
+        images[model] = np.random.default_rng(0).random((64, *rt.input_shape), dtype=np.float32)
+        rt.close()
+    servers = {system: start_system(system, bundles) for system in SYSTEMS}
+    rows = []
+    try:
+        for system, (_, port) in servers.items():  # first calls (sessions' arenas, caches) are not measured
+            for model in bundles:
+                for operation in OPERATIONS:
+                    load_point(port, requests_for(system, model, operation, images[model]), 8, 0.0, 1.0)
+        for model in bundles:
+            for operation in OPERATIONS:
+                requests = {s: requests_for(s, model, operation, images[model]) for s in SYSTEMS}
+                for clients in CONCURRENCY:
+                    pooled = {s: {"latencies": [], "failures": 0, "seconds": 0.0, "cpu": 0.0, "load": []}
+                              for s in SYSTEMS}
+                    before = {s: batch_figures(servers[s][1], f"{model}.{operation}") for s in SYSTEMS[:2]}
+                    for round_ in range(args.rounds):
+                        for system in SYSTEMS[round_ % 3:] + SYSTEMS[:round_ % 3]:
+                            process, port = servers[system]
+                            cpu = cpu_seconds(process.pid)
+                            point = load_point(port, requests[system], clients, args.warmup, args.seconds)
+                            into = pooled[system]
+                            into["cpu"] += cpu_seconds(process.pid) - cpu  # warm-up included: per request of both
+                            into["latencies"] += point["latencies"]
+                            into["failures"] += point["failures"]
+                            into["seconds"] += point["seconds"]
+                            into["load"].append(os.getloadavg()[0])
+                    for system in SYSTEMS:
+                        into, n = pooled[system], len(pooled[system]["latencies"])
+                        figures = summarize(into["latencies"]) if n else {}
+                        row = {"kind": "server", "system": system, "model": model, "operation": operation,
+                               "concurrency": clients, "requests": n, "failures": into["failures"],
+                               "throughput_rps": n / into["seconds"], "p50_ms": figures.get("p50_ms"),
+                               "p99_ms": figures.get("p99_ms"), "mean_ms": figures.get("mean_ms"),
+                               "server_cpu_us_per_request":
+                                   into["cpu"] / (n * (args.warmup + args.seconds) / args.seconds) * 1e6 if n else None,
+                               "loadavg_1min": [round(x, 2) for x in into["load"]]}
+                        if system in before:
+                            after = batch_figures(servers[system][1], f"{model}.{operation}")
+                            executions = after["executions"] - before[system]["executions"]
+                            row["mean_batch"] = ((after["rows"] - before[system]["rows"]) / executions
+                                                 if executions else None)
+                            row["batch_histogram"] = {le: after["cumulative_buckets"].get(le, 0) - count for le, count
+                                                      in before[system]["cumulative_buckets"].items()}
+                        rows.append(row)
+                        print(f"{system:9} {model:4} {operation:6} c={clients:<3} {row['throughput_rps']:8.0f} "
+                              f"req/s  p50 {row['p50_ms'] or 0:7.2f} ms  p99 {row['p99_ms'] or 0:7.2f} ms  "
+                              f"batch {row.get('mean_batch') or 1:5.1f}  server CPU "
+                              f"{row['server_cpu_us_per_request'] or 0:5.0f} us/req  load {max(into['load']):.1f}  "
+                              f"failures {row['failures']}", flush=True)
+    finally:
+        for process, _ in servers.values():
+            stop(process)
+    rows += ceiling(bundles, images, args.ceiling_seconds)
+    meta = {"settings": {"warmup_s": args.warmup, "window_s": args.seconds, "rounds": args.rounds,
+                         "concurrency": list(CONCURRENCY),
+                         "bundles": {m: {"path": p, "manifest": _manifest_summary(p)} for m, p in bundles.items()},
+                         "note": args.note},
+            "goal": goal_verdict(rows)}
+    path = write_rows(NAME, rows, meta=meta)
+    print(f"wrote {path}")
+    plot(json.loads(path.read_text()), RESULTS_DIR / f"{NAME}.png")
+    print(table(json.loads(path.read_text())))
+
+
+def _manifest_summary(path: str) -> dict:
+    m = json.loads((Path(path) / "manifest.json").read_text())
+    config = (m.get("model") or {}).get("config", {})
+    return {"kind": m["kind"], "input": m["input"]["shape"], "latent_dim": m["latent"]["dim"],
+            "backbone": config.get("backbone"), "data": m["input"].get("data", {}).get("name")}
+
+
+def _server(rows, system, model, operation, clients):
+    return next(r for r in rows if r["kind"] == "server" and r["system"] == system and r["model"] == model
+                and r["operation"] == operation and r["concurrency"] == clients)
+
+
+def ceiling_at(rows, model: str, operation: str, batch: float | None) -> dict:
+    """The ceiling row at the measured batch size nearest ``batch`` (1 when unknown)."""
+    options = [r for r in rows if r["kind"] == "ceiling" and r["model"] == model and r["operation"] == operation]
+    return min(options, key=lambda r: abs(np.log(r["batch"]) - np.log(max(1.0, batch or 1.0))))
+
+
+def goal_verdict(rows) -> dict:
+    verdict = {}
+    for operation in OPERATIONS:
+        batched = _server(rows, "batched", GOAL["model"], operation, GOAL["concurrency"])
+        unbatched = _server(rows, "unbatched", GOAL["model"], operation, GOAL["concurrency"])
+        speedup = batched["throughput_rps"] / unbatched["throughput_rps"]
+        verdict[operation] = {
+            "speedup": speedup, "batched_p99_ms": batched["p99_ms"], "unbatched_p99_ms": unbatched["p99_ms"],
+            "met": speedup >= GOAL["speedup"] and batched["p99_ms"] <= unbatched["p99_ms"],
+            "share_of_ceiling": batched["throughput_rps"] / ceiling_at(rows, GOAL["model"], operation,
+                                                                       batched.get("mean_batch"))["rows_per_s"]}
+    return verdict
+
+
+def table(doc: dict) -> str:
+    rows = doc["rows"]
+    out = []
+    for model in ("demo", "conv"):
+        for operation in OPERATIONS:
+            lines = []
+            for clients in CONCURRENCY:
+                b, u, f = (_server(rows, s, model, operation, clients) for s in SYSTEMS)
+                ceil = ceiling_at(rows, model, operation, b.get("mean_batch"))
+                lines.append([clients, b["throughput_rps"], b["p50_ms"], b["p99_ms"], b.get("mean_batch") or 1.0,
+                              b["server_cpu_us_per_request"], u["throughput_rps"], u["p50_ms"], u["p99_ms"],
+                              u["server_cpu_us_per_request"], f["throughput_rps"], f["p99_ms"],
+                              f"{b['throughput_rps'] / u['throughput_rps']:.2f}×",
+                              f"{ceil['rows_per_s']:.0f} (batch {ceil['batch']})"])
+            out.append(f"**{model} VAE, `{operation}`** (requests/s; latency in ms; server CPU in µs per request)\n")
+            out.append(markdown_table(["clients", "batched req/s", "p50", "p99", "mean batch", "CPU",
+                                       "unbatched req/s", "p50", "p99", "CPU", "fastapi req/s", "p99",
+                                       "batched / unbatched", "runtime ceiling rows/s"], lines))
+            out.append("")
+    return "\n".join(out)
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = doc["rows"]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    for (model, operation), ax in zip([(m, o) for m in ("demo", "conv") for o in OPERATIONS], axes.flat):
+        for system, style in zip(SYSTEMS, ("o-", "s--", "^:")):
+            ys = [_server(rows, system, model, operation, c)["throughput_rps"] for c in CONCURRENCY]
+            ax.plot(CONCURRENCY, ys, style, label=system)
+        ceil = [ceiling_at(rows, model, operation, _server(rows, "batched", model, operation, c).get("mean_batch"))
+                ["rows_per_s"] for c in CONCURRENCY]
+        ax.plot(CONCURRENCY, ceil, "k-", alpha=0.3, label="runtime ceiling at the batch formed")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{model} VAE: {operation}, batch-1 requests")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel("requests / s")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    cpu = doc["machine"]["cpu"]
+    fig.suptitle(f"vaedeploy serve on {doc['machine']['cpu_cores_available']} cores of {cpu} (shared)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--demo", help="the demo VAE's bundle (vaedeploy demo, or train vae --data digits)")
+    parser.add_argument("--conv", help="a conv VAE's bundle on mnist5k (train vae --data mnist5k --backbone conv)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timed window per point and round (default 3)")
+    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up per point and round (default 0.5)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the three systems per point (default 2)")
+    parser.add_argument("--ceiling-seconds", type=float, default=0.5, help="timing per ceiling point (default 0.5)")
+    parser.add_argument("--note", default="", help="a sentence stored with the results (e.g. who shared the machine)")
+    parser.add_argument("--table", action="store_true", help="print the table of the committed results and exit")
+    args = parser.parse_args()
+    if args.table:
+        print(table(json.loads((RESULTS_DIR / f"{NAME}.json").read_text())))
+        return
+    if not (args.demo and args.conv):
+        parser.error("--demo and --conv bundles are needed to measure (or --table)")
+    measure(args)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the servers it started are stopped too
+    main()

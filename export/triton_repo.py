@@ -1,0 +1,333 @@
+"""`vaedeploy triton-repo BUNDLE --out DIR`: a Triton Inference Server model repository of a bundle, for scale-out.
+
+The repository serves the same V2 models as ``vaedeploy serve`` (same names, inputs, outputs and request
+parameters), so a client moves from one to the other unchanged (docs/serving.md):
+
+- ``NAME.encoder``, ``NAME.decoder`` (and ``NAME.<prior graph>`` of a two-stage VAE): the bundle's ONNX graphs as
+  ``onnxruntime_onnx`` models, with the dynamic batching of ``vaedeploy serve``'s options;
+- Python-backend steps (``model.py`` over vaedeploy's numpy kernels, so the noise is the runtime's, bit for bit):
+  ``NAME.reparameterize`` (z = mean + exp(logvar/2)·eps), ``NAME.prior_noise`` (z ~ N(0, T²) for ``sample``; no input
+  tensor, the request parameters n, seed, temperature, offset), ``NAME.stage1_noise`` (two-stage), ``NAME.nearest``
+  (VQ's nearest code), ``NAME.image`` (a Bernoulli decoder's logits → mean image);
+- ensembles with ``vaedeploy serve``'s names chaining them: ``NAME.encode``, ``NAME.encode_params``,
+  ``NAME.decode``, ``NAME.sample``. Not ``NAME.reconstruct``: an ensemble has one tensor per name, so it cannot take
+  ``x`` and give ``x`` (decode the ``mean`` of ``encode_params``, or use ``vaedeploy serve``).
+Triton forwards an ensemble's request parameters to its steps (Triton ≥ 23.10, core PR #261), so a request's seed
+reaches the noise step. The Python steps need ``vaedeploy`` importable in Triton's Python environment (numpy and
+onnxruntime, no torch): ``pip install vaedeploy`` in the container.
+
+Written for the latent types ``gaussian`` (with or without a two-stage prior), ``deterministic`` and ``vq`` (not its
+``sample``: the autoregressive prior runs one graph call per code, which is ``vaedeploy serve``'s job); a
+``hierarchical`` bundle is refused with a sentence saying so. Version folders are ``1/``, as Triton expects. The
+output directory is replaced whole, atomically where the OS allows, and only when it is absent, empty or a repository
+this command wrote (``MARKER``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..bundle import load_bundle
+from ..errors import ConfigError
+from ..io import replace_directory, write_json
+
+MARKER = ".vaedeploy-triton-repo.json"
+ENUM_FIELDS = {"data_type", "kind", "timeout_action"}  # written unquoted in the text format
+STAGE1_NOISE_OFFSET = 2**62  # where a two-stage sample's stage-1 noise starts in the stream (the runtime's constant)
+_DATATYPES = {"float32": "FP32", "int64": "INT64"}
+
+
+# ---- the text format of ModelConfig ------------------------------------------------------------------------------
+
+def _scalar(key: str, value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return value if key in ENUM_FIELDS else json.dumps(value)
+
+
+def text_proto(message: dict, indent: int = 0) -> str:
+    """A ``ModelConfig`` given as its JSON fields (dicts, lists, scalars; maps as dicts) in protobuf's text format."""
+    pad, lines = "  " * indent, []
+    for key, value in message.items():
+        if value == [] or value == {}:
+            continue  # an empty repeated field or map is the field's default
+        if isinstance(value, dict) and key == "parameters":  # map<string, ModelParameter>
+            for name, parameter in value.items():
+                lines.append(f"{pad}{key} {{\n{pad}  key: {json.dumps(name)}\n{pad}  value {{\n"
+                             f"{text_proto(parameter, indent + 2)}{pad}  }}\n{pad}}}")
+            continue
+        if isinstance(value, dict) and key in ("input_map", "output_map"):  # map<string, string>
+            for k, v in value.items():
+                lines.append(f"{pad}{key} {{\n{pad}  key: {json.dumps(k)}\n{pad}  value: {json.dumps(v)}\n{pad}}}")
+            continue
+        if isinstance(value, dict):
+            lines.append(f"{pad}{key} {{\n{text_proto(value, indent + 1)}{pad}}}")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            lines += [f"{pad}{key} {{\n{text_proto(item, indent + 1)}{pad}}}" for item in value]
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: [{', '.join(_scalar(key, v) for v in value)}]")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(key, value)}")
+    return "".join(line + "\n" for line in lines)
+
+
+# ---- the models -------------------------------------------------------------------------------------------------
+
+def _tensor(name: str, datatype: str, dims) -> dict:
+    return {"name": name, "data_type": f"TYPE_{datatype}", "dims": [int(d) for d in dims]}
+
+
+def _graph_tensors(specs: list[dict]) -> list[dict]:
+    return [_tensor(s["name"], _DATATYPES.get(s["dtype"], s["dtype"].upper()), s["shape"][1:]) for s in specs]
+
+
+class _Repository:
+    """The models of one bundle, as ModelConfig dicts, and the files each needs."""
+
+    def __init__(self, bundle, name: str, batching: dict):
+        self.bundle, self.name, self.batching = bundle, name, batching
+        self.max_batch = int(batching.get("max_batch_size", 64))
+        self.configs: dict[str, dict] = {}
+        self.files: dict[str, dict[str, bytes | Path]] = {}  # model → {path in its version folder: content}
+
+    def graph(self, role: str) -> str:
+        entry = self.bundle.graph(role)
+        model = f"{self.name}.{role}"
+        self.configs[model] = {"name": model, "platform": "onnxruntime_onnx", "max_batch_size": self.max_batch,
+                               "input": _graph_tensors(entry["inputs"]), "output": _graph_tensors(entry["outputs"]),
+                               **{k: v for k, v in self.batching.items() if k != "max_batch_size"}}
+        self.files[model] = {"model.onnx": entry["path"]}
+        return model
+
+    def python(self, step: str, inputs: list[dict], outputs: list[dict], settings: dict | None = None,
+               reads: tuple[str, ...] = (), batching: bool = True) -> str:
+        """A Python-backend step with its ``settings`` (JSON values) and the request parameters it ``reads``; without
+        ``batching`` it takes no batch axis (a sample's noise has no input whose batch Triton could read: each
+        request says its rows in ``n``)."""
+        model = f"{self.name}.{step}"
+        parameters = {k: {"string_value": json.dumps(v)} for k, v in {"step": step, **(settings or {})}.items()}
+        if reads:
+            parameters["request_parameters"] = {"string_value": ",".join(reads)}
+        config = {"name": model, "backend": "python", "max_batch_size": self.max_batch if batching else 0,
+                  "input": inputs, "output": outputs, "parameters": parameters}
+        if batching:
+            config.update({k: v for k, v in self.batching.items() if k != "max_batch_size"})
+        else:
+            config["instance_group"] = self.batching.get("instance_group", [{"count": 1, "kind": "KIND_CPU"}])
+        self.configs[model] = config
+        self.files[model] = {"model.py": PYTHON_STEP.encode()}
+        return model
+
+    def ensemble(self, operation: str, inputs: list[dict], outputs: list[dict], steps: list[tuple],
+                 reads: tuple[str, ...] = (), batching: bool = True) -> None:
+        """``steps``: (model, {step input: ensemble tensor}, {step output: ensemble tensor}); ``reads``: the request
+        parameters its steps read, named in its config as ``vaedeploy serve``'s /config does."""
+        model = f"{self.name}.{operation}"
+        self.configs[model] = {
+            "name": model, "platform": "ensemble", "max_batch_size": self.max_batch if batching else 0,
+            "input": inputs, "output": outputs,
+            "ensemble_scheduling": {"step": [{"model_name": m, "model_version": -1, "input_map": i, "output_map": o}
+                                             for m, i, o in steps]}}
+        if reads:
+            self.configs[model]["parameters"] = {"request_parameters": {"string_value": ",".join(reads)}}
+        self.files[model] = {}
+
+
+def _image_step(repo: _Repository, decoder: str, source: str, target: str) -> list[tuple]:
+    """The steps from a decoder's input tensor ``source`` to the mean image ``target``."""
+    entry = repo.bundle.graph("decoder")
+    first = entry["outputs"][0]["name"]
+    step_input = entry["inputs"][0]["name"]
+    if repo.bundle.manifest["likelihood"]["kind"] != "bernoulli":
+        return [(decoder, {step_input: source}, {first: target})]
+    image = repo.python("image", _graph_tensors(entry["outputs"][:1]),
+                        [_tensor("x", "FP32", repo.bundle.input_shape)], {"input": first})
+    return [(decoder, {step_input: source}, {first: f"{target}_logits"}),
+            (image, {first: f"{target}_logits"}, {"x": target})]
+
+
+def build(bundle, name: str, batching: dict) -> _Repository:
+    """The models of a loaded bundle served as ``name`` with ``batching`` (``BatchPolicy.model_config``)."""
+    latent = bundle.latent
+    kind = latent["type"]
+    if kind == "hierarchical":
+        raise ConfigError(f"{bundle.root}: triton-repo writes gaussian, deterministic and vq bundles; a hierarchical "
+                          "one needs a noise input per layer and a concatenation step that are not written yet: "
+                          "serve it with `vaedeploy serve`")
+    repo = _Repository(bundle, name, batching)
+    shape, d = bundle.input_shape, int(latent["dim"])
+    x = _tensor("x", "FP32", shape)
+    encoder, decoder = repo.graph("encoder"), repo.graph("decoder")
+    enc = bundle.graph("encoder")
+    enc_outputs = [o["name"] for o in enc["outputs"]]
+    repo.ensemble("encode_params", [x], _graph_tensors(enc["outputs"]),
+                  [(encoder, {"x": "x"}, {o: o for o in enc_outputs})])
+    noise, sampling = ("seed", "offset"), ("n", "seed", "temperature", "offset")  # as vaedeploy serve's models
+    if kind == "vq":
+        grid = [int(g) for g in latent["grid"]]
+        codes, z_q = _tensor("codes", "INT64", grid), _tensor("z_q", "FP32", [d, *grid])
+        nearest = repo.python("nearest", [_tensor("z_e", "FP32", [d, *grid])], [codes, z_q],
+                              {"codebook": latent["codebook"]})
+        repo.files[nearest]["codebook.npy"] = bundle.path(bundle.manifest["arrays"][latent["codebook"]])
+        repo.ensemble("encode", [x], [codes, z_q], [(encoder, {"x": "x"}, {"z_e": "z_e"}),
+                                                    (nearest, {"z_e": "z_e"}, {"codes": "codes", "z_q": "z_q"})])
+        repo.ensemble("decode", [z_q], [x], _image_step(repo, decoder, "z_q", "x"))
+    else:
+        z = _tensor("z", "FP32", [d])
+        repo.ensemble("decode", [z], [x], _image_step(repo, decoder, "z", "x"))
+    if kind == "deterministic":
+        repo.ensemble("encode", [x], [_tensor("z", "FP32", [d])], [(encoder, {"x": "x"}, {"z": "z"})])
+    if kind == "gaussian":
+        reparameterize = repo.python("reparameterize", _graph_tensors(enc["outputs"]), [_tensor("z", "FP32", [d])],
+                                     reads=noise)
+        repo.ensemble("encode", [x], [_tensor("z", "FP32", [d])],
+                      [(encoder, {"x": "x"}, {"mean": "mean", "logvar": "logvar"}),
+                       (reparameterize, {"mean": "mean", "logvar": "logvar"}, {"z": "z"})], reads=noise)
+        unbatched_x = _tensor("x", "FP32", [-1, *shape])
+        prior = latent.get("prior")
+        if prior is None:
+            draw = repo.python("prior_noise", [], [_tensor("z", "FP32", [-1, d])], {"dim": d}, sampling,
+                               batching=False)
+            repo.ensemble("sample", [], [unbatched_x], [(draw, {}, {"z": "z"}), *_image_step(repo, decoder, "z", "x")],
+                          sampling, batching=False)
+        else:
+            u_dim, stage2 = int(prior["dim"]), repo.graph(prior["graph"])
+            draw = repo.python("prior_noise", [], [_tensor("z", "FP32", [-1, u_dim])], {"dim": u_dim}, sampling,
+                               batching=False)
+            stage1 = repo.python("stage1_noise", [_tensor("mean", "FP32", [d]), _tensor("log_gamma", "FP32", [d])],
+                                 [_tensor("z", "FP32", [d])], {"base": STAGE1_NOISE_OFFSET}, sampling)
+            repo.ensemble("sample", [], [unbatched_x], [
+                (draw, {}, {"z": "u"}), (stage2, {"u": "u"}, {"mean": "mean", "log_gamma": "log_gamma"}),
+                (stage1, {"mean": "mean", "log_gamma": "log_gamma"}, {"z": "z"}),
+                *_image_step(repo, decoder, "z", "x")], sampling, batching=False)
+    return repo
+
+
+# ---- writing ----------------------------------------------------------------------------------------------------
+
+def _check_target(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
+        raise ConfigError(f"{out}: exists and is not a repository written by `vaedeploy triton-repo` (no {MARKER}); "
+                          "expected an absent or empty directory, or an earlier output")
+
+
+def write_repository(bundle_dir, out, name: str, batching: dict) -> list[str]:
+    """Write the repository of the bundle at ``bundle_dir`` served as ``name`` into ``out``; returns its models.
+
+    Args:
+        batching: ``max_batch_size``, ``dynamic_batching`` and ``instance_group`` as Triton's ModelConfig JSON
+            fields (``vaedeploy.serve.batcher.BatchPolicy.model_config()`` gives them from serve's options).
+    """
+    bundle = load_bundle(bundle_dir)
+    repo = build(bundle, name, batching)
+    out = Path(out)
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for model, config in repo.configs.items():
+            version = staging / model / "1"
+            version.mkdir(parents=True)
+            (staging / model / "config.pbtxt").write_text(text_proto(config))
+            for file, content in repo.files[model].items():
+                if isinstance(content, Path):
+                    shutil.copyfile(content, version / file)
+                else:
+                    (version / file).write_bytes(content)
+        write_json(staging / MARKER, {"bundle": str(Path(bundle_dir).resolve()), "name": name,
+                                      "models": sorted(repo.configs)})
+        os.chmod(staging, 0o755)
+        old = replace_directory(staging, out, out.with_name(f".{out.name}.old"))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:  # an empty directory, or a repository this command wrote (checked above)
+        shutil.rmtree(old)
+    return sorted(repo.configs)
+
+
+# ---- the Python-backend step, written as each step's model.py -------------------------------------------------
+
+PYTHON_STEP = '''"""A vaedeploy step for Triton's Python backend, written by `vaedeploy triton-repo`: the noise and
+nearest-code steps of vaedeploy's runtime over its numpy kernels (so a seed gives the noise `vaedeploy serve` gives).
+The step and its settings are this model's config parameters; each request's own parameters (n, seed, temperature,
+offset) come with it, forwarded by the ensemble. Needs `vaedeploy` importable (pip install vaedeploy: numpy and
+onnxruntime).
+"""
+import json
+import secrets
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from vaedeploy.kernels import reparameterize_numpy, standard_normal_numpy, vq_nearest_numpy
+
+
+def _parameter(request, name, default):
+    value = json.loads(request.parameters() or "{}").get(name, default)
+    if name == "seed" and value is None:
+        return secrets.randbits(63)
+    return value
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        settings = {k: json.loads(v["string_value"]) for k, v in config.get("parameters", {}).items()
+                    if k != "request_parameters"}
+        self.step, self.settings = settings.pop("step"), settings
+        self.outputs = [o["name"] for o in config["output"]]
+        if self.step == "nearest":
+            self.codebook = np.load(Path(__file__).with_name("codebook.npy"), allow_pickle=False)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                arrays = getattr(self, "_" + self.step)(request)
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(a)) for n, a in zip(self.outputs, arrays)]))
+            except Exception as e:  # one request's bad parameter is its own error, not the batch's
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.step}: {e}")))
+        return responses
+
+    def _input(self, request, name):
+        return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+
+    def _reparameterize(self, request):
+        mean, logvar = self._input(request, "mean"), self._input(request, "logvar")
+        seed, offset = _parameter(request, "seed", None), _parameter(request, "offset", 0)
+        return (reparameterize_numpy(mean, logvar, seed, offset * mean.shape[1]),)
+
+    def _prior_noise(self, request):
+        n, d = int(_parameter(request, "n", 1)), self.settings["dim"]
+        seed, offset = _parameter(request, "seed", None), _parameter(request, "offset", 0)
+        t = np.float32(_parameter(request, "temperature", 1.0))
+        return (standard_normal_numpy((n, d), seed, offset * d) * t,)
+
+    def _stage1_noise(self, request):
+        mean, log_gamma = self._input(request, "mean"), self._input(request, "log_gamma")
+        n, d = mean.shape
+        seed, offset = _parameter(request, "seed", None), _parameter(request, "offset", 0)
+        t = np.float32(_parameter(request, "temperature", 1.0))
+        eps = standard_normal_numpy((n, d), seed, self.settings["base"] + offset * d)
+        return (mean + t * np.exp(0.5 * log_gamma) * eps,)
+
+    def _nearest(self, request):
+        z_e = self._input(request, "z_e")
+        n, d, h, w = z_e.shape
+        rows = np.ascontiguousarray(z_e.transpose(0, 2, 3, 1)).reshape(-1, d)
+        index, quantized = vq_nearest_numpy(rows, self.codebook)
+        z_q = quantized.reshape(n, h, w, d).transpose(0, 3, 1, 2)
+        return index.reshape(n, h, w).astype(np.int64), z_q
+
+    def _image(self, request):
+        logits = self._input(request, self.settings["input"])
+        return (np.exp(-np.logaddexp(np.float32(0), -logits)),)
+'''

@@ -1,0 +1,239 @@
+"""`vaedeploy triton-repo`: every config.pbtxt parses into Triton's own ModelConfig (tritonclient's model_config_pb2);
+names and shapes match the graphs and `vaedeploy serve`'s models; ensemble maps close; and each ensemble, executed
+step by step here (ONNX Runtime for the graphs, the written model.py under a stand-in for Triton's
+triton_python_backend_utils), answers what the runtime answers.
+"""
+import importlib.util
+import json
+import sys
+import types
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+from vaedeploy.export.triton_repo import MARKER, write_repository
+
+from vaedeploy import load
+from vaedeploy.bundle import read_graph_signature
+from vaedeploy.errors import ConfigError
+from vaedeploy.serve.app import model_config
+from vaedeploy.serve.batcher import BatchPolicy
+from vaedeploy.serve.models import operations
+
+KINDS = ["vae", "ae", "vqvae", "twostage", "vae_conv_bernoulli"]
+POLICY = BatchPolicy(max_batch_size=32, preferred_batch_size=(4, 8), max_queue_delay_microseconds=100,
+                     max_queue_size=7, instances=2)
+TYPES = {"TYPE_FP32": "float32", "TYPE_INT64": "int64"}
+
+
+def read_repository(root) -> dict:
+    configs = {}
+    for path in sorted(root.glob("*/config.pbtxt")):
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        assert config.name == path.parent.name and (path.parent / "1").is_dir()
+        configs[config.name] = config
+    return configs
+
+
+@pytest.fixture(scope="module")
+def repositories(exported, tmp_path_factory):
+    root = tmp_path_factory.mktemp("triton")
+    made = {}
+    for kind in KINDS:
+        models = write_repository(exported(kind)[1], root / kind, kind, POLICY.model_config())
+        made[kind] = (root / kind, read_repository(root / kind))
+        assert sorted(made[kind][1]) == models
+    return made
+
+
+def dims(tensor) -> list[int]:
+    return list(tensor.dims)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_graphs_batching_and_ensemble_maps(repositories, kind):
+    root, configs = repositories[kind]
+    for name, config in configs.items():
+        if config.platform == "onnxruntime_onnx":
+            graph = read_graph_signature(root / name / "1" / "model.onnx")
+            for side, specs in (("inputs", config.input), ("outputs", config.output)):
+                assert [(s["name"], s["shape"][1:], s["dtype"]) for s in graph[side]] == \
+                    [(t.name, dims(t), TYPES[model_config_pb2.DataType.Name(t.data_type)]) for t in specs]
+        if config.platform != "ensemble" and config.max_batch_size:
+            assert config.max_batch_size == 32 and list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+            policy = config.dynamic_batching.default_queue_policy
+            assert config.dynamic_batching.max_queue_delay_microseconds == 100 and policy.max_queue_size == 7
+            assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+        if config.backend == "python":
+            assert (root / name / "1" / "model.py").is_file() and config.instance_group[0].count == 2
+        if config.platform != "ensemble":
+            continue
+        available = {t.name for t in config.input}
+        for step in config.ensemble_scheduling.step:
+            model = configs[step.model_name]  # every step is a model of the repository
+            assert set(step.input_map) == {t.name for t in model.input}, (name, step.model_name)
+            assert set(step.output_map) <= {t.name for t in model.output}
+            assert set(step.input_map.values()) <= available, f"{name}: {step.model_name} reads an unwritten tensor"
+            assert not set(step.output_map.values()) & available, f"{name}: a tensor written twice"
+            available |= set(step.output_map.values())
+        assert {t.name for t in config.output} <= available
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_ensembles_are_vaedeploy_serves_models(repositories, exported, kind):
+    _, configs = repositories[kind]
+    rt = load(exported(kind)[1])
+    served = {op.name: op for op in operations(kind, rt)}
+    written = {name for name, c in configs.items() if c.platform == "ensemble"}
+    missing = set(served) - written  # reconstruct: an ensemble cannot take x and give x; VQ's prior needs L steps
+    assert missing == {f"{kind}.reconstruct"} | ({f"{kind}.decode_codes", f"{kind}.sample_codes", f"{kind}.sample"}
+                                                if kind == "vqvae" else set()), missing
+    for name in written:
+        config, op = configs[name], served[name]
+        batch = [-1] if config.max_batch_size else []
+        for specs, tensors in ((op.inputs, config.input), (op.outputs, config.output)):
+            assert [(s.name, f"TYPE_{s.datatype}", [-1, *s.dims]) for s in specs] == \
+                [(t.name, model_config_pb2.DataType.Name(t.data_type), batch + dims(t)) for t in tensors], name
+        reads = config.parameters["request_parameters"].string_value if "request_parameters" in config.parameters \
+            else ""
+        assert reads == ",".join(op.parameters), name
+    rt.close()
+
+
+# ---- the ensembles executed here, step by step ------------------------------------------------------------------
+
+def stand_in_backend_utils() -> types.ModuleType:
+    """The parts of triton_python_backend_utils a vaedeploy step uses."""
+    pb = types.ModuleType("triton_python_backend_utils")
+
+    class Tensor:
+        def __init__(self, name, array):
+            self._name, self._array = name, np.asarray(array)
+
+        def name(self):
+            return self._name
+
+        def as_numpy(self):
+            return self._array
+
+    class InferenceRequest:
+        def __init__(self, inputs: dict, parameters: dict):
+            self.inputs, self._parameters = {k: Tensor(k, v) for k, v in inputs.items()}, parameters
+
+        def parameters(self):
+            return json.dumps(self._parameters)
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=None, error=None):
+            self.output_tensors, self.error = output_tensors or [], error
+
+    class TritonError:
+        def __init__(self, message):
+            self._message = message
+
+        def message(self):
+            return self._message
+
+    pb.Tensor, pb.InferenceRequest, pb.InferenceResponse, pb.TritonError = (Tensor, InferenceRequest,
+                                                                            InferenceResponse, TritonError)
+    pb.get_input_tensor_by_name = lambda request, name: request.inputs.get(name)
+    return pb
+
+
+class Executor:
+    """Runs a repository's ensembles as Triton would: each step when its inputs exist, in the config's order."""
+
+    def __init__(self, root, configs, monkeypatch):
+        self.root, self.configs, self.models = root, configs, {}
+        self.pb = stand_in_backend_utils()
+        monkeypatch.setitem(sys.modules, "triton_python_backend_utils", self.pb)
+
+    def model(self, name):
+        if name not in self.models:
+            config = self.configs[name]
+            if config.platform == "onnxruntime_onnx":
+                self.models[name] = ort.InferenceSession(str(self.root / name / "1" / "model.onnx"))
+            else:
+                spec = importlib.util.spec_from_file_location(f"step_{name}", self.root / name / "1" / "model.py")
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                step = module.TritonPythonModel()
+                step.initialize({"model_config": json_format.MessageToJson(config, preserving_proto_field_name=True)})
+                self.models[name] = step
+        return self.models[name]
+
+    def run_model(self, name, feed: dict, parameters: dict) -> dict:
+        model = self.model(name)
+        if isinstance(model, ort.InferenceSession):
+            return dict(zip([o.name for o in model.get_outputs()], model.run(None, feed)))
+        [response] = model.execute([self.pb.InferenceRequest(feed, parameters)])
+        assert response.error is None, response.error.message()
+        return {t.name(): t.as_numpy() for t in response.output_tensors}
+
+    def infer(self, name, inputs: dict, parameters: dict) -> dict:
+        config, tensors = self.configs[name], dict(inputs)
+        for step in config.ensemble_scheduling.step:
+            outputs = self.run_model(step.model_name, {k: tensors[v] for k, v in step.input_map.items()}, parameters)
+            tensors.update({v: outputs[k] for k, v in step.output_map.items()})
+        return {t.name: tensors[t.name] for t in config.output}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_ensemble_answers_what_the_runtime_answers(repositories, exported, kind, monkeypatch):
+    root, configs = repositories[kind]
+    rt, run = load(exported(kind)[1]), Executor(root, configs, monkeypatch)
+    x = np.random.default_rng(0).random((3, *rt.input_shape), dtype=np.float32)
+    params = run.infer(f"{kind}.encode_params", {"x": x}, {})
+    expected = {"encode_params": list(rt.encode_params(x))}
+    z = rt.encode(x, seed=9, offset=2)
+    expected["encode"] = list(z) if isinstance(z, tuple) else [z]
+    if f"{kind}.sample" in configs:
+        expected["sample"] = [rt.sample(4, seed=5, temperature=0.7, offset=3)]
+    latent = z[1] if isinstance(z, tuple) else z
+    expected["decode"] = [rt.decode(latent)]
+    inputs = {"encode_params": {"x": x}, "encode": {"x": x}, "sample": {},
+              "decode": {"z_q" if kind == "vqvae" else "z": latent}}
+    parameters = {"encode": {"seed": 9, "offset": 2}, "sample": {"n": 4, "seed": 5, "temperature": 0.7, "offset": 3}}
+    for operation, want in expected.items():
+        got = run.infer(f"{kind}.{operation}", inputs[operation], parameters.get(operation, {}))
+        assert len(got) == len(want), operation
+        for (name, array), reference in zip(got.items(), want):
+            assert array.dtype == reference.dtype and array.shape == reference.shape, (operation, name)
+            np.testing.assert_allclose(array, reference, rtol=1e-6, atol=1e-6, err_msg=f"{kind}.{operation}.{name}")
+    assert len(params) == len(expected["encode_params"])
+    rt.close()
+
+
+def test_a_step_answers_a_bad_request_with_its_own_error(repositories, monkeypatch):
+    root, configs = repositories["vae"]
+    run = Executor(root, configs, monkeypatch)
+    step = run.model("vae.prior_noise")
+    good, bad = run.pb.InferenceRequest({}, {"n": 2, "seed": 1}), run.pb.InferenceRequest({}, {"n": 2, "seed": -1})
+    responses = step.execute([good, bad])
+    assert responses[0].error is None and responses[0].output_tensors[0].as_numpy().shape == (2, 4)
+    assert "prior_noise" in responses[1].error.message()
+
+
+def test_serves_config_endpoint_is_a_valid_model_config(exported):
+    rt = load(exported("vqvae")[1])
+    for op in operations("vq", rt):
+        config = json_format.ParseDict(model_config(op, POLICY), model_config_pb2.ModelConfig())
+        assert config.name == op.name and config.max_batch_size == 32
+    rt.close()
+
+
+def test_hierarchical_is_refused_and_other_files_are_never_replaced(exported, tmp_path):
+    with pytest.raises(ConfigError, match="hierarchical one needs a noise input per layer"):
+        write_repository(exported("biva")[1], tmp_path / "biva", "biva", POLICY.model_config())
+    assert not (tmp_path / "biva").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not a repository written by"):
+        write_repository(exported("vae")[1], tmp_path / "mine", "vae", POLICY.model_config())
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    first = write_repository(exported("vae")[1], tmp_path / "repo", "vae", POLICY.model_config())
+    again = write_repository(exported("vae")[1], tmp_path / "repo", "vae", POLICY.model_config())
+    assert first == again and (tmp_path / "repo" / MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "repo"]  # no staging or backup left behind

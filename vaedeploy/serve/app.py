@@ -1,0 +1,322 @@
+"""The server: the Open Inference Protocol's HTTP endpoints (KServe V2 as Triton serves them), run by uvicorn (uvloop
+and httptools where installed). ``POST …/infer``, the hot path, is answered as plain ASGI; the other endpoints go
+through Starlette, whose routing and request objects cost more per request than the protocol itself.
+
+Endpoints: ``GET /v2/health/live|ready``, ``GET /v2`` (server metadata with its extensions),
+``GET /v2/models/{name}[/versions/1]`` (metadata), ``…/ready``, ``…/config`` (Triton's model-configuration
+extension), ``POST …/infer``, ``POST /v2/repository/index`` (Triton's repository extension) and ``GET /metrics``.
+Every error is ``{"error": "..."}`` with Triton's status mapping: 400 bad input, 404 unknown model or route, 413 a
+body over the limit, 503 unavailable (queue full, shutting down, timed out), 500 a fault of the server.
+
+Shutdown (SIGTERM or Ctrl-C): ``/v2/health/ready`` turns false at once, uvicorn stops accepting connections and
+waits for the requests in flight, then every batcher runs what is queued and every runtime is closed.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import re
+import socket
+import sys
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__
+from ..errors import BundleError, ConfigError, InputError, VaedeployError
+from .batcher import BatchPolicy, DynamicBatcher
+from .metrics import Metrics
+from .models import Operation, describe, operations
+from .protocol import HEADER_LENGTH, ProtocolError, parse_request, write_response
+
+log = logging.getLogger("vaedeploy.serve")
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository(index)", "schedule_policy",
+              "parameters"]
+INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+HEADER_BYTES = HEADER_LENGTH.encode()
+OFF_LOOP_BYTES = 1 << 20  # bodies (or JSON outputs) larger than this are parsed (or written) in a thread
+CLIENT_GONE = 499  # nginx's "client closed request": written to no one
+
+
+class Disconnected(Exception):
+    """The client closed its connection before its response was ready."""
+
+
+def _error(message: str, status: int, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status, headers)
+
+
+def _error_body(message: str, status: int, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    return status, json.dumps({"error": message}).encode(), {"content-type": "application/json", **(headers or {})}
+
+
+class InferenceServer:
+    """The models of some bundles, their batchers and metrics, and the ASGI app that serves them (itself: infer
+    requests directly, the other endpoints through a Starlette app).
+
+    Args:
+        bundles: ``(name, runtime)`` pairs: each runtime (``vaedeploy.load``) is served as the models ``name.*``;
+            the server closes the runtimes when it stops.
+        policy: the ``BatchPolicy`` of every model (default: ``BatchPolicy()``).
+        max_body_bytes: the largest request body accepted (413 beyond).
+        max_sample: the largest ``n`` of a sampling request (400 beyond).
+    """
+
+    def __init__(self, bundles: list[tuple[str, object]], policy: BatchPolicy | None = None,
+                 max_body_bytes: int = 64 << 20, max_sample: int = 4096):
+        names = [name for name, _ in bundles]
+        if duplicates := sorted({n for n in names if names.count(n) > 1}):
+            raise ConfigError(f"model names must be unique; {duplicates} would be served twice (use --name)")
+        self.runtimes = [runtime for _, runtime in bundles]
+        policy = policy or BatchPolicy()
+        self.policy, self.max_body_bytes = policy, max_body_bytes
+        self.metrics = Metrics()
+        self.models: dict[str, Operation] = {op.name: op for name, rt in bundles
+                                             for op in operations(name, rt, max_sample)}
+        self.batchers = {name: DynamicBatcher(op, policy, self.metrics.model(name))
+                         for name, op in self.models.items()}
+        self.ready = False
+        self.announce: str | None = None  # printed once the models are ready (the CLI's address line)
+        self.app = self._app()
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        for batcher in self.batchers.values():
+            batcher.start()
+        # Everything loaded so far (the CLI imports torch: some 10^5 objects) lives as long as the server; frozen, it
+        # is no longer scanned by each full collection, which otherwise paused every request for 100-200 ms here.
+        gc.freeze()
+        self.ready = True
+        if self.announce:
+            print(self.announce, flush=True)
+        try:
+            yield
+        finally:
+            self.ready = False
+            await asyncio.gather(*(b.close() for b in self.batchers.values()))
+            for runtime in self.runtimes:
+                runtime.close()
+
+    # ---- routes ------------------------------------------------------------------------------------------------
+
+    def _app(self) -> Starlette:
+        def model_routes(suffix: str, endpoint) -> list[Route]:
+            return [Route(f"/v2/models/{{name}}{version}{suffix}", endpoint) for version in ("", "/versions/{version}")]
+
+        routes = [Route("/v2/health/live", self.live), Route("/v2/health/ready", self.health_ready),
+                  Route("/v2", self.server_metadata), Route("/v2/repository/index", self.index, methods=["POST"]),
+                  Route("/metrics", self.metrics_page),
+                  *model_routes("", self.model_metadata), *model_routes("/ready", self.model_ready),
+                  *model_routes("/config", self.model_config)]
+
+        async def http_error(request, exc: HTTPException):
+            what = "no such endpoint" if exc.status_code == 404 else exc.detail
+            return _error(f"{request.method} {request.url.path}: {what}; expected the V2 endpoints under /v2 "
+                          "(docs/serving.md)", exc.status_code)
+
+        return Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={HTTPException: http_error})
+
+    def _model(self, request: Request) -> Operation:
+        return self._lookup(request.path_params["name"], request.path_params.get("version", "1"))
+
+    def _lookup(self, name: str, version: str) -> Operation:
+        model = self.models.get(name)
+        if model is None:
+            raise ProtocolError(f"unknown model {name!r}; this server has {sorted(self.models)}", 404)
+        if version != "1":
+            raise ProtocolError(f"model {name!r} has no version {version!r}; expected version 1", 404)
+        return model
+
+    async def live(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def health_ready(self, request: Request) -> Response:
+        return Response(status_code=200 if self.ready else 400)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse({"name": "vaedeploy", "version": __version__, "extensions": EXTENSIONS})
+
+    async def index(self, request: Request) -> Response:
+        state = "READY" if self.ready else "UNAVAILABLE"
+        return JSONResponse([{"name": name, "version": "1", "state": state} for name in self.models])
+
+    async def metrics_page(self, request: Request) -> Response:
+        return Response(self.metrics.exposition(), headers={"content-type": self.metrics.content_type})
+
+    async def model_metadata(self, request: Request) -> Response:
+        try:
+            return JSONResponse(self._model(request).metadata())
+        except ProtocolError as e:
+            return _error(str(e), e.status)
+
+    async def model_ready(self, request: Request) -> Response:
+        try:
+            self._model(request)
+        except ProtocolError as e:
+            return _error(str(e), e.status)
+        return Response(status_code=200 if self.ready else 400)
+
+    async def model_config(self, request: Request) -> Response:
+        try:
+            model = self._model(request)
+        except ProtocolError as e:
+            return _error(str(e), e.status)
+        return JSONResponse(model_config(model, self.policy))
+
+    # ---- infer: plain ASGI ------------------------------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send) -> None:
+        """The ASGI app: ``POST …/infer`` here, everything else (and the lifespan) through Starlette."""
+        if scope["type"] == "http" and scope["method"] == "POST" and (match := INFER.fullmatch(scope["path"])):
+            status, body, headers = await self.infer(match.group(1), match.group(2) or "1", scope, receive)
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-length", str(len(body)).encode()),
+                                    *((k.encode(), v.encode()) for k, v in headers.items())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+    async def infer(self, name: str, version: str, scope, receive) -> tuple[int, bytes, dict]:
+        """(status, body, headers) of one infer request; every failure is a JSON error with its status."""
+        model = None
+        try:
+            model = self._lookup(name, version)
+            headers = {k: v for k, v in scope["headers"] if k in (b"content-length", HEADER_BYTES)}
+            body = await self._body(receive, headers.get(b"content-length"))
+            header_length = headers[HEADER_BYTES].decode("latin-1") if HEADER_BYTES in headers else None
+            if len(body) > OFF_LOOP_BYTES:
+                parsed = await asyncio.to_thread(parse_request, body, header_length)
+            else:
+                parsed = parse_request(body, header_length)
+            if parsed.outputs is not None and (unknown := sorted(set(parsed.outputs) - set(model.output_names))):
+                raise ProtocolError(f"{model.name}: unknown output(s) {unknown}; expected some of "
+                                    f"{model.output_names}")
+            piece = model.piece(parsed.inputs, parsed.parameters)
+            priority, timeout = parsed.parameters.get("priority", 0), parsed.parameters.get("timeout", 0)
+            for key, value in (("priority", priority), ("timeout", timeout)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ProtocolError(f"parameter {key}: expected an integer ≥ 0, got {value!r}")
+            batcher = self.batchers[model.name]
+            outputs = await self._result(receive, batcher, batcher.submit(piece, priority, timeout))
+            named = dict(zip(model.output_names, outputs))
+            if sum(a.size for a in outputs) * 4 > OFF_LOOP_BYTES:
+                body, headers = await asyncio.to_thread(write_response, model.name, parsed, named)
+            else:
+                body, headers = write_response(model.name, parsed, named)
+            return 200, body, headers
+        except Disconnected:
+            return CLIENT_GONE, b"", {}
+        except ProtocolError as e:
+            if model is not None and e.status != 503:  # the batcher counted its own refusals
+                self.metrics.model(model.name).failed("OTHER")
+            return _error_body(str(e), e.status, e.headers)
+        except (InputError, ConfigError) as e:  # the runtime refused what the checks let through
+            return _error_body(str(e), 400)
+        except (BundleError, VaedeployError) as e:
+            return _error_body(f"{model.name if model else 'the server'}: {e}", 500)
+        except Exception as e:  # a fault of the server: logged with its traceback, answered as one line
+            log.exception("infer on %s failed", name)
+            return _error_body(f"internal error in {name}: {type(e).__name__}: {e}", 500)
+
+    async def _body(self, receive, length: bytes | None) -> bytes:
+        limit = self.max_body_bytes
+        too_big = f"the request body is larger than this server's limit of {limit} bytes (--max-body-bytes)"
+        if length is not None:
+            if not length.isdigit():
+                raise ProtocolError(f"Content-Length: expected a byte count, got {length.decode('latin-1')!r}")
+            if int(length) > limit:
+                raise ProtocolError(too_big, 413)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ProtocolError(too_big, 413)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    async def _result(receive, batcher: DynamicBatcher, job):
+        """The job's outputs; a client that disconnects meanwhile cancels the job (its queued rows are dropped).
+        After the body, uvicorn's ``receive`` returns only when the client disconnects or the response is sent."""
+        watch = asyncio.ensure_future(receive())
+
+        def gone(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is None and task.result()["type"] == "http.disconnect":
+                batcher.cancel(job)
+                if not job.future.done():
+                    job.future.set_exception(Disconnected())
+
+        watch.add_done_callback(gone)
+        try:
+            return await job.future
+        finally:
+            watch.cancel()
+
+
+def model_config(model: Operation, policy: BatchPolicy) -> dict:
+    """Triton's ``ModelConfig`` of a served model, as JSON (the ``/config`` endpoint; ``vaedeploy triton-repo``
+    writes the same fields as text)."""
+    def tensors(specs) -> list[dict]:
+        return [{"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": list(s.dims)} for s in specs]
+
+    config = {"name": model.name, "platform": f"vaedeploy_{model.runtime.backend}", "input": tensors(model.inputs),
+              "output": tensors(model.outputs), **policy.model_config()}
+    if model.parameters:
+        config["parameters"] = {"request_parameters": {"string_value": ",".join(model.parameters)}}
+    return config
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"{host}:{port}: cannot listen ({e.strerror}); expected a free port (--port, 0 for any)") \
+            from None
+    sock.listen(2048)  # connections made before uvicorn starts wait in the backlog
+    return sock
+
+
+class Uvicorn(uvicorn.Server):
+    """uvicorn's server of an ``InferenceServer``, which marks it unready as soon as it is told to stop, so a load
+    balancer stops sending before the listener closes; uvicorn then waits for the requests in flight."""
+
+    def __init__(self, server: InferenceServer, shutdown_timeout: float = 30.0):
+        super().__init__(uvicorn.Config(server, log_level="warning", access_log=False, lifespan="on",
+                                        timeout_graceful_shutdown=shutdown_timeout, backlog=2048))
+        self.inference_server = server
+
+    def handle_exit(self, sig, frame) -> None:
+        self.inference_server.ready = False
+        super().handle_exit(sig, frame)
+
+
+def run(server: InferenceServer, host: str = "127.0.0.1", port: int = 8000, shutdown_timeout: float = 30.0) -> None:
+    """Serve until SIGTERM or Ctrl-C, then shut down gracefully (at most ``shutdown_timeout`` seconds for the
+    requests in flight). Prints the address and the models once they are ready."""
+    sock = _listening_socket(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    server.announce = (f"vaedeploy serve: {len(server.models)} models on http://{shown}:{sock.getsockname()[1]}/v2 "
+                       "(Ctrl-C or SIGTERM stops)\n" + "\n".join(f"  {describe(m)}" for m in server.models.values()))
+    try:
+        Uvicorn(server, shutdown_timeout).run(sockets=[sock])
+    finally:
+        sock.close()
+        sys.stdout.flush()

@@ -1,0 +1,250 @@
+"""A bundle served as NAME is a set of V2 models, one per operation of its runtime (docs/serving.md):
+
+==================  =========================================  ===================  ==========================
+model               inputs                                     outputs              request parameters
+==================  =========================================  ===================  ==========================
+NAME.encode         x FP32 [-1, C, H, W]                       z (VQ: codes, z_q)   seed, offset (noisy latents)
+NAME.encode_params  x                                          the encoder's:       -
+                                                               mean, logvar | z | z_e
+NAME.decode         z FP32 [-1, d] (VQ: z_q [-1, D, h, w])     x                    -
+NAME.decode_codes   codes INT64 [-1, h, w] (VQ only)           x                    -
+NAME.reconstruct    x                                          x                    -
+NAME.sample         none                                       x                    n, seed, temperature, offset
+NAME.sample_codes   none (VQ only)                             codes                n, seed, temperature, offset
+==================  =========================================  ===================  ==========================
+
+The table is chosen by the manifest's latent type alone, as the runtime is. ``sample`` exists where the runtime can
+sample (every latent type but ``deterministic``). A request's rows keep the noise of their own call: a request with
+seed s and first stream row o (``offset``, default 0) contributes seeds [s]*n and offsets o..o+n-1 to the batch it
+lands in, so its result is ``Runtime.encode(x, seed=s, offset=o)`` or ``Runtime.sample(n, seed=s, offset=o)``
+whatever else shares the batch (equal to about 1e-7: BLAS picks kernels by batch size). Without a seed the server
+draws one per request.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..runtime.arrays import shape_text
+from .protocol import DATATYPES, ProtocolError
+
+SCHEDULE_PARAMETERS = ("priority", "timeout")  # Triton's schedule-policy parameters, read by the batcher
+_SEED_LIMIT = 2**63
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a V2 model: its name, V2 datatype and dims after the batch axis."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.dims]}
+
+
+@dataclass
+class Piece:
+    """Rows of one request as the batcher queues them: at most ``max_batch_size`` rows, the request's inputs for those
+    rows, and the noise they draw (rows ``offset``.. of ``seed``'s stream)."""
+
+    inputs: tuple
+    rows: int
+    seed: int
+    offset: int
+    temperature: float
+
+    def split(self, size: int) -> list["Piece"]:
+        """Pieces of at most ``size`` rows, in order, each keeping its rows' noise."""
+        return [Piece(tuple(a[start:start + size] for a in self.inputs), min(size, self.rows - start), self.seed,
+                      self.offset + start, self.temperature) for start in range(0, self.rows, size)]
+
+
+# a call of the runtime for a batch: (runtime, inputs, rows, seed, offset, temperature) → the outputs, in order
+Call = Callable[..., tuple]
+
+
+class Operation:
+    """One V2 model: an operation of a bundle's runtime, with its tensors and the request parameters it reads.
+
+    Args:
+        name: the V2 model name, ``NAME.operation``.
+        runtime: the loaded ``Runtime`` (shared by every operation of the bundle).
+        inputs, outputs: ``TensorSpec`` lists.
+        parameters: the request parameters the operation reads besides the schedule policy's.
+        call: runs one batch (see ``Call``).
+        max_sample: the largest ``n`` a sampling request may ask for.
+    """
+
+    def __init__(self, name: str, runtime, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                 parameters: tuple[str, ...], call: Call, max_sample: int):
+        self.name, self.runtime, self.inputs, self.outputs = name, runtime, inputs, outputs
+        self.parameters, self.call, self.max_sample = parameters, call, max_sample
+        self.output_names = [o.name for o in outputs]
+        self.samples = "n" in parameters  # rows come from ``n``, not from an input's batch axis
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "versions": ["1"], "platform": f"vaedeploy_{self.runtime.backend}",
+                "inputs": [s.metadata() for s in self.inputs], "outputs": [s.metadata() for s in self.outputs]}
+
+    # ---- a request, checked before it is queued (one bad request must not fail the batch it would join) ----------
+
+    def piece(self, inputs: dict[str, np.ndarray], parameters: dict) -> Piece:
+        """The request's rows as one ``Piece``, every input and parameter checked; else a ``ProtocolError``."""
+        if unknown := sorted(set(parameters) - set(self.parameters) - set(SCHEDULE_PARAMETERS)):
+            accepted = ", ".join([*self.parameters, *SCHEDULE_PARAMETERS])
+            raise ProtocolError(f"{self.name}: unknown request parameter(s) {unknown}; expected some of: {accepted}")
+        names = [s.name for s in self.inputs]
+        if sorted(inputs) != sorted(names):
+            raise ProtocolError(f"{self.name}: expected input(s) {names}, got {sorted(inputs)}")
+        arrays = tuple(self._tensor(spec, inputs[spec.name]) for spec in self.inputs)
+        rows = _integer(parameters, "n", 1, 1, self.max_sample + 1) if self.samples else len(arrays[0])
+        if len({len(a) for a in arrays}) > 1:
+            raise ProtocolError(f"{self.name}: expected the inputs to have the same batch size, got "
+                                f"{[len(a) for a in arrays]}")
+        seed = _integer(parameters, "seed", None, 0, _SEED_LIMIT)
+        offset = _integer(parameters, "offset", 0, 0, _SEED_LIMIT)
+        temperature = parameters.get("temperature", 1.0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
+                not math.isfinite(temperature) or temperature < 0:
+            raise ProtocolError(f"parameter temperature: expected a finite number ≥ 0, got {temperature!r}")
+        if offset + rows > _SEED_LIMIT:
+            raise ProtocolError(f"parameter offset: rows {offset}..{offset + rows - 1} are past 2**63")
+        return Piece(arrays, rows, secrets.randbits(63) if seed is None else seed, offset, float(temperature))
+
+    def _tensor(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+        where = f"{self.name}: input {spec.name!r}"
+        floats = spec.datatype == "FP32"
+        if array.dtype != DATATYPES[spec.datatype] and not (floats and array.dtype == DATATYPES["FP16"]):
+            got = next(name for name, dtype in DATATYPES.items() if dtype == array.dtype)
+            raise ProtocolError(f"{where}: expected datatype {spec.datatype}{' (or FP16)' if floats else ''}, got "
+                                f"{got}")
+        if array.ndim != len(spec.dims) + 1 or tuple(array.shape[1:]) != spec.dims or len(array) == 0:
+            raise ProtocolError(f"{where}: expected shape [N, {', '.join(map(str, spec.dims))}] with N ≥ 1, got "
+                                f"{list(array.shape)}")
+        if floats:
+            array = array.astype(np.float32, copy=False)
+            if not np.isfinite(np.vdot(array, array)) and not np.isfinite(array).all():
+                raise ProtocolError(f"{where}: expected finite values, got NaN or Inf")
+        elif spec.name == "codes" and (array.min() < 0 or array.max() >= self.runtime.num_codes):
+            raise ProtocolError(f"{where}: expected codes in [0, {self.runtime.num_codes}), got values in "
+                                f"[{array.min()}, {array.max()}]")
+        return array
+
+    # ---- a batch -------------------------------------------------------------------------------------------------
+
+    def run(self, pieces: list[Piece]) -> list[tuple]:
+        """Every piece's outputs, computed in as few runtime calls as the pieces allow (one per temperature)."""
+        groups: dict[float, list[int]] = {}
+        for i, piece in enumerate(pieces):
+            groups.setdefault(piece.temperature if self.samples else 0.0, []).append(i)
+        results: list = [None] * len(pieces)
+        for indices in groups.values():
+            group = [pieces[i] for i in indices]
+            for i, outputs in zip(indices, self._run_group(group)):
+                results[i] = outputs
+        return results
+
+    def _run_group(self, group: list[Piece]) -> list[tuple]:
+        first = group[0]
+        if len(group) == 1:  # the unbatched path: no copies, one noise stream
+            return [self.call(self.runtime, first.inputs, first.rows, first.seed, first.offset, first.temperature)]
+        sizes = [p.rows for p in group]
+        inputs = tuple(np.concatenate([p.inputs[i] for p in group]) for i in range(len(self.inputs)))
+        seeds = np.repeat(np.array([p.seed for p in group], np.int64), sizes)
+        offsets = np.concatenate([np.arange(p.offset, p.offset + p.rows, dtype=np.int64) for p in group])
+        outputs = self.call(self.runtime, inputs, sum(sizes), seeds, offsets, first.temperature)
+        bounds = np.cumsum([0, *sizes])
+        return [tuple(o[a:b] for o in outputs) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _integer(parameters: dict, name: str, default, low: int, high: int):
+    """Request parameter ``name``: an integer in [low, high), or ``default`` when absent."""
+    value = parameters.get(name, default)
+    if value is default:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+        limit = "2**63 - 1" if high == _SEED_LIMIT else str(high - 1)
+        raise ProtocolError(f"parameter {name}: expected an integer from {low} to {limit}, got {value!r}"
+                            + (" (the server's --max-sample)" if name == "n" else ""))
+    return value
+
+
+# ---- the operations of each latent type ---------------------------------------------------------------------------
+
+def _encode_noisy(rt, inputs, rows, seed, offset, temperature):
+    return (rt.encode(inputs[0], seed=seed, offset=offset),)
+
+
+def _encode_plain(rt, inputs, rows, seed, offset, temperature):
+    z = rt.encode(inputs[0])
+    return z if isinstance(z, tuple) else (z,)
+
+
+def _encode_params(rt, inputs, rows, seed, offset, temperature):
+    return tuple(rt.encode_params(inputs[0]))
+
+
+def _decode(rt, inputs, rows, seed, offset, temperature):
+    return (rt.decode(inputs[0]),)
+
+
+def _reconstruct(rt, inputs, rows, seed, offset, temperature):
+    return (rt.reconstruct(inputs[0]),)
+
+
+def _sample(rt, inputs, rows, seed, offset, temperature):
+    return (rt.sample(rows, seed=seed, temperature=temperature, offset=offset),)
+
+
+def _sample_codes(rt, inputs, rows, seed, offset, temperature):
+    return (rt.sample_codes(rows, seed=seed, temperature=temperature, offset=offset),)
+
+
+NOISE = ("seed", "offset")
+SAMPLING = ("n", "seed", "temperature", "offset")
+
+
+def operations(name: str, runtime, max_sample: int = 4096) -> list[Operation]:
+    """The V2 models of a runtime served as ``name``, in the table's order."""
+    latent = runtime.latent_type
+    x = TensorSpec("x", "FP32", tuple(runtime.input_shape))
+    encoder = runtime.bundle.graph("encoder")
+    params = [TensorSpec(o["name"], "FP32", tuple(int(s) for s in o["shape"][1:])) for o in encoder["outputs"]]
+    if latent == "hierarchical":  # every layer's posterior, concatenated: N×Σd each
+        params = [TensorSpec(k, "FP32", (runtime.latent_dim,)) for k in ("mean", "logvar")]
+    table: list[tuple] = []
+    if latent == "vq":
+        codes = TensorSpec("codes", "INT64", tuple(runtime.grid))
+        z_q = TensorSpec("z_q", "FP32", tuple(runtime.latent_shape))
+        table += [("encode", [x], [codes, z_q], (), _encode_plain),
+                  ("encode_params", [x], params, (), _encode_params),
+                  ("decode", [z_q], [x], (), _decode),
+                  ("decode_codes", [codes], [x], (), _decode)]
+    else:
+        z = TensorSpec("z", "FP32", (runtime.latent_dim,))
+        noisy = latent != "deterministic"
+        table += [("encode", [x], [z], NOISE if noisy else (), _encode_noisy if noisy else _encode_plain),
+                  ("encode_params", [x], params, (), _encode_params),
+                  ("decode", [z], [x], (), _decode)]
+    table.append(("reconstruct", [x], [x], (), _reconstruct))
+    if latent != "deterministic":
+        table.append(("sample", [], [x], SAMPLING, _sample))
+    if latent == "vq":
+        table.append(("sample_codes", [], [TensorSpec("codes", "INT64", tuple(runtime.grid))], SAMPLING,
+                      _sample_codes))
+    return [Operation(f"{name}.{op}", runtime, inputs, outputs, parameters, call, max_sample)
+            for op, inputs, outputs, parameters, call in table]
+
+
+def describe(operation: Operation) -> str:
+    """One line per model for the server's start-up message."""
+    inputs = ", ".join(f"{s.name} {s.datatype} {shape_text(('N', *s.dims))}" for s in operation.inputs) or "-"
+    outputs = ", ".join(s.name for s in operation.outputs)
+    return f"{operation.name}: {inputs} → {outputs}" + (f" (parameters {', '.join(operation.parameters)})"
+                                                         if operation.parameters else "")
