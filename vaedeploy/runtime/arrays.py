@@ -3,12 +3,15 @@ torch tensors on a device (the torch backend; later CUDA and TensorRT runners). 
 this interface, so no runtime code branches on the backend's array type.
 
 ``take`` checks what the caller gave and converts it to the backend's arrays; the function it returns turns a result
-back into the caller's type (numpy in, numpy out; a tensor in, a tensor out on the tensor's device). This module
-imports no torch: ``TorchArrays`` is only built by the torch backend, and a tensor can only reach ``take`` where
-torch was imported already.
+back into the caller's type (numpy in, numpy out; a tensor in, a tensor out on the tensor's device). ``take_out``
+checks a caller's preallocated ``out=``. The batch buckets (``buckets.py``) need a few more: zero-filled static
+buffers, device scalars written in place (``scalar``, ``fill``: what a CUDA graph reads on replay), inference mode,
+and for IOBinding the address of a buffer. This module imports no torch: ``TorchArrays`` is only built by a backend
+that runs on torch tensors, and a tensor can only reach ``take`` where torch was imported already.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -41,6 +44,15 @@ def _check_rows(x, trailing: tuple, name: str) -> None:
                          + (" (add a batch axis)" if tuple(x.shape) == trailing else ""))
     if x.shape[0] == 0:
         raise InputError(f"{name}: expected at least one row (N ≥ 1), got an empty batch")
+
+
+def _check_out(got_shape, got_dtype, shape: tuple, dtype, name: str) -> None:
+    if tuple(got_shape) != tuple(shape) or got_dtype != dtype:
+        def text(d):
+            return str(d).removeprefix("torch.")
+
+        raise InputError(f"{name}: expected {shape_text(shape)} {text(dtype)} for this result, got "
+                         f"{shape_text(got_shape)} {text(got_dtype)}")
 
 
 def _check_memory(shape: tuple, itemsize: int) -> None:
@@ -109,6 +121,34 @@ class NumpyArrays:
         _check_memory(shape, like.dtype.itemsize)
         return np.empty(shape, like.dtype)
 
+    def new(self, shape: tuple, dtype: str):
+        """An empty array of a graph's declared dtype (``float32``, ``int64``): an IOBinding's output buffer."""
+        return np.empty(shape, np.dtype(dtype))
+
+    def zeros(self, shape: tuple, like=None):
+        return np.zeros(shape, _FLOAT32 if like is None else like.dtype)
+
+    def scalar(self, value, dtype: str):
+        """A 0-d array the caller writes with ``fill`` (for numpy, the kernels read it like a Python number)."""
+        return np.array(value, np.dtype(dtype))
+
+    def fill(self, a, value) -> None:
+        a[...] = value
+
+    def inference(self):
+        return contextlib.nullcontext()
+
+    def data_ptr(self, a) -> int:
+        return a.ctypes.data
+
+    def take_out(self, out, shape: tuple, like, name: str = "out"):
+        """The caller's ``out=`` if it is a numpy array of exactly the result's shape and dtype, else an InputError."""
+        if not isinstance(out, np.ndarray):
+            raise InputError(f"{name}: expected a numpy array (the results of this runtime are numpy), got "
+                             f"{type(out).__name__}")
+        _check_out(out.shape, out.dtype, shape, like.dtype, name)
+        return out
+
     def cat(self, arrays: list, axis: int):
         return np.concatenate(arrays, axis)
 
@@ -138,7 +178,8 @@ class NumpyArrays:
 
 
 class TorchArrays:
-    """torch tensors on one device: what the torch backend (and, on CUDA, the kernels) takes and gives."""
+    """torch tensors on one device: what the torch backend, the kernels on CUDA and ONNX Runtime's IOBinding on CUDA
+    take and give."""
 
     def __init__(self, device: str):
         import torch
@@ -146,6 +187,8 @@ class TorchArrays:
         from .. import kernels
 
         self.torch, self.kernels, self.device = torch, kernels, torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # the current device, named as tensors name it
+            self.device = torch.device("cuda", torch.cuda.current_device())
 
     def take(self, x, trailing: tuple, name: str):
         torch = self.torch
@@ -157,7 +200,9 @@ class TorchArrays:
         if not x.is_floating_point():
             raise InputError(f"{name}: expected a floating-point tensor (float32), got {x.dtype}")
         _check_rows(x, trailing, name)
-        if not torch.isfinite(x).all():
+        # A CUDA tensor's values are not read by the host: that would synchronize every call. NaN or Inf in one come
+        # back as NaN in the result, as from PyTorch's own modules; numpy arrays and CPU tensors are checked.
+        if x.device.type == "cpu" and not torch.isfinite(x).all():
             raise InputError(f"{name}: expected finite values, got NaN or Inf")
         device = x.device
         return x.detach().to(self.device, torch.float32), lambda t: t.to(device)
@@ -182,6 +227,33 @@ class TorchArrays:
         if self.device.type == "cpu":
             _check_memory(shape, like.element_size())
         return self.torch.empty(shape, dtype=like.dtype, device=self.device)
+
+    def new(self, shape: tuple, dtype: str):
+        return self.torch.empty(shape, dtype=getattr(self.torch, dtype), device=self.device)
+
+    def zeros(self, shape: tuple, like=None):
+        return self.torch.zeros(shape, dtype=self.torch.float32 if like is None else like.dtype, device=self.device)
+
+    def scalar(self, value, dtype: str):
+        """A 0-d tensor on the device: the Triton kernels load it from memory, so a graph replay reads its value."""
+        return self.torch.tensor(value, dtype=getattr(self.torch, dtype), device=self.device)
+
+    def fill(self, t, value) -> None:
+        t.fill_(value)  # on CUDA a kernel with the value as its argument: no host-to-device copy, no synchronization
+
+    def inference(self):
+        return self.torch.inference_mode()
+
+    def data_ptr(self, t) -> int:
+        return t.data_ptr()
+
+    def take_out(self, out, shape: tuple, like, name: str = "out"):
+        """The caller's ``out=`` if it is a tensor on this runtime's device of exactly the result's shape and dtype."""
+        if not isinstance(out, self.torch.Tensor) or out.device != self.device:
+            where = type(out).__name__ if not isinstance(out, self.torch.Tensor) else f"a tensor on {out.device}"
+            raise InputError(f"{name}: expected a tensor on {self.device}, got {where}")
+        _check_out(out.shape, out.dtype, shape, like.dtype, name)
+        return out
 
     def cat(self, tensors: list, axis: int):
         return self.torch.cat(tensors, axis)

@@ -3,35 +3,58 @@
 numpy arrays in give numpy arrays out; torch tensors in give tensors out on the tensor's device (``arrays.py``).
 A call of N rows runs in slices of at most ``max_batch`` rows, each slice drawing the noise of its own rows
 (``noise.py``), and its result is filled into one array of N rows, so memory is bounded by the batch and the result.
-The latent types (``latents.py``) implement the per-slice steps: ``_encode_params_rows``, ``_encode_rows``,
-``_decode_rows``, ``_reconstruct_rows`` and, where the bundle has a prior, ``_sample_rows``; each takes the arrays
-of one slice (and its rows' ``Noise``).
+
+Each op is a ``Plan`` (``buckets.py``): the per-slice step a latent type implements (``_encode_params_rows``,
+``_encode_rows``, ``_decode_rows``, ``_reconstruct_rows`` and, where the bundle has a prior, ``_sample_rows``), taking
+the arrays of one slice, then its rows' ``Noise`` where the op draws noise, then the temperature where it takes one.
+The API methods name the op and ``_call`` runs its plan: directly in slices (``_map``), or, on a runtime with batch
+buckets, through the bucket machinery, which records the whole plan once per bucket (one CUDA graph on CUDA). So
+the latent types are written once for every way of running them.
 """
 from __future__ import annotations
+
+from functools import cached_property
 
 import numpy as np
 
 from ..bundle import PRECISIONS, Bundle
 from ..errors import ConfigError, InputError
 from .backends import backend_class
+from .buckets import Buckets, DirectCalls, Plan, bucket_sizes
 from .noise import Noise
+
+EXECUTION = {  # what a runtime's calls run through, as describe() says it
+    None: "direct: each call runs the backend in slices of at most max_batch rows",
+    "direct calls": "batch buckets, each call on static buffers run directly (no graphs)",
+    "onnxruntime graphs": "batch buckets; ONNX Runtime's own CUDA graph per session and bucket, the noise kernels "
+                          "between them",
+    "CUDA graphs": "batch buckets, one CUDA graph per bucket capturing the whole call",
+}
 
 
 class Runtime:
     """A loaded bundle on one backend and device. Build it with ``vaedeploy.load``; ``close()`` (or ``with``) frees it.
 
-    Attributes: ``backend`` (the backend that runs, also when ``auto`` chose it), ``device``, ``precision``,
-    ``kind``, ``latent_type``, ``latent_dim``, ``input_shape``, ``max_batch`` (larger batches are split and
-    reassembled in order), ``runners`` (role → the backend's runner of that graph, with its last call's time).
+    Attributes: ``backend`` (the backend that runs, also when ``auto`` chose it) and ``backend_reason`` (why),
+    ``device``, ``precision``, ``kind``, ``latent_type``, ``latent_dim``, ``input_shape``, ``max_batch`` (larger
+    batches are split and reassembled in order), ``buckets`` (the batch bucket sizes, or None), ``cuda_graphs``,
+    ``runners`` (role → the backend's runner of that graph, with its last call's time), ``plans`` (op → ``Plan``).
+
+    Args (beyond the bundle, backend, device and precision ``load`` resolved):
+        backend_reason: why this backend runs (``asked for``, or ``auto``'s sentence).
+        buckets: batch bucket sizes (None: 1, 2, 4, … max_batch where ``cuda_graphs``, else no buckets).
+        cuda_graphs: record each bucket's call as a CUDA graph (default: on CUDA); needs a CUDA device.
     """
 
     LATENT_TYPES: tuple[str, ...] = ()
     DECODER_ROLE = "decoder"  # the graph behind ``decode(z)``
 
-    def __init__(self, bundle: Bundle, backend: str, device: str, precision: str):
+    def __init__(self, bundle: Bundle, backend: str, device: str, precision: str, *, backend_reason: str = "asked for",
+                 buckets=None, cuda_graphs: bool | None = None):
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.bundle, self.backend, self.device, self.precision = bundle, backend, device, precision
+        self.backend_reason = backend_reason
         self.kind, self.latent_type = bundle.kind, bundle.latent["type"]
         if self.latent_type not in self.LATENT_TYPES:
             raise ConfigError(f"{bundle.root}: {type(self).__name__} serves {' and '.join(self.LATENT_TYPES)} "
@@ -40,9 +63,15 @@ class Runtime:
         self.input_shape = bundle.input_shape
         self.max_batch = bundle.max_batch
         self.likelihood = bundle.manifest["likelihood"]["kind"]
+        self.cuda_graphs = device != "cpu" if cuda_graphs is None else cuda_graphs
+        if not isinstance(self.cuda_graphs, bool) or (self.cuda_graphs and device == "cpu"):
+            raise ConfigError(f"cuda_graphs must be True or False, and True needs device='cuda'; got {cuda_graphs!r} "
+                              f"on device {device!r}")
+        self.buckets = bucket_sizes(buckets, self.max_batch) if buckets is not None or self.cuda_graphs else None
         self.runners: dict = {}
-        self._backend = backend_class(backend)(bundle, precision, device)
+        self._backend = backend_class(backend)(bundle, precision, device, self.buckets, self.cuda_graphs)
         self.arrays = self._backend.arrays
+        self._buckets = None if self.buckets is None else Buckets(self.arrays, self.buckets, *self._recorder())
         self.closed = False
         try:
             self._decoder = self._runner(self.DECODER_ROLE, self.bundle.manifest["likelihood"]["outputs"][:1])
@@ -50,9 +79,49 @@ class Runtime:
             self.close()
             raise
 
+    def _recorder(self) -> tuple:
+        """How the buckets record a call, and how calls on different streams are ordered, for this device."""
+        recorder = DirectCalls(self._backend.warmup_runs)
+        if self.device == "cpu":
+            return recorder, None
+        from . import cuda
+
+        if self.cuda_graphs and self._backend.capturable:
+            recorder = cuda.CudaGraphs(self.arrays.device)
+        return recorder, cuda.StreamOrder(self.arrays.device)
+
+    @property
+    def execution(self) -> str:
+        """What the calls run through: one of ``EXECUTION``'s descriptions."""
+        if self._buckets is None:
+            return EXECUTION[None]
+        if self._buckets.recorder.graphs:
+            return EXECUTION["CUDA graphs"]
+        return EXECUTION["onnxruntime graphs" if self.cuda_graphs else "direct calls"]
+
+    def describe(self) -> dict:
+        """What runs and why: the backend and the reason it was chosen, device, precision, the batch buckets, and for
+        each op which buckets are recorded (a CUDA graph each, with ``cuda_graphs`` on the torch backend), how long
+        each recording took and how often it ran, and the memory the static buffers and the graphs' pool hold."""
+        described = {"bundle": str(self.bundle.root), "kind": self.kind, "latent_type": self.latent_type,
+                     "backend": self.backend, "backend_reason": self.backend_reason, "device": self.device,
+                     "precision": self.precision, "max_batch": self.max_batch, "cuda_graphs": self.cuda_graphs,
+                     "execution": self.execution, "buckets": None, "closed": self.closed}
+        if self._buckets is not None:
+            described["buckets"] = self._buckets.describe()
+            described["buckets"]["not_recorded"] = sorted(op for op, plan in self.plans.items()
+                                                          if not plan.recordable)
+        return described
+
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.bundle.root}, kind={self.kind}, backend={self.backend}, "
-                f"device={self.device}, precision={self.precision})")
+        why = "" if self.backend_reason == "asked for" else f" [{self.backend_reason}]"
+        buckets = ""
+        if self._buckets is not None:
+            sizes, recorder = self.buckets, self._buckets.recorder
+            buckets = (f", buckets={sizes[0]}..{sizes[-1]} ({len(sizes)}), "
+                       f"{recorder.name}: {len(self._buckets.slots)} {recorder.made}")
+        return (f"{type(self).__name__}({self.bundle.root}, kind={self.kind}, backend={self.backend}{why}, "
+                f"device={self.device}, precision={self.precision}{buckets})")
 
     def _runner(self, role: str, outputs: list[str] | None = None):
         """An active runner of graph ``role`` returning ``outputs`` (decode returns the mean image: only the first
@@ -62,11 +131,23 @@ class Runtime:
         return runner
 
     def close(self) -> None:
-        """Free every runner's session or module; later calls raise ``InputError``."""
+        """Free every runner's session or module and every recorded graph; later calls raise ``InputError``."""
         for runner in self.runners.values():
             runner.deactivate()
         self._backend.close()
+        self._buckets = None
         self.closed = True
+
+    def warmup(self) -> dict:
+        """Record every op for every bucket now, the largest bucket first (``load(..., warmup="all")``: the capture
+        time is paid at load, not by a first call); returns ``describe()``, which has each recording's time."""
+        if self._buckets is None:
+            raise ConfigError("warmup needs batch buckets: load with buckets=... (or on CUDA, where they are the "
+                              "default)")
+        for op, plan in self.plans.items():
+            if plan.recordable:
+                self._buckets.warm(op, plan)
+        return self.describe()
 
     def __enter__(self) -> "Runtime":
         return self
@@ -81,21 +162,53 @@ class Runtime:
             raise InputError(f"{self!r} is closed; load the bundle again")
         return self.arrays.take(x, trailing, name)
 
-    def _map(self, step, *arrays) -> tuple:
-        """``step(*arrays)`` on slices of at most ``max_batch`` rows of every array (the noise slices like one);
-        each of its outputs gathered in order into one array of all the rows."""
+    @cached_property
+    def plans(self) -> dict[str, Plan]:
+        """op → its ``Plan``: what ``_call`` runs for each API method."""
+        return self._plans()
+
+    def _plans(self) -> dict[str, Plan]:
+        image, latent = ((self.input_shape, "float32"),), (((self.latent_dim,), "float32"),)
+        return {"encode_params": Plan(self._encode_params_rows, image),
+                "encode": Plan(self._encode_rows, image, noise=True),
+                "decode": Plan(self._decode_rows, latent),
+                "reconstruct": Plan(self._reconstruct_rows, image)}
+
+    def _call(self, op: str, *inputs, noise: Noise | None = None, temperature=None, out=None) -> tuple:
+        """Op ``op``'s plan over every row of ``inputs`` (or of ``noise``): through the batch buckets where this
+        runtime has them and the plan can be recorded with this noise, else directly in slices (``_map``)."""
+        plan = self.plans[op]
+        if self._buckets is None:
+            return self._map(plan, inputs, noise, temperature, out)
+        if plan.recordable and (noise is None or noise.is_one_stream):
+            return self._buckets.call(op, plan, inputs, noise, temperature, out)
+        # per-row seeds (one stream per row, which no kernel launch takes) and ops read on the host run directly,
+        # one call at a time with the buckets' calls, and copied out: a bound runner's outputs are its buffers
+        with self._buckets.lock:
+            return self._map(plan, inputs, noise, temperature, out, gather=True)
+
+    def _map(self, plan: Plan, inputs: tuple, noise=None, temperature=None, out=None, gather=False) -> tuple:
+        """``plan.rows`` on slices of at most ``max_batch`` rows of every input (the noise slices like one); each of
+        its outputs gathered in order into one array of all the rows, the first into ``out`` when given (and always
+        when ``gather``)."""
+        arrays = (*inputs, noise) if plan.noise else inputs
+        extra = (temperature,) if plan.temperature else ()
         n = len(arrays[0])
-        if n <= self.max_batch:  # the hot path: no slicing
-            return step(*arrays)
+        if n <= self.max_batch and out is None and not gather:  # the hot path: no slicing
+            return plan.rows(*arrays, *extra)
         gathered = None
         for start in range(0, n, self.max_batch):
             rows = slice(start, min(n, start + self.max_batch))
-            parts = step(*(a[rows] for a in arrays))
+            parts = plan.rows(*(a[rows] for a in arrays), *extra)
             if gathered is None:
-                gathered = tuple(self.arrays.empty((n, *p.shape[1:]), p) for p in parts)
+                gathered = [self._result(out if i == 0 else None, n, p) for i, p in enumerate(parts)]
             for whole, part in zip(gathered, parts):
                 whole[rows] = part
-        return gathered
+        return tuple(gathered)
+
+    def _result(self, out, n: int, like):
+        shape = (n, *like.shape[1:])
+        return self.arrays.empty(shape, like) if out is None else self.arrays.take_out(out, shape, like)
 
     def _image(self, params):
         """The mean image from the decoder's first likelihood parameter (sigmoid of the logits for Bernoulli)."""
@@ -119,34 +232,42 @@ class Runtime:
     def encode_params(self, x) -> tuple:
         """The encoder's outputs for images x (N × input shape): ``(mean, logvar)``, or ``(z,)`` for an AE."""
         x, back = self._take(x, self.input_shape, "x")
-        return tuple(back(p) for p in self._map(self._encode_params_rows, x))
+        return tuple(back(p) for p in self._call("encode_params", x))
 
-    def encode(self, x, seed=None, offset=0):
+    def encode(self, x, seed=None, offset=0, *, out=None):
         """A latent z (N × latent_dim) per image: a draw from q(z|x), or the code itself for deterministic latents.
 
         ``seed`` fixes the draw (None draws a fresh seed); row r uses row ``offset + r`` of the seed's noise
         stream, so rows encoded in separate calls draw what one call would. Per-row ``seed`` and ``offset`` arrays
-        (N values each) give every row its own stream (``noise.py``).
+        (N values each) give every row its own stream (``noise.py``). ``out``: a preallocated result (N × latent_dim
+        float32, in this runtime's arrays) that is filled and returned instead of a new array.
         """
         x, back = self._take(x, self.input_shape, "x")
-        return back(self._map(self._encode_rows, x, Noise.of(seed, offset, len(x)))[0])
+        z = self._call("encode", x, noise=Noise.of(seed, offset, len(x)), out=out)[0]
+        return z if out is not None else back(z)
 
-    def decode(self, z):
-        """The mean image (N × input shape) of p(x|z) for latents z (N × latent_dim)."""
+    def decode(self, z, *, out=None):
+        """The mean image (N × input shape) of p(x|z) for latents z (N × latent_dim); ``out`` as for ``encode``."""
         z, back = self._take(z, (self.latent_dim,), "z")
-        return back(self._map(self._decode_rows, z)[0])
+        images = self._call("decode", z, out=out)[0]
+        return images if out is not None else back(images)
 
-    def reconstruct(self, x):
+    def reconstruct(self, x, *, out=None):
         """decode(the encoder's most likely code): the posterior mean for Gaussian latents."""
         x, back = self._take(x, self.input_shape, "x")
-        return back(self._map(self._reconstruct_rows, x)[0])
+        images = self._call("reconstruct", x, out=out)[0]
+        return images if out is not None else back(images)
 
-    def sample(self, n: int, seed=None, temperature: float = 1.0, offset=0):
+    def sample(self, n: int, seed=None, temperature: float = 1.0, offset=0, *, out=None):
         """n images from the bundle's prior at ``temperature``; row r uses row ``offset + r`` of ``seed``'s stream
-        (per-row arrays as for ``encode``). Drawn and decoded ``max_batch`` rows at a time."""
+        (per-row arrays as for ``encode``). Drawn and decoded ``max_batch`` rows at a time (a bucket at a time on a
+        runtime with buckets); ``out`` as for ``encode``."""
         n, temperature = self._check_sample(n, temperature)
-        return self.arrays.output(self._map(lambda noise: self._sample_rows(noise, temperature),
-                                            Noise.of(seed, offset, n))[0])
+        if "sample" not in self.plans:
+            raise InputError(f"sample: a {self.kind} bundle has no prior over its {self.latent_type} latents; "
+                             "expected a bundle with gaussian latents or a learned prior")
+        images = self._call("sample", noise=Noise.of(seed, offset, n), temperature=temperature, out=out)[0]
+        return images if out is not None else self.arrays.output(images)
 
     # ---- what a latent type implements ---------------------------------------------------------------------------
 
@@ -158,8 +279,3 @@ class Runtime:
 
     def _reconstruct_rows(self, x) -> tuple:
         raise NotImplementedError
-
-    def _sample_rows(self, noise: Noise, temperature: float) -> tuple:
-        """The images of ``len(noise)`` rows drawn with ``noise``."""
-        raise InputError(f"sample: a {self.kind} bundle has no prior over its {self.latent_type} latents; "
-                         "expected a bundle with gaussian latents or a learned prior")

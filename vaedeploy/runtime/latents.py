@@ -21,6 +21,7 @@ from ..errors import InputError
 from ..kernels import uniform_numpy
 from .arrays import is_tensor, shape_text
 from .base import Runtime
+from .buckets import Plan
 from .noise import Noise
 
 # the stage-1 noise of a two-stage sample starts here in the Philox stream, far past any u draw, so row i of a
@@ -33,9 +34,15 @@ class GaussianRuntime(Runtime):
 
     LATENT_TYPES = ("gaussian", "deterministic")
 
-    def __init__(self, bundle, backend: str, device: str, precision: str):
-        super().__init__(bundle, backend, device, precision)
+    def __init__(self, bundle, backend: str, device: str, precision: str, **options):
+        super().__init__(bundle, backend, device, precision, **options)
         self._encoder = self._runner("encoder")
+
+    def _plans(self) -> dict[str, Plan]:
+        plans = super()._plans()
+        if self.latent_type == "gaussian":
+            plans["sample"] = Plan(self._sample_rows, noise=True, temperature=True)
+        return plans
 
     def _encode_params_rows(self, x) -> tuple:
         return tuple(self._encoder.run(x))
@@ -49,25 +56,25 @@ class GaussianRuntime(Runtime):
     def _reconstruct_rows(self, x) -> tuple:
         return self._decode_rows(self._encoder.run(x)[0])
 
-    def _sample_rows(self, noise: Noise, temperature: float) -> tuple:
-        if self.latent_type != "gaussian":
-            return super()._sample_rows(noise, temperature)
+    def _sample_rows(self, noise: Noise, temperature) -> tuple:
+        """The images of ``len(noise)`` rows from z ~ N(0, T² I); ``temperature`` a float, or the device scalar of a
+        recorded call."""
         return self._decode_rows(self.arrays.normal((len(noise), self.latent_dim), *noise.stream(self.latent_dim))
-                                 * np.float32(temperature))
+                                 * temperature)
 
 
 class TwoStageRuntime(GaussianRuntime):
     """A Gaussian VAE whose prior is a second VAE's decoder: u → z (``twostage``)."""
 
-    def __init__(self, bundle, backend: str, device: str, precision: str):
-        super().__init__(bundle, backend, device, precision)
+    def __init__(self, bundle, backend: str, device: str, precision: str, **options):
+        super().__init__(bundle, backend, device, precision, **options)
         prior = bundle.latent["prior"]
         self.stage2_dim = int(prior["dim"])
         self._stage2 = self._runner(prior["graph"], ["mean", "log_gamma"])
 
-    def _sample_rows(self, noise: Noise, temperature: float) -> tuple:
+    def _sample_rows(self, noise: Noise, temperature) -> tuple:
         """u ~ N(0, T² I) → z ~ N(mean(u), T²·γ(u)) → the stage-1 decoder's mean image, as ``TwoStage.sample``."""
-        t, arrays, n = np.float32(temperature), self.arrays, len(noise)
+        t, arrays, n = temperature, self.arrays, len(noise)
         u = arrays.normal((n, self.stage2_dim), *noise.stream(self.stage2_dim))
         mean, log_gamma = self._stage2.run(u * t)
         eps = arrays.normal((n, self.latent_dim), *noise.stream(self.latent_dim, base=STAGE1_NOISE_OFFSET))
@@ -88,8 +95,8 @@ class VQRuntime(Runtime):
 
     LATENT_TYPES = ("vq",)
 
-    def __init__(self, bundle, backend: str, device: str, precision: str):
-        super().__init__(bundle, backend, device, precision)
+    def __init__(self, bundle, backend: str, device: str, precision: str, **options):
+        super().__init__(bundle, backend, device, precision, **options)
         latent = bundle.latent
         self.grid, self.num_codes = tuple(int(s) for s in latent["grid"]), int(latent["num_codes"])
         self.latent_shape = (self.latent_dim, *self.grid)
@@ -102,6 +109,17 @@ class VQRuntime(Runtime):
         self.code_length, self.start_token = int(prior["length"]), int(prior["start_token"])
         self._encoder = self._runner("encoder")
         self._prior = self._runner(prior["graph"], ["logits"])
+
+    def _plans(self) -> dict[str, Plan]:
+        """encode is deterministic; decode takes z_q or (``decode_codes``) integer codes; sampling reads the prior's
+        logits on the host at every position, so it is never recorded."""
+        image = ((self.input_shape, "float32"),)
+        return {**super()._plans(),
+                "encode": Plan(self._encode_rows, image),
+                "decode": Plan(self._decode_rows, ((self.latent_shape, "float32"),)),
+                "decode_codes": Plan(self._decode_codes_rows, (((self.code_length,), "int64"),)),
+                "sample": Plan(self._sample_rows, noise=True, temperature=True, recordable=False),
+                "sample_codes": Plan(self._sample_codes_rows, noise=True, temperature=True, recordable=False)}
 
     def _quantize(self, z_e) -> tuple:
         """z_e (N×D×h×w) → (indices N×h×w, z_q N×D×h×w) through the kernels' nearest-code op."""
@@ -148,15 +166,21 @@ class VQRuntime(Runtime):
         """``(indices N×h×w int64, z_q N×D×h×w)``: the nearest codebook row of every latent vector. Deterministic;
         ``seed`` and ``offset`` are accepted for the common API and unused."""
         x, back = self._take(x, self.input_shape, "x")
-        return tuple(back(a) for a in self._map(self._encode_rows, x))
+        return tuple(back(a) for a in self._call("encode", x))
 
-    def decode(self, z):
-        """The mean image of p(x|z_q) for integer codes (N×h×w or N×L) or float z_q (N×D×h×w)."""
+    def decode(self, z, *, out=None):
+        """The mean image of p(x|z_q) for integer codes (N×h×w or N×L) or float z_q (N×D×h×w); ``out`` as for
+        ``Runtime.encode``."""
         if self._is_codes(z):
             codes, back = self._take_codes(z)
-            return back(self._map(lambda c: self._decode_rows(self._lookup(c)), codes)[0])
-        z_q, back = self._take(z, self.latent_shape, "z")
-        return back(self._map(self._decode_rows, z_q)[0])
+            images = self._call("decode_codes", codes, out=out)[0]
+        else:
+            z_q, back = self._take(z, self.latent_shape, "z")
+            images = self._call("decode", z_q, out=out)[0]
+        return images if out is not None else back(images)
+
+    def _decode_codes_rows(self, codes) -> tuple:
+        return self._decode_rows(self._lookup(codes))
 
     def _reconstruct_rows(self, x) -> tuple:
         return self._decode_rows(self._quantize(self._encoder.run(x)[0])[1])
@@ -165,8 +189,11 @@ class VQRuntime(Runtime):
         """N×h×w codes from the prior, one position at a time; code t of row r uses uniform t of row
         ``offset + r`` of ``seed``'s stream (L uniforms a row)."""
         n, temperature = self._check_sample(n, temperature)
-        codes = self._map(lambda noise: (self._codes_rows(noise, temperature),), Noise.of(seed, offset, n))
-        return self.arrays.to_numpy(codes[0]).reshape(n, *self.grid)
+        codes = self._call("sample_codes", noise=Noise.of(seed, offset, n), temperature=temperature)[0]
+        return self.arrays.to_numpy(codes).reshape(n, *self.grid)
+
+    def _sample_codes_rows(self, noise: Noise, temperature: float) -> tuple:
+        return (self._codes_rows(noise, temperature),)
 
     def _codes_rows(self, noise: Noise, temperature: float):
         """N×L codes in the backend's arrays."""
@@ -192,9 +219,9 @@ class HierarchicalRuntime(Runtime):
 
     LATENT_TYPES = ("hierarchical",)
 
-    def __init__(self, bundle, backend: str, device: str, precision: str):
+    def __init__(self, bundle, backend: str, device: str, precision: str, **options):
         self.DECODER_ROLE = bundle.latent["graphs"]["decode"]
-        super().__init__(bundle, backend, device, precision)
+        super().__init__(bundle, backend, device, precision, **options)
         self.layers = bundle.latent["layers"]
         self._encoder = self._runner("encoder")
         names = self._encoder.output_names
@@ -203,12 +230,16 @@ class HierarchicalRuntime(Runtime):
         self._columns = list(zip(bounds[:-1], bounds[1:]))
         self._sampler = self._runner(bundle.latent["graphs"]["sample"], bundle.manifest["likelihood"]["outputs"][:1])
 
-    def _layer_noise(self, n: int, noise: Noise | None, scale: float = 1.0) -> list:
-        """Each layer's noise, bottom first: columns of one N×Σd standard-normal draw; zeros without noise."""
+    def _plans(self) -> dict[str, Plan]:
+        return {**super()._plans(), "sample": Plan(self._sample_rows, noise=True, temperature=True)}
+
+    def _layer_noise(self, n: int, noise: Noise | None, scale=1.0) -> list:
+        """Each layer's noise, bottom first: columns of one N×Σd standard-normal draw times ``scale`` (a float, or the
+        device scalar of a recorded call); zeros without noise."""
         if noise is None:
-            eps = self.arrays.from_numpy(np.zeros((n, self.latent_dim), np.float32))
+            eps = self.arrays.zeros((n, self.latent_dim))
         else:
-            eps = self.arrays.normal((n, self.latent_dim), *noise.stream(self.latent_dim)) * np.float32(scale)
+            eps = self.arrays.normal((n, self.latent_dim), *noise.stream(self.latent_dim)) * scale
         return [self.arrays.columns(eps, a, b) for a, b in self._columns]
 
     def _layers(self, x, noise: Noise | None, key: str):
@@ -228,7 +259,7 @@ class HierarchicalRuntime(Runtime):
         """decode(every layer's posterior mean given its parents' means)."""
         return self._decode_rows(self._layers(x, None, "z"))
 
-    def _sample_rows(self, noise: Noise, temperature: float) -> tuple:
+    def _sample_rows(self, noise: Noise, temperature) -> tuple:
         """Ancestral sampling, top layer first, from noise N(0, T² I) of every layer."""
         return (self._image(self._sampler.run(*self._layer_noise(len(noise), noise, temperature))[0]),)
 

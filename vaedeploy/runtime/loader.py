@@ -1,4 +1,4 @@
-"""``vaedeploy.load``: a bundle directory → the runtime of its latent type on the chosen backend."""
+"""``vaedeploy.load``: a bundle directory → the runtime of its latent type on the chosen backend and device."""
 from __future__ import annotations
 
 import re
@@ -9,18 +9,44 @@ from .backends import resolve
 from .base import Runtime
 from .latents import runtime_class
 
+WARMUPS = ("lazy", "all")
 
-def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "fp32", verify: bool = True) -> Runtime:
+
+def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "fp32", verify: bool = True, *,
+         buckets=None, cuda_graphs: bool | None = None, warmup: str = "lazy") -> Runtime:
     """Load a bundle directory and return a ``Runtime`` on ``backend``.
 
     Args:
         bundle: the directory ``vaedeploy export`` wrote.
-        backend: ``auto`` (the fastest installed: onnxruntime, then torch), ``onnxruntime`` or ``torch``.
-        device: ``cpu`` or ``cuda[:N]``.
+        backend: ``auto``, ``onnxruntime`` or ``torch``. ``auto`` takes, on the CPU, onnxruntime, then torch; on
+            CUDA, TensorRT (once it has a backend), then torch (one CUDA graph per bucket around the whole call),
+            then onnxruntime-gpu; ``Runtime.backend_reason`` and ``describe()`` say why.
+        device: ``cpu`` or ``cuda[:N]``; CUDA is checked here, so a machine without it fails at load, not in a call.
         precision: ``fp32`` (default) or ``fp16`` when the bundle has half-precision graphs.
         verify: check every file's sha256 and every graph against its manifest entry (default True).
+        buckets: batch bucket sizes; a call of n rows runs the smallest bucket ≥ n on static buffers (default on
+            CUDA: 1, 2, 4, … up to the bundle's max_batch; on the CPU none unless given, where they only pad).
+        cuda_graphs: record each bucket's call once as a CUDA graph and replay it (default True on CUDA; False runs
+            the backend eagerly, the comparison).
+        warmup: ``lazy`` records a bucket on its first call; ``all`` records every op and bucket now, largest
+            first, and ``describe()`` has each capture's time.
     """
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if warmup not in WARMUPS:
+        raise ConfigError(f"warmup must be one of {WARMUPS}, got {warmup!r}")
+    if device != "cpu":
+        from .cuda import require_cuda
+
+        require_cuda(device)
     loaded = load_bundle(bundle, verify=verify)
-    return runtime_class(loaded)(loaded, resolve(backend), device, precision)
+    name, reason = resolve(backend, device, loaded)
+    runtime = runtime_class(loaded)(loaded, name, device, precision, backend_reason=reason, buckets=buckets,
+                                    cuda_graphs=cuda_graphs)
+    if warmup == "all":
+        try:
+            runtime.warmup()
+        except BaseException:
+            runtime.close()
+            raise
+    return runtime

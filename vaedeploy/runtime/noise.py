@@ -10,6 +10,11 @@ offsets (arrays of N values) row r uses row ``offset[r]`` of ``seed[r]``. So
 - a server that joins requests into one batch gives each request exactly the noise its own call would have drawn,
   by passing every row's seed and offset.
 Identical on one backend; across backends equal to about 1e-6 (the graphs' float error and libm's last bits).
+
+A recorded call (a CUDA graph of one batch bucket, ``buckets.py``) draws through ``DeviceNoise``: the seed and the
+first row live in device scalars that the call writes before each replay, and the kernels load them from memory, so
+one graph draws the noise of every (seed, offset) exactly as the call without a graph does. Per-row seeds and
+offsets need one stream per row, which the kernels do not take in one launch: those calls run outside the graph.
 """
 from __future__ import annotations
 
@@ -54,6 +59,11 @@ class Noise:
     def __len__(self) -> int:
         return self.rows
 
+    @property
+    def is_one_stream(self) -> bool:
+        """Whether every row draws from one seed's stream at consecutive rows (what a recorded call can draw)."""
+        return isinstance(self.seed, int) and isinstance(self.offset, int)
+
     @classmethod
     def of(cls, seed, offset, n: int) -> "Noise":
         """Check a call's ``seed`` (None: a fresh random one) and ``offset`` for N rows."""
@@ -81,3 +91,56 @@ class Noise:
         if offset.size and int(offset.max()) >= (_LIMIT - base) // max(width, 1):
             raise InputError(f"offset: row {int(offset.max())} of a {width}-wide stream is past 2**63 counters")
         return np.broadcast_to(np.asarray(self.seed, dtype=np.int64), offset.shape), base + offset * width
+
+
+class DeviceNoise:
+    """The noise of a recorded call: one seed's stream from row ``row``, both held in 0-d integer arrays of the
+    backend (device tensors on CUDA) that ``write`` fills before each call.
+
+    ``rows(n)`` is what the recorded call draws through: it has the ``len`` and ``stream`` of a ``Noise`` of n rows,
+    and its ``stream`` gives the kernels those arrays, the element offset ``row · width + base`` computed on the
+    device, so a CUDA graph that captured the call reads the values written before its replay. The host checks what
+    ``Noise.stream`` checks (no counter past 2**63) for every stream the recorded calls draw.
+    """
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+        self.seed, self.row = arrays.scalar(0, "int64"), arrays.scalar(0, "int64")
+        self._written: tuple[int, int] | None = None  # what the arrays hold now, so unchanged values are not rewritten
+        self._noise: Noise | None = None
+        self._streams: set[tuple[int, int]] = set()  # (width, base) of every stream drawn so far
+
+    def write(self, noise: Noise) -> None:
+        """Make the arrays hold ``noise``'s seed and first row (one stream; per-row noise never comes here)."""
+        for width, base in self._streams:
+            noise.stream(width, base)  # raises the InputError of a stream past 2**63 counters
+        if self._written != (noise.seed, noise.offset):
+            self.arrays.fill(self.seed, noise.seed)
+            self.arrays.fill(self.row, noise.offset)
+            self._written = (noise.seed, noise.offset)
+        self._noise = noise
+
+    def rows(self, n: int) -> "DeviceRows":
+        return DeviceRows(self, n)
+
+    def _stream(self, width: int, base: int) -> tuple:
+        self._streams.add((width, base))
+        if self._noise is not None:
+            self._noise.stream(width, base)
+        return self.seed, self.row * width + base
+
+
+class DeviceRows:
+    """n rows of a ``DeviceNoise``: what a recorded call of a bucket of n rows takes in place of its ``Noise``."""
+
+    __slots__ = ("noise", "n")
+
+    def __init__(self, noise: DeviceNoise, n: int):
+        self.noise, self.n = noise, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def stream(self, width: int, base: int = 0) -> tuple:
+        """(seed, element offset) as arrays the kernels load: row r of the call draws row ``row + r`` of the seed."""
+        return self.noise._stream(width, base)

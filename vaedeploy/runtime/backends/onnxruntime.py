@@ -1,19 +1,32 @@
-"""ONNX Runtime backend: numpy in, numpy out, set up for low latency; imports no torch.
+"""ONNX Runtime backend: numpy in, numpy out on the CPU, set up for low latency; imports no torch there.
 
 Sessions run with every graph optimization on (ORT_ENABLE_ALL), sequential execution and one intra-op thread per
 physical core: at the small batches a VAE is served at, more threads only add synchronization. Input and output
 names are resolved once, so a call is one ``session.run``.
+
+With batch buckets, and always on CUDA, a session runs through IOBinding (``BoundRunner``): inputs and outputs are
+bound by address in the runtime's arrays, numpy on the CPU and torch CUDA tensors on CUDA (so ``device="cuda"``
+needs torch), one binding with fixed buffers per bucket. On CUDA with ``cuda_graphs`` the sessions use ONNX
+Runtime's own CUDA graphs (``enable_cuda_graph``, one ``gpu_graph_id`` per bucket): ONNX Runtime synchronizes its
+stream at the end of a run, so a session cannot run inside a graph the runtime captures, and the noise kernels run
+between the sessions' graphs. The IOBinding code is the same on both devices and tested on the CPU; **its CUDA part
+has not yet run** (the GPU machines of this project have no onnxruntime-gpu).
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
-from ...errors import ConfigError, MissingDependency
-from ..arrays import NumpyArrays
+from ...errors import BundleError, ConfigError, MissingDependency
+from ..arrays import NumpyArrays, TorchArrays
 from .base import Runner
+
+# ONNX Runtime's CUDA EP captures a graph on the third run of a gpu_graph_id (two regular runs first,
+# cuda_execution_provider.h: min_num_runs_before_cuda_graph_capture_ = 2); a warm-up of three leaves it captured
+CAPTURE_RUNS = 3
 
 
 def physical_cores() -> int:
@@ -44,14 +57,21 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return options
 
 
-def providers(device: str) -> list[str]:
+def providers(device: str, stream: str | None = None, cuda_graphs: bool = False) -> list:
+    """The execution providers of a session on ``device``; on CUDA, on the torch stream ``stream`` (its handle) and
+    with ONNX Runtime's CUDA graphs when asked (which need every node on CUDA: no CPU provider to fall back to)."""
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise MissingDependency(f"device {device!r} needs onnxruntime-gpu (CUDAExecutionProvider); this "
                                     f"onnxruntime has {ort.get_available_providers()}")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        options = {"device_id": int(device.partition(":")[2] or 0)}
+        if stream is not None:
+            options["user_compute_stream"] = stream
+        if cuda_graphs:
+            return [("CUDAExecutionProvider", {**options, "enable_cuda_graph": "1"})]
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
     raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
 
 
@@ -84,17 +104,113 @@ class OnnxRuntimeRunner(Runner):
         return self._run(self.output_names, dict(zip(self.input_names, inputs)), None)
 
 
+class _Binding:
+    """One IOBinding of a session for n rows: input buffers the call's inputs are copied into, preallocated output
+    buffers, bound by address, and the run options naming the CUDA graph of this size (None: no graph option)."""
+
+    def __init__(self, session, arrays, graph: dict, output_names: list[str], n: int, graph_id: int | None):
+        device = arrays.device  # "cpu" for numpy, a torch.device for tensors
+        self.place = ("cpu", 0) if isinstance(device, str) else (device.type, device.index or 0)
+        self.arrays, self.io = arrays, session.io_binding()
+        outputs = {spec["name"]: spec for spec in graph["outputs"]}
+        self.inputs = [self._bind(self.io.bind_input, spec, n, graph) for spec in graph["inputs"]]
+        self.outputs = [self._bind(self.io.bind_output, outputs[name], n, graph) for name in output_names]
+        self.options = ort.RunOptions()
+        if graph_id is not None:
+            self.options.add_run_config_entry("gpu_graph_id", str(graph_id))
+
+    def _bind(self, bind, spec: dict, n: int, graph: dict):
+        dims = spec["shape"][1:]
+        if not all(isinstance(d, int) for d in dims):
+            raise BundleError(f"{graph['file']}: {spec['name']} has shape {spec['shape']}; IOBinding needs every axis "
+                              "but the batch fixed")
+        buffer = self.arrays.new((n, *dims), spec["dtype"])
+        bind(spec["name"], *self.place, np.dtype(spec["dtype"]), [n, *dims], self.arrays.data_ptr(buffer))
+        return buffer
+
+    def run(self, session, inputs: tuple, stream) -> list:
+        for buffer, x in zip(self.inputs, inputs):
+            if x is not buffer:
+                buffer[...] = x
+        if stream is not None:
+            stream.before()
+        session.run_with_iobinding(self.io, self.options)
+        if stream is not None:
+            stream.after()
+        return list(self.outputs)
+
+
+class BoundRunner(OnnxRuntimeRunner):
+    """A session run through IOBinding on the backend's arrays (numpy on the CPU, torch tensors on CUDA).
+
+    A batch size that is a bucket keeps its binding, so its buffers have fixed addresses (what ONNX Runtime's CUDA
+    graph of that bucket replays, ``gpu_graph_id`` = the bucket's index + 1; 0 is ONNX Runtime's own). Its outputs
+    are those buffers, which the bucket machinery copies out. Any other size binds fresh buffers for the call, run
+    without a graph (``gpu_graph_id`` -1), so what it returns is the caller's to keep.
+    """
+
+    def __init__(self, bundle, role: str, precision: str, device: str, outputs: list[str] | None, arrays,
+                 sizes: tuple[int, ...], graph_ids: dict[int, int], stream=None):
+        super().__init__(bundle, role, precision, device, outputs)
+        self.arrays, self.sizes, self.graph_ids, self.stream = arrays, set(sizes), graph_ids, stream
+        self.providers = providers(device, stream.handle if stream is not None else None, bool(graph_ids))
+        self.bindings: dict[int, _Binding] = {}
+
+    def activate_impl(self) -> None:
+        try:
+            super().activate_impl()
+        except Exception as e:  # ONNX Runtime's errors have no common base class
+            if not self.graph_ids:
+                raise
+            raise ConfigError(f"{self.graph['file']} cannot run under ONNX Runtime's CUDA graphs "
+                              f"({str(e).splitlines()[0]}); load the bundle with cuda_graphs=False") from None
+
+    def deactivate_impl(self) -> None:
+        super().deactivate_impl()
+        self.bindings = {}
+
+    def run_impl(self, inputs: tuple) -> list:
+        n = len(inputs[0])
+        binding = self.bindings.get(n)
+        if binding is None:
+            binding = _Binding(self.session, self.arrays, self.graph, self.output_names, n,
+                               self.graph_ids.get(n, -1) if self.graph_ids else None)
+            if n in self.sizes:
+                self.bindings[n] = binding
+        return binding.run(self.session, inputs, self.stream)
+
+
 class Backend:
-    """What a runtime asks of a backend: its arrays, a runner per graph, and ``close``."""
+    """What a runtime asks of a backend: its arrays, a runner per graph, and ``close``.
+
+    Args:
+        buckets: the runtime's batch buckets (None: none, and on the CPU the plain ``session.run`` runner).
+        cuda_graphs: on CUDA, one ONNX Runtime CUDA graph per session and bucket.
+    """
 
     name = "onnxruntime"
+    capturable = False  # a run synchronizes ONNX Runtime's stream on the host: it cannot run inside a captured graph
 
-    def __init__(self, bundle, precision: str, device: str):
+    def __init__(self, bundle, precision: str, device: str, buckets: tuple[int, ...] | None = None,
+                 cuda_graphs: bool = False):
         providers(device)  # refuse a device this onnxruntime cannot serve before any session is made
         self.bundle, self.precision, self.device = bundle, precision, device
-        self.arrays = NumpyArrays()
+        cuda = device.startswith("cuda")
+        self.arrays = TorchArrays(device) if cuda else NumpyArrays()
+        self.sizes, self.bound = tuple(buckets or ()), cuda or buckets is not None
+        self.graph_ids = {size: i + 1 for i, size in enumerate(self.sizes)} if cuda and cuda_graphs else {}
+        self.warmup_runs = CAPTURE_RUNS if self.graph_ids else 0
+        if cuda:
+            from ..cuda import SessionStream
+
+            self.stream = SessionStream(device)
+        else:
+            self.stream = None
 
     def runner(self, role: str, outputs: list[str] | None = None) -> OnnxRuntimeRunner:
+        if self.bound:
+            return BoundRunner(self.bundle, role, self.precision, self.device, outputs, self.arrays, self.sizes,
+                               self.graph_ids, self.stream)
         return OnnxRuntimeRunner(self.bundle, role, self.precision, self.device, outputs)
 
     def close(self) -> None:

@@ -45,9 +45,17 @@ class TorchRunner(Runner):
 
 
 class Backend:
-    name = "torch"
+    """The model's modules on one device. They run inside the runtime's CUDA graphs (``capturable``: a module's
+    forward is expected to make no host synchronization; a capture that meets one fails with a sentence), so the
+    batch buckets capture the whole call around them, and ``buckets`` and ``cuda_graphs`` ask nothing of the backend
+    itself."""
 
-    def __init__(self, bundle, precision: str, device: str):
+    name = "torch"
+    capturable = True
+    warmup_runs = 0
+
+    def __init__(self, bundle, precision: str, device: str, buckets: tuple[int, ...] | None = None,
+                 cuda_graphs: bool = False):
         self.doc = bundle.manifest.get("model")
         if not self.doc:
             raise BundleError(f"{bundle.root}: the torch backend needs the model's weights and config, and this "
