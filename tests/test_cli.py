@@ -323,3 +323,18 @@ def test_an_opset_outside_the_exporters_range_is_refused_before_any_work(exporte
     err = capsys.readouterr().err
     assert err.startswith("error: opset: the dynamo exporter writes opsets 18 to") and err.count("\n") == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_the_command_line_loads_without_torch_until_a_command_needs_it():
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+              "from vaedeploy.cli import build_parser\n"
+              "for argv in (['serve', 'b'], ['web', 'b', '--out', 'o'], ['triton-repo', 'b', '--out', 'o'], "
+              "['train', 'vae', '--out', 'r'], ['export', 'r', '--out', 'b']):\n"
+              "    build_parser().parse_args(argv)\n"
+              "import vaedeploy.export.triton_repo\n"
+              "print('ok')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
