@@ -1,4 +1,4 @@
-"""The `vaedeploy` command: train, eval, plot, export, demo, web."""
+"""The `vaedeploy` command: train, eval, plot, export, demo, web, bench."""
 from __future__ import annotations
 
 import argparse
@@ -299,12 +299,16 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--serve", action="store_true", help="serve the page on 127.0.0.1 with COOP/COEP headers")
     web.add_argument("--port", type=_number(int, 1), default=8080)
     web.set_defaults(func=cmd_web)
+
+    from .bench.command import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
 # packages of the extras, and the extra that brings each: a command that needs one says which to install
 _OPTIONAL = {"torch": "train", "safetensors": "train", "sklearn": "train", "mlxtend": "train", "matplotlib": "train",
-             "tqdm": "train", "onnx": "train", "onnxscript": "train"}
+             "tqdm": "train", "onnx": "train", "onnxscript": "train", "onnx_tool": "bench"}
 
 
 def _os_error(e: OSError) -> str:
