@@ -28,7 +28,8 @@ def _check_float(name: str, x: np.ndarray) -> None:
 def _streams(shape, seed, offset) -> tuple:
     """(shape, element count, seed, start) of a draw: one stream of counters from ``offset`` under ``seed`` (ints),
     or one run per row (see the module doc; int64 arrays of one seed and start per row)."""
-    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
+    if type(shape) is not tuple:  # an array's .shape (the hot path) is a tuple of ints already
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
     n = math.prod(shape)
     if isinstance(seed, (int, np.integer)) and isinstance(offset, (int, np.integer)):
         seed, offset = int(seed), int(offset)
@@ -52,7 +53,8 @@ def standard_normal_numpy(shape, seed, offset=0, dtype=np.float32) -> np.ndarray
     shape, n, seed, start = _streams(shape, seed, offset)
     if n == 0:
         return np.zeros(shape, dtype)
-    return philox.normals(philox.box_muller_inputs(seed, start, n)).reshape(shape).astype(dtype, copy=False)
+    eps = philox.normals(seed, start, n).reshape(shape)
+    return eps if dtype is np.float32 else eps.astype(dtype, copy=False)
 
 
 def uniform_numpy(shape, seed, offset=0) -> np.ndarray:
@@ -81,12 +83,13 @@ def reparameterize_numpy(mean, logvar, seed, offset=0, return_eps: bool = False)
         eps = standard_normal_numpy(mean.shape, seed, offset)
         std = np.exp(np.clip(logvar, LOGVAR_MIN, LOGVAR_MAX) * 0.5)
         z = mean + std * eps
-    else:  # float32 math (float16 inputs too), fused: one pass over the noise and logvar, one over the result
+    else:  # float32 math (float16 inputs too), one pass where numba is installed
         shape, n, seed, start = _streams(mean.shape, seed, offset)
-        flat_mean = np.ascontiguousarray(mean, dtype=np.float32).reshape(-1)
-        flat_logvar = np.ascontiguousarray(logvar, dtype=np.float32).reshape(-1)
-        z, eps = philox.reparameterize(flat_mean, philox.box_muller_inputs(seed, start, n, flat_logvar))
-        z, eps = z.reshape(shape).astype(mean.dtype, copy=False), eps.reshape(shape)
+        flat_mean = np.ascontiguousarray(mean, dtype=np.float32).ravel()
+        flat_logvar = np.ascontiguousarray(logvar, dtype=np.float32).ravel()
+        z, eps = philox.reparameterize(seed, start, flat_mean, flat_logvar, return_eps)
+        z = z.reshape(shape) if mean.dtype.type is np.float32 else z.reshape(shape).astype(mean.dtype)
+        eps = eps.reshape(shape) if return_eps else None
     return (z, eps) if return_eps else z
 
 

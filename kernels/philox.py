@@ -9,11 +9,14 @@ seed and offset. Counters, keys and the conversions below follow `tl.randint4x`,
 - `randint` is c0 after 10 rounds; `randn` takes c0 and c1 to uniforms in [0, 1) and keeps the cosine branch of
   Box–Muller, all in float32.
 
-`randint` matches Triton bit for bit; `randn` to a few ulp (the GPU's log/sqrt/cos are not numpy's). Imports numpy only.
+`randint` matches Triton bit for bit; `randn` to a few ulp (the GPU's log/sqrt/cos are not numpy's). Imports numpy
+only (numba where installed, lazily).
 
-The runtime's hot path draws whole streams (``box_muller_inputs``, ``normals``, ``uniforms``: runs of consecutive
-counters, one run per row). Where numba is installed those run compiled (``philox_numba.py``) and are bit-identical
-to the numpy code here, which is the definition; ``VAEDEPLOY_NUMBA=0`` in the environment keeps to numpy.
+The runtime's hot path draws whole streams (``normals``, ``reparameterize``, ``uniforms``: runs of consecutive
+counters, one run per row). Where numba is installed these and ``randn`` run compiled (``philox_numba.py``), so
+every normal of one install comes from one loop: the words and uniforms are the same bits as numpy's, the normals
+are within a few ulp of numpy's (the C library's float32 log and cos, not numpy's SIMD ones, whose own last bits
+differ between AVX2, AVX-512 and plain builds). ``VAEDEPLOY_NUMBA=0`` in the environment keeps to numpy.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import numpy as np
 N_ROUNDS = 10
 _LOW32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
-# One round on the stacked words A = (c0, c2), B = (c1, c3): A' = hi(M · (c2, c0)) ^ B ^ (k0, k1), B' = lo(M · (c2, c0)),
+# One round on the stacked words A = (c0, c2), B = (c1, c3): A' = hi(M·(c2, c0)) ^ B ^ (k0, k1), B' = lo(M·(c2, c0))
 # with M = (ROUND_B, ROUND_A): five array operations a round instead of a dozen, and no uint32 overflow to silence
 # (all words are held in uint64, the keys' wrap-around is the mask).
 _MULTIPLIERS = np.array([0xCD9E8D57, 0xD2511F53], dtype=np.uint64)
@@ -100,7 +103,19 @@ def uint_to_uniform_float(x: np.ndarray) -> np.ndarray:
 
 
 def randn(seed: int, offsets: np.ndarray) -> np.ndarray:
-    """`tl.randn(seed, offsets)`: float32 standard normals, Box–Muller on the first two Philox words."""
+    """`tl.randn(seed, offsets)`: float32 standard normals, Box–Muller on the first two Philox words (compiled where
+    numba is installed: the C library's log and cos then, a few ulp from numpy's; see the module doc)."""
+    compiled = _compiled()
+    if compiled is None:
+        return _randn_numpy(seed, offsets)
+    offsets = np.asarray(offsets, dtype=np.uint64)
+    seeds = np.broadcast_to(check_seed(seed), offsets.shape)
+    out = np.empty(offsets.shape, np.float32)
+    compiled.normal_at(np.ascontiguousarray(seeds).ravel(), np.ascontiguousarray(offsets).ravel(), out.ravel())
+    return out
+
+
+def _randn_numpy(seed, offsets: np.ndarray) -> np.ndarray:
     i1, i2, _, _ = randint4x(seed, offsets)
     u1 = np.maximum(_FLOOR, uint_to_uniform_float(i1))
     theta = _TWO_PI * uint_to_uniform_float(i2)
@@ -116,78 +131,56 @@ def _compiled():
         _COMPILED = False
         if os.environ.get("VAEDEPLOY_NUMBA", "1") != "0":
             try:
-                from . import philox_numba as _COMPILED
+                from . import philox_numba
             except ImportError:
                 pass
+            else:
+                _COMPILED = philox_numba if philox_numba.POSITION_INDEPENDENT else False
     return _COMPILED or None
 
 
 _COMPILED = None
+_NONE = np.empty(0, np.float32)
 
 
 def _keys_and_counters(seed, start, n: int) -> tuple:
-    """Keys and 64-bit counters of a draw (see ``box_muller_inputs``), shaped for ``randint4x``."""
+    """Keys and 64-bit counters of a draw (see ``normals``), shaped for ``randint4x``."""
     if isinstance(seed, int):
         return seed, np.arange(n, dtype=np.uint64) + np.uint64(start)
     width = n // len(seed)
     return seed.astype(np.uint64)[:, None], start.astype(np.uint64)[:, None] + np.arange(width, dtype=np.uint64)
 
 
-def box_muller_inputs(seed, start, n: int, logvar: np.ndarray | None = None) -> np.ndarray:
-    """`randn`'s float32 values before its log and cos for n elements: rows max(1e-7, u1) and 2π·u2, and
-    clamp(logvar, -30, 20)/2 as a third row when the flattened float32 ``logvar`` is given.
+def normals(seed, start, n: int) -> np.ndarray:
+    """n float32 standard normals, `tl.randn` of each counter, flattened.
 
     The counters are one stream (int ``seed`` and ``start``: start, start + 1, ...) or one run per row (int64 arrays
     of one seed and start per row, each row n / rows elements); both already checked by the caller.
     """
-    parts = np.empty((2 if logvar is None else 3, n), np.float32)
     compiled = _compiled()
     if compiled is not None:
-        fill = compiled.box_muller_stream if isinstance(seed, int) else compiled.box_muller_rows
-        fill(seed, start, _NO_LOGVAR if logvar is None else logvar, parts)
-        return parts
-    i1, i2, _, _ = randint4x(*_keys_and_counters(seed, start, n))
-    np.maximum(_FLOOR, uint_to_uniform_float(i1).reshape(-1), out=parts[0])
-    np.multiply(_TWO_PI, uint_to_uniform_float(i2).reshape(-1), out=parts[1])
-    if logvar is not None:
-        np.multiply(np.clip(logvar, _LOGVAR_MIN, _LOGVAR_MAX), np.float32(0.5), out=parts[2])
-    return parts
+        out = np.empty(n, np.float32)
+        (compiled.normal_stream if isinstance(seed, int) else compiled.normal_rows)(seed, start, out)
+        return out
+    return _randn_numpy(*_keys_and_counters(seed, start, n)).reshape(-1)
 
 
-_NO_LOGVAR = np.empty(0, np.float32)
-
-
-def normals(parts: np.ndarray) -> np.ndarray:
-    """The standard normals sqrt(-2·log u1)·cos θ of ``box_muller_inputs``' rows (overwritten)."""
-    logs, cosines = parts[0], parts[1]
-    np.log(logs, out=logs)
-    np.cos(cosines, out=cosines)
+def reparameterize(seed, start, mean: np.ndarray, logvar: np.ndarray, keep_eps: bool = False) -> tuple:
+    """(z, eps or None): z = mean + exp(clamp(logvar, -30, 20)/2)·eps for flattened float32 ``mean`` and
+    ``logvar``, eps the normals of the counters (laid out as for ``normals``)."""
     compiled = _compiled()
     if compiled is None:
-        return np.sqrt(_MINUS_TWO * logs) * cosines
-    eps = np.empty(parts.shape[1], np.float32)
-    compiled.normals(parts, eps)
-    return eps
-
-
-def reparameterize(mean: np.ndarray, parts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(z, eps) = (mean + exp(clamp(logvar)/2)·eps, eps) for the flattened float32 ``mean`` and the three rows of
-    ``box_muller_inputs(..., logvar)`` (overwritten)."""
-    logs, cosines, std = parts
-    np.log(logs, out=logs)
-    np.cos(cosines, out=cosines)
-    np.exp(std, out=std)
-    compiled = _compiled()
-    if compiled is None:
-        eps = np.sqrt(_MINUS_TWO * logs) * cosines
-        return mean + std * eps, eps
+        eps = normals(seed, start, mean.size)
+        return mean + np.exp(np.clip(logvar, _LOGVAR_MIN, _LOGVAR_MAX) * np.float32(0.5)) * eps, eps
     z = np.empty_like(mean)
-    compiled.reparameterize(mean, parts, z)
-    return z, logs
+    eps = np.empty_like(mean) if keep_eps else _NONE
+    (compiled.reparameterize_stream if isinstance(seed, int) else compiled.reparameterize_rows)(
+        seed, start, mean, logvar, z, eps)
+    return z, eps if keep_eps else None
 
 
 def uniforms(seed, start, n: int) -> np.ndarray:
-    """`tl.rand`'s float32 uniforms of n elements, the counters laid out as for ``box_muller_inputs``."""
+    """`tl.rand`'s float32 uniforms of n elements, the counters laid out as for ``normals``."""
     compiled = _compiled()
     if compiled is not None:
         out = np.empty(n, np.float32)

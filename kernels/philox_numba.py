@@ -1,11 +1,14 @@
-"""The compiled path of the numpy Philox (``philox.py``), used when numba is installed (``vaedeploy[fast]``).
+"""The compiled path of the numpy Philox (``philox.py``), used where numba is installed (``vaedeploy[fast]``).
 
-One loop per call computes what the numpy path computes in about fifty array operations: the Philox4x32-10 words
-of every counter and the exact float32 steps after them (the sign fold, the scaling into [0, 1), the 1e-7 floor,
-2π·u2, and for ``reparameterize`` clamp(logvar)/2 and mean + std·eps). The three transcendental steps (log, cos,
-exp) stay numpy's own ufuncs, called between these kernels by ``philox.py`` and ``numpy_ops.py``: every other step
-is a correctly rounded IEEE operation, so the results are bit-identical to the numpy path, with or without numba.
-Without ``fastmath`` numba contracts no multiply-add into an FMA, which would round differently.
+One loop per call does what the numpy path does in about sixty array operations: the Philox4x32-10 words of every
+counter, `tl.randn`'s float32 Box–Muller after them and, for ``reparameterize``, z = mean + exp(clamp(logvar)/2)·eps.
+At batch 1 that is a microsecond instead of a dozen numpy calls (docs/benchmarks.md).
+
+What is the same and what is not: the Philox words and the uniforms are bit-identical to the numpy path (and to
+Triton and Random123); the float32 log, cos and exp are the C library's here and numpy's own SIMD ones there, so the
+normals of the two paths agree to a few ulp (as the GPU's do), not bit for bit. Each path gives the same bits for an
+element wherever it sits in a call, so rows split over calls draw what one call draws. Without ``fastmath`` numba
+fuses no multiply-add into an FMA.
 
 A draw is one stream (``*_stream``: counters start, start + 1, ... under one key) or one run of counters per row
 (``*_rows``: row r from ``starts[r]`` under key ``seeds[r]``). Each kernel writes into arrays its caller made.
@@ -26,10 +29,15 @@ _MINUS_TWO = np.float32(-2.0)
 _HALF = np.float32(0.5)
 _LOGVAR_MIN, _LOGVAR_MAX = np.float32(-30.0), np.float32(20.0)
 
+# Intel's SVML, where numba finds it, would vectorize log/cos/exp with other last bits than the scalar calls of a
+# loop's remainder, so an element's value would depend on where it sits in a call: philox.py then keeps to numpy.
+POSITION_INDEPENDENT = not getattr(numba.config, "USING_SVML", False)
+
 _jit = numba.njit(cache=True, nogil=True)
+_inline = numba.njit(inline="always")
 
 
-@numba.njit(inline="always")
+@_inline
 def _words(counter, seed):
     """The first two output words of Philox4x32-10 for a 64-bit counter and key (c2 = c3 = 0), as `tl.philox`."""
     c0, c1 = np.uint32(counter & _LOW), np.uint32(counter >> _HIGH)
@@ -47,50 +55,76 @@ def _words(counter, seed):
     return c0, c1
 
 
-@numba.njit(inline="always")
+@_inline
 def _uniform(word):
     """`tl.uint_to_uniform_float`: fold the sign away (x ^ (x >> 31) is ~x for negative x), scale into [0, 1)."""
     x = np.int32(word)
     return np.float32(x ^ (x >> np.int32(31))) * _SCALE
 
 
-@numba.njit(inline="always")
-def _fill(out, i, counter, seed):
+@_inline
+def _normal(counter, seed):
+    """`tl.randn`: the cosine branch of Box–Muller on the first two words, in float32."""
     w0, w1 = _words(counter, seed)
-    out[0, i] = max(_FLOOR, _uniform(w0))
-    out[1, i] = _TWO_PI * _uniform(w1)
+    u1 = max(_FLOOR, _uniform(w0))
+    theta = _TWO_PI * _uniform(w1)
+    return np.sqrt(_MINUS_TWO * np.log(u1)) * np.cos(theta)
 
 
-@numba.njit(inline="always")
-def _half_clamp(logvar, out):
-    for i in range(logvar.size):
-        v = logvar[i]  # comparisons keep a NaN a NaN, as np.clip does
-        if v < _LOGVAR_MIN:
-            v = _LOGVAR_MIN
-        elif v > _LOGVAR_MAX:
-            v = _LOGVAR_MAX
-        out[2, i] = v * _HALF
+@_inline
+def _reparameterized(mean, logvar, eps):
+    if logvar < _LOGVAR_MIN:  # comparisons keep a NaN a NaN, as np.clip does
+        logvar = _LOGVAR_MIN
+    elif logvar > _LOGVAR_MAX:
+        logvar = _LOGVAR_MAX
+    return mean + np.exp(logvar * _HALF) * eps
 
 
 @_jit
-def box_muller_stream(seed, start, logvar, out):
-    """out[0] = max(1e-7, u1), out[1] = 2π·u2 at counters start, start + 1, ... under key ``seed``; out[2] =
-    clamp(logvar, -30, 20)/2 when ``logvar`` has elements (the flattened logvar of ``reparameterize``)."""
+def normal_at(seeds, counters, out):
+    """`tl.randn(seeds[i], counters[i])` for every i (``philox.randn`` with any counters)."""
+    for i in range(out.size):
+        out[i] = _normal(np.uint64(counters[i]), np.uint64(seeds[i]))
+
+
+@_jit
+def normal_stream(seed, start, out):
     seed, start = np.uint64(seed), np.uint64(start)
-    for i in range(out.shape[1]):
-        _fill(out, i, start + np.uint64(i), seed)
-    _half_clamp(logvar, out)
+    for i in range(out.size):
+        out[i] = _normal(start + np.uint64(i), seed)
 
 
 @_jit
-def box_muller_rows(seeds, starts, logvar, out):
-    """As ``box_muller_stream`` with one run of counters per row: row r from ``starts[r]`` under ``seeds[r]``."""
-    width = out.shape[1] // seeds.shape[0]
-    for r in range(seeds.shape[0]):
+def normal_rows(seeds, starts, out):
+    width = out.size // seeds.size
+    for r in range(seeds.size):
         seed, start = np.uint64(seeds[r]), np.uint64(starts[r])
         for j in range(width):
-            _fill(out, r * width + j, start + np.uint64(j), seed)
-    _half_clamp(logvar, out)
+            out[r * width + j] = _normal(start + np.uint64(j), seed)
+
+
+@_jit
+def reparameterize_stream(seed, start, mean, logvar, z, eps):
+    """z = mean + exp(clamp(logvar, -30, 20)/2)·eps (flattened float32 arrays); eps kept where it has room."""
+    seed, start = np.uint64(seed), np.uint64(start)
+    for i in range(z.size):
+        e = _normal(start + np.uint64(i), seed)
+        z[i] = _reparameterized(mean[i], logvar[i], e)
+        if eps.size:
+            eps[i] = e
+
+
+@_jit
+def reparameterize_rows(seeds, starts, mean, logvar, z, eps):
+    width = z.size // seeds.size
+    for r in range(seeds.size):
+        seed, start = np.uint64(seeds[r]), np.uint64(starts[r])
+        for j in range(width):
+            i = r * width + j
+            e = _normal(start + np.uint64(j), seed)
+            z[i] = _reparameterized(mean[i], logvar[i], e)
+            if eps.size:
+                eps[i] = e
 
 
 @_jit
@@ -103,24 +137,8 @@ def uniform_stream(seed, start, out):
 
 @_jit
 def uniform_rows(seeds, starts, out):
-    width = out.size // seeds.shape[0]
-    for r in range(seeds.shape[0]):
+    width = out.size // seeds.size
+    for r in range(seeds.size):
         seed, start = np.uint64(seeds[r]), np.uint64(starts[r])
         for j in range(width):
             out[r * width + j] = _uniform(_words(start + np.uint64(j), seed)[0])
-
-
-@_jit
-def normals(parts, out):
-    """eps = sqrt(-2·log u1)·cos θ from parts = (log u1, cos θ), numpy's log and cos."""
-    for i in range(out.size):
-        out[i] = np.sqrt(_MINUS_TWO * parts[0, i]) * parts[1, i]
-
-
-@_jit
-def reparameterize(mean, parts, z):
-    """z = mean + std·eps from parts = (log u1, cos θ, exp(clamp(logvar)/2)); eps is left in parts[0]."""
-    for i in range(z.size):
-        eps = np.sqrt(_MINUS_TWO * parts[0, i]) * parts[1, i]
-        parts[0, i] = eps
-        z[i] = mean[i] + parts[2, i] * eps
