@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from vaedeploy.bench import local, output, run
 from vaedeploy.cli import main
 from vaedeploy.errors import ConfigError

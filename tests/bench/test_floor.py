@@ -2,6 +2,7 @@
 the floor, and which graphs each op of a real bundle runs."""
 import numpy as np
 import pytest
+
 from vaedeploy.bench import floor
 
 onnx = pytest.importorskip("onnx")

@@ -1,6 +1,7 @@
 """Server mode against the stand-in V2 server (conftest.py): the requests it sends, the figures it gives back."""
 import numpy as np
 import pytest
+
 from vaedeploy.bench import output, run, server
 from vaedeploy.errors import ConfigError
 

@@ -1,5 +1,6 @@
 """The statistics and the measurement loop on synthetic timings (a fake clock: no real time is measured)."""
 import pytest
+
 from vaedeploy.bench import loop, stats
 from vaedeploy.bench.loop import Case, Settings
 from vaedeploy.bench.stats import Window

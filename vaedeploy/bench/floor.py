@@ -32,8 +32,7 @@ from ..errors import MissingDependency
 
 MATRIX_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Einsum", "MatMulInteger", "QLinearMatMul"})
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
-CPU_COPY_SIZES = (1 << 18, 1 << 22, 1 << 26)  # 256 KiB, 4 MiB, 64 MiB
-GPU_COPY_SIZES = (1 << 22, 1 << 26, 1 << 30)
+CPU_COPY_SIZES = (1 << 18, 1 << 22, 1 << 26)  # 256 KiB, 4 MiB, 64 MiB (a GPU's: gpu.COPY_SIZES)
 
 
 def _onnx_tool():

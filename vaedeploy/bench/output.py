@@ -88,8 +88,8 @@ def write(doc: dict, out: Path) -> list[Path]:
 
 
 def by_case(rows: list[dict]) -> list[dict]:
-    """One row per case over the repeats: the median p50 and items/s, their range, and whether every repeat was
-    stable (in the order the cases first appear)."""
+    """One row per case over the repeats: the median p50, p90, p99 and items/s, the p50's range, and whether every
+    repeat was stable (in the order the cases first appear)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(identity(row), []).append(row)
@@ -100,6 +100,7 @@ def by_case(rows: list[dict]) -> list[dict]:
         if measured:
             p50 = [r["p50_ms"] for r in measured]
             row.update(p50_ms=statistics.median(p50), p50_min_ms=min(p50), p50_max_ms=max(p50),
+                       p90_ms=statistics.median(r["p90_ms"] for r in measured),
                        p99_ms=statistics.median(r["p99_ms"] for r in measured),
                        items_per_s=statistics.median(r["items_per_s"] for r in measured))
             if row.get("x_floor") is not None:
