@@ -51,15 +51,18 @@ class Flavour:
     fp16_flag: bool  # BuilderFlag.FP16 exists: an fp16 engine may come from the fp32 graph, weakly typed
     timing_cache: bool  # the builder's timing cache has an effect
     user_allocation_flag: bool  # BuilderFlag.REQUIRE_USER_ALLOCATION is needed for CUDA stream capture
+    tf32_flag: bool  # BuilderFlag.TF32 exists (on by default): cleared for fp32 engines
 
 
 # (module, major version) → its differences. TensorRT 11 removed the precision flags and builds strongly typed
 # networks only (the STRONGLY_TYPED flag is deprecated, always on); TensorRT-RTX is strongly typed, its timing cache
-# has no effect (deprecated in 1.2), and since 1.2 an engine captured in a CUDA graph needs REQUIRE_USER_ALLOCATION.
+# has no effect (deprecated in 1.2), and since 1.2 an engine captured in a CUDA graph needs REQUIRE_USER_ALLOCATION
+# (its 1.2 release notes). TensorRT 11's migration guide keeps TF32 among the flags; TensorRT-RTX's documentation names
+# no TF32 flag, so none is touched there (not verified on a real TensorRT-RTX: `--validate` is the check).
 FLAVOURS = {
-    ("tensorrt", 10): Flavour("TensorRT 10", (10, 1), True, True, True, False),
-    ("tensorrt", 11): Flavour("TensorRT 11", (11, 0), False, False, True, False),
-    ("tensorrt_rtx", 1): Flavour("TensorRT-RTX 1", (1, 2), False, False, False, True),
+    ("tensorrt", 10): Flavour("TensorRT 10", (10, 1), True, True, True, False, True),
+    ("tensorrt", 11): Flavour("TensorRT 11", (11, 0), False, False, True, False, True),
+    ("tensorrt_rtx", 1): Flavour("TensorRT-RTX 1", (1, 2), False, False, False, True, False),
 }
 MODULES = ("tensorrt", "tensorrt_rtx")  # the order a build looks for them
 INSTALL = "pip install 'vaedeploy[trt]' (TensorRT 10.1 or newer; TensorRT-RTX 1.2 or newer as tensorrt_rtx also works)"
@@ -146,7 +149,7 @@ def _logger(trt, progress):
             self.errors: list[str] = []
 
         def log(self, severity, msg):
-            if severity <= trt.ILogger.Severity.ERROR:
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
                 self.errors.append(msg)
             elif severity == trt.ILogger.Severity.WARNING:
                 progress(f"    TensorRT: {msg}")
@@ -232,7 +235,8 @@ class _Build:
         graph_precision, typing = _source(self.bundle, role, precision, self.flavour)
         file = self.bundle.graph(role, graph_precision)["file"]
         builder = {"typing": typing, "opt_level": self.settings.opt_level, "workspace_mib": self.settings.workspace_mib,
-                   "tf32": precision != "fp32", "user_allocation": self.flavour.user_allocation_flag}
+                   "tf32": precision != "fp32" or not self.flavour.tf32_flag,
+                   "user_allocation": self.flavour.user_allocation_flag}
         return {"graph": {"file": file, "precision": graph_precision, "sha256": self.bundle.manifest["files"][file]},
                 "profiles": self.settings.profiles, "builder": builder, "tensorrt": self.machine,
                 "gpu": {"compute_capability": self.gpu["compute_capability"]}}
@@ -251,6 +255,8 @@ class _Build:
             return _differences(record["key"], key)
         if not plan.is_file():
             return "the plan is missing"
+        if (record.get("validation") or {}).get("passed") is False:
+            return f"it failed `vaedeploy build --validate` ({record['validation'].get('file')})"
         data = plan.read_bytes()
         if hashlib.sha256(data).hexdigest() != (record.get("plan") or {}).get("sha256"):
             return "the plan does not match its record (an interrupted build, or a changed file)"
@@ -299,7 +305,7 @@ class _Build:
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, chosen.workspace_mib << 20)
         if typing != "strong":
             config.set_flag(trt.BuilderFlag.FP16)
-        if chosen.precision == "fp32":
+        if chosen.precision == "fp32" and flavour.tf32_flag:
             config.clear_flag(trt.BuilderFlag.TF32)  # on by default; fp32 engines must meet export's fp32 tolerance
         if flavour.user_allocation_flag:
             config.set_flag(trt.BuilderFlag.REQUIRE_USER_ALLOCATION)
@@ -333,7 +339,7 @@ class _Build:
 
 
 def build_engines(bundle, *, buckets=None, max_batch=None, precision="fp32", opt_level=3, workspace_mib=None,
-                  cache=None, ranges=False, device="cuda", progress=print) -> dict:
+                  cache=None, ranges=False, device="cuda", progress=print, bar=False) -> dict:
     """Build (or find in the cache) the TensorRT engine of every graph of ``bundle``; return what was done.
 
     Args:
@@ -349,6 +355,7 @@ def build_engines(bundle, *, buckets=None, max_batch=None, precision="fp32", opt
         ranges: one profile per span between buckets (any batch runs unpadded) instead of one static profile each.
         device: ``cuda`` or ``cuda:N``, already checked (``runtime.cuda.require_cuda``).
         progress: called with each progress line.
+        bar: show a tqdm bar over the graphs (``progress`` should then be ``tqdm.write``, so lines and bar don't mix).
 
     Returns ``{"bundle", "cache", "precision", "buckets", "profiles", "tensorrt", "gpu", "engines", "seconds"}``,
     ``engines`` holding each graph's record with its ``status`` (``built`` or ``cached``) and the ``reason`` of a
@@ -361,7 +368,12 @@ def build_engines(bundle, *, buckets=None, max_batch=None, precision="fp32", opt
     start = time.perf_counter()
     with on_gpu(device) as gpu:
         build = _Build(trt, flavour, loaded, chosen, directory, gpu, progress)
-        engines = [build.engine(role) for role in loaded.manifest["graphs"]]
+        roles = list(loaded.manifest["graphs"])
+        if bar:
+            from tqdm.auto import tqdm
+
+            roles = tqdm(roles, desc=f"vaedeploy build {precision}", unit="engine", dynamic_ncols=True)
+        engines = [build.engine(role) for role in roles]
     return {"bundle": str(loaded.root), "cache": str(directory), "precision": precision,
             "buckets": list(chosen.buckets), "profiles": chosen.profiles, "tensorrt": build.machine, "gpu": gpu,
             "engines": engines, "seconds": round(time.perf_counter() - start, 3)}

@@ -98,7 +98,7 @@ def find_engine(bundle, directory: Path, role: str, precision: str, device: str)
                           f"{trt.__name__} {trt.__version__} on {_sm(here)}; run {build}")
     if (record.get("validation") or {}).get("passed") is False:
         raise BundleError(f"{plan}: failed `vaedeploy build --validate` (see {record['validation'].get('file')} "
-                          f"beside it); run {build} --validate again after fixing the bundle or the settings")
+                          f"beside it); run {build} --validate again, which builds it anew")
     if not plan.is_file() or plan.stat().st_size != expected["bytes"]:
         raise BundleError(f"{plan}: missing or not the plan its record names (an interrupted build?); run {build}")
     if not profiles:
@@ -144,7 +144,7 @@ def _logger(trt):
             self.errors: list[str] = []
 
         def log(self, severity, msg):
-            if severity <= trt.ILogger.Severity.ERROR:
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
                 self.errors.append(msg)
             elif severity == trt.ILogger.Severity.WARNING:
                 warnings.warn(f"TensorRT: {msg}", RuntimeWarning, stacklevel=2)
