@@ -1,7 +1,7 @@
 """`vaedeploy build`: a TensorRT engine of every graph of a bundle, one optimization profile per batch bucket, cached.
 
 Written against TensorRT's documented Python API (docs/tensorrt.md names the sources) and tested on the CPU against
-a fake of exactly the calls made here (tests/tensorrt/fake_tensorrt.py). **Never run on real TensorRT.**
+a fake of exactly the calls made here (tests/trt/fake_tensorrt.py). **Never run on real TensorRT.**
 
 For each graph at the asked precision: TensorRT's ONNX parser fills a network; one optimization profile per bucket
 (min = opt = max = the bucket, so each bucket's engine path is static), or with ``ranges`` one per span between

@@ -2,7 +2,7 @@
 bucket), every context sharing one block of device memory; torch CUDA tensors bound by address.
 
 Written against TensorRT's documented Python API (docs/tensorrt.md) and tested on the CPU, on torch CPU tensors and
-stream 0, against a fake of exactly the calls made here (tests/tensorrt/fake_tensorrt.py); ``load`` refuses
+stream 0, against a fake of exactly the calls made here (tests/trt/fake_tensorrt.py); ``load`` refuses
 ``device="cpu"`` for it, since real TensorRT runs on NVIDIA GPUs. **Never run on real TensorRT.**
 
 - The engine of a graph is found by its record (``bundle.engine_files``; written by ``export/trt_build.py``): built
