@@ -33,11 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from vaedeploy import __version__
-from vaedeploy.bundle import ENGINE_RECORD_FORMAT, ENGINES, Bundle, engine_files, load_bundle
+from vaedeploy.bundle import ENGINE_RECORD_FORMAT, ENGINES, PRECISIONS, Bundle, engine_files, load_bundle
 from vaedeploy.errors import BundleError, ConfigError, DataError, FileFormatError, JobFailed, MissingDependency
 from vaedeploy.io import atomic_write_bytes, read_json, write_json
-
-from .validate import TOLERANCES, cpu_session, errors
 
 
 @dataclass(frozen=True)
@@ -112,8 +110,8 @@ class Settings:
 def settings(bundle: Bundle, buckets=None, max_batch=None, precision="fp32", opt_level=3, workspace_mib=None,
              ranges=False) -> Settings:
     """The build's settings, or a ConfigError naming the option and what the bundle allows."""
-    if precision not in TOLERANCES:
-        raise ConfigError(f"--precision must be one of {sorted(TOLERANCES)}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if opt_level not in OPT_LEVELS:
         raise ConfigError(f"--opt-level must be one of {list(OPT_LEVELS)} (TensorRT's builder optimization levels), "
                           f"got {opt_level!r}")
@@ -426,6 +424,8 @@ def validate_engines(bundle: Bundle, built: dict, runner, progress=print) -> dic
     """
     import onnxruntime as ort
     import torch
+
+    from .validate import TOLERANCES, cpu_session, errors  # torch: imported only where validation runs
 
     precision, sizes = built["precision"], built["buckets"]
     tolerance = TOLERANCES[precision]

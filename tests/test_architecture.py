@@ -21,7 +21,8 @@ RUNTIME_MAY_IMPORT = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.bundle", "v
 TORCH_RUNNER = "vaedeploy.runtime.backends.torch"  # the one runtime module that may import torch and the models
 FORBIDDEN = {"vaedeploy.models": ("vaedeploy.plots",)}  # a model never draws
 TORCH_FREE = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.bundle", "vaedeploy.kernels.numpy_ops",
-              "vaedeploy.kernels.philox", "vaedeploy.kernels", "vaedeploy.runtime")
+              "vaedeploy.kernels.philox", "vaedeploy.kernels", "vaedeploy.runtime",
+              "vaedeploy.export.triton_repo")  # a Triton repository is written where only the runtime is installed
 
 
 def modules() -> dict[str, Path]:

@@ -337,3 +337,18 @@ def test_build_without_tensorrt_is_one_sentence_naming_the_package(capsys, tmp_p
         with pytest.raises(SystemExit) as exit_:
             main(["build", "b", *bad])
         assert exit_.value.code == 2
+
+
+def test_the_command_line_loads_without_torch_until_a_command_needs_it():
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
+              "from vaedeploy.cli import build_parser\n"
+              "for argv in (['serve', 'b'], ['web', 'b', '--out', 'o'], ['triton-repo', 'b', '--out', 'o'], "
+              "['train', 'vae', '--out', 'r'], ['export', 'r', '--out', 'b'], ['build', 'b']):\n"
+              "    build_parser().parse_args(argv)\n"
+              "import vaedeploy.export.triton_repo\n"
+              "print('ok')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr

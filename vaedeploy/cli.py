@@ -53,9 +53,11 @@ def _train_config(args):
 
 def cmd_train(args) -> int:
     from .data import load_dataset, load_from_spec
+    from .models import model_class
     from .runs import read_config
     from .train import train_run
 
+    model_class(args.model)  # an unknown kind is refused before any data is read, with the kinds there are
     if args.resume or args.stage != "all":
         if args.resume:
             given = [f"--{name.replace('_', '-')}" for name in (*TRAIN_OPTIONS, *MODEL_OPTIONS)
@@ -263,14 +265,12 @@ def cmd_triton_repo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .models import MODELS
-
     parser = argparse.ArgumentParser(prog="vaedeploy", description="Train, evaluate, export and serve VAEs.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error, not one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model and write a run directory")
-    train.add_argument("model", choices=sorted(MODELS))
+    train.add_argument("model", metavar="KIND", help="the model kind (vaedeploy/models/; a wrong one lists them)")
     train.add_argument("--data", default="digits", help="digits, mnist5k, or a .npy/.npz path (default digits)")
     train.add_argument("--out", required=True, help="run directory to write (absent or empty, unless --resume or "
                                                      "--overwrite)")
