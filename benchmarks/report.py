@@ -1,4 +1,4 @@
-"""The tables of docs/*.md, generated from the committed results in benchmarks/results/*.json.
+"""The tables of docs/*.md and README.md, generated from the committed results in benchmarks/results/*.json.
 
 A docs page marks each generated table with a pair of comments::
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from benchmarks.common import RESULTS_DIR, markdown_table  # noqa: E402
 from vaedeploy.io import atomic_write_bytes  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+README = DOCS.parent / "README.md"  # its performance section is generated too
 BLOCK = re.compile(r"(<!-- generated from (\S+): (\w+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 KINDS = ("vae", "bivae", "biva", "twostage")
 
@@ -117,14 +119,199 @@ def vq_vs_vae(doc: dict) -> str:
                            "codes used", "codebook perplexity", "prior bits / code"], lines)
 
 
-def runtime_cpu(doc: dict) -> str:
-    from benchmarks.runtime_cpu import table
+# ---- `vaedeploy bench` results (vaedeploy/bench/output.py has the schema) ---------------------------------------
 
-    return table(doc)
+def _ms(value: float) -> str:
+    return f"{value:.4f}" if value < 0.01 else f"{value:.3f}" if value < 100 else f"{value:.0f}"
 
 
-TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae": vq_vs_vae,
-          "runtime_cpu": runtime_cpu}
+def _p50(row: dict) -> str:
+    """The median p50 over the repeats and, with more than one, its range."""
+    text = _ms(row["p50_ms"])
+    if row.get("repeats", 1) > 1:
+        text += f" ({_ms(row['p50_min_ms'])}–{_ms(row['p50_max_ms'])})"
+    return text + ("" if row["stable"] else " ~")
+
+
+def _caption(doc: dict) -> str:
+    env, versions = doc["environment"], doc["environment"]["versions"]
+    repeats = len({r["repeat"] for r in doc["rows"]})
+    stable = sum(r["stable"] for r in doc["rows"])
+    tools = ", ".join(f"{name} {versions[name]}" for name in ("onnxruntime", "torch", "numba", "openvino")
+                      if name in versions)
+    matmul, copy = doc["rates"]["matmul"]["flops_per_s"], doc["rates"]["copy"]
+    words, command = shlex.split(env["command"]), []
+    for i, word in enumerate(words):  # the notes are quoted after the command, not inside it
+        if word != "--note" and (i == 0 or words[i - 1] != "--note"):
+            command.append(word)
+    notes = "".join(f" {note[0].upper()}{note[1:]}." for note in doc["notes"])
+    return (f"Measured by `{shlex.join(command)}` on {env['date']}: {env['cpu']}, {env['cpu_cores_available']} cores "
+            f"(load average {env['load_average_at_start'][0]:g} at the start, {env['load_average_at_end'][0]:g} at "
+            f"the end), {tools}. p50 in ms, the median of {repeats} run{'s' * (repeats > 1)} with their range in "
+            f"brackets; ~ marks a case not stable in every run ({stable} of {len(doc['rows'])} rows stable). The "
+            f"floor: matmul {matmul / 1e9:.0f} GFLOP/s, copy {copy[0]['bytes_per_s'] / 1e9:.0f}–"
+            f"{copy[-1]['bytes_per_s'] / 1e9:.0f} GB/s, measured in the same run.{notes}")
+
+
+def _rows_by(doc: dict, provider_key: str = "backend") -> tuple[dict, list]:
+    from vaedeploy.bench.output import by_case
+
+    index, order = {}, []
+    for row in by_case(doc["rows"]):
+        case = (row["bundle"], row["op"], row["batch"])
+        if case not in index:
+            index[case], _ = {}, order.append(case)
+        index[case][row[provider_key]] = row
+    return index, order
+
+
+def bench(doc: dict) -> str:
+    """`vaedeploy bench` on the CPU backends: p50 of each backend with its multiple of the floor, per case."""
+    index, order = _rows_by(doc)
+    backends = list(dict.fromkeys(r["backend"] for r in doc["rows"]))
+    lines = []
+    for case in order:
+        rows = index[case]
+        first = next(iter(rows.values()))
+        cells = [f"{_p50(rows[b])}, {rows[b]['x_floor']:.1f}×" if b in rows else "–" for b in backends]
+        ratio = (f"{rows[backends[1]]['p50_ms'] / rows[backends[0]]['p50_ms']:.2f}×"
+                 if len(backends) > 1 and all(b in rows for b in backends[:2]) else "–")
+        lines.append([*case, f"{_ms(first['floor']['floor_ms'])} ({first['floor']['bound']})", *cells, ratio])
+    headers = ["bundle", "op", "batch", "floor ms (bound)", *(f"{b} p50 ms, × floor" for b in backends)]
+    headers.append(f"{backends[1]} / {backends[0]}" if len(backends) > 1 else "")
+    return markdown_table(headers, lines) + "\n\n" + _caption(doc)
+
+
+NOISE_GOAL = 1.5
+NOISE_RUNS = (("bench_noise_before.json", "before: numpy Philox, a dozen operations a round"),
+              ("bench_noise_numpy.json", "after, numpy only (VAEDEPLOY_NUMBA=0)"),
+              ("bench_noise_hybrid.json", "hybrid, tried first: compiled Philox, numpy's log/cos/exp (bit-identical)"),
+              ("bench_noise.json", "after, numba installed (vaedeploy[fast])"))
+
+
+def _ratios(doc: dict, op: str, base: str) -> list[float]:
+    p50 = {(r["repeat"], r["op"]): r["p50_ms"] for r in doc["rows"] if r["batch"] == 1}
+    return [p50[(k, op)] / p50[(k, base)] for k in sorted({r["repeat"] for r in doc["rows"]})]
+
+
+def noise(doc: dict) -> str:
+    """The noise goal at batch 1 on onnxruntime: encode(x, seed) over encode_params(x) and sample(1) over decode of
+    one latent, each ratio taken within a run (median and range over the runs), before and after."""
+    lines = []
+    for name, label in NOISE_RUNS:
+        run = doc if name == "bench_noise.json" else json.loads((RESULTS_DIR / name).read_text())
+        cells = []
+        for op, base in (("encode", "encode_params"), ("sample", "decode")):
+            ratios = _ratios(run, op, base)
+            p50 = {r["op"]: r["p50_ms"] for r in run["rows"] if r["repeat"] == 0}
+            median = statistics.median(ratios)
+            cells += [f"{p50[op] * 1e3:.1f} / {p50[base] * 1e3:.1f}",
+                      f"{median:.2f}× ({min(ratios):.2f}–{max(ratios):.2f}) "
+                      f"{'**met**' if median <= NOISE_GOAL else 'not met'}"]
+        lines.append([label, *cells])
+    headers = ["noise", "encode / encode_params p50 µs (run 1)", f"ratio (goal ≤ {NOISE_GOAL}×)",
+               "sample(1) / decode p50 µs (run 1)", f"ratio (goal ≤ {NOISE_GOAL}×)"]
+    return markdown_table(headers, lines) + "\n\n" + _caption(doc)
+
+
+PEER_LEVEL = 0.10  # within 10% either way is level
+
+
+def _verdict(ours: dict, theirs: dict) -> str:
+    """level within 10%; beyond that ahead / behind when the p50s' ranges over the runs do not overlap, else "inside
+    the spread" (on a shared machine a difference the runs themselves span is not shown to be one)."""
+    ratio = ours["p50_ms"] / theirs["p50_ms"]
+    apart = ours.get("p50_max_ms", ours["p50_ms"]) < theirs.get("p50_min_ms", theirs["p50_ms"]) or \
+        theirs.get("p50_max_ms", theirs["p50_ms"]) < ours.get("p50_min_ms", ours["p50_ms"])
+    if abs(ratio - 1) <= PEER_LEVEL:
+        return f"level ({ratio:.2f}×)"
+    if not apart:
+        return f"inside the spread ({ratio:.2f}×)"
+    return f"{'ahead' if ratio < 1 else 'behind'} ({ratio:.2f}×)"
+
+
+def peers(doc: dict) -> str:
+    """vaedeploy against each peer per case: p50 (median over runs), and where vaedeploy stands against the fastest
+    peer (``_verdict``)."""
+    index, order = _rows_by(doc)
+    providers = [p for p in doc["providers"] if p != "vaedeploy"]
+    providers.sort(key=lambda p: ["ort session.run", "ort default", "pytorch eager", "torch.compile",
+                                  "openvino"].index(p) if p in ("ort session.run", "ort default", "pytorch eager",
+                                                                "torch.compile", "openvino") else 9)
+    lines = []
+    for case in order:
+        rows = index[case]
+        fastest = min((p for p in providers if p in rows), key=lambda p: rows[p]["p50_ms"])
+        lines.append([*case, _p50(rows["vaedeploy"]), *(_p50(rows[p]) if p in rows else "–" for p in providers),
+                      f"{_verdict(rows['vaedeploy'], rows[fastest])[:-1]} {fastest})"])
+    return markdown_table(["bundle", "op", "batch", "vaedeploy", *providers, "vaedeploy vs the fastest peer"],
+                          lines) + "\n\n" + _caption(doc)
+
+
+def concurrency(doc: dict) -> str:
+    """Callers at once in one process: p50 latency and items/s per op, batch and concurrency."""
+    from vaedeploy.bench.output import by_case
+
+    lines = [[r["backend"], r["op"], r["batch"], r["concurrency"], _p50(r), f"{r['items_per_s']:,.0f}"]
+             for r in by_case(doc["rows"])]
+    return markdown_table(["backend", "op", "batch", "callers", "p50 ms", "items/s"], lines) + "\n\n" + \
+        _caption(doc)
+
+
+def threads(doc: dict) -> str:
+    """The torch backend with torch's default threads (this file) and with OMP_NUM_THREADS=1
+    (bench_torch_threads1.json): p50 and p90 per op and batch, medians over the runs."""
+    from vaedeploy.bench.output import by_case
+
+    single = json.loads((RESULTS_DIR / "bench_torch_threads1.json").read_text())
+    one = {(r["op"], r["batch"]): r for r in by_case(single["rows"])}
+    lines = [[r["op"], r["batch"], _p50(r), _ms(r["p90_ms"]), _ms(r["p99_ms"]), _p50(one[(r["op"], r["batch"])]),
+              _ms(one[(r["op"], r["batch"])]["p90_ms"]), _ms(one[(r["op"], r["batch"])]["p99_ms"])]
+             for r in by_case(doc["rows"])]
+    return markdown_table(["op", "batch", "2 threads: p50 ms", "p90", "p99", "1 thread: p50 ms", "p90", "p99"],
+                          lines) + "\n\n" + _caption(doc)
+
+
+def performance(doc: dict) -> str:
+    """README's performance table: the demo VAE at the smallest and largest batch, vaedeploy against the fastest peer
+    (every row and the method: docs/benchmarks.md)."""
+    index, order = _rows_by(doc)
+    batches = sorted({case[2] for case in order})
+    lines = []
+    for case in order:
+        if case[0] != order[0][0] or case[2] not in (batches[0], batches[-1]):
+            continue
+        rows = index[case]
+        peers_here = [p for p in rows if p != "vaedeploy"]
+        fastest = min(peers_here, key=lambda p: rows[p]["p50_ms"])
+        lines.append([case[1], case[2], _p50(rows["vaedeploy"]), f"{rows['vaedeploy']['x_floor']:.1f}×",
+                      f"{fastest} {_p50(rows[fastest])}", _verdict(rows["vaedeploy"], rows[fastest])])
+    env = doc["environment"]
+    return markdown_table(["op", "batch", "vaedeploy p50 ms", "× floor", "fastest peer, p50 ms", "vaedeploy"],
+                          lines) + (f"\n\n{order[0][0]} bundle, {env['cpu']} ({env['cpu_cores_available']} cores, "
+                                    f"shared), {env['date'][:10]}; median of {len({r['repeat'] for r in doc['rows']})}"
+                                    " runs, range in brackets. Not yet measured on a GPU.")
+
+
+def runtime_overhead(doc: dict) -> str:
+    """The runtime at batch 1 against PyTorch eager and against its own session called raw (docs/runtime.md)."""
+    index, order = _rows_by(doc)
+    lines = []
+    for case in order:
+        if case[2] != 1:
+            continue
+        rows = index[case]
+        ours = rows["vaedeploy"]["p50_ms"]
+        lines.append([*case, _p50(rows["vaedeploy"]), _p50(rows["ort session.run"]), _p50(rows["pytorch eager"]),
+                      f"{rows['pytorch eager']['p50_ms'] / ours:.2f}×",
+                      f"{(ours / rows['ort session.run']['p50_ms'] - 1) * 100:+.0f}%"])
+    return markdown_table(["bundle", "op", "batch", "vaedeploy p50 ms", "ort session.run", "pytorch eager",
+                           "vaedeploy vs eager", "vaedeploy vs session.run"], lines) + "\n\n" + _caption(doc)
+
+
+TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae": vq_vs_vae, "bench": bench,
+          "noise": noise, "peers": peers, "runtime_overhead": runtime_overhead, "performance": performance,
+          "concurrency": concurrency, "threads": threads}
 
 
 def render(page: str) -> str:
@@ -142,7 +329,7 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a page differs from its JSON")
     args = parser.parse_args(argv)
     stale = []
-    for path in sorted(DOCS.glob("*.md")):
+    for path in [*sorted(DOCS.glob("*.md")), README]:
         text = path.read_text()
         fresh = render(text)
         if fresh != text:

@@ -10,46 +10,60 @@ seed this is exactly the single stream, which is what lets a server batch reques
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import philox
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
-_FLOATS = (np.float16, np.float32, np.float64)
+_FLOATS = frozenset((np.float16, np.float32, np.float64))
 
 
 def _check_float(name: str, x: np.ndarray) -> None:
-    if x.dtype not in _FLOATS:
+    if x.dtype.type not in _FLOATS:
         raise TypeError(f"{name} must be float16, float32 or float64, got {x.dtype}")
 
 
 def _streams(shape, seed, offset) -> tuple:
-    """(keys, counters) of every element of ``shape``: one stream, or one per row (see the module doc)."""
-    shape = (int(shape),) if np.isscalar(shape) else tuple(int(s) for s in shape)
-    n = int(np.prod(shape, dtype=np.int64))
-    if np.ndim(seed) == 0 and np.ndim(offset) == 0:
-        return shape, seed, philox.counters(offset, n)
+    """(shape, element count, seed, start) of a draw: one stream of counters from ``offset`` under ``seed`` (ints),
+    or one run per row (see the module doc; int64 arrays of one seed and start per row)."""
+    if type(shape) is not tuple:  # an array's .shape (the hot path) is a tuple of ints already
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(map(int, shape))
+    n = math.prod(shape)
+    # one stream for ints and 0-d arrays (the device scalars a bucketed call writes); ints short-circuit np.ndim
+    if (type(seed) is int or np.ndim(seed) == 0) and (type(offset) is int or np.ndim(offset) == 0):
+        seed, offset = int(seed), int(offset)
+        if not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63) (an int64 the kernel can load), got {seed}")
+        if offset < 0 or offset + n > 2**63:
+            raise ValueError(f"offset must be in [0, 2**63 - n) so every counter fits an int64, got {offset} for n={n}")
+        return shape, n, seed, offset
     rows = shape[0] if shape else 1
     width = n // rows if rows else 0
     seed = np.broadcast_to(np.asarray(seed), (rows,))
     offset = np.broadcast_to(np.asarray(offset), (rows,))
     if offset.dtype.kind not in "iu" or (rows and (offset.min() < 0 or int(offset.max()) > 2**63 - 1 - width)):
         raise ValueError(f"offsets must be integers in [0, 2**63 - {width}] so every counter fits an int64")
-    counters = offset.astype(np.uint64)[:, None] + np.arange(width, dtype=np.uint64)
-    return shape, seed[:, None], counters
+    return shape, n, philox.check_seed(seed).astype(np.int64), offset.astype(np.int64)
 
 
 def standard_normal_numpy(shape, seed, offset=0, dtype=np.float32) -> np.ndarray:
     """Standard normals shaped `shape`; element i (row-major) is `tl.randn(seed, offset + i)`, or with per-row
     ``seed``/``offset`` arrays element j of row r is `tl.randn(seed[r], offset[r] + j)`."""
-    shape, keys, counters = _streams(shape, seed, offset)
-    return philox.randn(keys, counters).reshape(shape).astype(dtype, copy=False)
+    shape, n, seed, start = _streams(shape, seed, offset)
+    if n == 0:
+        return np.zeros(shape, dtype)
+    eps = philox.normals(seed, start, n).reshape(shape)
+    return eps if dtype is np.float32 else eps.astype(dtype, copy=False)
 
 
 def uniform_numpy(shape, seed, offset=0) -> np.ndarray:
     """float32 uniforms in [0, 1) from the same streams: `tl.rand`'s conversion of `tl.randint(seed, counter)`."""
-    shape, keys, counters = _streams(shape, seed, offset)
-    return philox.uint_to_uniform_float(philox.randint(keys, counters)).reshape(shape)
+    shape, n, seed, start = _streams(shape, seed, offset)
+    if n == 0:
+        return np.zeros(shape, np.float32)
+    return philox.uniforms(seed, start, n).reshape(shape)
 
 
 def reparameterize_numpy(mean, logvar, seed, offset=0, return_eps: bool = False):
@@ -66,10 +80,17 @@ def reparameterize_numpy(mean, logvar, seed, offset=0, return_eps: bool = False)
             f"mean and logvar must have the same shape and dtype, got {mean.shape} {mean.dtype} "
             f"and {logvar.shape} {logvar.dtype}"
         )
-    compute = np.float64 if mean.dtype == np.float64 else np.float32
-    eps = standard_normal_numpy(mean.shape, seed, offset)
-    std = np.exp(np.clip(logvar.astype(compute), LOGVAR_MIN, LOGVAR_MAX) * compute(0.5))
-    z = (mean.astype(compute) + std * eps).astype(mean.dtype)
+    if mean.dtype.type is np.float64 or mean.size == 0:  # float64 math on float32 noise
+        eps = standard_normal_numpy(mean.shape, seed, offset)
+        std = np.exp(np.clip(logvar, LOGVAR_MIN, LOGVAR_MAX) * 0.5)
+        z = mean + std * eps
+    else:  # float32 math (float16 inputs too), one pass where numba is installed
+        shape, n, seed, start = _streams(mean.shape, seed, offset)
+        flat_mean = np.ascontiguousarray(mean, dtype=np.float32).ravel()
+        flat_logvar = np.ascontiguousarray(logvar, dtype=np.float32).ravel()
+        z, eps = philox.reparameterize(seed, start, flat_mean, flat_logvar, return_eps)
+        z = z.reshape(shape) if mean.dtype.type is np.float32 else z.reshape(shape).astype(mean.dtype)
+        eps = eps.reshape(shape) if return_eps else None
     return (z, eps) if return_eps else z
 
 

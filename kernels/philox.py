@@ -9,40 +9,58 @@ seed and offset. Counters, keys and the conversions below follow `tl.randint4x`,
 - `randint` is c0 after 10 rounds; `randn` takes c0 and c1 to uniforms in [0, 1) and keeps the cosine branch of
   Box–Muller, all in float32.
 
-`randint` matches Triton bit for bit; `randn` to a few ulp (the GPU's log/sqrt/cos are not numpy's). Imports numpy only.
+`randint` matches Triton bit for bit; `randn` to a few ulp (the GPU's log/sqrt/cos are not numpy's). Imports numpy
+only (numba where installed, lazily).
+
+The runtime's hot path draws whole streams (``normals``, ``reparameterize``, ``uniforms``: runs of consecutive
+counters, one run per row). Where numba is installed these and ``randn`` run compiled (``philox_numba.py``), so
+every normal of one install comes from one loop: the words and uniforms are the same bits as numpy's, the normals
+are within a few ulp of numpy's (the C library's float32 log and cos, not numpy's SIMD ones, whose own last bits
+differ between AVX2, AVX-512 and plain builds). ``VAEDEPLOY_NUMBA=0`` in the environment keeps to numpy.
 """
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 N_ROUNDS = 10
-_KEY_A, _KEY_B = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
-_ROUND_A, _ROUND_B = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
-
-
-def _mul_hi_lo(a: np.uint64, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    # A 32×32-bit product fits in 64 bits, so one uint64 multiply gives both umulhi and the wrapped low word.
-    p = a * x.astype(np.uint64)
-    return (p >> _SHIFT32).astype(np.uint32), (p & _LOW32).astype(np.uint32)
+# One round on the stacked words A = (c0, c2), B = (c1, c3): A' = hi(M·(c2, c0)) ^ B ^ (k0, k1), B' = lo(M·(c2, c0))
+# with M = (ROUND_B, ROUND_A): five array operations a round instead of a dozen, and no uint32 overflow to silence
+# (all words are held in uint64, the keys' wrap-around is the mask).
+_MULTIPLIERS = np.array([0xCD9E8D57, 0xD2511F53], dtype=np.uint64)
+_KEY_STEPS = np.arange(N_ROUNDS, dtype=np.uint64)[:, None] * np.array([0x9E3779B9, 0xBB67AE85], dtype=np.uint64)
+_SCALE = np.float32(4.6566127342e-10)
+_FLOOR = np.float32(1.0e-7)
+_TWO_PI = np.float32(6.283185307179586)
+_MINUS_TWO = np.float32(-2.0)
+_LOGVAR_MIN, _LOGVAR_MAX = -30.0, 20.0
 
 
 def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
     """`tl.philox_impl` for uint32 counters (arrays) and keys (scalars, or arrays that broadcast against the
-    counters: one key per element, the per-row streams of a batch): returns the four output words."""
-    k0, k1 = np.asarray(k0, dtype=np.uint32), np.asarray(k1, dtype=np.uint32)
-    for _ in range(n_rounds):
-        hi_b, lo_b = _mul_hi_lo(_ROUND_B, c2)
-        hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        # uint32 addition wraps, as in the kernel; numpy only needs to be told not to warn about it
-        with np.errstate(over="ignore"):
-            k0, k1 = k0 + _KEY_A, k1 + _KEY_B
-    return c0, c1, c2, c3
+    counters: one key per element, the per-row streams of a batch): returns the four output words as uint32."""
+    words = [np.asarray(c, dtype=np.uint64) for c in (c0, c1, c2, c3)]
+    keys = np.stack(np.broadcast_arrays(np.asarray(k0, dtype=np.uint64), np.asarray(k1, dtype=np.uint64)))
+    shape = np.broadcast_shapes(*(w.shape for w in words), keys.shape[1:])
+    words_a = np.stack([np.broadcast_to(words[0], shape), np.broadcast_to(words[2], shape)])
+    words_b = np.stack([np.broadcast_to(words[1], shape), np.broadcast_to(words[3], shape)])
+    # keys stay as small as given (one per row, or one for all), right-aligned against the words as numpy broadcasts
+    keys = keys.reshape(2, *(1,) * (len(shape) - keys.ndim + 1), *keys.shape[1:])
+    round_keys = (keys[None] + _KEY_STEPS[:n_rounds].reshape(n_rounds, 2, *(1,) * len(shape))) & _LOW32
+    multipliers, product = _MULTIPLIERS.reshape(2, *(1,) * len(shape)), np.empty_like(words_a)
+    for r in range(n_rounds):
+        np.multiply(multipliers, words_a[::-1], out=product)
+        np.right_shift(product, _SHIFT32, out=words_a)
+        words_a ^= words_b
+        words_a ^= round_keys[r]
+        np.bitwise_and(product, _LOW32, out=words_b)
+    return tuple(w.astype(np.uint32) for w in (words_a[0], words_b[0], words_a[1], words_b[1]))
 
 
-def _check_seed(seed):
+def check_seed(seed):
     """A seed as uint64: an int or an integer array (one seed per element), each in [0, 2**63)."""
     if np.ndim(seed) == 0:
         seed = int(seed)
@@ -66,12 +84,10 @@ def counters(offset: int, n: int) -> np.ndarray:
 def randint4x(seed, offsets: np.ndarray) -> tuple[np.ndarray, ...]:
     """`tl.randint4x(seed, offsets)` for int64 offsets: four uint32 arrays shaped like `offsets`. ``seed`` is an int
     or an array that broadcasts against ``offsets`` (each element then uses its own key)."""
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     offsets = np.asarray(offsets, dtype=np.uint64)
-    c0 = (offsets & _LOW32).astype(np.uint32)
-    c1 = (offsets >> _SHIFT32).astype(np.uint32)
-    zero = np.zeros_like(c0)
-    return philox4x32(c0, c1, zero, zero.copy(), seed & _LOW32, seed >> _SHIFT32)
+    zero = np.zeros_like(offsets)
+    return philox4x32(offsets & _LOW32, offsets >> _SHIFT32, zero, zero, seed & _LOW32, seed >> _SHIFT32)
 
 
 def randint(seed: int, offsets: np.ndarray) -> np.ndarray:
@@ -80,17 +96,94 @@ def randint(seed: int, offsets: np.ndarray) -> np.ndarray:
 
 
 def uint_to_uniform_float(x: np.ndarray) -> np.ndarray:
-    """`tl.uint_to_uniform_float` for 32-bit words: fold the sign away, then scale into [0, 1) in float32."""
+    """`tl.uint_to_uniform_float` for 32-bit words: fold the sign away (x ^ (x >> 31) is Triton's -x - 1 for
+    negative x), then scale into [0, 1) in float32."""
     x = x.view(np.int32)
-    x = np.where(x < 0, ~x, x)
-    return x.astype(np.float32) * np.float32(4.6566127342e-10)
+    return (x ^ (x >> 31)).astype(np.float32) * _SCALE
 
 
 def randn(seed: int, offsets: np.ndarray) -> np.ndarray:
-    """`tl.randn(seed, offsets)`: float32 standard normals, Box–Muller on the first two Philox words."""
+    """`tl.randn(seed, offsets)`: float32 standard normals, Box–Muller on the first two Philox words (compiled where
+    numba is installed: the C library's log and cos then, a few ulp from numpy's; see the module doc)."""
+    compiled = _compiled()
+    if compiled is None:
+        return _randn_numpy(seed, offsets)
+    offsets = np.asarray(offsets, dtype=np.uint64)
+    seeds = np.broadcast_to(check_seed(seed), offsets.shape)
+    out = np.empty(offsets.shape, np.float32)
+    compiled.normal_at(np.ascontiguousarray(seeds).ravel(), np.ascontiguousarray(offsets).ravel(), out.ravel())
+    return out
+
+
+def _randn_numpy(seed, offsets: np.ndarray) -> np.ndarray:
     i1, i2, _, _ = randint4x(seed, offsets)
-    u1 = np.maximum(np.float32(1.0e-7), uint_to_uniform_float(i1))
-    u2 = uint_to_uniform_float(i2)
-    theta = np.float32(6.283185307179586) * u2
-    r = np.sqrt(np.float32(-2.0) * np.log(u1))
-    return r * np.cos(theta)
+    u1 = np.maximum(_FLOOR, uint_to_uniform_float(i1))
+    theta = _TWO_PI * uint_to_uniform_float(i2)
+    return np.sqrt(_MINUS_TWO * np.log(u1)) * np.cos(theta)
+
+
+# ---- streams: the runtime's hot path -------------------------------------------------------------------------
+
+def _compiled():
+    """``philox_numba`` where numba is installed (and ``VAEDEPLOY_NUMBA`` is not 0), else None; imported once."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = False
+        if os.environ.get("VAEDEPLOY_NUMBA", "1") != "0":
+            try:
+                from . import philox_numba
+            except ImportError:
+                pass
+            else:
+                _COMPILED = philox_numba if philox_numba.POSITION_INDEPENDENT else False
+    return _COMPILED or None
+
+
+_COMPILED = None
+_NONE = np.empty(0, np.float32)
+
+
+def _keys_and_counters(seed, start, n: int) -> tuple:
+    """Keys and 64-bit counters of a draw (see ``normals``), shaped for ``randint4x``."""
+    if isinstance(seed, int):
+        return seed, np.arange(n, dtype=np.uint64) + np.uint64(start)
+    width = n // len(seed)
+    return seed.astype(np.uint64)[:, None], start.astype(np.uint64)[:, None] + np.arange(width, dtype=np.uint64)
+
+
+def normals(seed, start, n: int) -> np.ndarray:
+    """n float32 standard normals, `tl.randn` of each counter, flattened.
+
+    The counters are one stream (int ``seed`` and ``start``: start, start + 1, ...) or one run per row (int64 arrays
+    of one seed and start per row, each row n / rows elements); both already checked by the caller.
+    """
+    compiled = _compiled()
+    if compiled is not None:
+        out = np.empty(n, np.float32)
+        (compiled.normal_stream if isinstance(seed, int) else compiled.normal_rows)(seed, start, out)
+        return out
+    return _randn_numpy(*_keys_and_counters(seed, start, n)).reshape(-1)
+
+
+def reparameterize(seed, start, mean: np.ndarray, logvar: np.ndarray, keep_eps: bool = False) -> tuple:
+    """(z, eps or None): z = mean + exp(clamp(logvar, -30, 20)/2)·eps for flattened float32 ``mean`` and
+    ``logvar``, eps the normals of the counters (laid out as for ``normals``)."""
+    compiled = _compiled()
+    if compiled is None:
+        eps = normals(seed, start, mean.size)
+        return mean + np.exp(np.clip(logvar, _LOGVAR_MIN, _LOGVAR_MAX) * np.float32(0.5)) * eps, eps
+    z = np.empty_like(mean)
+    eps = np.empty_like(mean) if keep_eps else _NONE
+    (compiled.reparameterize_stream if isinstance(seed, int) else compiled.reparameterize_rows)(
+        seed, start, mean, logvar, z, eps)
+    return z, eps if keep_eps else None
+
+
+def uniforms(seed, start, n: int) -> np.ndarray:
+    """`tl.rand`'s float32 uniforms of n elements, the counters laid out as for ``normals``."""
+    compiled = _compiled()
+    if compiled is not None:
+        out = np.empty(n, np.float32)
+        (compiled.uniform_stream if isinstance(seed, int) else compiled.uniform_rows)(seed, start, out)
+        return out
+    return uint_to_uniform_float(randint(*_keys_and_counters(seed, start, n))).reshape(-1)

@@ -1,4 +1,4 @@
-"""The `vaedeploy` command: train, eval, plot, export, build, demo, web, serve, triton-repo."""
+"""The `vaedeploy` command: train, eval, plot, export, build, demo, web, serve, triton-repo, bench."""
 from __future__ import annotations
 
 import argparse
@@ -190,15 +190,16 @@ def _demo_runtime(run: Path, out: Path, data) -> list[Path]:
 
 
 def _demo_benchmark(bundle: Path, out: Path) -> None:
-    """Print the CPU benchmark table for the demo bundle (a short run; the committed figures are in docs/runtime.md)."""
-    import subprocess
+    """A short `vaedeploy bench` of the demo bundle on the CPU backends (docs/benchmarks.md has the committed runs)."""
+    from .bench import output
+    from .bench.run import measure_bundles
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "runtime_cpu.py"
-    if not script.exists():
-        print("      benchmarks/runtime_cpu.py is not part of this install; docs/runtime.md has the figures")
-        return
-    subprocess.run([sys.executable, str(script), "--bundle", str(bundle), "--quick", "--json",
-                    str(out / "benchmark_runtime_cpu.json")], check=True)
+    doc = measure_bundles([bundle], ops=["encode", "decode", "sample"], batches=[1, 64, 1024], budget_s=15.0,
+                          notes=["the demo's short run (15 s); the committed figures are in docs/benchmarks.md"])
+    print(output.summary(doc))
+    print(output.table(doc["rows"]))
+    for path in output.write(doc, out / "benchmark.json"):
+        print(f"      wrote {path}")
 
 
 def cmd_demo(args) -> int:
@@ -220,7 +221,7 @@ def cmd_demo(args) -> int:
     pictures = plot_run(out / "vae")
     print("[4/5] exporting to an ONNX bundle, validating, and running it through vaedeploy.load(backend='auto')")
     pictures += _demo_runtime(out / "vae", out, data)
-    print("[5/5] timing encode and decode: PyTorch eager, raw onnxruntime session.run, the vaedeploy runtime")
+    print("[5/5] timing encode, decode and sample on ONNX Runtime and PyTorch with `vaedeploy bench` (15 s)")
     _demo_benchmark(out / "vae_bundle", out)
     rows = [
         ("ELBO (nats/image)", f"{results['elbo']:.1f}"),
@@ -370,12 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     triton = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository of a bundle")
     add_triton_repo_arguments(triton)
     triton.set_defaults(func=cmd_triton_repo)
+
+    from .bench.command import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
 # packages of the extras, and the extra that brings each: a command that needs one says which to install
 _OPTIONAL = {"torch": "train", "safetensors": "train", "sklearn": "train", "mlxtend": "train", "matplotlib": "train",
-             "tqdm": "train", "onnx": "train", "onnxscript": "train"}
+             "tqdm": "train", "onnx": "train", "onnxscript": "train", "onnx_tool": "bench"}
 
 
 def _os_error(e: OSError) -> str:

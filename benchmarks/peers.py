@@ -1,0 +1,267 @@
+"""vaedeploy against what a user would pick instead, on the same bundles, interleaved in one run on this machine.
+
+    python benchmarks/peers.py BUNDLE [BUNDLE…] [--budget-s 400] [--batch-sizes 1,4,16,64,256,1024] [--repeats 3]
+    python benchmarks/peers.py --quick BUNDLE      # a few seconds, what the tests run
+
+The providers, each doing the same work per op (``encode``: the encoder graph and z = mean + exp(logvar/2)·eps with
+the provider's own normal noise; ``decode``: the decoder's mean image; ``sample``: N(0, I) latents decoded;
+``reconstruct``: the decoder at the encoder's mean):
+
+- ``vaedeploy``: the runtime (``vaedeploy.load(bundle, backend="onnxruntime")``), its Philox noise and checks;
+- ``ort session.run``: a session with the runtime's options called raw (the runtime's wrapper costs its time over
+  this one); ``ort default``: ``InferenceSession(path).run`` with onnxruntime's default options, what a user writes
+  first;
+- ``pytorch eager``: the modules the graphs were exported from, rebuilt from the bundle's weights, under
+  ``inference_mode`` with one torch thread per physical core; ``torch.compile``: the same modules compiled (default
+  mode; compiled for every batch size before timing starts);
+- ``openvino``: the bundle's ONNX graphs compiled by OpenVINO for the CPU with its latency hint, when
+  ``pip install openvino`` is present (``pip install "vaedeploy[peers]"``).
+
+Cases, windows, the stability rule, the floor and the JSON are `vaedeploy bench`'s own (``vaedeploy.bench``); the
+result goes to ``benchmarks/results/bench_peers.json`` and ``bench_peers_latency.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks.*` when run as a script
+
+from benchmarks.common import RESULTS_DIR  # noqa: E402
+
+OPS = ("encode", "decode", "sample", "reconstruct")
+
+
+def eager_module(rt, role: str):
+    """The PyTorch module graph ``role`` was exported from, rebuilt from the bundle's weights as a user would."""
+    from vaedeploy.io import load_tensors
+    from vaedeploy.models import build_model
+
+    doc = rt.bundle.manifest["model"]
+    module = build_model(doc["kind"], doc["config"])
+    module.load_state_dict(load_tensors(rt.bundle.path(doc["weights"])))
+    for name in rt.bundle.graph(role)["module"].split("."):
+        module = getattr(module, name)
+    return module.eval()
+
+
+class Graphs:
+    """One provider's encoder and decoder as two functions on numpy arrays: encoder(x) → its outputs,
+    decoder(z) → the first output (the mean image's parameter)."""
+
+    def __init__(self, encoder, decoder, normal, to_input=None):
+        self.encoder, self.decoder, self.normal = encoder, decoder, normal
+        self.to_input = to_input or (lambda a: a)
+
+
+def _numpy_normal():
+    rng = np.random.default_rng(0)
+    return lambda shape: rng.standard_normal(shape, dtype=np.float32)
+
+
+def onnxruntime_graphs(rt, tuned: bool) -> Graphs:
+    import onnxruntime as ort
+
+    from vaedeploy.runtime.backends.onnxruntime import session_options
+
+    def session(role):
+        path = str(rt.bundle.graph(role)["path"])
+        return ort.InferenceSession(path, session_options() if tuned else None, providers=["CPUExecutionProvider"])
+
+    encoder, decoder = session("encoder"), session("decoder")
+    encoder_outputs = [o.name for o in encoder.get_outputs()]
+    decoder_output = [decoder.get_outputs()[0].name]
+    x_name, z_name = encoder.get_inputs()[0].name, decoder.get_inputs()[0].name
+    return Graphs(lambda x: encoder.run(encoder_outputs, {x_name: x}),
+                  lambda z: decoder.run(decoder_output, {z_name: z})[0], _numpy_normal())
+
+
+def torch_graphs(rt, compiled: bool, batches: list[int]) -> Graphs:
+    import torch
+
+    from vaedeploy.runtime.backends.onnxruntime import physical_cores
+
+    torch.set_num_threads(physical_cores())
+    encoder, decoder = eager_module(rt, "encoder"), eager_module(rt, "decoder")
+    if compiled:
+        encoder, decoder = torch.compile(encoder), torch.compile(decoder)
+
+    def first(out):
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def run_encoder(x):
+        with torch.inference_mode():
+            out = encoder(x)
+            return out if isinstance(out, (tuple, list)) else (out,)
+
+    def run_decoder(z):
+        with torch.inference_mode():
+            return first(decoder(z))
+
+    graphs = Graphs(run_encoder, run_decoder, lambda shape: torch.randn(shape), torch.from_numpy)
+    if compiled:  # compile every shape before timing: torch.compile recompiles per batch size at first
+        for batch in batches:
+            x = torch.rand((batch, *rt.input_shape))
+            run_decoder(first(run_encoder(x)))
+    return graphs
+
+
+def openvino_graphs(rt) -> Graphs | None:
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    from vaedeploy.runtime.backends.onnxruntime import physical_cores
+
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": physical_cores()}
+    encoder = core.compile_model(str(rt.bundle.graph("encoder")["path"]), "CPU", config)
+    decoder = core.compile_model(str(rt.bundle.graph("decoder")["path"]), "CPU", config)
+    encode_request, decode_request = encoder.create_infer_request(), decoder.create_infer_request()
+
+    def run_encoder(x):
+        results = encode_request.infer({0: x})
+        return [results[output] for output in encoder.outputs]
+
+    def run_decoder(z):
+        return decode_request.infer({0: z})[decoder.outputs[0]]
+
+    return Graphs(run_encoder, run_decoder, _numpy_normal())
+
+
+def peer_call(graphs: Graphs, rt, op: str, batch: int, pool: list):
+    """``call(i)`` of ``op`` at ``batch`` rows for a peer: the same work vaedeploy's op does, the peer's way."""
+    gaussian, bernoulli = rt.latent_type == "gaussian", rt.likelihood == "bernoulli"
+    inputs = [graphs.to_input(a) for a in pool]
+    size = len(inputs)
+
+    def image(params):
+        return 1 / (1 + np.exp(-np.asarray(params))) if bernoulli else params
+
+    if op == "decode":
+        return lambda i: image(graphs.decoder(inputs[i % size]))
+    if op == "sample":
+        return lambda i: image(graphs.decoder(graphs.normal((batch, rt.latent_dim))))
+    if op == "reconstruct":
+        return lambda i: image(graphs.decoder(graphs.encoder(inputs[i % size])[0]))
+
+    def encode(i):
+        out = graphs.encoder(inputs[i % size])
+        if not gaussian:
+            return out[0]
+        mean, logvar = out[0], out[1]
+        eps = graphs.normal(tuple(mean.shape))
+        return mean + (np.exp(0.5 * logvar) if isinstance(mean, np.ndarray) else (0.5 * logvar).exp()) * eps
+
+    return encode
+
+
+def runtime_call(rt, op: str, batch: int, pool: list):
+    size = len(pool)
+    if op == "sample":
+        return lambda i: rt.sample(batch, seed=i)
+    if op == "encode":
+        return lambda i: rt.encode(pool[i % size], seed=i)
+    method = getattr(rt, op)
+    return lambda i: method(pool[i % size])
+
+
+def providers_of(rt, batches: list[int]) -> dict:
+    """name → the provider's graphs (None: vaedeploy's runtime itself), built once (torch.compile compiles here)."""
+    providers = {"vaedeploy": None, "ort session.run": onnxruntime_graphs(rt, tuned=True),
+                 "ort default": onnxruntime_graphs(rt, tuned=False),
+                 "pytorch eager": torch_graphs(rt, compiled=False, batches=batches),
+                 "torch.compile": torch_graphs(rt, compiled=True, batches=batches)}
+    if (ov := openvino_graphs(rt)) is not None:
+        providers["openvino"] = ov
+    return providers
+
+
+def cases(entries: list[tuple], batches: list[int], ops: list[str], rates: dict) -> list:
+    """Every provider × bundle × op × batch as `vaedeploy bench` cases, with the floor of the op's graphs."""
+    from vaedeploy.bench import floor, local
+    from vaedeploy.bench.loop import Case, host_timed
+
+    made = []
+    for path, rt, inputs, providers in entries:
+        for op in ops:
+            if not local.supports(rt, op):
+                continue
+            for batch in batches:
+                op_floor = floor.floor(floor.op_cost(rt, op, batch), rates)
+                pool = inputs.latents_of(batch) if op == "decode" else inputs.images_of(batch)
+                for name, graphs in providers.items():
+                    call = (runtime_call(rt, op, batch, pool) if graphs is None
+                            else peer_call(graphs, rt, op, batch, pool))
+                    key = {"bundle": Path(path).resolve().name, "backend": name, "device": "cpu",
+                           "precision": "fp32", "op": op, "batch": batch, "copies": None, "cuda_graphs": None,
+                           "floor": op_floor}
+                    made.append(Case(key, host_timed(call), batch))
+    return made
+
+
+def measure(bundles: list[Path], batches: list[int], ops: list[str], budget_s: float, repeats: int,
+            notes: list[str]) -> dict:
+    """The peers and vaedeploy on ``bundles``, interleaved, ``repeats`` times; the `vaedeploy bench` document."""
+    from vaedeploy import load
+    from vaedeploy.bench import floor, local
+    from vaedeploy.bench.environment import environment
+    from vaedeploy.bench.loop import Settings
+    from vaedeploy.bench.loop import measure as measure_cases
+    from vaedeploy.bench.output import SCHEMA_VERSION, annotate
+
+    env = environment()
+    rates = floor.measure_rates()
+    entries, described = [], []
+    try:
+        for path in bundles:
+            rt = load(path, backend="onnxruntime")
+            images, source = local.load_images(rt, None)
+            entries.append((path, rt, local.Inputs(rt, images), providers_of(rt, batches)))
+            described.append(local.describe(local.Bundle(Path(path), Path(path).resolve().name, None, source), rt))
+        rows, settings = [], None
+        for repeat in range(repeats):
+            made = cases(entries, batches, ops, rates)
+            settings = Settings.fitted(len(made), budget_s / repeats)
+            rows += [{**row, "repeat": repeat} for row in measure_cases(made, settings)]
+    finally:
+        for _, rt, _, _ in entries:
+            rt.close()
+    providers = list(entries[0][3])
+    if "openvino" not in providers:
+        notes = [*notes, "openvino: not installed (pip install openvino), so not measured"]
+    env["load_average_at_end"] = environment()["load_average_at_start"]
+    return {"benchmark": "vaedeploy bench peers", "schema_version": SCHEMA_VERSION, "environment": env,
+            "settings": vars(settings), "rates": rates, "bundles": described, "server": None,
+            "providers": providers, "notes": list(notes), "rows": annotate(rows)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundles", nargs="+", type=Path)
+    parser.add_argument("--batch-sizes", default="1,4,16,64,256,1024")
+    parser.add_argument("--ops", default=",".join(OPS))
+    parser.add_argument("--budget-s", type=float, default=400.0)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--note", action="append", default=[])
+    parser.add_argument("--quick", action="store_true", help="batch 1 and 16, decode and encode, a 6 s budget")
+    parser.add_argument("--out", type=Path, help=f"default {RESULTS_DIR / 'bench_peers.json'} (--quick: none)")
+    args = parser.parse_args(argv)
+    from vaedeploy.bench import output
+
+    batches = [1, 16] if args.quick else [int(b) for b in args.batch_sizes.split(",")]
+    ops = ["encode", "decode"] if args.quick else args.ops.split(",")
+    doc = measure(args.bundles, batches, ops, 6.0 if args.quick else args.budget_s, args.repeats, args.note)
+    print(output.summary(doc))
+    print(output.table(output.by_case(doc["rows"]) if args.repeats > 1 else doc["rows"]))
+    out = args.out or (None if args.quick else RESULTS_DIR / "bench_peers.json")  # a quick run keeps the committed one
+    for path in output.write(doc, out) if out else []:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

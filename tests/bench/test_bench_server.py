@@ -1,0 +1,80 @@
+"""Server mode: against the stand-in V2 server (conftest.py) for the requests it sends and the figures it gives back,
+and against a live `vaedeploy serve` of a demo-shaped bundle, with the bundle's floor beside every row."""
+import numpy as np
+import pytest
+
+from vaedeploy.bench import output, run, server
+from vaedeploy.errors import ConfigError
+
+SHORT = {"budget_s": 4.0, "window_s": 0.05, "max_windows": 4}
+
+
+def test_binary_requests_follow_the_protocol_and_rows_carry_the_figures(v2_server):
+    url, stand_in = v2_server()
+    doc = run.measure_server(url, ["toy.double", "toy.sample"], batches=[1, 3], concurrencies=[1, 4], **SHORT)
+    output.check(doc)
+    assert doc["server"]["name"] == "standin" and "binary_tensor_data" in doc["server"]["extensions"]
+    assert {(r["model"], r["batch"], r["concurrency"]) for r in doc["rows"]} == {
+        (m, b, c) for m in ("toy.double", "toy.sample") for b in (1, 3) for c in (1, 4)}
+    for row in doc["rows"]:
+        assert row["errors"] == 0 and row["calls"] >= 4 and row["p50_ms"] > 0 and row["items_per_s"] > 0
+        assert row["binary"] and row["floor"] is None and row["x_floor"] is None
+    doubles = [(h, header, t) for m, h, header, t in stand_in.requests if m == "toy.double"]
+    headers, header, tensors = doubles[-1]
+    assert int(headers["Inference-Header-Content-Length"]) > 0
+    assert header["inputs"][0]["parameters"]["binary_data_size"] == tensors["x"].nbytes
+    assert header["outputs"] == [{"name": "y", "parameters": {"binary_data": True}}]
+    assert tensors["x"].dtype == np.float32 and np.any(tensors["x"] != 0), "real inputs, never zeros"
+    assert len({t["x"].tobytes() for _, _, t in doubles}) > 1, "the inputs rotate"
+    samples = [header["parameters"] for m, _, header, _ in stand_in.requests if m == "toy.sample"]
+    assert {p["n"] for p in samples} == {1, 3} and len({p["seed"] for p in samples}) > 1, "n = batch, seeds change"
+
+
+def test_json_tensors_when_asked_or_when_the_server_lacks_the_binary_extension(v2_server):
+    url, stand_in = v2_server(binary=False)
+    doc = run.measure_server(url, ["toy.double"], batches=[2], **SHORT)
+    assert not doc["rows"][0]["binary"] and any("binary_tensor_data" in n for n in doc["notes"])
+    _, headers, header, tensors = stand_in.requests[-1]
+    assert "Inference-Header-Content-Length" not in headers and "data" in header["inputs"][0]
+    assert doc["rows"][0]["errors"] == 0 and tensors["x"].shape == (2, 4)
+
+
+def test_wrong_answers_are_errors_with_the_reason(v2_server):
+    url, _ = v2_server()
+    row = run.measure_server(url, ["toy.short"], batches=[2], **SHORT)["rows"][0]
+    assert row["errors"] > 0 and row["calls"] == 0 and "2 rows" in row["first_error"]
+
+
+def test_unknown_models_and_dead_servers_are_one_sentence(v2_server):
+    url, _ = v2_server()
+    with pytest.raises(ConfigError, match="--model toy.missing: the server answered 404"):
+        run.measure_server(url, ["toy.missing"], batches=[1], **SHORT)
+    with pytest.raises(ConfigError, match="cannot reach the server"):
+        run.measure_server("http://127.0.0.1:9", ["toy.double"], batches=[1], **SHORT)
+    with pytest.raises(ConfigError, match="expected http://HOST:PORT"):
+        server.Client("ftp://example")
+
+
+def test_a_live_vaedeploy_serve_with_the_bundles_floor(exported, serve):
+    bundle = exported("vae")[1]
+    server = serve([bundle], "--name", "vae")
+    doc = run.measure_server(f"http://{server.url}", ["vae.sample", "vae.encode"], bundles=[bundle], batches=[1, 4],
+                             concurrencies=[1, 2], **SHORT)
+    output.check(doc)
+    assert doc["server"]["name"] == "vaedeploy" and "binary_tensor_data" in doc["server"]["extensions"]
+    assert len(doc["rows"]) == 8 and doc["bundles"][0]["sha256"]
+    for row in doc["rows"]:
+        assert row["errors"] == 0 and row["calls"] >= 4 and row["binary"], row
+        assert row["floor"]["floor_ms"] > 0 and row["x_floor"] > 1, "a server call costs more than its graphs' floor"
+
+
+def test_requests_encode_and_decode_both_ways():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    body, headers = server.encode_request({"x": x}, ["y"], {"seed": 3}, binary=True)
+    length = int(headers["Inference-Header-Content-Length"])
+    assert body[length:] == x.tobytes() and b'"binary_data_size":24' in body[:length]
+    answer = b'{"outputs":[{"name":"y","datatype":"FP32","shape":[2,3],"parameters":{"binary_data_size":24}}]}'
+    decoded = server.decode_response({"Inference-Header-Content-Length": str(len(answer))}, answer + x.tobytes())
+    np.testing.assert_array_equal(decoded["y"], x)
+    as_json = b'{"outputs":[{"name":"y","datatype":"INT64","shape":[2],"data":[4,5]}]}'
+    np.testing.assert_array_equal(server.decode_response({}, as_json)["y"], [4, 5])

@@ -1,0 +1,215 @@
+"""Server mode: any Open Inference Protocol (KServe V2) endpoint, `vaedeploy serve` or Triton, driven like
+perf_analyzer drives one: the same windows, stability rule and statistics as in-process cases.
+
+The client is the standard library's ``http.client``, one keep-alive connection per caller. It reads the model's
+metadata (``GET /v2/models/{m}``: inputs with -1 for the batch axis) and, where the server has Triton's
+model-configuration extension, the request parameters it reads (``GET /v2/models/{m}/config``). Each request
+carries ``batch`` rows of real inputs (test images for an image-shaped FP32 input, N(0, I) otherwise, integers in
+[0, ``int_high``] for integer inputs); a model with no input tensors (``NAME.sample``) gets ``n = batch``; ``seed``
+changes on every request where the model reads one. Tensors go as the binary tensor extension when the server
+advertises ``binary_tensor_data`` (what perf_analyzer and tritonclient send), else as JSON; ``--json-data`` asks
+for JSON. Every answer is checked: HTTP 200 and every output with ``batch`` rows, else the call counts as an error
+with the server's message.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import urllib.parse
+
+import numpy as np
+
+from ..errors import ConfigError
+from .loop import Case, host_timed
+
+DATATYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
+             "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+POOL = 8  # distinct requests per case, rotated
+
+
+class ServerError(Exception):
+    """A request the server answered with an error, or an answer that is not what was asked for."""
+
+
+class Client:
+    """An Open Inference Protocol server at ``url`` (http://host:port), with one connection per thread."""
+
+    def __init__(self, url: str, timeout_s: float = 60.0):
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ConfigError(f"--url: expected http://HOST:PORT, got {url!r}")
+        self.url, self.timeout_s = url.rstrip("/"), timeout_s
+        self.host, self.port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+        self.base = parsed.path.rstrip("/")
+        self._connection_class = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
+        self._local = threading.local()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if getattr(self._local, "connection", None) is None:
+            self._local.connection = self._connection_class(self.host, self.port, timeout=self.timeout_s)
+        return self._local.connection
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        """(status, headers, body) of one request on this thread's connection, reconnecting once if the server
+        closed it."""
+        for attempt in (0, 1):
+            connection = self._connection()
+            try:
+                connection.request(method, self.base + path, body=body, headers=headers or {})
+                response = connection.getresponse()
+                return response.status, response.headers, response.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                connection.close()
+                self._local.connection = None
+                if attempt:
+                    raise
+
+    def get_json(self, path: str) -> tuple[int, dict]:
+        try:
+            status, _, body = self.request("GET", path)
+        except OSError as e:
+            raise ConfigError(f"--url {self.url}: cannot reach the server ({e.strerror or e}); is it running?") \
+                from None
+        try:
+            return status, json.loads(body) if body else {}
+        except json.JSONDecodeError:
+            raise ConfigError(f"{self.url}{path}: expected a JSON answer, got {body[:80]!r}") from None
+
+
+def _error(status: int, body: bytes) -> str:
+    try:
+        return f"HTTP {status}: {json.loads(body).get('error', body[:200].decode(errors='replace'))}"
+    except (json.JSONDecodeError, AttributeError):
+        return f"HTTP {status}: {body[:200].decode(errors='replace')}"
+
+
+def model_spec(client: Client, model: str) -> dict:
+    """The model's inputs, outputs and request parameters, from its metadata (and its config where served)."""
+    path = f"/v2/models/{urllib.parse.quote(model)}"
+    status, metadata = client.get_json(path)
+    if status != 200:
+        raise ConfigError(f"--model {model}: the server answered {status} for {path}: {metadata.get('error', '')} "
+                          f"(expected one of its models)")
+    status, config = client.get_json(path + "/config")
+    parameters = []
+    if status == 200:  # Triton's model-configuration extension; `vaedeploy serve` lists what a model reads
+        text = config.get("parameters", {}).get("request_parameters", {}).get("string_value", "")
+        parameters = [p for p in text.split(",") if p]
+    return {"inputs": metadata.get("inputs", []), "outputs": metadata.get("outputs", []), "parameters": parameters}
+
+
+def server_metadata(client: Client) -> dict:
+    status, doc = client.get_json("/v2")
+    if status != 200:
+        raise ConfigError(f"--url {client.url}: GET /v2 answered {status}; expected an Open Inference Protocol "
+                          "server")
+    ready, _ = client.get_json("/v2/health/ready")
+    if ready != 200:
+        raise ConfigError(f"--url {client.url}: the server is not ready (GET /v2/health/ready answered {ready})")
+    return {"name": doc.get("name"), "version": doc.get("version"), "extensions": doc.get("extensions", [])}
+
+
+def _tensor(spec: dict, batch: int, rng: np.random.Generator, images: np.ndarray | None, int_high: int):
+    shape = [batch if i == 0 and s == -1 else s for i, s in enumerate(spec["shape"])]
+    if any(s < 0 for s in shape):
+        raise ConfigError(f"input {spec['name']!r} has shape {spec['shape']}: only the first axis may be variable")
+    dtype = DATATYPES.get(spec["datatype"])
+    if dtype is None:
+        raise ConfigError(f"input {spec['name']!r}: datatype {spec['datatype']} is not one bench can send")
+    if np.issubdtype(dtype, np.floating):
+        if images is not None and tuple(shape[1:]) == tuple(images.shape[1:]):
+            return images[rng.integers(0, len(images), shape[0])].astype(dtype)
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype is np.bool_:
+        return rng.integers(0, 2, shape).astype(bool)
+    return rng.integers(0, int_high + 1, shape).astype(dtype)
+
+
+def encode_request(tensors: dict, outputs: list[str], parameters: dict, binary: bool) -> tuple[bytes, dict]:
+    """The body and headers of an infer request; binary: the JSON header then each tensor's little-endian bytes."""
+    header: dict = {"inputs": [], "outputs": [{"name": name, "parameters": {"binary_data": binary}}
+                                              for name in outputs]}
+    if parameters:
+        header["parameters"] = parameters
+    blobs = []
+    for name, array in tensors.items():
+        datatype = next(k for k, v in DATATYPES.items() if np.dtype(v) == array.dtype)
+        entry = {"name": name, "shape": list(array.shape), "datatype": datatype}
+        if binary:
+            blob = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        header["inputs"].append(entry)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/octet-stream" if binary else "application/json"}
+    if binary:
+        headers["Inference-Header-Content-Length"] = str(len(text))
+    return text + b"".join(blobs), headers
+
+
+def decode_response(headers, body: bytes) -> dict:
+    """``{output name: array}`` of an infer response, binary or JSON."""
+    length = headers.get("Inference-Header-Content-Length")
+    header = json.loads(body[:int(length)] if length else body)
+    position, arrays = int(length) if length else 0, {}
+    for output in header.get("outputs", []):
+        dtype = np.dtype(DATATYPES[output["datatype"]]).newbyteorder("<")
+        size = output.get("parameters", {}).get("binary_data_size")
+        if size is not None:
+            data = np.frombuffer(body, dtype, count=size // dtype.itemsize, offset=position)
+            position += size
+        else:
+            data = np.asarray(output["data"], dtype)
+        arrays[output["name"]] = data.reshape(output["shape"])
+    return arrays
+
+
+def server_call(client: Client, model: str, spec: dict, batch: int, binary: bool, extra: dict,
+                images: np.ndarray | None, int_high: int = 1, seed: int = 0):
+    """``call(i)``: one infer request of ``batch`` rows, the i-th of a pool of distinct ones; raises ServerError
+    when the answer is an error or lacks the rows asked for."""
+    rng = np.random.default_rng(seed)
+    outputs = [o["name"] for o in spec["outputs"]]
+    sampling = not spec["inputs"]
+    bodies = []
+    for k in range(POOL):
+        parameters = dict(extra)
+        if sampling:
+            parameters["n"] = batch
+        if sampling or "seed" in spec["parameters"]:
+            parameters["seed"] = seed * POOL + k
+        tensors = {s["name"]: _tensor(s, batch, rng, images, int_high) for s in spec["inputs"]}
+        bodies.append(encode_request(tensors, outputs, parameters, binary))
+    path = f"/v2/models/{urllib.parse.quote(model)}/infer"
+
+    def call(i: int) -> None:
+        body, headers = bodies[i % POOL]
+        status, answer_headers, answer = client.request("POST", path, body, headers)
+        if status != 200:
+            raise ServerError(_error(status, answer))
+        arrays = decode_response(answer_headers, answer)
+        if missing := [o for o in outputs if o not in arrays or arrays[o].shape[:1] != (batch,)]:
+            raise ServerError(f"expected outputs {outputs} with {batch} rows; {missing} missing or of another size")
+
+    return call
+
+
+def server_cases(client: Client, models: list[str], batches: list[int], concurrencies: list[int], binary: bool,
+                 extra: dict, images: np.ndarray | None, floors: dict | None = None, int_high: int = 1) -> list[Case]:
+    """One case per model × batch × concurrency. ``floors[(model, batch)]``: the floor where a local bundle gives
+    the model's graphs."""
+    cases = []
+    for m, model in enumerate(models):
+        spec = model_spec(client, model)
+        for batch in batches:
+            timed = host_timed(server_call(client, model, spec, batch, binary, extra, images, int_high,
+                                           seed=m * 1000 + batch))
+            for concurrency in concurrencies:
+                key = {"url": client.url, "model": model, "batch": batch, "binary": binary,
+                       "floor": (floors or {}).get((model, batch))}
+                cases.append(Case(key, timed, batch, concurrency))
+    return cases
+
