@@ -2,7 +2,9 @@
 left behind. Export writes only what it owns: it never deletes a folder or file that is not a bundle it wrote.
 
 A target may be absent, an empty directory, or a bundle: a directory whose ``manifest.json`` lists its files, and
-nothing else. A bundle whose manifest is damaged is replaced only with ``force``, and only if every entry has a
+nothing else but the engine cache ``vaedeploy build`` writes there (``engines/``, holding only plans, their records,
+timing caches and the temporary files of an interrupted write: it goes with the old bundle, whose graphs its plans
+were built from). A bundle whose manifest is damaged is replaced only with ``force``, and only if every entry has a
 name a bundle's files have. A run directory, a regular file, a symbolic link, or a bundle holding files of the
 user's is refused with a sentence, ``force`` or not.
 
@@ -19,19 +21,32 @@ import secrets
 import shutil
 from pathlib import Path
 
-from vaedeploy.bundle import MANIFEST
+from vaedeploy.bundle import ENGINES, MANIFEST
 from vaedeploy.errors import BundleError
 from vaedeploy.runs import CONFIG
 
-# the names a bundle's files have: graphs, arrays, the weights and the reports (engines/ is added with TensorRT)
+# the names a bundle's files have: graphs, arrays, the weights and the reports
 _BUNDLE_FILE = re.compile(r"[\w.-]+\.(onnx|npy)|model\.safetensors|validation\.json|manifest\.json")
+# the names in a bundle's engines/ (export/trt_build.py): plans, their JSON records and the validation report, the
+# timing cache, and atomic_write_bytes's temporary file of a write that was interrupted
+_ENGINE_FILE = re.compile(r"[\w.-]+\.(plan|json|cache)|\.[\w.-]+\.tmp")
 FAILED_SUFFIX = ".failed"
 _IN_USE: set[Path] = set()  # this process's temporary directories of exports still running
 
 
+def _regular(path: Path, names: re.Pattern) -> bool:
+    return path.is_file() and not path.is_symlink() and bool(names.fullmatch(path.name))
+
+
+def _engine_cache(path: Path) -> bool:
+    """``path`` is the engines/ folder of a bundle as ``vaedeploy build`` writes it: a real folder of its files only."""
+    return path.name == ENGINES and path.is_dir() and not path.is_symlink() and \
+        all(_regular(p, _ENGINE_FILE) for p in path.iterdir())
+
+
 def _bundle_like(directory: Path) -> bool:
-    """Every entry of ``directory`` is a regular file with a name a bundle's files have."""
-    return all(p.is_file() and not p.is_symlink() and _BUNDLE_FILE.fullmatch(p.name) for p in directory.iterdir())
+    """Every entry of ``directory`` is a regular file with a name a bundle's files have, or its engine cache."""
+    return all(_regular(p, _BUNDLE_FILE) or _engine_cache(p) for p in directory.iterdir())
 
 
 def _listed_files(directory: Path) -> set[str] | None:
@@ -70,7 +85,7 @@ def check_target(out: Path, *, force: bool = False) -> None:
         if not _bundle_like(out):
             raise BundleError(f"{out}: holds files that are not bundle files; {refuse}")
         return
-    foreign = [name for name in entries if name not in listed]
+    foreign = [name for name in entries if name not in listed and not _engine_cache(out / name)]
     if foreign:
         raise BundleError(f"{out}: holds files that are not part of its bundle ({', '.join(foreign[:3])}"
                           f"{', ...' if len(foreign) > 3 else ''}); move them out first or {refuse}")

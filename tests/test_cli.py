@@ -325,6 +325,20 @@ def test_an_opset_outside_the_exporters_range_is_refused_before_any_work(exporte
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.skipif(any(__import__("importlib").util.find_spec(m) for m in ("tensorrt", "tensorrt_rtx")),
+                    reason="TensorRT is installed here")
+def test_build_without_tensorrt_is_one_sentence_naming_the_package(capsys, tmp_path):
+    # before the bundle is even looked at (it does not exist): no TensorRT is the first thing a user hears
+    assert main(["build", str(tmp_path / "no_bundle")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: vaedeploy build needs TensorRT, which is not installed: pip install 'vaedeploy[trt]'")
+    for bad in (["--opt-level", "6"], ["--buckets", "1,x"], ["--device", "cpu"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["build", "b", *bad])
+        assert exit_.value.code == 2
+
+
 def test_the_command_line_loads_without_torch_until_a_command_needs_it():
     import subprocess
     import sys
@@ -332,7 +346,7 @@ def test_the_command_line_loads_without_torch_until_a_command_needs_it():
     script = ("import sys; sys.modules['torch'] = None\n"  # any `import torch` now raises ImportError
               "from vaedeploy.cli import build_parser\n"
               "for argv in (['serve', 'b'], ['web', 'b', '--out', 'o'], ['triton-repo', 'b', '--out', 'o'], "
-              "['train', 'vae', '--out', 'r'], ['export', 'r', '--out', 'b']):\n"
+              "['train', 'vae', '--out', 'r'], ['export', 'r', '--out', 'b'], ['build', 'b']):\n"
               "    build_parser().parse_args(argv)\n"
               "import vaedeploy.export.triton_repo\n"
               "print('ok')")

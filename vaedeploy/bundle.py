@@ -9,6 +9,8 @@ Layout (docs/bundle.md)::
     NAME.npy           arrays a kind needs beside its graphs (``manifest["arrays"]``: a VQ codebook, ...)
     model.safetensors  the weights, with ``manifest["model"]`` the kind and config, for the torch backend
     validation.json    ONNX Runtime against PyTorch, per graph, precision and batch size
+    engines/           TensorRT plans and the record of what built each (``vaedeploy build``; docs/tensorrt.md): a
+                       cache keyed on its own, not listed in the manifest
 
 The schema is defined once, here, for the writer and the reader alike: ``check_manifest`` checks every field's type
 and what the latent type implies about the graphs (``LATENT_TYPES``: which roles a bundle of that type has and the
@@ -36,6 +38,14 @@ PRECISIONS = ("fp32", "fp16")
 BATCH_AXIS = "batch"  # the name of every graph's dynamic leading axis
 LIKELIHOOD_OUTPUTS = {"gaussian": 2, "bernoulli": 1, "identity": 1}  # how many parameters each kind's decoder gives
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+ENGINES = "engines"  # the bundle's TensorRT engine cache, the default of `vaedeploy build --cache`
+ENGINE_RECORD_FORMAT = 1  # the version of the JSON record beside each plan (docs/tensorrt.md)
+
+
+def engine_files(directory: str | os.PathLike, role: str, precision: str) -> tuple[Path, Path]:
+    """Where an engine cache keeps the plan of one graph at one precision, and the JSON record of what built it:
+    the one naming both the builder (``export/trt_build.py``) and the TensorRT backend read."""
+    return Path(directory) / f"{role}.{precision}.plan", Path(directory) / f"{role}.{precision}.json"
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -1,9 +1,10 @@
-"""The `vaedeploy` command: train, eval, plot, export, demo, web, serve, triton-repo, bench."""
+"""The `vaedeploy` command: train, eval, plot, export, build, demo, web, serve, triton-repo, bench."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,54 @@ def cmd_export(args) -> int:
           f"{sorted(set(p for g in manifest['graphs'].values() for p in g))}, {args.exporter} exporter, opset "
           f"{', '.join(map(str, opsets))}; validated against PyTorch at batch sizes "
           f"{manifest['validation']['batch_sizes']}, worst rel-L2 error {max(w['rel_l2'] for w in worst.values()):.2g}")
+    return 0
+
+
+def _batch_sizes(text: str) -> list[int]:
+    """--buckets: batch sizes separated by commas."""
+    parts = text.split(",")
+    if not all(re.fullmatch(r"\d+", p.strip()) and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected batch sizes ≥ 1 separated by commas (e.g. 1,2,4,8), got {text!r}")
+    return [int(p) for p in parts]
+
+
+def _cuda_device(text: str) -> str:
+    if not re.fullmatch(r"cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"expected cuda or cuda:N (TensorRT builds on an NVIDIA GPU), got {text!r}")
+    return text
+
+
+def cmd_build(args) -> int:
+    from .export.trt_build import build_engines, import_tensorrt
+
+    import_tensorrt()  # a machine without TensorRT hears what to install before anything else is looked at
+    from tqdm.auto import tqdm
+
+    from .runtime.cuda import require_cuda
+
+    require_cuda(args.device)
+    built = build_engines(args.bundle, buckets=args.buckets, max_batch=args.max_batch, precision=args.precision,
+                          opt_level=args.opt_level, workspace_mib=args.workspace, cache=args.cache, ranges=args.ranges,
+                          device=args.device, progress=tqdm.write, bar=True)
+    counts = {s: sum(e["status"] == s for e in built["engines"]) for s in ("built", "cached")}
+    gpu, trt = built["gpu"], built["tensorrt"]
+    print(f"engines of {built['bundle']} in {built['cache']}: {counts['built']} built, {counts['cached']} up to date; "
+          f"{built['precision']}, batches {', '.join(map(str, built['buckets']))}; {trt['module']} {trt['version']} on "
+          f"{gpu['name']} (compute capability {gpu['compute_capability']}); {built['seconds']:.1f} s")
+    if args.validate:
+        from .bundle import load_bundle
+        from .export.trt_build import validate_engines
+        from .runtime.backends.tensorrt import Backend
+
+        bundle = load_bundle(args.bundle)
+        backend = Backend(bundle, args.precision, args.device, tuple(built["buckets"]), engines=built["cache"])
+        try:
+            report = validate_engines(bundle, built, backend.runner, progress=print)
+        finally:
+            backend.close()
+        worst = max((w["rel_l2"] for w in report["worst"].values()), default=0.0)
+        print(f"validated against {report['reference']} at every bucket: worst relative L2 error {worst:.2g} "
+              f"(tolerance {report['tolerance']['rel_l2']:g})")
     return 0
 
 
@@ -277,6 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--force", action="store_true",
                         help="replace a bundle whose manifest cannot be read (never a run or other files)")
     export.set_defaults(func=cmd_export)
+
+    build = sub.add_parser("build", help="build TensorRT engines of a bundle's graphs, one profile per batch bucket, "
+                                         "cached (docs/tensorrt.md; exit 1 when --validate fails)")
+    build.add_argument("bundle")
+    build.add_argument("--buckets", type=_batch_sizes,
+                       help="batch sizes, one optimization profile each, e.g. 1,2,4,8 (default 1, 2, 4, … --max-batch)")
+    build.add_argument("--max-batch", type=POSITIVE_INT, help="the largest default bucket (default: the bundle's)")
+    build.add_argument("--ranges", action="store_true",
+                       help="one profile per span between buckets (any batch unpadded) instead of one static each")
+    build.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                       help="fp16 builds the bundle's fp16 graphs (TensorRT 10 without them: the FP16 flag)")
+    build.add_argument("--opt-level", type=int, choices=range(6), default=3, metavar="0-5",
+                       help="TensorRT's builder optimization level (default 3)")
+    build.add_argument("--workspace", type=POSITIVE_INT, metavar="MiB",
+                       help="the builder's workspace limit (default: TensorRT's)")
+    build.add_argument("--cache", help="engine cache directory (default: BUNDLE/engines)")
+    build.add_argument("--device", type=_cuda_device, default="cuda", help="cuda or cuda:N (default cuda)")
+    build.add_argument("--validate", action="store_true",
+                       help="run every engine at every bucket against ONNX Runtime, export's tolerances; fail hard")
+    build.set_defaults(func=cmd_build)
 
     demo = sub.add_parser("demo", help="train, evaluate, plot, export and serve a VAE on the embedded digits")
     demo.add_argument("--out", default="runs/demo")

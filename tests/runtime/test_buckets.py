@@ -358,12 +358,12 @@ def test_auto_on_cuda_takes_torch_then_onnxruntime_gpu_and_says_why():
     everything = {"torch": True, "onnxruntime": True, "onnxruntime_cuda": True, "weights": True}
     name, why = auto("cuda", everything)
     assert name == "torch"
-    assert why == ("auto on CUDA: torch, the whole call in one CUDA graph per bucket (tensorrt has no backend yet)")
+    assert why == ("auto on CUDA: torch, the whole call in one CUDA graph per bucket (tensorrt is not installed)")
     name, why = auto("cuda", {**everything, "weights": False})
     assert name == "onnxruntime" and "ONNX Runtime's CUDA graph per session and bucket" in why
     assert "torch needs the model's weights, which this bundle does not have" in why
-    with pytest.raises(MissingDependency, match="no backend can run this bundle on CUDA: tensorrt has no backend "
-                                                "yet; torch is not installed; onnxruntime has no "
+    with pytest.raises(MissingDependency, match="no backend can run this bundle on CUDA: tensorrt is not "
+                                                "installed; torch is not installed; onnxruntime has no "
                                                 "CUDAExecutionProvider"):
         auto("cuda", {**everything, "torch": False, "onnxruntime_cuda": False})
     assert auto("cpu", everything)[0] == "onnxruntime"

@@ -13,14 +13,15 @@ WARMUPS = ("lazy", "all")
 
 
 def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "fp32", verify: bool = True, *,
-         buckets=None, cuda_graphs: bool | None = None, warmup: str = "lazy") -> Runtime:
+         buckets=None, cuda_graphs: bool | None = None, warmup: str = "lazy", engines=None) -> Runtime:
     """Load a bundle directory and return a ``Runtime`` on ``backend``.
 
     Args:
         bundle: the directory ``vaedeploy export`` wrote.
-        backend: ``auto``, ``onnxruntime`` or ``torch``. ``auto`` takes, on the CPU, onnxruntime, then torch; on
-            CUDA, TensorRT (once it has a backend), then torch (one CUDA graph per bucket around the whole call),
-            then onnxruntime-gpu; ``Runtime.backend_reason`` and ``describe()`` say why.
+        backend: ``auto``, ``onnxruntime``, ``torch`` or ``tensorrt``. ``auto`` takes, on the CPU, onnxruntime,
+            then torch; on CUDA, TensorRT where ``vaedeploy build`` made engines for this GPU and TensorRT, then
+            torch (one CUDA graph per bucket around the whole call), then onnxruntime-gpu;
+            ``Runtime.backend_reason`` and ``describe()`` say why.
         device: ``cpu`` or ``cuda[:N]``; CUDA is checked here, so a machine without it fails at load, not in a call.
         precision: ``fp32`` (default) or ``fp16`` when the bundle has half-precision graphs.
         verify: check every file's sha256 and every graph against its manifest entry (default True).
@@ -30,6 +31,7 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
             the backend eagerly, the comparison).
         warmup: ``lazy`` records a bucket on its first call; ``all`` records every op and bucket now, largest
             first, and ``describe()`` has each capture's time.
+        engines: the TensorRT engine cache (``vaedeploy build --cache``; default: the bundle's ``engines/``).
     """
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
@@ -40,9 +42,12 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
 
         require_cuda(device)
     loaded = load_bundle(bundle, verify=verify)
-    name, reason = resolve(backend, device, loaded)
+    name, reason = resolve(backend, device, loaded, precision, engines, buckets)
+    if engines is not None and backend not in ("auto", "tensorrt"):
+        raise ConfigError(f"engines= is the TensorRT backend's engine cache; backend {backend!r} takes none")
     runtime = runtime_class(loaded)(loaded, name, device, precision, backend_reason=reason, buckets=buckets,
-                                    cuda_graphs=cuda_graphs)
+                                    cuda_graphs=cuda_graphs,
+                                    backend_options={"engines": engines} if name == "tensorrt" else None)
     if warmup == "all":
         try:
             runtime.warmup()

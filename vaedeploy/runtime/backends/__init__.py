@@ -1,6 +1,5 @@
 """Backends: each a module with a ``Backend`` (its arrays, a runner per graph, ``close``) and a ``Runner``
-subclass (``base.py``), imported only when asked for. A TensorRT backend plugs in here as one more module, one more
-name in ``BACKENDS`` and the first place in ``CUDA_AUTO_ORDER``.
+subclass (``base.py``), imported only when asked for.
 """
 from __future__ import annotations
 
@@ -10,12 +9,14 @@ import importlib.util
 from ...errors import ConfigError, MissingDependency
 
 BACKENDS = {
-    "onnxruntime": (".onnxruntime", "onnxruntime"),  # module in this package, the package it needs
-    "torch": (".torch", "torch"),
+    "onnxruntime": (".onnxruntime", ("onnxruntime",)),  # module in this package, the packages it can run on
+    "torch": (".torch", ("torch",)),
+    "tensorrt": (".tensorrt", ("tensorrt", "tensorrt_rtx")),  # TensorRT 10 or 11, or TensorRT for RTX
 }
 # "auto" takes the first backend in its device's order that can run the bundle there. On the CPU ONNX Runtime is the
-# fastest (docs/runtime.md). On CUDA: TensorRT once it has a backend, then torch, whose modules run inside one CUDA
-# graph per bucket with the noise kernels, then onnxruntime-gpu, whose graphs cover each session alone.
+# fastest (docs/runtime.md). On CUDA: TensorRT where the bundle has engines built for this GPU and TensorRT, then
+# torch, whose modules run inside one CUDA graph per bucket with the noise kernels, then onnxruntime-gpu, whose graphs
+# cover each session alone.
 AUTO_ORDER = ("onnxruntime", "torch")
 CUDA_AUTO_ORDER = ("tensorrt", "torch", "onnxruntime")
 WHY_ON_CUDA = {
@@ -26,7 +27,7 @@ WHY_ON_CUDA = {
 
 
 def installed(name: str) -> bool:
-    return importlib.util.find_spec(BACKENDS[name][1]) is not None
+    return any(importlib.util.find_spec(package) is not None for package in BACKENDS[name][1])
 
 
 def facts(bundle) -> dict[str, bool]:
@@ -41,8 +42,9 @@ def facts(bundle) -> dict[str, bool]:
     return {**found, "onnxruntime_cuda": cuda, "weights": bool(bundle.manifest.get("model"))}
 
 
-def auto(device: str, known: dict[str, bool]) -> tuple[str, str]:
-    """The backend ``auto`` picks on ``device`` given ``facts``, and the sentence saying why."""
+def auto(device: str, known: dict) -> tuple[str, str]:
+    """The backend ``auto`` picks on ``device`` given ``facts`` (on CUDA with ``tensorrt_engines``: whether TensorRT
+    has engines to run here, and the sentence saying so), and the sentence saying why."""
     skipped = []
     if device == "cpu":
         for name in AUTO_ORDER:
@@ -51,29 +53,43 @@ def auto(device: str, known: dict[str, bool]) -> tuple[str, str]:
                                                            ", the fastest there")
             skipped.append(f"{name} is not installed")
         raise MissingDependency(f"no backend is installed; install one of {list(AUTO_ORDER)}")
+    engines, engines_why = known.get("tensorrt_engines", (False, "its engines were not checked"))
     for name in CUDA_AUTO_ORDER:
-        if name not in BACKENDS:
-            skipped.append(f"{name} has no backend yet")
-        elif not known.get(name):
+        if not known.get(name):
             skipped.append(f"{name} is not installed")
+        elif name == "tensorrt" and not engines:
+            skipped.append(f"tensorrt has no engine to run here ({engines_why})")
         elif name == "torch" and not known["weights"]:
             skipped.append("torch needs the model's weights, which this bundle does not have")
         elif name == "onnxruntime" and not known["onnxruntime_cuda"]:
             skipped.append("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
         else:
-            return name, f"auto on CUDA: {name}, {WHY_ON_CUDA[name]} ({'; '.join(skipped)})"
+            why = [engines_why] if name == "tensorrt" else skipped
+            return name, f"auto on CUDA: {name}, {WHY_ON_CUDA[name]}" + (f" ({'; '.join(why)})" if why else "")
     raise MissingDependency(f"no backend can run this bundle on CUDA: {'; '.join(skipped)}")
 
 
-def resolve(backend: str, device: str, bundle) -> tuple[str, str]:
-    """The backend that runs (``auto`` resolved for ``device``) and why: ``asked for``, or ``auto``'s sentence."""
+def resolve(backend: str, device: str, bundle, precision: str = "fp32", engines=None,
+            buckets=None) -> tuple[str, str]:
+    """The backend that runs (``auto`` resolved for ``device``) and why: ``asked for``, or ``auto``'s sentence.
+
+    ``auto`` on CUDA takes TensorRT only where every graph has an engine for this GPU and TensorRT in ``engines``
+    (default: the bundle's engines/) reaching the runtime's largest bucket (``buckets``); it never builds one."""
     if backend == "auto":
-        return auto("cpu" if device == "cpu" else "cuda", facts(bundle))
+        known = facts(bundle)
+        if device != "cpu" and known["tensorrt"]:
+            from .tensorrt import usable
+
+            known["tensorrt_engines"] = usable(bundle, precision, device, engines, buckets)
+        return auto("cpu" if device == "cpu" else "cuda", known)
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
     if not installed(backend):
-        raise MissingDependency(f"backend {backend!r} needs the {BACKENDS[backend][1]!r} package, which is not "
-                                "installed")
+        packages = " or ".join(repr(p) for p in BACKENDS[backend][1])
+        raise MissingDependency(f"backend {backend!r} needs the {packages} package, which is not installed"
+                                + (": pip install 'vaedeploy[trt]'" if backend == "tensorrt" else ""))
+    if backend == "tensorrt" and device == "cpu":
+        raise ConfigError("backend 'tensorrt' runs on NVIDIA GPUs: load the bundle with device='cuda'")
     return backend, "asked for"
 
 
