@@ -38,11 +38,11 @@ browser-deps:
 	  else echo "no /usr/bin/chromium: the browser tests will skip (apt-get install chromium)"; fi; fi
 
 # ruff first (it takes seconds); then pytest, whose own exit code counts: 5 (no test collected) fails too, so an
-# empty or missing test folder cannot pass CI.
+# empty or missing test folder cannot pass CI. --durations lists the 10 slowest tests, to keep CI well under 15 min.
 test: $(STAMP) browser-deps
 	@test -d tests || { echo "make test: no tests/ folder here; expected the test suite in $(CURDIR)/tests"; exit 1; }
 	$(BIN)/ruff check vaedeploy kernels export benchmarks tests
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=10
 
 # Mutation testing of the numeric code (docs/testing.md): minutes, not part of `make test` or CI.
 mutation: $(STAMP)
