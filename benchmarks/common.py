@@ -6,7 +6,6 @@ Each script runs every provider it compares in one process, so ratios are taken 
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import os
 import platform
 import statistics
@@ -19,51 +18,20 @@ from vaedeploy.io import write_json
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
-    """The machine and the versions a figure was measured with; stored in every JSON row."""
-    info = {
-        "cpu": _cpu_name(),
+    """The machine and the versions a figure was measured with; stored in every JSON row (the facts of `vaedeploy
+    bench`'s environment, from the same functions)."""
+    from vaedeploy.bench.environment import cpu_name, gpu_facts, package_version
+
+    return {
+        "cpu": cpu_name(),
         "cpu_cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {
-            name: _version(name)
-            for name in ("vaedeploy", "numpy", "torch", "onnxruntime", "onnx", "triton", "tensorrt")
-            if _version(name)
-        },
-        "gpu": None,
+        "versions": {name: v for name in ("vaedeploy", "numpy", "torch", "onnxruntime", "onnx", "triton", "tensorrt")
+                     if (v := package_version(name))},
+        "gpu": gpu_facts(),  # name, compute capability, memory, driver, CUDA; None without CUDA
     }
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            info["gpu"] = {
-                "name": props.name,
-                "compute_capability": f"{props.major}.{props.minor}",
-                "memory_gib": round(props.total_memory / 2**30, 1),
-                "cuda": torch.version.cuda,
-            }
-    except ImportError:
-        pass
-    return info
 
 
 def summarize(seconds: Sequence[float]) -> dict:

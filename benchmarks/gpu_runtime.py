@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,15 +52,6 @@ MODELS = {  # name → (data, model config)
 PATHS = ("eager", "graphs", "graphs+out")
 GOALS = {"sample_batch1_serial_p50_us_max": 20.0, "sample_batch1_speedup_vs_eager_min": 4.0,
          "batch16384_device_p50_of_floor_max": 1.5}
-
-
-def driver_version() -> str | None:
-    try:
-        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
 
 
 def bundles(tmp: Path) -> dict[str, Path]:
@@ -276,13 +266,13 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         sys.exit("gpu_runtime needs a CUDA device and found none (torch.cuda.is_available() is False); its figures "
                  "are GPU-only")
-    machine = {**machine_info(), "driver": driver_version()}
+    machine = machine_info()
     rates = device_rates(torch)
     calls = QUICK_CALLS if args.quick else CALLS
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for name, bundle in bundles(Path(tmp)).items()
                 for row in bench(torch, name, bundle, rates, calls, machine)]
-    doc = json.loads(write_rows(NAME, rows, meta={"driver": machine["driver"], "device_rates": rates,
+    doc = json.loads(write_rows(NAME, rows, meta={"driver": (machine["gpu"] or {}).get("driver"), "device_rates": rates,
                                                    "goals": goals(rows), "goal_thresholds": GOALS}).read_text())
     plot(rows, RESULTS_DIR / f"{NAME}.png")
     print(table(doc))

@@ -16,14 +16,16 @@ PACKAGES = ("vaedeploy", "numpy", "onnxruntime", "onnxruntime-gpu", "torch", "te
             "triton", "tritonclient", "onnx", "onnx-tool", "numba", "openvino")
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of a distribution, None where it is not installed."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo; the platform's word elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -40,9 +42,9 @@ def _load() -> list[float] | None:
         return None
 
 
-def _gpu() -> dict | None:
+def gpu_facts() -> dict | None:
     """The GPU of torch's current device, its driver and CUDA versions; None without CUDA (or torch)."""
-    if _version("torch") is None:
+    if package_version("torch") is None:
         return None
     import torch
 
@@ -51,9 +53,12 @@ def _gpu() -> dict | None:
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     driver = None
     if shutil.which("nvidia-smi"):
-        done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=30)
-        driver = done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
+        try:
+            done = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                  capture_output=True, text=True, timeout=30)
+            driver = done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
+        except (OSError, subprocess.TimeoutExpired):
+            driver = None
     return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
             "memory_gib": round(props.total_memory / 2**30, 1), "driver": driver, "cuda": torch.version.cuda,
             "count": torch.cuda.device_count()}
@@ -66,14 +71,14 @@ def environment(gpu: bool = False) -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_physical_cores": physical_cores(),
         "load_average_at_start": _load(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "gpu": _gpu() if gpu else None,
-        "versions": {name: v for name in PACKAGES if (v := _version(name))},
+        "gpu": gpu_facts() if gpu else None,
+        "versions": {name: v for name in PACKAGES if (v := package_version(name))},
     }
 
 
