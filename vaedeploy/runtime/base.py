@@ -44,13 +44,14 @@ class Runtime:
         backend_reason: why this backend runs (``asked for``, or ``auto``'s sentence).
         buckets: batch bucket sizes (None: 1, 2, 4, … max_batch where ``cuda_graphs``, else no buckets).
         cuda_graphs: record each bucket's call as a CUDA graph (default: on CUDA); needs a CUDA device.
+        backend_options: keyword arguments for this backend's ``Backend`` (onnxruntime: ``session_config``).
     """
 
     LATENT_TYPES: tuple[str, ...] = ()
     DECODER_ROLE = "decoder"  # the graph behind ``decode(z)``
 
     def __init__(self, bundle: Bundle, backend: str, device: str, precision: str, *, backend_reason: str = "asked for",
-                 buckets=None, cuda_graphs: bool | None = None):
+                 buckets=None, cuda_graphs: bool | None = None, backend_options: dict | None = None):
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.bundle, self.backend, self.device, self.precision = bundle, backend, device, precision
@@ -69,7 +70,8 @@ class Runtime:
                               f"on device {device!r}")
         self.buckets = bucket_sizes(buckets, self.max_batch) if buckets is not None or self.cuda_graphs else None
         self.runners: dict = {}
-        self._backend = backend_class(backend)(bundle, precision, device, self.buckets, self.cuda_graphs)
+        self._backend = backend_class(backend)(bundle, precision, device, self.buckets, self.cuda_graphs,
+                                               **(backend_options or {}))
         self.arrays = self._backend.arrays
         self._buckets = None if self.buckets is None else Buckets(self.arrays, self.buckets, *self._recorder())
         self.closed = False
