@@ -47,8 +47,9 @@ CLIENT_GONE = 499  # nginx's "client closed request": written to no one
 # one task per request, about 30 µs of the event loop's time each (docs/serving.md); most requests are answered
 # sooner, and the ones left waiting in a queue are those whose cancellation frees something.
 WATCH_AFTER_S = 0.05
-# CPython hands the GIL to a waiting thread after 5 ms by default: an instance thread back from ONNX Runtime waited that
-# long for the busy event loop, so the model and the HTTP work took turns instead of overlapping (docs/serving.md).
+# CPython hands the GIL to a waiting thread after 5 ms by default: an instance thread back from a batch in ONNX Runtime
+# waited that long for the busy event loop, so the model and the HTTP work took turns instead of overlapping. Without
+# batching (one short run per request) 1 ms only added switches, so the default stays there (docs/serving.md).
 SWITCH_INTERVAL_S = 0.001
 
 
@@ -325,14 +326,15 @@ class Uvicorn(uvicorn.Server):
 
 def run(server: InferenceServer, host: str = "127.0.0.1", port: int = 8000, shutdown_timeout: float = 30.0) -> None:
     """Serve until SIGTERM or Ctrl-C, then shut down gracefully (at most ``shutdown_timeout`` seconds for the
-    requests in flight). Prints the address and the models once they are ready. The process's GIL switch interval is
-    ``SWITCH_INTERVAL_S`` while it serves."""
+    requests in flight). Prints the address and the models once they are ready. While it serves batching models,
+    the process's GIL switch interval is ``SWITCH_INTERVAL_S``."""
     sock = _listening_socket(host, port)
     shown = f"[{host}]" if ":" in host else host
     server.announce = (f"vaedeploy serve: {len(server.models)} models on http://{shown}:{sock.getsockname()[1]}/v2 "
                        "(Ctrl-C or SIGTERM stops)\n" + "\n".join(f"  {describe(m)}" for m in server.models.values()))
     switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    if server.policy.max_batch_size > 1:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         Uvicorn(server, shutdown_timeout).run(sockets=[sock])
     finally:
