@@ -41,7 +41,7 @@ browser-deps:
 # empty or missing test folder cannot pass CI. --durations lists the 10 slowest tests, to keep CI well under 15 min.
 test: $(STAMP) browser-deps
 	@test -d tests || { echo "make test: no tests/ folder here; expected the test suite in $(CURDIR)/tests"; exit 1; }
-	$(BIN)/ruff check vaedeploy kernels export benchmarks tests
+	$(BIN)/ruff check vaedeploy kernels export benchmarks tests web
 	$(BIN)/python -m pytest -q -ra --durations=10
 
 # Mutation testing of the numeric code (docs/testing.md): minutes, not part of `make test` or CI.

@@ -309,9 +309,88 @@ def runtime_overhead(doc: dict) -> str:
                            "vaedeploy vs eager", "vaedeploy vs session.run"], lines) + "\n\n" + _caption(doc)
 
 
+def _serve_caption(doc: dict) -> str:
+    machine, settings = doc["machine"], doc["settings"]
+    loads = [x for r in doc["rows"] if r["kind"] == "server" for x in r["loadavg_1min"]]
+    return (f"{machine['cpu']}, {machine['cpu_cores_available']} cores shared with other work (1-minute load "
+            f"average {min(loads):.1f} to {max(loads):.1f} during the run), onnxruntime "
+            f"{machine['versions']['onnxruntime']}, {doc['date'][:10]}; {settings['rounds']} rounds of "
+            f"{settings['window_s']:g} s per point, the systems measured in turn")
+
+
+def serving(doc: dict) -> str:
+    """README's serving figures: the goal point of benchmarks/serve.py (the conv VAE, 64 clients sending batch-1
+    requests), batching on against ``--max-batch-size 1``, pooled over the rounds with each round's ratio."""
+    from benchmarks.serve import GOAL, server_row
+
+    lines = []
+    for operation, verdict in doc["goal"].items():
+        b, u = (server_row(doc["rows"], s, GOAL["model"], operation, GOAL["concurrency"])
+                for s in ("batched", "unbatched"))
+        rounds = verdict["speedup_rounds"]
+        lines.append([f"`{operation}`", f"{b['throughput_rps']:.0f}", f"{u['throughput_rps']:.0f}",
+                      f"{verdict['speedup']:.2f}× ({min(rounds):.2f}–{max(rounds):.2f})",
+                      f"{b['p99_ms']:.0f} vs {u['p99_ms']:.0f}", "met" if verdict["met"] else "not met"])
+    return markdown_table(["64 clients, conv VAE", "batched req/s", "unbatched req/s",
+                           "batched / unbatched (per round)", "p99 ms, batched vs unbatched",
+                           f"goal (≥ {GOAL['speedup']:g}×, p99 no worse)"], lines) + f"\n\n{_serve_caption(doc)}."
+
+
+def serve_tables(doc: dict) -> str:
+    """docs/serving.md's tables of every point (``benchmarks/serve.py --table``)."""
+    from benchmarks.serve import table
+
+    return table(doc).rstrip() + f"\n\n{_serve_caption(doc)}."
+
+
+def serve_cpu(doc: dict) -> str:
+    """Where each request's CPU goes at the goal point: the server's event loop, its model threads, the load
+    generator; and the largest loop + client cost at which the model's costs would still allow the goal's ratio."""
+    from benchmarks.serve import GOAL, server_row
+
+    lines, bounds = [], []
+    for operation in doc["goal"]:
+        costs = {}
+        for system in ("batched", "unbatched"):
+            r = server_row(doc["rows"], system, GOAL["model"], operation, GOAL["concurrency"])
+            loop, client = r["loop_cpu_us_per_request"], r["client_cpu_us_per_request"]
+            model = r["server_cpu_us_per_request"] - loop
+            costs[system] = (loop, model, client)
+            lines.append([f"`{operation}`", system, f"{r.get('mean_batch') or 1:.1f}", f"{loop:.0f}", f"{model:.0f}",
+                          f"{client:.0f}", f"{loop + model + client:.0f}",
+                          " / ".join(f"{x:.0f}" for x in r["throughput_rps_rounds"])])
+        (bl, bm, bc), (ul, um, uc) = costs["batched"], costs["unbatched"]
+        bounds.append(f"`{operation}`: {(ul + um + uc) / (bl + bm + bc):.2f}× as measured, {um / bm:.2f}× if the "
+                      f"loop and the client cost nothing in both; against this unbatched total, {GOAL['speedup']:g}× "
+                      f"holds while the batched loop + client cost at most "
+                      f"{(ul + um + uc) / GOAL['speedup'] - bm:.0f} µs (measured: {bl + bc:.0f})")
+    return markdown_table(["op", "server", "mean batch", "event loop µs/req", "model threads µs/req",
+                           "load generator µs/req", "total µs/req", "req/s per round"], lines) + (
+        "\n\nCPU time per request, all threads, warm-up included; the model threads are the batcher's instance "
+        "and ONNX Runtime's pool. Where the shared cores are the limit, throughput goes about as 1 / total, so "
+        "the ratio of the totals is about what batching gives: " + "; ".join(bounds) + ".")
+
+
+def serve_spinning(doc: dict) -> str:
+    """The runtime alone, ONNX Runtime's intra-op threads spinning between calls (its default, which
+    ``vaedeploy.load`` keeps) against not (what ``vaedeploy serve`` sets): median wall time and CPU per call."""
+    index = {(r["model"], r["operation"], r["batch"], r["spinning"]): r for r in doc["rows"]
+             if r["kind"] == "ceiling"}
+    lines = []
+    for (model, operation, batch, spinning), on in index.items():
+        if not spinning or batch not in (1, 8, 64):
+            continue
+        off = index[(model, operation, batch, False)]
+        lines.append([model, f"`{operation}`", batch, f"{on['us_per_call']:.0f}", f"{off['us_per_call']:.0f}",
+                      f"{on['cpu_us_per_call']:.0f}", f"{off['cpu_us_per_call']:.0f}"])
+    return markdown_table(["model", "op", "batch", "spinning: p50 µs", "not spinning: p50 µs", "spinning: CPU µs",
+                           "not spinning: CPU µs"], lines) + f"\n\n{_serve_caption(doc)}; CPU per call, all threads."
+
+
 TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae": vq_vs_vae, "bench": bench,
           "noise": noise, "peers": peers, "runtime_overhead": runtime_overhead, "performance": performance,
-          "concurrency": concurrency, "threads": threads}
+          "concurrency": concurrency, "threads": threads, "serving": serving, "serve_tables": serve_tables,
+          "serve_cpu": serve_cpu, "serve_spinning": serve_spinning}
 
 
 def render(page: str) -> str:

@@ -22,9 +22,14 @@ Python per request, on the same cores as the server (the machine has two). A poi
 timed window; throughput is completed requests per second over the windows, p50/p99 their latencies as the client
 saw them.
 Beside each point: the server's CPU time per request (all its threads, from /proc; less sensitive than throughput
-to other work on a shared machine) and the machine's 1-minute load average.
+to other work on a shared machine), split into its event loop's (the main thread: HTTP, the protocol, the batcher's
+queue) and the rest (the model's instance and ONNX Runtime's threads), the load generator's own CPU per request,
+each round's throughput (the spread), and the machine's 1-minute load average.
 The ceiling is the runtime called in this process with no server, at the batch sizes the batcher formed (per-row
-seeds and offsets, as the batcher calls it): rows per second the model alone can give at that batch size.
+seeds and offsets, as the batcher calls it), with the server's session options: rows per second the model alone can
+give at that batch size, and its CPU time per call. The same calls on a runtime loaded with ONNX Runtime's default
+(intra-op threads spinning between calls, what ``vaedeploy.load`` keeps) show what the server's setting costs and
+saves.
 Goal (issue 16), at 64 clients on the conv VAE: batched ≥ 2× unbatched throughput, with p99 no worse.
 """
 from __future__ import annotations
@@ -34,6 +39,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -177,10 +183,16 @@ def _event_loop_run(coroutine):
         return asyncio.run(coroutine)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and all its threads so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time so far (Linux /proc) of a process and all its threads, or of one of its threads."""
+    stat = Path(f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def batch_figures(port: int, model: str) -> dict:
@@ -204,32 +216,48 @@ def batch_figures(port: int, model: str) -> dict:
 # ---- the ceiling ----------------------------------------------------------------------------------------------
 
 def ceiling(bundles: dict[str, str], images: dict[str, np.ndarray], min_seconds: float) -> list[dict]:
+    """The runtime alone at each batch size, with the server's session options (``spinning`` False) and with ONNX
+    Runtime's default, which ``vaedeploy.load`` keeps (True), the two measured in turn at each point."""
     from vaedeploy import load
+    from vaedeploy.serve.options import SESSION_CONFIG
 
     rows = []
     for model, path in bundles.items():
-        rt = load(path)
+        runtimes = {False: load(path, session_config=SESSION_CONFIG), True: load(path)}
         for batch in CEILING_BATCHES:
-            seeds, offsets = np.arange(batch, dtype=np.int64), np.zeros(batch, np.int64)
-            x = np.ascontiguousarray(np.resize(images[model], (batch, *rt.input_shape)))
-            calls = {"sample": lambda rt=rt, n=batch, s=seeds, o=offsets: rt.sample(n, seed=s, offset=o),
-                     "encode": lambda rt=rt, x=x, s=seeds, o=offsets: rt.encode(x, seed=s, offset=o)}
-            if batch == 1:  # a lone request is called with one seed, as the batcher does
-                calls = {"sample": lambda rt=rt: rt.sample(1, seed=0),
-                         "encode": lambda rt=rt, x=x: rt.encode(x, seed=0)}
-            for operation, call in calls.items():
-                for _ in range(5):
-                    call()
-                times, started = [], time.perf_counter()
-                while time.perf_counter() - started < min_seconds or len(times) < 20:
-                    t0 = time.perf_counter()
-                    call()
-                    times.append(time.perf_counter() - t0)
-                per_call = float(np.median(times))
-                rows.append({"kind": "ceiling", "model": model, "operation": operation, "batch": batch,
-                             "us_per_call": per_call * 1e6, "rows_per_s": batch / per_call})
-        rt.close()
+            for operation in OPERATIONS:
+                for spinning, rt in runtimes.items():
+                    rows.append({"kind": "ceiling", "model": model, "operation": operation, "batch": batch,
+                                 "spinning": spinning, **time_call(runtime_call(rt, operation, batch, images[model]),
+                                                                   batch, min_seconds)})
+        for rt in runtimes.values():
+            rt.close()
     return rows
+
+
+def runtime_call(rt, operation: str, batch: int, image: np.ndarray):
+    """The runtime call the batcher makes for ``batch`` rows of ``operation`` (a lone request: one seed)."""
+    x = np.ascontiguousarray(np.resize(image, (batch, *rt.input_shape)))
+    if batch == 1:
+        return (lambda: rt.sample(1, seed=0)) if operation == "sample" else (lambda: rt.encode(x, seed=0))
+    seeds, offsets = np.arange(batch, dtype=np.int64), np.zeros(batch, np.int64)
+    if operation == "sample":
+        return lambda: rt.sample(batch, seed=seeds, offset=offsets)
+    return lambda: rt.encode(x, seed=seeds, offset=offsets)
+
+
+def time_call(call, batch: int, min_seconds: float) -> dict:
+    """Median wall time and mean CPU time (all threads, spinning included) per call."""
+    for _ in range(5):
+        call()
+    times, started, cpu = [], time.perf_counter(), own_cpu_seconds()
+    while time.perf_counter() - started < min_seconds or len(times) < 20:
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    cpu = own_cpu_seconds() - cpu
+    per_call = float(np.median(times))
+    return {"us_per_call": per_call * 1e6, "rows_per_s": batch / per_call, "cpu_us_per_call": cpu / len(times) * 1e6}
 
 
 # ---- the run --------------------------------------------------------------------------------------------------
@@ -256,16 +284,21 @@ def measure(args) -> None:
             for operation in OPERATIONS:
                 requests = {s: requests_for(s, model, operation, images[model]) for s in SYSTEMS}
                 for clients in CONCURRENCY:
-                    pooled = {s: {"latencies": [], "failures": 0, "seconds": 0.0, "cpu": 0.0, "load": []}
-                              for s in SYSTEMS}
+                    pooled = {s: {"latencies": [], "failures": 0, "seconds": 0.0, "cpu": 0.0, "loop_cpu": 0.0,
+                                  "client_cpu": 0.0, "rounds_rps": [], "load": []} for s in SYSTEMS}
                     before = {s: batch_figures(servers[s][1], f"{model}.{operation}") for s in SYSTEMS[:2]}
                     for round_ in range(args.rounds):
                         for system in SYSTEMS[round_ % 3:] + SYSTEMS[:round_ % 3]:
                             process, port = servers[system]
-                            cpu = cpu_seconds(process.pid)
+                            # CPU counts include the warm-up: they are per request of warm-up and window alike
+                            cpu, loop, own = cpu_seconds(process.pid), cpu_seconds(process.pid, process.pid), \
+                                own_cpu_seconds()
                             point = load_point(port, requests[system], clients, args.warmup, args.seconds)
                             into = pooled[system]
-                            into["cpu"] += cpu_seconds(process.pid) - cpu  # warm-up included: per request of both
+                            into["cpu"] += cpu_seconds(process.pid) - cpu
+                            into["loop_cpu"] += cpu_seconds(process.pid, process.pid) - loop  # the main thread
+                            into["client_cpu"] += own_cpu_seconds() - own
+                            into["rounds_rps"].append(len(point["latencies"]) / point["seconds"])
                             into["latencies"] += point["latencies"]
                             into["failures"] += point["failures"]
                             into["seconds"] += point["seconds"]
@@ -273,12 +306,15 @@ def measure(args) -> None:
                     for system in SYSTEMS:
                         into, n = pooled[system], len(pooled[system]["latencies"])
                         figures = summarize(into["latencies"]) if n else {}
+                        per_request = 1e6 / (n * (args.warmup + args.seconds) / args.seconds) if n else None
                         row = {"kind": "server", "system": system, "model": model, "operation": operation,
                                "concurrency": clients, "requests": n, "failures": into["failures"],
                                "throughput_rps": n / into["seconds"], "p50_ms": figures.get("p50_ms"),
                                "p99_ms": figures.get("p99_ms"), "mean_ms": figures.get("mean_ms"),
-                               "server_cpu_us_per_request":
-                                   into["cpu"] / (n * (args.warmup + args.seconds) / args.seconds) * 1e6 if n else None,
+                               "throughput_rps_rounds": into["rounds_rps"],
+                               "server_cpu_us_per_request": into["cpu"] * per_request if n else None,
+                               "loop_cpu_us_per_request": into["loop_cpu"] * per_request if n else None,
+                               "client_cpu_us_per_request": into["client_cpu"] * per_request if n else None,
                                "loadavg_1min": [round(x, 2) for x in into["load"]]}
                         if system in before:
                             after = batch_figures(servers[system][1], f"{model}.{operation}")
@@ -315,25 +351,31 @@ def _manifest_summary(path: str) -> dict:
             "backbone": config.get("backbone"), "data": m["input"].get("data", {}).get("name")}
 
 
-def _server(rows, system, model, operation, clients):
+def server_row(rows, system, model, operation, clients):
     return next(r for r in rows if r["kind"] == "server" and r["system"] == system and r["model"] == model
                 and r["operation"] == operation and r["concurrency"] == clients)
 
 
 def ceiling_at(rows, model: str, operation: str, batch: float | None) -> dict:
     """The ceiling row at the measured batch size nearest ``batch`` (1 when unknown)."""
-    options = [r for r in rows if r["kind"] == "ceiling" and r["model"] == model and r["operation"] == operation]
+    options = [r for r in rows if r["kind"] == "ceiling" and r["model"] == model and r["operation"] == operation
+               and not r.get("spinning")]
     return min(options, key=lambda r: abs(np.log(r["batch"]) - np.log(max(1.0, batch or 1.0))))
 
 
 def goal_verdict(rows) -> dict:
+    """The goal at its point, pooled over the rounds, with each round's ratio (batched and unbatched were measured
+    next to each other in every round) to show the spread."""
     verdict = {}
     for operation in OPERATIONS:
-        batched = _server(rows, "batched", GOAL["model"], operation, GOAL["concurrency"])
-        unbatched = _server(rows, "unbatched", GOAL["model"], operation, GOAL["concurrency"])
+        batched = server_row(rows, "batched", GOAL["model"], operation, GOAL["concurrency"])
+        unbatched = server_row(rows, "unbatched", GOAL["model"], operation, GOAL["concurrency"])
         speedup = batched["throughput_rps"] / unbatched["throughput_rps"]
         verdict[operation] = {
-            "speedup": speedup, "batched_p99_ms": batched["p99_ms"], "unbatched_p99_ms": unbatched["p99_ms"],
+            "speedup": speedup,
+            "speedup_rounds": [b / u for b, u in zip(batched.get("throughput_rps_rounds", []),
+                                                     unbatched.get("throughput_rps_rounds", []))],
+            "batched_p99_ms": batched["p99_ms"], "unbatched_p99_ms": unbatched["p99_ms"],
             "met": speedup >= GOAL["speedup"] and batched["p99_ms"] <= unbatched["p99_ms"],
             "share_of_ceiling": batched["throughput_rps"] / ceiling_at(rows, GOAL["model"], operation,
                                                                        batched.get("mean_batch"))["rows_per_s"]}
@@ -347,7 +389,7 @@ def table(doc: dict) -> str:
         for operation in OPERATIONS:
             lines = []
             for clients in CONCURRENCY:
-                b, u, f = (_server(rows, s, model, operation, clients) for s in SYSTEMS)
+                b, u, f = (server_row(rows, s, model, operation, clients) for s in SYSTEMS)
                 ceil = ceiling_at(rows, model, operation, b.get("mean_batch"))
                 lines.append([clients, b["throughput_rps"], b["p50_ms"], b["p99_ms"], b.get("mean_batch") or 1.0,
                               b["server_cpu_us_per_request"], u["throughput_rps"], u["p50_ms"], u["p99_ms"],
@@ -372,9 +414,9 @@ def plot(doc: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     for (model, operation), ax in zip([(m, o) for m in ("demo", "conv") for o in OPERATIONS], axes.flat):
         for system, style in zip(SYSTEMS, ("o-", "s--", "^:")):
-            ys = [_server(rows, system, model, operation, c)["throughput_rps"] for c in CONCURRENCY]
+            ys = [server_row(rows, system, model, operation, c)["throughput_rps"] for c in CONCURRENCY]
             ax.plot(CONCURRENCY, ys, style, label=system)
-        ceil = [ceiling_at(rows, model, operation, _server(rows, "batched", model, operation, c).get("mean_batch"))
+        ceil = [ceiling_at(rows, model, operation, server_row(rows, "batched", model, operation, c).get("mean_batch"))
                 ["rows_per_s"] for c in CONCURRENCY]
         ax.plot(CONCURRENCY, ceil, "k-", alpha=0.3, label="runtime ceiling at the batch formed")
         ax.set_xscale("log", base=2)

@@ -12,8 +12,9 @@ import argparse
 import threading
 from pathlib import Path
 
-from vaedeploy.data import load_dataset
 from vaedeploy.export import export_run
+
+from vaedeploy.data import load_dataset
 from vaedeploy.io import atomic_write_bytes
 from vaedeploy.train import TrainConfig, train_run
 from vaedeploy.web import make_server, write_site

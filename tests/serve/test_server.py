@@ -407,3 +407,35 @@ def test_timeouts_reject_requests_that_waited_too_long(serve, exported):
     text = get(server, "/metrics")[1].decode()
     assert metric(text, "nv_inference_request_failure", "vae.sample", reason="REJECTED") == 1
     assert re.search(r'nv_inference_request_success\{model="vae.sample",version="1"\} 1.0', text)
+
+
+def test_the_server_turns_onnxruntime_spinning_off_and_direct_load_keeps_the_default(exported, monkeypatch):
+    import argparse
+
+    import vaedeploy
+    import vaedeploy.serve as serving
+    from vaedeploy.errors import ConfigError
+    from vaedeploy.serve.options import SESSION_CONFIG, add_serve_arguments, serve
+
+    def spinning(rt) -> str | None:
+        options = rt.runners["decoder"].session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # onnxruntime raises for an entry that was never set: its default, spinning
+            return None
+
+    served = []
+    monkeypatch.setattr(serving, "run", lambda server, *args: served.append(server))
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    bundle = str(exported("vae")[1])
+    assert serve(parser.parse_args([bundle, "--backend", "onnxruntime"])) == 0
+    (rt,) = served[0].runtimes
+    assert SESSION_CONFIG == {"session.intra_op.allow_spinning": "0"} and spinning(rt) == "0"
+    rt.close()
+    with vaedeploy.load(bundle) as direct:
+        assert spinning(direct) is None
+    with vaedeploy.load(bundle, backend="torch", session_config=SESSION_CONFIG) as other:  # no sessions to configure
+        assert other.backend == "torch"
+    with pytest.raises(ConfigError, match="session_config: expected ONNX Runtime config entries as strings"):
+        vaedeploy.load(bundle, session_config={"session.intra_op.allow_spinning": 0})

@@ -44,7 +44,8 @@ class Runtime:
         backend_reason: why this backend runs (``asked for``, or ``auto``'s sentence).
         buckets: batch bucket sizes (None: 1, 2, 4, … max_batch where ``cuda_graphs``, else no buckets).
         cuda_graphs: record each bucket's call as a CUDA graph (default: on CUDA); needs a CUDA device.
-        backend_options: keyword arguments of the backend's own (the TensorRT backend's ``engines``).
+        backend_options: keyword arguments of the backend's own (onnxruntime: ``session_config``; tensorrt:
+            ``engines``).
     """
 
     LATENT_TYPES: tuple[str, ...] = ()

@@ -13,7 +13,8 @@ WARMUPS = ("lazy", "all")
 
 
 def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "fp32", verify: bool = True, *,
-         buckets=None, cuda_graphs: bool | None = None, warmup: str = "lazy", engines=None) -> Runtime:
+         buckets=None, cuda_graphs: bool | None = None, warmup: str = "lazy", engines=None,
+         session_config: dict[str, str] | None = None) -> Runtime:
     """Load a bundle directory and return a ``Runtime`` on ``backend``.
 
     Args:
@@ -32,6 +33,9 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
         warmup: ``lazy`` records a bucket on its first call; ``all`` records every op and bucket now, largest
             first, and ``describe()`` has each capture's time.
         engines: the TensorRT engine cache (``vaedeploy build --cache``; default: the bundle's ``engines/``).
+        session_config: ONNX Runtime session config entries for every session (``SessionOptions.
+            add_session_config_entry``), e.g. ``{"session.intra_op.allow_spinning": "0"}`` as ``vaedeploy serve``
+            passes; used when onnxruntime is the backend that runs, ignored by the others (they have no sessions).
     """
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
@@ -45,9 +49,11 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
     name, reason = resolve(backend, device, loaded, precision, engines, buckets)
     if engines is not None and backend not in ("auto", "tensorrt"):
         raise ConfigError(f"engines= is the TensorRT backend's engine cache; backend {backend!r} takes none")
+    options = {"engines": engines} if name == "tensorrt" else {}
+    if session_config and name == "onnxruntime":
+        options["session_config"] = session_config
     runtime = runtime_class(loaded)(loaded, name, device, precision, backend_reason=reason, buckets=buckets,
-                                    cuda_graphs=cuda_graphs,
-                                    backend_options={"engines": engines} if name == "tensorrt" else None)
+                                    cuda_graphs=cuda_graphs, backend_options=options)
     if warmup == "all":
         try:
             runtime.warmup()

@@ -43,6 +43,14 @@ INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 HEADER_BYTES = HEADER_LENGTH.encode()
 OFF_LOOP_BYTES = 1 << 20  # bodies (or JSON outputs) larger than this are parsed (or written) in a thread
 CLIENT_GONE = 499  # nginx's "client closed request": written to no one
+# A request still waiting after this long starts watching its connection for a disconnect. Watching from arrival cost
+# one task per request, about 30 µs of the event loop's time each (docs/serving.md); most requests are answered
+# sooner, and the ones left waiting in a queue are those whose cancellation frees something.
+WATCH_AFTER_S = 0.05
+# CPython hands the GIL to a waiting thread after 5 ms by default: an instance thread back from a batch in ONNX Runtime
+# waited that long for the busy event loop, so the model and the HTTP work took turns instead of overlapping. Without
+# batching (one short run per request) 1 ms only added switches, so the default stays there (docs/serving.md).
+SWITCH_INTERVAL_S = 0.001
 
 
 class Disconnected(Exception):
@@ -250,9 +258,10 @@ class InferenceServer:
 
     @staticmethod
     async def _result(receive, batcher: DynamicBatcher, job):
-        """The job's outputs; a client that disconnects meanwhile cancels the job (its queued rows are dropped).
-        After the body, uvicorn's ``receive`` returns only when the client disconnects or the response is sent."""
-        watch = asyncio.ensure_future(receive())
+        """The job's outputs; a client that disconnects while it waits cancels the job (its queued rows are dropped),
+        noticed from ``WATCH_AFTER_S`` after arrival on. After the body, uvicorn's ``receive`` returns only when the
+        client disconnects or the response is sent."""
+        watch = None
 
         def gone(task: asyncio.Task) -> None:
             if not task.cancelled() and task.exception() is None and task.result()["type"] == "http.disconnect":
@@ -260,11 +269,18 @@ class InferenceServer:
                 if not job.future.done():
                     job.future.set_exception(Disconnected())
 
-        watch.add_done_callback(gone)
+        def start_watching() -> None:
+            nonlocal watch
+            watch = asyncio.ensure_future(receive())
+            watch.add_done_callback(gone)
+
+        timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, start_watching)
         try:
             return await job.future
         finally:
-            watch.cancel()
+            timer.cancel()
+            if watch is not None:
+                watch.cancel()
 
 
 def model_config(model: Operation, policy: BatchPolicy) -> dict:
@@ -310,13 +326,18 @@ class Uvicorn(uvicorn.Server):
 
 def run(server: InferenceServer, host: str = "127.0.0.1", port: int = 8000, shutdown_timeout: float = 30.0) -> None:
     """Serve until SIGTERM or Ctrl-C, then shut down gracefully (at most ``shutdown_timeout`` seconds for the
-    requests in flight). Prints the address and the models once they are ready."""
+    requests in flight). Prints the address and the models once they are ready. While it serves batching models,
+    the process's GIL switch interval is ``SWITCH_INTERVAL_S``."""
     sock = _listening_socket(host, port)
     shown = f"[{host}]" if ":" in host else host
     server.announce = (f"vaedeploy serve: {len(server.models)} models on http://{shown}:{sock.getsockname()[1]}/v2 "
                        "(Ctrl-C or SIGTERM stops)\n" + "\n".join(f"  {describe(m)}" for m in server.models.values()))
+    switch_interval = sys.getswitchinterval()
+    if server.policy.max_batch_size > 1:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         Uvicorn(server, shutdown_timeout).run(sockets=[sock])
     finally:
+        sys.setswitchinterval(switch_interval)
         sock.close()
         sys.stdout.flush()

@@ -12,6 +12,10 @@ from ..errors import ConfigError
 from .batcher import BatchPolicy
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a bundle's name; its models are NAME.operation
+# ONNX Runtime's intra-op threads spin after each run by default, waiting for the next one: right for one caller
+# timing calls back to back, wrong for a server, whose event loop, other models and clients need those cores between
+# batches (docs/serving.md has the measurements). Sessions run sequentially, so there is no inter-op pool to set.
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -86,7 +90,8 @@ def serve(args) -> int:
     loaded = []
     try:
         for name, bundle in zip(bundle_names(args.bundle, args.name), args.bundle):
-            loaded.append((name, load(bundle, backend=args.backend, device=args.device, precision=args.precision)))
+            loaded.append((name, load(bundle, backend=args.backend, device=args.device, precision=args.precision,
+                                      session_config=SESSION_CONFIG)))
         server = InferenceServer(loaded, policy, max_body_bytes=args.max_body_bytes, max_sample=args.max_sample)
     except BaseException:
         for _, runtime in loaded:

@@ -2,7 +2,9 @@
 
 Sessions run with every graph optimization on (ORT_ENABLE_ALL), sequential execution and one intra-op thread per
 physical core: at the small batches a VAE is served at, more threads only add synchronization. Input and output
-names are resolved once, so a call is one ``session.run``.
+names are resolved once, so a call is one ``session.run``. ``session_config`` adds ONNX Runtime's session config
+entries (``SessionOptions.add_session_config_entry``) to every session: ``vaedeploy serve`` turns the intra-op
+threads' spinning off with it (docs/serving.md).
 
 With batch buckets, and always on CUDA, a session runs through IOBinding (``BoundRunner``): inputs and outputs are
 bound by address in the runtime's arrays, numpy on the CPU and torch CUDA tensors on CUDA (so ``device="cuda"``
@@ -48,12 +50,17 @@ def physical_cores() -> int:
     return max(1, min(len(cores) or len(allowed), len(allowed)))
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, config: dict[str, str] | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or physical_cores()
     options.inter_op_num_threads = 1
+    for key, value in (config or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError(f"session_config: expected ONNX Runtime config entries as strings (e.g. "
+                              f"{{'session.intra_op.allow_spinning': '0'}}), got {key!r}: {value!r}")
+        options.add_session_config_entry(key, value)
     return options
 
 
@@ -81,13 +88,13 @@ class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
     def __init__(self, bundle, role: str, precision: str, device: str, outputs: list[str] | None = None,
-                 threads: int | None = None):
+                 config: dict[str, str] | None = None):
         super().__init__(bundle, role, precision, device, outputs)
-        self.providers, self.threads = providers(device), threads
+        self.providers, self.config = providers(device), config
         self.session = None
 
     def activate_impl(self) -> None:
-        self.session = ort.InferenceSession(str(self.graph["path"]), session_options(self.threads),
+        self.session = ort.InferenceSession(str(self.graph["path"]), session_options(config=self.config),
                                             providers=self.providers)
         # InferenceSession.run re-checks the feed's names in Python on every call (about a microsecond, 10% of a
         # batch-1 call); the runtime has checked the input already, so it calls the compiled session directly
@@ -150,8 +157,8 @@ class BoundRunner(OnnxRuntimeRunner):
     """
 
     def __init__(self, bundle, role: str, precision: str, device: str, outputs: list[str] | None, arrays,
-                 sizes: tuple[int, ...], graph_ids: dict[int, int], stream=None):
-        super().__init__(bundle, role, precision, device, outputs)
+                 sizes: tuple[int, ...], graph_ids: dict[int, int], stream=None, config: dict[str, str] | None = None):
+        super().__init__(bundle, role, precision, device, outputs, config=config)
         self.arrays, self.sizes, self.graph_ids, self.stream = arrays, set(sizes), graph_ids, stream
         self.providers = providers(device, stream.handle if stream is not None else None, bool(graph_ids))
         self.bindings: dict[int, _Binding] = {}
@@ -186,15 +193,17 @@ class Backend:
     Args:
         buckets: the runtime's batch buckets (None: none, and on the CPU the plain ``session.run`` runner).
         cuda_graphs: on CUDA, one ONNX Runtime CUDA graph per session and bucket.
+        session_config: ONNX Runtime session config entries added to every session (None: none).
     """
 
     name = "onnxruntime"
     capturable = False  # a run synchronizes ONNX Runtime's stream on the host: it cannot run inside a captured graph
 
     def __init__(self, bundle, precision: str, device: str, buckets: tuple[int, ...] | None = None,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, session_config: dict[str, str] | None = None):
         providers(device)  # refuse a device this onnxruntime cannot serve before any session is made
-        self.bundle, self.precision, self.device = bundle, precision, device
+        session_options(1, session_config)  # and config entries that are not strings
+        self.bundle, self.precision, self.device, self.config = bundle, precision, device, session_config
         cuda = device.startswith("cuda")
         self.arrays = TorchArrays(device) if cuda else NumpyArrays()
         self.sizes, self.bound = tuple(buckets or ()), cuda or buckets is not None
@@ -210,8 +219,8 @@ class Backend:
     def runner(self, role: str, outputs: list[str] | None = None) -> OnnxRuntimeRunner:
         if self.bound:
             return BoundRunner(self.bundle, role, self.precision, self.device, outputs, self.arrays, self.sizes,
-                               self.graph_ids, self.stream)
-        return OnnxRuntimeRunner(self.bundle, role, self.precision, self.device, outputs)
+                               self.graph_ids, self.stream, self.config)
+        return OnnxRuntimeRunner(self.bundle, role, self.precision, self.device, outputs, config=self.config)
 
     def close(self) -> None:
         pass
