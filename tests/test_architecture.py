@@ -136,3 +136,23 @@ def test_the_onnxruntime_path_imports_no_torch_at_module_level():
         offenders += [f"{name} imports {t}" for t, top in imports(name, path, known)
                       if top and (t.startswith(("torch", "triton")) or within(t, ("vaedeploy.models",)))]
     assert not offenders, "\n".join(offenders)
+
+
+def test_every_package_folder_is_installed():
+    """pyproject lists its packages by name (kernels/ and export/ install inside vaedeploy): a folder left out of the
+    list works in an editable install and is missing from the wheel, so check the list against the tree."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {package: ROOT / folder for package, folder in setuptools["package-dir"].items()}
+    found = set()
+    for package, folder in PACKAGES.items():
+        assert folders[package] == folder, f"pyproject maps {package} to {folders[package]}, expected {folder}"
+        for init in folder.rglob("__init__.py"):
+            parts = init.parent.relative_to(folder).parts
+            if package == "vaedeploy" and parts[:1] in (("kernels",), ("export",)):
+                continue
+            found.add(".".join([package, *parts]))
+    assert found == set(setuptools["packages"]), (
+        f"packages with an __init__.py but not in pyproject: {sorted(found - set(setuptools['packages']))}; "
+        f"listed but absent: {sorted(set(setuptools['packages']) - found)}")
