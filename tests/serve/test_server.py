@@ -409,7 +409,7 @@ def test_timeouts_reject_requests_that_waited_too_long(serve, exported):
     assert re.search(r'nv_inference_request_success\{model="vae.sample",version="1"\} 1.0', text)
 
 
-def test_the_server_turns_onnxruntime_spinning_off_and_direct_load_stops_it_after_each_run(exported, monkeypatch):
+def test_the_server_turns_onnxruntime_spinning_off_and_direct_load_keeps_the_default(exported, monkeypatch):
     import argparse
 
     import vaedeploy
@@ -417,15 +417,12 @@ def test_the_server_turns_onnxruntime_spinning_off_and_direct_load_stops_it_afte
     from vaedeploy.errors import ConfigError
     from vaedeploy.serve.options import SESSION_CONFIG, add_serve_arguments, serve
 
-    def entry(rt, key: str) -> str | None:
+    def spinning(rt) -> str | None:
         options = rt.runners["decoder"].session.get_session_options()
         try:
-            return options.get_session_config_entry(key)
-        except RuntimeError:  # onnxruntime raises for an entry that was never set: its default
+            return options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # onnxruntime raises for an entry that was never set: its default, spinning
             return None
-
-    def spinning(rt) -> str | None:
-        return entry(rt, "session.intra_op.allow_spinning")
 
     served = []
     monkeypatch.setattr(serving, "run", lambda server, *args: served.append(server))
@@ -436,10 +433,8 @@ def test_the_server_turns_onnxruntime_spinning_off_and_direct_load_stops_it_afte
     (rt,) = served[0].runtimes
     assert SESSION_CONFIG == {"session.intra_op.allow_spinning": "0"} and spinning(rt) == "0"
     rt.close()
-    with vaedeploy.load(bundle) as direct:  # spinning during a run, stopped when it returns (the runtime's default)
-        assert spinning(direct) is None and entry(direct, "session.force_spinning_stop") == "1"
-    with vaedeploy.load(bundle, session_config={"session.force_spinning_stop": "0"}) as overridden:
-        assert entry(overridden, "session.force_spinning_stop") == "0", "a user's entry overrides the default"
+    with vaedeploy.load(bundle) as direct:
+        assert spinning(direct) is None
     with vaedeploy.load(bundle, backend="torch", session_config=SESSION_CONFIG) as other:  # no sessions to configure
         assert other.backend == "torch"
     with pytest.raises(ConfigError, match="session_config: expected ONNX Runtime config entries as strings"):

@@ -2,12 +2,9 @@
 
 Sessions run with every graph optimization on (ORT_ENABLE_ALL), sequential execution and one intra-op thread per
 physical core: at the small batches a VAE is served at, more threads only add synchronization. Input and output
-names are resolved once, so a call is one ``session.run``. Each session's pool spins during a run and stops as soon
-as the run returns (``session.force_spinning_stop``): every session has its own pool, and in an op that chains
-graphs (``reconstruct``, a two-stage or VQ ``sample``) a pool still spinning after its graph would take the cores
-the next graph's pool needs (docs/benchmarks.md: reconstruct at batch 1,024 about halved, single graphs level).
-``session_config`` adds ONNX Runtime's session config entries (``SessionOptions.add_session_config_entry``) to
-every session: ``vaedeploy serve`` turns the intra-op threads' spinning off with it (docs/serving.md).
+names are resolved once, so a call is one ``session.run``. ``session_config`` adds ONNX Runtime's session config
+entries (``SessionOptions.add_session_config_entry``) to every session: ``vaedeploy serve`` turns the intra-op
+threads' spinning off with it (docs/serving.md).
 
 With batch buckets, and always on CUDA, a session runs through IOBinding (``BoundRunner``): inputs and outputs are
 bound by address in the runtime's arrays, numpy on the CPU and torch CUDA tensors on CUDA (so ``device="cuda"``
@@ -53,17 +50,13 @@ def physical_cores() -> int:
     return max(1, min(len(cores) or len(allowed), len(allowed)))
 
 
-# session config entries of every session; ``session_config`` entries are added after, so they can override these
-DEFAULT_CONFIG = {"session.force_spinning_stop": "1"}
-
-
 def session_options(threads: int | None = None, config: dict[str, str] | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or physical_cores()
     options.inter_op_num_threads = 1
-    for key, value in {**DEFAULT_CONFIG, **(config or {})}.items():
+    for key, value in (config or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ConfigError(f"session_config: expected ONNX Runtime config entries as strings (e.g. "
                               f"{{'session.intra_op.allow_spinning': '0'}}), got {key!r}: {value!r}")
