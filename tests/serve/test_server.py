@@ -433,8 +433,17 @@ def test_the_server_turns_onnxruntime_spinning_off_and_direct_load_keeps_the_def
     (rt,) = served[0].runtimes
     assert SESSION_CONFIG == {"session.intra_op.allow_spinning": "0"} and spinning(rt) == "0"
     rt.close()
+    def entry(rt, key: str) -> str | None:
+        try:
+            return rt.runners["decoder"].session.get_session_options().get_session_config_entry(key)
+        except RuntimeError:
+            return None
+
     with vaedeploy.load(bundle) as direct:
         assert spinning(direct) is None
+    # docs/benchmarks.md: chaining graphs at large batches on few cores wants the pools to stop after each run
+    with vaedeploy.load(bundle, session_config={"session.force_spinning_stop": "1"}) as chained:
+        assert entry(chained, "session.force_spinning_stop") == "1" and spinning(chained) is None
     with vaedeploy.load(bundle, backend="torch", session_config=SESSION_CONFIG) as other:  # no sessions to configure
         assert other.backend == "torch"
     with pytest.raises(ConfigError, match="session_config: expected ONNX Runtime config entries as strings"):
