@@ -87,58 +87,63 @@ def normal_at(seeds, counters, out):
         out[i] = _normal(np.uint64(counters[i]), np.uint64(seeds[i]))
 
 
+# A stream is one run of counters; a row draw is one run per row. Each ``_*_run`` fills ``count`` elements from
+# ``at`` with the run of counters start, start + 1, ... under ``seed``, so both kinds of draw share one loop body.
+@_inline
+def _normal_run(seed, start, out, at, count):
+    for j in range(count):
+        out[at + j] = _normal(start + np.uint64(j), seed)
+
+
+@_inline
+def _reparameterize_run(seed, start, mean, logvar, z, eps, at, count):
+    for j in range(count):
+        i = at + j
+        e = _normal(start + np.uint64(j), seed)
+        z[i] = _reparameterized(mean[i], logvar[i], e)
+        if eps.size:
+            eps[i] = e
+
+
+@_inline
+def _uniform_run(seed, start, out, at, count):
+    for j in range(count):
+        out[at + j] = _uniform(_words(start + np.uint64(j), seed)[0])
+
+
 @_jit
 def normal_stream(seed, start, out):
-    seed, start = np.uint64(seed), np.uint64(start)
-    for i in range(out.size):
-        out[i] = _normal(start + np.uint64(i), seed)
+    _normal_run(np.uint64(seed), np.uint64(start), out, 0, out.size)
 
 
 @_jit
 def normal_rows(seeds, starts, out):
     width = out.size // seeds.size
     for r in range(seeds.size):
-        seed, start = np.uint64(seeds[r]), np.uint64(starts[r])
-        for j in range(width):
-            out[r * width + j] = _normal(start + np.uint64(j), seed)
+        _normal_run(np.uint64(seeds[r]), np.uint64(starts[r]), out, r * width, width)
 
 
 @_jit
 def reparameterize_stream(seed, start, mean, logvar, z, eps):
     """z = mean + exp(clamp(logvar, -30, 20)/2)·eps (flattened float32 arrays); eps kept where it has room."""
-    seed, start = np.uint64(seed), np.uint64(start)
-    for i in range(z.size):
-        e = _normal(start + np.uint64(i), seed)
-        z[i] = _reparameterized(mean[i], logvar[i], e)
-        if eps.size:
-            eps[i] = e
+    _reparameterize_run(np.uint64(seed), np.uint64(start), mean, logvar, z, eps, 0, z.size)
 
 
 @_jit
 def reparameterize_rows(seeds, starts, mean, logvar, z, eps):
     width = z.size // seeds.size
     for r in range(seeds.size):
-        seed, start = np.uint64(seeds[r]), np.uint64(starts[r])
-        for j in range(width):
-            i = r * width + j
-            e = _normal(start + np.uint64(j), seed)
-            z[i] = _reparameterized(mean[i], logvar[i], e)
-            if eps.size:
-                eps[i] = e
+        _reparameterize_run(np.uint64(seeds[r]), np.uint64(starts[r]), mean, logvar, z, eps, r * width, width)
 
 
 @_jit
 def uniform_stream(seed, start, out):
     """`tl.rand`'s uniforms: the first word of each counter into [0, 1)."""
-    seed, start = np.uint64(seed), np.uint64(start)
-    for i in range(out.size):
-        out[i] = _uniform(_words(start + np.uint64(i), seed)[0])
+    _uniform_run(np.uint64(seed), np.uint64(start), out, 0, out.size)
 
 
 @_jit
 def uniform_rows(seeds, starts, out):
     width = out.size // seeds.size
     for r in range(seeds.size):
-        seed, start = np.uint64(seeds[r]), np.uint64(starts[r])
-        for j in range(width):
-            out[r * width + j] = _uniform(_words(start + np.uint64(j), seed)[0])
+        _uniform_run(np.uint64(seeds[r]), np.uint64(starts[r]), out, r * width, width)
