@@ -8,11 +8,11 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from vaedeploy.bench import stats
 from vaedeploy.io import write_json
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -35,25 +35,9 @@ def machine_info() -> dict:
 
 
 def summarize(seconds: Sequence[float]) -> dict:
-    """Latency figures in milliseconds from per-call wall times in seconds."""
-    ms = sorted(s * 1e3 for s in seconds)
-
-    def pct(q: float) -> float:
-        # nearest-rank percentile: a value that was really observed
-        return ms[min(len(ms) - 1, max(0, round(q / 100 * len(ms) + 0.5) - 1))]
-
-    mean = statistics.fmean(ms)
-    return {
-        "n": len(ms),
-        "p20_ms": pct(20),
-        "p50_ms": pct(50),
-        "p80_ms": pct(80),
-        "p90_ms": pct(90),
-        "p95_ms": pct(95),
-        "p99_ms": pct(99),
-        "mean_ms": mean,
-        "cv": statistics.pstdev(ms) / mean if mean > 0 else 0.0,
-    }
+    """Latency figures in milliseconds from per-call wall times in seconds, by the one definition of the bench tool
+    (``vaedeploy.bench.stats``: nearest-rank percentiles, values that were really observed)."""
+    return {"n": len(seconds), **stats.summarize(seconds, percentiles=(20, 50, 80, 90, 95, 99))}
 
 
 def time_interleaved(

@@ -23,12 +23,12 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[min(len(sorted_values), max(1, rank)) - 1]
 
 
-def summarize(seconds: Sequence[float], prefix: str = "") -> dict:
-    """``{prefix}p50_ms`` … ``{prefix}p99_ms``, ``{prefix}mean_ms`` and ``{prefix}cv`` (standard deviation over the
-    mean) of per-call times given in seconds."""
+def summarize(seconds: Sequence[float], prefix: str = "", percentiles: Sequence[int] = PERCENTILES) -> dict:
+    """``{prefix}p50_ms`` … ``{prefix}p99_ms`` (or the ``percentiles`` asked for), ``{prefix}mean_ms`` and
+    ``{prefix}cv`` (standard deviation over the mean) of per-call times given in seconds."""
     ms = sorted(s * 1e3 for s in seconds)
     mean = statistics.fmean(ms)
-    figures = {f"{prefix}p{q}_ms": percentile(ms, q) for q in PERCENTILES}
+    figures = {f"{prefix}p{q}_ms": percentile(ms, q) for q in percentiles}
     figures[f"{prefix}mean_ms"] = mean
     figures[f"{prefix}cv"] = statistics.pstdev(ms) / mean if mean > 0 else 0.0
     return figures
