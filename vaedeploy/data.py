@@ -12,17 +12,19 @@ User arrays that are already floats in [0, 1] have no levels; they are used as t
 """
 from __future__ import annotations
 
+import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
+from .io import open_regular, read_npy, read_npz_member
 
 BUILTIN = ("digits", "mnist5k")
 PREPROCESSINGS = ("dequantize", "binarize", "scale")
-
 
 
 @dataclass
@@ -127,28 +129,41 @@ def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, int, tuple[int, in
     return images.reshape(-1, 1, 28, 28), labels, 256, (1, 28, 28)
 
 
+_X_KEYS, _Y_KEYS = ("x", "images", "data", "arr_0"), ("y", "labels", "targets")  # a .npz's arrays, by name
+# what zipfile raises for a damaged or foreign archive besides BadZipFile: a bad deflate stream (zlib.error), an
+# encrypted member (RuntimeError), a compression it lacks (NotImplementedError)
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, ValueError, EOFError, OSError)
+
+
 def _load_arrays(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """The images (and labels) of a user's .npy or .npz, read through ``io.read_npy``: a FIFO, device or directory
+    is refused before it is opened for good, and no header or zip member may make it allocate more than
+    ``io.MAX_ARRAY_BYTES``."""
     if not path.exists():
         raise DataError(f"{path}: no such file (expected a .npy array or a .npz with 'x' and optional 'y')")
     if path.suffix not in (".npy", ".npz"):
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (expected .npy or .npz)")
-    if not path.is_file():
-        raise DataError(f"{path}: is a directory, not a file (expected a {path.suffix} array file)")
-    try:
+    with open_regular(path, f"a {path.suffix} array file", DataError) as f:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False), None
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
-            x_key = next((k for k in ("x", "images", "data", "arr_0") if k in keys), None)
-            if x_key is None:
-                raise DataError(f"{path}: expected an array named 'x' (or 'images', 'data', 'arr_0'); found {keys}")
-            y_key = next((k for k in ("y", "labels", "targets") if k in keys), None)
-            return archive[x_key], (archive[y_key] if y_key else None)
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as e:
-        if isinstance(e, DataError):
+            return read_npy(f, str(path), os.fstat(f.fileno()).st_size, DataError), None
+        try:
+            with zipfile.ZipFile(f) as archive:
+                return _read_npz(archive, path)
+        except DataError:
             raise
-        raise DataError(f"{path}: not a plain numeric {path.suffix} file ({type(e).__name__}: {e}); object arrays "
-                        "(pickles) are never loaded") from None
+        except _ZIP_ERRORS as e:
+            raise DataError(f"{path}: not a .npz archive numpy wrote ({type(e).__name__}: {e})") from None
+
+
+def _read_npz(archive: zipfile.ZipFile, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    members = {info.filename.removesuffix(".npy"): info for info in archive.infolist()
+               if info.filename.endswith(".npy")}
+    x_key = next((k for k in _X_KEYS if k in members), None)
+    if x_key is None:
+        raise DataError(f"{path}: expected an array named 'x' (or 'images', 'data', 'arr_0'); found {sorted(members)}")
+    y_key = next((k for k in _Y_KEYS if k in members), None)
+    return tuple(read_npz_member(archive, members[k], f"{path}: member {members[k].filename}", DataError)
+                 if k else None for k in (x_key, y_key))
 
 
 def _check_images(x: np.ndarray, source: str) -> tuple[np.ndarray, int | None, tuple[int, int, int]]:

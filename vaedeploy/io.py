@@ -4,16 +4,26 @@ A file is written to a temporary name in its own directory and renamed over the 
 the old file or the new one, never half of one. Errors name the file: an ``OSError`` keeps its errno and gets the
 path as its filename (a full or read-only disk reads "cannot write PATH: No space left on device"), and a file that
 cannot be parsed is a ``FileFormatError``.
+
+Every file a user hands in is read through ``open_regular`` (a FIFO, a device or a directory is refused before it
+can block or never end) and, for JSON, ``read_json``: bounded in size, UTF-8, any parse failure one sentence naming
+the file. The caller then checks the document against the schema of its format (``bundle.check_manifest``,
+``bench.output.check``) and names the field that is wrong.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from .errors import FileFormatError
+import numpy as np
+
+from .errors import FileFormatError, VaedeployError
 
 
 def _default_mode() -> int:
@@ -50,17 +60,113 @@ def write_json(path: str | os.PathLike, doc: Any) -> Path:
     return atomic_write_bytes(path, (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode())
 
 
-def read_json(path: str | os.PathLike, what: str = "a JSON file") -> Any:
-    """The parsed document; ``what`` says what the file should be, for the error messages."""
+MAX_JSON_BYTES = 64 << 20  # manifests, run configs and bench results are kilobytes: a file this big is none of them
+
+_FILE_TYPES = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def open_regular(path: str | os.PathLike, what: str, error: type[VaedeployError] = FileFormatError) -> BinaryIO:
+    """``path`` opened for reading in binary, refused with ``error`` when it is not a regular file: a FIFO would
+    block the reader until someone writes to it and a device may never end. Opened without blocking and checked on
+    the open descriptor, so what is checked is what is read."""
     path = Path(path)
-    if path.is_dir():
-        raise FileFormatError(f"{path}: is a directory (expected {what})")
     try:
-        return json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: missing (expected {what})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise FileFormatError(f"{path}: not valid JSON (expected {what}; {type(e).__name__}: {e})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(f"{path}: is {_FILE_TYPES.get(stat.S_IFMT(mode), 'not a regular file')}, not a file "
+                    f"(expected {what})")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_bytes(path: str | os.PathLike, what: str, max_bytes: int, error: type[VaedeployError] = FileFormatError
+               ) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (read no further, so a file that grows is caught too)."""
+    with open_regular(path, what, error) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise error(f"{path}: larger than the {max_bytes:,} bytes read of {what}; expected a smaller file")
+    return data
+
+
+def read_json(path: str | os.PathLike, what: str = "a JSON file", max_bytes: int = MAX_JSON_BYTES,
+              error: type[VaedeployError] = FileFormatError) -> Any:
+    """The parsed document of a UTF-8 JSON file of at most ``max_bytes``; ``what`` says what the file should be,
+    for the error messages, each a sentence of class ``error``. The caller checks the document against its schema.
+    """
+    data = read_bytes(path, what, max_bytes, error)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); expected {what}") \
+            from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); expected {what}") \
+            from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested deeper than the parser follows; expected {what}") from None
+    except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise error(f"{path}: not JSON this reader accepts ({e}); expected {what}") from None
+
+
+MAX_ARRAY_BYTES = 4 << 30  # the most one .npy array (a data file's images, a bundle's codebook) may declare: data sets
+# this toolkit trains on are megabytes (MNIST's 70,000 images are 55 MB as bytes); a header or a zip member claiming
+# more is refused before anything is allocated, whatever the file itself weighs
+_MAX_NPY_HEADER = 1 << 16  # a .npy header is a few hundred bytes; numpy itself refuses one over 10,000
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def read_npy(f: BinaryIO, where: str, available: int, error: type[VaedeployError] = FileFormatError) -> np.ndarray:
+    """The array of the .npy stream ``f`` (a file, or a member of a .npz), checked before it is read: a plain
+    numeric or boolean dtype (never an object array, which would be a pickle), at most ``MAX_ARRAY_BYTES``, and no
+    more than the ``available`` bytes the stream holds after its start. Errors are sentences of class ``error``
+    naming ``where``."""
+    start = f.tell()
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in _NPY_HEADERS:
+            raise ValueError(f"format version {version[0]}.{version[1]}, expected 1.0 or 2.0")
+        shape, fortran, dtype = _NPY_HEADERS[version](f)
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as e:  # the header is a Python literal
+        raise error(f"{where}: not a .npy array ({e})") from None
+    if any(d < 0 for d in shape):
+        raise error(f"{where}: not a .npy array (its header declares the shape {shape})")
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise error(f"{where}: holds an array of dtype {dtype}; expected a numeric array (integers, floats or "
+                    "booleans: an object array would be a pickle, which is never loaded)")
+    size = math.prod(shape) * dtype.itemsize
+    if size > MAX_ARRAY_BYTES:
+        raise error(f"{where}: declares a {'×'.join(map(str, shape))} {dtype} array of {size:,} bytes; expected at "
+                    f"most {MAX_ARRAY_BYTES:,} bytes (vaedeploy.io.MAX_ARRAY_BYTES)")
+    held = available - (f.tell() - start)
+    if size > held:
+        raise error(f"{where}: declares {size:,} bytes of array data but holds {held:,}; the file is truncated")
+    array = np.empty(shape, dtype, order="F" if fortran else "C")
+    buffer = memoryview(array.reshape(-1, order="A").view(np.uint8))  # the array's own memory: read in place
+    filled = 0
+    while filled < size and (n := f.readinto(buffer[filled:])):
+        filled += n
+    if filled < size:
+        raise error(f"{where}: ended after {filled:,} of its {size:,} bytes of array data; the file is truncated")
+    return array
+
+
+def read_npz_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str,
+                    error: type[VaedeployError] = FileFormatError) -> np.ndarray:
+    """One array of a .npz, its inflated size bounded by what the zip declares before anything is inflated (the
+    zip reader never gives more than that size, so a member that inflates further is cut off and refused)."""
+    if info.file_size > MAX_ARRAY_BYTES + _MAX_NPY_HEADER:
+        raise error(f"{where}: inflates to {info.file_size:,} bytes ({info.compress_size:,} compressed); expected "
+                    f"at most {MAX_ARRAY_BYTES:,} bytes of array (vaedeploy.io.MAX_ARRAY_BYTES)")
+    with archive.open(info) as member:
+        return read_npy(member, where, info.file_size, error)
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
@@ -76,8 +182,7 @@ def load_tensors(path: str | os.PathLike) -> dict:
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (expected a safetensors file)")
+    open_regular(path, "a safetensors file").close()  # a directory, FIFO or device: a sentence, not a hang
     try:
         return load_file(path)
     except (SafetensorError, ValueError, OSError) as e:
