@@ -1,4 +1,4 @@
-"""Export a model into a validated bundle, written atomically: a temporary directory, then one swap (target.py).
+"""Export a model into a validated bundle, written atomically: a staging directory, then one swap (vaedeploy.owned).
 
 ``export_run`` exports a run directory of ``vaedeploy train``: the model says what it exports
 (``Model.export_spec``: its graphs, validation inputs, latent entry and arrays), so this file never reads a kind's
@@ -8,11 +8,11 @@ latent type's own checks, the manifest (checked against the bundle schema), and 
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import io
 import os
 import secrets
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,12 @@ from torch import nn
 from vaedeploy import __version__
 from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, PRECISIONS, check_manifest, sha256_file
 from vaedeploy.errors import ConfigError
-from vaedeploy.io import atomic_write_bytes, replace_directory, save_tensors, write_json
+from vaedeploy.io import atomic_write_bytes, save_tensors, write_json
 from vaedeploy.models.spec import ExportSpec, GraphSpec, encoder_decoder_spec
+from vaedeploy.owned import MARKER, Staging
 
 from .onnx_export import DEFAULT_OPSET, HalfPrecision, check_opset, export_graph
-from .target import check_target, clean_leftovers, failed_dir, release, scratch_dir
+from .target import BUNDLE, check_target, failed_dir
 from .validate import LATENT_CHECKS, ValidationError, summary, validate_graphs
 
 # What each latent type's encoder returns: the names of its outputs, in order.
@@ -188,13 +189,11 @@ def write_bundle(
     out = Path(out)
     precisions = tuple(dict.fromkeys(("fp32", *precisions)))
     _check_options(precisions, max_batch, exporter, opset)
-    check_target(out, force=force)
-    clean_leftovers(out)
     facts = {"format_version": FORMAT_VERSION, "kind": kind, "input": input_spec, "latent": spec.latent,
              "likelihood": spec.likelihood, "vaedeploy_version": __version__}
-    tmp, backup = scratch_dir(out), scratch_dir(out)
-    try:
-        graphs, files = _export_graphs(spec, tmp, facts, exporter, opset, precisions)
+    with Staging(out, BUNDLE, check=functools.partial(check_target, force=force)) as staging:
+        graphs, files = _export_graphs(spec, staging, facts, exporter, opset, precisions)
+        tmp = staging.root
         report = validate_graphs(spec.graphs, files, tmp, max_batch)
         if check := LATENT_CHECKS.get(spec.latent["type"]):
             result = check(spec, files, tmp, max_batch)
@@ -203,11 +202,11 @@ def write_bundle(
             report["passed"] = report["passed"] and result["passed"]
         write_json(tmp / "validation.json", report)
         if not report["passed"]:
-            raise _failed(tmp, out, report, backup)
+            raise _failed(staging, out, report)
         for name, array in spec.arrays.items():
             buffer = io.BytesIO()
             np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-            atomic_write_bytes(tmp / f"{name}.npy", buffer.getvalue())
+            atomic_write_bytes(staging.path(f"{name}.npy"), buffer.getvalue())
         model_doc = None
         if model is not None:
             save_tensors(tmp / "model.safetensors", model["state_dict"], {"format": str(FORMAT_VERSION)})
@@ -218,26 +217,20 @@ def write_bundle(
             "graphs": graphs,
             "arrays": {name: f"{name}.npy" for name in spec.arrays},
             "model": model_doc,
-            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file() and p.name != MARKER},
             "tools": _tool_versions(),
             "validation": {**summary(report), "file": "validation.json"},
         }
         check_manifest(manifest, tmp / MANIFEST)
         write_json(tmp / MANIFEST, manifest)
-        check_target(out, force=force)  # again: the target may have changed while the graphs were exported
-        old = replace_directory(tmp, out, backup=backup)
-        if old is not None:
-            shutil.rmtree(old)  # the previous bundle: only bundle files (check_target), now swapped out
-    finally:
-        for path in (tmp, backup):  # this export's own directories; a failed delete is cleaned next time
-            shutil.rmtree(path, ignore_errors=True)
-            release(path)
+        staging.commit()  # checks the target again: it may have changed while the graphs were exported
     return out
 
 
-def _export_graphs(spec: ExportSpec, tmp: Path, facts: dict, exporter: str, opset: int,
+def _export_graphs(spec: ExportSpec, staging: Staging, facts: dict, exporter: str, opset: int,
                    precisions: tuple[str, ...]) -> tuple[dict, dict]:
-    """Every graph in every precision into ``tmp``: (manifest entries role → precision → entry, files likewise)."""
+    """Every graph in every precision into ``staging``: (manifest entries role → precision → entry, files
+    likewise)."""
     graphs: dict[str, dict] = {}
     files: dict[str, dict[str, str]] = {}
     for graph in spec.graphs:
@@ -247,7 +240,7 @@ def _export_graphs(spec: ExportSpec, tmp: Path, facts: dict, exporter: str, opse
             file = f"{graph.role}.onnx" if precision == "fp32" else f"{graph.role}.{precision}.onnx"
             module = graph.module if precision == "fp32" else HalfPrecision(graph.module)
             entry = export_graph(
-                module, example_inputs, graph.input_names, graph.output_names, tmp / file, exporter=exporter,
+                module, example_inputs, graph.input_names, graph.output_names, staging.path(file), exporter=exporter,
                 opset=opset, metadata={**facts, "role": graph.role, "precision": precision, "exporter": exporter},
             )
             entry["module"] = graph.module_path or graph.role  # what the torch backend runs for this graph
@@ -256,14 +249,12 @@ def _export_graphs(spec: ExportSpec, tmp: Path, facts: dict, exporter: str, opse
     return graphs, files
 
 
-def _failed(tmp: Path, out: Path, report: dict, backup: Path) -> ValidationError:
+def _failed(staging: Staging, out: Path, report: dict) -> ValidationError:
     """Keep the graphs that failed validation at ``OUT.failed`` (when nothing else is there) and say where."""
     failed = failed_dir(out)
     if failed is None:  # something not ours is at OUT.failed: keep this report under a name of its own
         failed = out.with_name(f"{out.name}.failed-{secrets.token_hex(4)}")
-    old = replace_directory(tmp, failed, backup=backup)
-    if old is not None:
-        shutil.rmtree(old)
+    staging.commit(to=failed)
     return ValidationError(
         f"validation failed, bundle not written; report in {failed / 'validation.json'}:\n  "
         + "\n  ".join(report["failures"][:10]), report)

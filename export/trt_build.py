@@ -16,6 +16,11 @@ not match, when it does not match its record (an interrupted build), or when Ten
 plan is written before its record, each atomically, and the backend checks the plan's sha256 against the record
 before it deserializes it: a half-built plan is never loaded.
 
+The cache directory follows vaedeploy's ownership rule (``vaedeploy.owned``, ``ENGINE_CACHE``): it must be absent,
+empty, or a cache `vaedeploy build` wrote, holding nothing else. It is filled file by file, never replaced: each
+file's name joins the directory's marker before the file is written, so a build killed halfway leaves only listed
+files. A cache written before the marker is known by its engine records (``older_engine_cache``).
+
 ``validate_engines`` runs every engine at every bucket and compares each output with ONNX Runtime on the fp32 graph,
 within export's tolerance of the engine's precision (``validate.TOLERANCES``), failing hard.
 """
@@ -25,6 +30,8 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
+import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaedeploy import __version__
+from vaedeploy import __version__, owned
 from vaedeploy.bundle import ENGINE_RECORD_FORMAT, ENGINES, PRECISIONS, Bundle, engine_files, load_bundle
 from vaedeploy.errors import BundleError, ConfigError, DataError, FileFormatError, JobFailed, MissingDependency
 from vaedeploy.io import atomic_write_bytes, read_json, write_json
@@ -65,6 +72,34 @@ FLAVOURS = {
 MODULES = ("tensorrt", "tensorrt_rtx")  # the order a build looks for them
 INSTALL = "pip install 'vaedeploy[trt]' (TensorRT 10.1 or newer; TensorRT-RTX 1.2 or newer as tensorrt_rtx also works)"
 OPT_LEVELS = range(6)  # TensorRT's builder optimization levels; 3 is its default
+
+
+def older_engine_cache(directory: Path) -> set[str] | None:
+    """The files an engine cache of a `vaedeploy build` from before the marker vouches for: its engine records (JSON
+    of ``ENGINE_RECORD_FORMAT``) and the plans they name, its validation reports and timing caches; None when it
+    has no engine record."""
+    listed, records = set(), 0
+    for path in directory.iterdir():
+        if path.is_symlink() or not path.is_file():
+            continue
+        if re.fullmatch(r"timing\..+\.cache", path.name):
+            listed.add(path.name)
+        elif path.suffix == ".json":
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError, RecursionError):
+                continue
+            if isinstance(doc, dict) and doc.get("format") == ENGINE_RECORD_FORMAT \
+                    and isinstance(doc.get("plan"), dict) and isinstance(doc["plan"].get("file"), str):
+                listed |= {path.name, doc["plan"]["file"]}
+                records += 1
+            elif isinstance(doc, dict) and re.fullmatch(r"validation\.\w+\.json", path.name) and "checks" in doc:
+                listed.add(path.name)
+    return listed if records else None
+
+
+ENGINE_CACHE = owned.Kind(tool="build", what="an engine cache of `vaedeploy build`", noun="engine cache",
+                          error=ConfigError, legacy=older_engine_cache)
 
 
 def import_tensorrt():
@@ -278,6 +313,7 @@ class _Build:
         start = time.perf_counter()
         data = self.build(self.bundle.graph(role, key["graph"]["precision"]), key["builder"]["typing"])
         seconds = time.perf_counter() - start
+        owned.claim(self.directory, ENGINE_CACHE, [plan.name, record_path.name])
         atomic_write_bytes(plan, data)  # the plan first: a record never names a plan that is not whole
         record = {"format": ENGINE_RECORD_FORMAT, "role": role, "precision": self.settings.precision, "key": key,
                   "plan": {"file": plan.name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
@@ -322,6 +358,7 @@ class _Build:
         if plan is None:
             raise JobFailed(f"TensorRT could not build an engine of {graph['path']} ({self.logger.last()})")
         if flavour.timing_cache:
+            owned.claim(self.directory, ENGINE_CACHE, [self.timing_cache.name])
             atomic_write_bytes(self.timing_cache, bytes(config.get_timing_cache().serialize()))
         return bytes(plan)
 
@@ -363,6 +400,7 @@ def build_engines(bundle, *, buckets=None, max_batch=None, precision="fp32", opt
     loaded = load_bundle(bundle)
     chosen = settings(loaded, buckets, max_batch, precision, opt_level, workspace_mib, ranges)
     directory = Path(cache) if cache is not None else loaded.root / ENGINES
+    owned.check_target(directory, ENGINE_CACHE)  # before the work: a refused cache should not cost a build
     start = time.perf_counter()
     with on_gpu(device) as gpu:
         build = _Build(trt, flavour, loaded, chosen, directory, gpu, progress)
@@ -458,6 +496,7 @@ def validate_engines(bundle: Bundle, built: dict, runner, progress=print) -> dic
               "reference": f"onnxruntime {ort.__version__} CPUExecutionProvider on the fp32 graphs", "inputs": label,
               "tensorrt": built["tensorrt"], "gpu": built["gpu"], "worst": worst, "failures": failures,
               "checks": checks}
+    owned.claim(directory, ENGINE_CACHE, [f"validation.{precision}.json"])
     path = write_json(directory / f"validation.{precision}.json", report)
     for role in bundle.manifest["graphs"]:  # the backend refuses an engine whose record says it failed
         record_path = engine_files(directory, role, precision)[1]

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import vaedeploy.export.bundle_writer as writer
 from torch import nn
 from vaedeploy.export import ValidationError, export_bundle, export_run
 
@@ -16,6 +15,7 @@ from vaedeploy import load
 from vaedeploy.bundle import BundleError, load_bundle
 from vaedeploy.errors import ConfigError
 from vaedeploy.io import replace_directory
+from vaedeploy.owned import MARKER
 
 
 def ae_run(exported):
@@ -51,14 +51,13 @@ def test_a_folder_of_the_users_files_a_file_and_a_run_are_never_replaced(exporte
 def test_a_bundle_holding_a_users_file_or_a_damaged_manifest(exported, tmp_path):
     run, out = ae_run(exported), tmp_path / "bundle"
     export_ae(run, out)
+    assert (out / MARKER).is_file()
     (out / "README.txt").write_text("my notes about this model")
     with pytest.raises(BundleError, match=r"holds files that are not part of its bundle \(README.txt\)"):
         export_ae(run, out, force=True)
     (out / "README.txt").unlink()
     (out / "manifest.json").write_text("{ half a manifest")
-    with pytest.raises(BundleError, match="cannot be read.*pass --force"):
-        export_ae(run, out)
-    export_ae(run, out, max_batch=8, force=True)
+    export_ae(run, out, max_batch=8)  # the marker proves it ours: a damaged manifest needs no --force
     assert load_bundle(out).max_batch == 8
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -66,53 +65,56 @@ def test_a_bundle_holding_a_users_file_or_a_damaged_manifest(exported, tmp_path)
     assert load_bundle(empty).kind == "ae"
 
 
-STEPS = ["export_graph", "write_json", "exchange", "rename_new", "remove_old"]
-
-
-@pytest.mark.parametrize("step", STEPS)
-def test_a_failure_at_any_step_of_a_replace_leaves_a_complete_bundle(exported, tmp_path, monkeypatch, step):
+def test_a_bundle_of_an_older_version_is_known_by_its_valid_manifest(exported, tmp_path):
     run, out = ae_run(exported), tmp_path / "bundle"
-    export_ae(run, out, max_batch=4)
-    calls = {"n": 0}
-
-    def fail(*args, **kwargs):
-        raise OSError(28, "No space left on device (injected)")
-
-    if step == "export_graph":  # the second graph: the first is already in the temporary directory
-        original = writer.export_graph
-
-        def flaky(*args, **kwargs):
-            calls["n"] += 1
-            return fail() if calls["n"] == 2 else original(*args, **kwargs)
-        monkeypatch.setattr(writer, "export_graph", flaky)
-    elif step == "write_json":  # the manifest, the last file written
-        original_write = writer.write_json
-        monkeypatch.setattr(writer, "write_json", lambda path, doc: fail() if path.name == "manifest.json"
-                            else original_write(path, doc))
-    elif step == "exchange":  # the OS call that swaps the two directories
-        monkeypatch.setattr("vaedeploy.io._exchange", fail)
-    elif step == "rename_new":  # the fallback without an atomic swap: the new one cannot take the old one's place
-        monkeypatch.setattr("vaedeploy.io._exchange", lambda a, b: False)
-        original_rename = os.rename
-
-        def rename(src, dst):
-            if str(src).endswith(".tmp") and str(dst) == str(out) and not calls["n"]:
-                calls["n"] += 1  # once: putting the old bundle back must work
-                fail()
-            return original_rename(src, dst)
-        monkeypatch.setattr("vaedeploy.io.os.rename", rename)
-    else:  # the old bundle cannot be deleted after the swap (as if the process were killed there)
-        monkeypatch.setattr(writer.shutil, "rmtree", lambda path, ignore_errors=False: (
-            None if ignore_errors else fail()))
-    with pytest.raises(OSError, match="injected"):
-        export_ae(run, out, max_batch=8)
-    monkeypatch.undo()
-    bundle = load_bundle(out)  # complete: every file present and matching its sha256
-    assert bundle.max_batch == (8 if step == "remove_old" else 4)
-    leftovers = [p for p in tmp_path.iterdir() if p.name != "bundle"]
-    export_ae(run, out, max_batch=2)  # the next export to the same target cleans what this one left
+    export_ae(run, out)
+    (out / MARKER).unlink()  # as bundles were written before the marker
+    export_ae(run, out, max_batch=8)
+    assert load_bundle(out).max_batch == 8 and (out / MARKER).is_file()
+    (out / MARKER).unlink()
+    (out / "README.txt").write_text("my notes")
+    with pytest.raises(BundleError, match=r"not part of its bundle \(README.txt\)"):
+        export_ae(run, out, force=True)
+    (out / "README.txt").unlink()
+    (out / "manifest.json").write_text("{ half a manifest")
+    with pytest.raises(BundleError, match="cannot be read and it carries no .vaedeploy-owned.json.*pass --force"):
+        export_ae(run, out)
+    with pytest.raises(BundleError, match="it cannot for model.safetensors, validation.json, which would be lost"):
+        export_ae(run, out, force=True)  # the graphs carry vaedeploy's metadata; the weights and report do not
+    for name in ("model.safetensors", "validation.json"):
+        (out / name).unlink()
+    export_ae(run, out, max_batch=2, force=True)
     assert load_bundle(out).max_batch == 2
-    assert not [p for p in tmp_path.iterdir() if p.name != "bundle"], (step, leftovers)
+
+
+def test_a_users_folder_whose_manifest_has_a_files_object_is_not_a_bundle(exported, tmp_path):
+    """Issue 25, case 1: ownership is proven by vaedeploy's marker, never by the shape of someone's JSON."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>my site</h1>")
+    (site / "data.csv").write_text("a,b\n1,2\n")
+    (site / "manifest.json").write_text(json.dumps({"name": "my app", "files": {"index.html": "0" * 64}}))
+    before = tree(site)
+    for force in (False, True):
+        with pytest.raises(BundleError, match=r"is not a vaedeploy bundle \(it holds data.csv, index.html, "
+                                              r"manifest.json\)"):
+            export_ae(ae_run(exported), site, force=force)
+    assert tree(site) == before
+
+
+def test_force_never_deletes_graphs_and_arrays_vaedeploy_did_not_write(exported, tmp_path):
+    """Issue 25, case 2: a folder with an unreadable manifest.json and the user's own .onnx and .npy files."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "manifest.json").write_text("{ not json")
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([], "resnet", [], [])), models / "resnet.onnx")
+    np.save(models / "embeddings.npy", np.arange(6.0))
+    before = tree(models)
+    with pytest.raises(BundleError, match="pass --force"):
+        export_ae(ae_run(exported), models)
+    with pytest.raises(BundleError, match="it cannot for embeddings.npy, resnet.onnx, which would be lost"):
+        export_ae(ae_run(exported), models, force=True)
+    assert tree(models) == before
 
 
 def test_a_reader_never_sees_the_bundle_missing_while_it_is_replaced(tmp_path):
@@ -140,14 +142,17 @@ def test_a_reader_never_sees_the_bundle_missing_while_it_is_replaced(tmp_path):
 
 def test_leftovers_are_cleaned_only_when_they_are_ours_and_their_export_is_gone(exported, tmp_path):
     run, out = ae_run(exported), tmp_path / "bundle"
+    export_ae(run, out)
     pids = (2**22 + 7, os.getppid(), 2**22 + 9)  # past Linux's largest pid; the parent, alive; past again
-    dead, alive, foreign = (tmp_path / f".bundle.export-{pid}-ab12cd34.tmp" for pid in pids)
-    for leftover in (dead, alive, foreign):
+    dead, alive, unmarked = (tmp_path / f".bundle.export-{pid}-ab12cd34.tmp" for pid in pids)
+    for leftover in (dead, alive, unmarked):
         leftover.mkdir()
         (leftover / "encoder.onnx").write_bytes(b"partial")
-    (foreign / "diary.txt").write_text("not a bundle file")
+    for leftover in (dead, alive):  # a staging directory's first file
+        (leftover / MARKER).write_text(json.dumps({"format": "vaedeploy-owned", "version": 1, "tool": "export",
+                                                   "complete": False, "entries": []}))
     export_ae(run, out)
-    assert not dead.exists() and alive.exists() and (foreign / "diary.txt").exists()
+    assert not dead.exists() and alive.exists() and (unmarked / "encoder.onnx").exists()  # a name proves nothing
 
 
 def test_a_failed_validation_never_replaces_something_else_at_out_failed(exported, tmp_path, monkeypatch):

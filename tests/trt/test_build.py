@@ -118,12 +118,13 @@ def test_an_interrupted_write_leaves_no_plan_that_loads(machine, bundle_copy, mo
     monkeypatch.setattr(os, "replace", fail_on(".plan"))
     with pytest.raises(OSError, match="No space left"):
         build(bundle, buckets=[1])
-    assert sorted(p.name for p in (bundle / "engines").iterdir() if not p.name.startswith("timing.")) == []
+    ours = ("timing.", ".vaedeploy-owned.json")  # the timing cache and the cache's marker (vaedeploy.owned)
+    assert sorted(p.name for p in (bundle / "engines").iterdir() if not p.name.startswith(ours)) == []
 
-    monkeypatch.setattr(os, "replace", fail_on(".json"))
+    monkeypatch.setattr(os, "replace", fail_on(".fp32.json"))
     with pytest.raises(OSError, match="No space left"):
         build(bundle, buckets=[1])
-    assert sorted(p.name for p in (bundle / "engines").iterdir() if not p.name.startswith("timing.")) == \
+    assert sorted(p.name for p in (bundle / "engines").iterdir() if not p.name.startswith(ours)) == \
         ["encoder.fp32.plan"]
     from vaedeploy.runtime.backends.tensorrt import usable
 
