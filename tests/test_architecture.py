@@ -9,7 +9,8 @@ PACKAGES = {"vaedeploy": ROOT / "vaedeploy", "vaedeploy.kernels": ROOT / "kernel
 # rank of each layer; a module may import its own rank and lower ones (the runtime is a column of its own)
 LAYERS = [
     (0, ("vaedeploy.errors", "vaedeploy")),  # the package root: its version, and ``load`` as a lazy door for users
-    (1, ("vaedeploy.io", "vaedeploy.data", "vaedeploy.bundle", "vaedeploy.kernels", "vaedeploy.plots")),
+    (1, ("vaedeploy.io", "vaedeploy.owned", "vaedeploy.data", "vaedeploy.bundle", "vaedeploy.kernels",
+         "vaedeploy.plots")),
     (2, ("vaedeploy.models",)),
     (3, ("vaedeploy.runs", "vaedeploy.fid")),
     (4, ("vaedeploy.train", "vaedeploy.evaluate", "vaedeploy.pictures")),
@@ -20,7 +21,7 @@ ROOT_PACKAGE = "vaedeploy"  # its one import, of the runtime, happens when a use
 RUNTIME_MAY_IMPORT = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.bundle", "vaedeploy.kernels")
 TORCH_RUNNER = "vaedeploy.runtime.backends.torch"  # the one runtime module that may import torch and the models
 FORBIDDEN = {"vaedeploy.models": ("vaedeploy.plots",)}  # a model never draws
-TORCH_FREE = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.bundle", "vaedeploy.kernels.numpy_ops",
+TORCH_FREE = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.owned", "vaedeploy.bundle", "vaedeploy.kernels.numpy_ops",
               "vaedeploy.kernels.philox", "vaedeploy.kernels", "vaedeploy.runtime",
               "vaedeploy.export.triton_repo")  # a Triton repository is written where only the runtime is installed
 
