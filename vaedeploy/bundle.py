@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import BundleError
+from .io import open_regular, read_json, read_npy
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -38,6 +39,17 @@ PRECISIONS = ("fp32", "fp16")
 BATCH_AXIS = "batch"  # the name of every graph's dynamic leading axis
 LIKELIHOOD_OUTPUTS = {"gaussian": 2, "bernoulli": 1, "identity": 1}  # how many parameters each kind's decoder gives
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+# Every name a manifest gives (kind, graph roles, tensor, array and file names) becomes part of a path or a model
+# name somewhere (a Triton repository's folders, engine files, V2 model names), so it is one plain word that can
+# never be ``..`` or hold a ``/``. Export writes names like ``encoder``, ``stage2_decoder``, ``eps_0``, ``z_e`` and
+# ``decoder.fp16.onnx``.
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+NAME_RULE = "a name of 1 to 64 letters, digits, '_', '.' or '-' that starts with a letter or '_' and has no '..'"
+DTYPES = ("float32", "float16", "float64", "int64", "int32")  # what a graph's inputs and outputs may be
+# The largest max_batch a bundle declares: export validates every graph on max_batch rows in one call and a
+# TensorRT build makes one profile per power of two up to it, while the runtime splits any larger batch anyway, so
+# beyond this a larger value buys nothing but memory (the GPU benchmarks export 16,384).
+MAX_BATCH = 1 << 16
 ENGINES = "engines"  # the bundle's TensorRT engine cache, the default of `vaedeploy build --cache`
 ENGINE_RECORD_FORMAT = 1  # the version of the JSON record beside each plan (docs/tensorrt.md)
 
@@ -69,7 +81,10 @@ def _inside(root: Path, name: str) -> Path:
 # ---- the schema ------------------------------------------------------------------------------------------------
 
 def _show(value) -> str:
-    text = json.dumps(value) if isinstance(value, (dict, list, str, bool, int, float, type(None))) else repr(value)
+    try:
+        text = json.dumps(value) if isinstance(value, (dict, list, str, bool, int, float, type(None))) else repr(value)
+    except RecursionError:  # a value nested about as deep as the parser follows: its type says enough
+        text = f"a deeply nested {type(value).__name__}"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -102,6 +117,12 @@ class _Fields:
             self.fail(field, "a non-empty string", value)
         return value
 
+    def name(self, value, field: str) -> str:
+        """A name that may become part of a path (``NAME``): checked here, once, so no reader has to."""
+        if not isinstance(value, str) or not NAME.fullmatch(value) or ".." in value:
+            self.fail(field, NAME_RULE, value)
+        return value
+
     def one_of(self, value, options, field: str):
         if not isinstance(value, str) or value not in options:
             self.fail(field, f"one of {sorted(options)}", value)
@@ -131,7 +152,7 @@ def _gaussian(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
         if f.key(prior, "type", "latent.prior") != "two_stage":
             f.fail("latent.prior.type", "'two_stage'", prior["type"])
         u = f.integer(f.key(prior, "dim", "latent.prior"), "latent.prior.dim")
-        graphs[f.string(f.key(prior, "graph", "latent.prior"), "latent.prior.graph")] = (
+        graphs[f.name(f.key(prior, "graph", "latent.prior"), "latent.prior.graph")] = (
             [tensor("u", [u])], [tensor("mean", [d]), tensor("log_gamma", [d])])
     return graphs
 
@@ -162,7 +183,7 @@ def _vq(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
         f.fail("latent.prior.start_token", f"a token in [0, {codes}]", start)
     return {"encoder": ([tensor("x", m["input"]["shape"])], [tensor("z_e", [d, h, w])]),
             "decoder": ([tensor("z_q", [d, h, w])], image()),
-            f.string(f.key(prior, "graph", "latent.prior"), "latent.prior.graph"): (
+            f.name(f.key(prior, "graph", "latent.prior"), "latent.prior.graph"): (
                 [tensor("tokens", [length], "int64")], [tensor("logits", [length, codes])])}
 
 
@@ -174,11 +195,11 @@ def _hierarchical(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
         layer = f.obj(layer, f"latent.layers[{i}]")
         dims.append(f.integer(f.key(layer, "dim", f"latent.layers[{i}]"), f"latent.layers[{i}].dim"))
         for k in ("noise", "z", "mean", "logvar"):
-            names.setdefault(k, []).append(f.string(f.key(layer, k, f"latent.layers[{i}]"), f"latent.layers[{i}].{k}"))
+            names.setdefault(k, []).append(f.name(f.key(layer, k, f"latent.layers[{i}]"), f"latent.layers[{i}].{k}"))
     if f.integer(f.key(latent, "dim", "latent"), "latent.dim") != sum(dims):
         f.fail("latent.dim", f"the sum of the layers' sizes, {sum(dims)}", latent["dim"])
     roles = f.obj(f.key(latent, "graphs", "latent"), "latent.graphs")
-    encode, decode, sample = (f.string(f.key(roles, k, "latent.graphs"), f"latent.graphs.{k}")
+    encode, decode, sample = (f.name(f.key(roles, k, "latent.graphs"), f"latent.graphs.{k}")
                               for k in ("encode", "decode", "sample"))
     if encode != "encoder":
         f.fail("latent.graphs.encode", "'encoder'", encode)
@@ -203,11 +224,11 @@ def _check_graph_entry(entry, field: str, f: _Fields) -> None:
         for i, spec in enumerate(specs):
             where = f"{field}.{side}[{i}]"
             spec = f.obj(spec, where)
-            f.string(f.key(spec, "name", where), f"{where}.name")
+            f.name(f.key(spec, "name", where), f"{where}.name")
             shape = f.listed(f.key(spec, "shape", where), f"{where}.shape", 1)
             if not all(isinstance(s, (int, str)) and not isinstance(s, bool) for s in shape):
                 f.fail(f"{where}.shape", "a list of sizes (integers) and axis names", shape)
-            f.string(f.key(spec, "dtype", where), f"{where}.dtype")
+            f.one_of(f.key(spec, "dtype", where), DTYPES, f"{where}.dtype")
 
 
 def _same_signature(entry: dict, expected: Signature) -> str | None:
@@ -242,20 +263,22 @@ def check_manifest(manifest, where) -> None:
                           "upgrade vaedeploy")
     for key in ("kind", "input", "latent", "likelihood", "graphs", "files", "max_batch", "validation"):
         f.key(m, key, "the manifest")
-    f.string(m["kind"], "kind")
-    f.integer(m["max_batch"], "max_batch")
+    f.name(m["kind"], "kind")
+    if f.integer(m["max_batch"], "max_batch") > MAX_BATCH:
+        f.fail("max_batch", f"at most {MAX_BATCH} (the runtime splits larger batches)", m["max_batch"])
     shape = f.listed(f.key(f.obj(m["input"], "input"), "shape", "input"), "input.shape", 1)
     for s in shape:
         f.integer(s, "input.shape")
     files = f.obj(m["files"], "files")
     for name, digest in files.items():
+        f.name(name, "files")
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             f.fail(f"files[{name!r}]", "a sha256 hex digest", digest)
     for name, file in f.obj(m.get("arrays", {}), "arrays").items():
-        f.one_of(file, files, f"arrays.{name}")
+        f.one_of(file, files, f"arrays.{f.name(name, 'arrays')}")
     if m.get("model") is not None:
         model = f.obj(m["model"], "model")
-        f.string(f.key(model, "kind", "model"), "model.kind")
+        f.name(f.key(model, "kind", "model"), "model.kind")
         f.obj(f.key(model, "config", "model"), "model.config")
         f.one_of(f.key(model, "weights", "model"), files, "model.weights")
     if f.key(f.obj(m["validation"], "validation"), "passed", "validation") is not True:
@@ -268,7 +291,7 @@ def check_manifest(manifest, where) -> None:
     if len(outputs) != LIKELIHOOD_OUTPUTS[kind]:
         f.fail("likelihood.outputs", f"{LIKELIHOOD_OUTPUTS[kind]} name(s) for a {kind} likelihood", outputs)
     for name in outputs:
-        f.string(name, "likelihood.outputs")
+        f.name(name, "likelihood.outputs")
 
     def image() -> list[dict]:  # a decoder's outputs: every likelihood parameter shaped like the input
         return [tensor(name, shape) for name in outputs]
@@ -282,7 +305,7 @@ def check_manifest(manifest, where) -> None:
             raise BundleError(f"{where}: graphs: a {latent_type} bundle needs a {role!r} graph; it has "
                               f"{sorted(graphs)}")
     for role, variants in graphs.items():
-        variants = f.obj(variants, f"graphs.{role}")
+        variants = f.obj(variants, f"graphs.{f.name(role, 'graphs')}")
         if "fp32" not in variants or not set(variants) <= set(PRECISIONS):
             f.fail(f"graphs.{role}", f"variants among {list(PRECISIONS)}, fp32 always", sorted(variants))
         for precision, entry in variants.items():
@@ -361,10 +384,8 @@ class Bundle:
         if name not in arrays:
             raise BundleError(f"{self.root}: no array {name!r}; this bundle has {sorted(arrays)}")
         path = _inside(self.root, arrays[name])
-        try:
-            return np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise BundleError(f"{path}: not a plain .npy array ({e})") from None
+        with open_regular(path, "a .npy array", BundleError) as f:
+            return read_npy(f, str(path), os.fstat(f.fileno()).st_size, BundleError)
 
 
 def read_manifest(root: str | os.PathLike) -> dict:
@@ -373,12 +394,9 @@ def read_manifest(root: str | os.PathLike) -> dict:
     manifest_path = root / MANIFEST
     if not root.is_dir():
         raise BundleError(f"{root}: not a bundle directory (expected the --out of `vaedeploy export`)")
-    if not manifest_path.is_file():
+    if not manifest_path.exists():
         raise BundleError(f"{root}: missing {MANIFEST} (expected the --out of `vaedeploy export`)")
-    try:
-        return json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise BundleError(f"{manifest_path}: not valid JSON ({type(e).__name__}: {e})") from None
+    return read_json(manifest_path, "a bundle manifest", error=BundleError)
 
 
 def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:

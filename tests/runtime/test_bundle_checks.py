@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vaedeploy import load
-from vaedeploy.bundle import BundleError, check_manifest, load_bundle
+from vaedeploy.bundle import NAME, BundleError, check_manifest, load_bundle
 
 
 @pytest.fixture()
@@ -53,6 +53,22 @@ CASES = [  # (what the independent check found, the edit, what the error names)
     ("a digest that is not one", lambda m: m["files"].update({"decoder.onnx": "abc"}),
      r"files\['decoder.onnx'\]: expected a sha256"),
     ("an fp16 variant without fp32", lambda m: m["graphs"]["decoder"].pop("fp32"), r"graphs.decoder: expected"),
+    # names become folders and files (a Triton repository, engine caches): each is one plain word
+    ("a graph role that climbs out", lambda m: m["graphs"].update({"../../escape": m["graphs"]["decoder"]}),
+     r"graphs: expected a name of 1 to 64 letters.*got \"../../escape\""),
+    ("a kind with a slash", lambda m: m.update(kind="vae/../x"), r"kind: expected a name of"),
+    ("a model kind that is a path", lambda m: m["model"].update(kind="/tmp/x"), r"model.kind: expected a name of"),
+    ("an input named like a path", lambda m: m["graphs"]["encoder"]["fp32"]["inputs"][0].update(name="a/b"),
+     r"graphs.encoder.fp32.inputs\[0\].name: expected a name of"),
+    ("an output named ..", lambda m: m["graphs"]["decoder"]["fp32"]["outputs"][0].update(name=".."),
+     r"graphs.decoder.fp32.outputs\[0\].name: expected a name of"),
+    ("a likelihood output that is empty", lambda m: m["likelihood"]["outputs"].__setitem__(0, ""),
+     r"likelihood.outputs: expected a name of"),
+    ("a file listed under a folder", lambda m: m["files"].update({"sub/x.onnx": "0" * 64}), r"files: expected a name"),
+    ("an unknown dtype", lambda m: m["graphs"]["decoder"]["fp32"]["inputs"][0].update(dtype="tensor(bool)"),
+     r"graphs.decoder.fp32.inputs\[0\].dtype: expected one of"),
+    ("a max_batch of a billion", lambda m: m.update(max_batch=10**9),
+     r"max_batch: expected at most 65536 \(the runtime splits larger batches\), got 1000000000"),
 ]
 
 
@@ -151,7 +167,43 @@ def test_loading_a_bundle_with_a_malformed_manifest_is_a_bundle_error_or_works(e
     assert rt.decode(z).shape == (2, *rt.input_shape)
 
 
-def test_a_good_bundle_passes_every_check(exported):
-    for name in ("vae", "ae", "vqvae", "biva", "twostage", "bivae"):
+def _names(manifest: dict) -> list[str]:
+    """Every name a manifest gives: what ``NAME`` must accept for each bundle export writes."""
+    latent, graphs = manifest["latent"], manifest["graphs"]
+    names = [manifest["kind"], manifest["model"]["kind"], *graphs, *manifest["files"], *manifest.get("arrays", {}),
+             *manifest["likelihood"]["outputs"], *latent.get("graphs", {}).values()]
+    names += [latent["prior"]["graph"]] if "prior" in latent else []
+    names += [layer[k] for layer in latent.get("layers", []) for k in ("noise", "z", "mean", "logvar")]
+    names += [spec["name"] for variants in graphs.values() for entry in variants.values()
+              for side in ("inputs", "outputs") for spec in entry[side]]
+    return names
+
+
+def test_a_good_bundle_of_every_kind_passes_every_check_and_its_names_the_name_rule(exported):
+    from vaedeploy.models import MODELS
+
+    for name in MODELS:  # the exported fixture has one bundle of every registered kind, by its name
         bundle = load_bundle(exported(name)[1])
         check_manifest(bundle.manifest, bundle.root)
+        assert all(NAME.fullmatch(n) and ".." not in n for n in _names(bundle.manifest)), name
+
+
+def test_a_two_stage_prior_role_that_climbs_out_is_refused_by_triton_repo_and_nothing_is_written(exported, tmp_path,
+                                                                                                   capsys):
+    from vaedeploy.cli import main
+
+    bundle = tmp_path / "in" / "b"
+    shutil.copytree(exported("twostage")[1], bundle)
+    role = "x/../../../SOMEWHERE"
+
+    def climb(m):
+        m["graphs"][role] = m["graphs"].pop(m["latent"]["prior"]["graph"])
+        m["latent"]["prior"]["graph"] = role
+
+    edited(bundle, climb)
+    before = sorted(tmp_path.parent.rglob("*"))
+    assert main(["triton-repo", str(bundle), "--out", str(tmp_path / "in" / "repo")]) == 2
+    assert "latent.prior.graph: expected a name of" in capsys.readouterr().err
+    assert sorted(tmp_path.parent.rglob("*")) == before, "nothing is written anywhere"
+    with pytest.raises(BundleError, match="latent.prior.graph"):
+        load_bundle(bundle, verify=False)
