@@ -19,22 +19,21 @@ onnxruntime, no torch): ``pip install vaedeploy`` in the container.
 Written for the latent types ``gaussian`` (with or without a two-stage prior), ``deterministic`` and ``vq`` (not its
 ``sample``: the autoregressive prior runs one graph call per code, which is ``vaedeploy serve``'s job); a
 ``hierarchical`` bundle is refused with a sentence saying so. Version folders are ``1/``, as Triton expects. The
-output directory is replaced whole, atomically where the OS allows, and only when it is absent, empty or a repository
-this command wrote (``MARKER``).
+output directory follows vaedeploy's one ownership rule (``vaedeploy.owned``): it is replaced whole, atomically where
+the OS allows, only when it is absent, empty or a repository this command wrote holding nothing the user added (a
+rerun refuses, listing the entries that would be lost); every path written, whatever model or file name made it,
+must stay inside the output directory.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from .. import owned
 from ..bundle import load_bundle
 from ..errors import ConfigError
-from ..io import replace_directory, write_json
 
-MARKER = ".vaedeploy-triton-repo.json"
+OLDER_MARKER = ".vaedeploy-triton-repo.json"  # what marked a repository before vaedeploy's one marker
 ENUM_FIELDS = {"data_type", "kind", "timeout_action"}  # written unquoted in the text format
 STAGE1_NOISE_OFFSET = 2**62  # where a two-stage sample's stage-1 noise starts in the stream (the runtime's constant)
 _DATATYPES = {"float32": "FP32", "int64": "INT64"}
@@ -210,14 +209,32 @@ def build(bundle, name: str, batching: dict) -> _Repository:
 
 # ---- writing ----------------------------------------------------------------------------------------------------
 
-def _check_target(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).is_file())):
-        raise ConfigError(f"{out}: exists and is not a repository written by `vaedeploy triton-repo` (no {MARKER}); "
-                          "expected an absent or empty directory, or an earlier output")
+def older_repository(directory: Path) -> set[str] | None:
+    """The entries a repository written before vaedeploy's marker vouches for: its ``OLDER_MARKER`` names its
+    models, and each model folder holds what this writer puts there (config.pbtxt, ``1/`` with its model file and
+    the codebook); None without that marker."""
+    try:
+        models = json.loads((directory / OLDER_MARKER).read_text())["models"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        return None
+    if not isinstance(models, list) or not all(isinstance(m, str) and "/" not in m for m in models):
+        return None
+    listed = {OLDER_MARKER}
+    for model in models:
+        listed |= {f"{model}/", f"{model}/config.pbtxt", f"{model}/1/",
+                   *(f"{model}/1/{file}" for file in ("model.onnx", "model.py", "codebook.npy"))}
+    return listed
+
+
+REPOSITORY = owned.Kind(tool="triton-repo", what="a repository written by `vaedeploy triton-repo`",
+                        noun="repository", error=ConfigError, legacy=older_repository)
 
 
 def write_repository(bundle_dir, out, name: str, batching: dict) -> list[str]:
     """Write the repository of the bundle at ``bundle_dir`` served as ``name`` into ``out``; returns its models.
+
+    ``out`` follows vaedeploy's ownership rule (``vaedeploy.owned``): absent, empty, or an earlier output holding
+    nothing the user added, else refused with the entries that would be lost; a failure leaves it as it was.
 
     Args:
         batching: ``max_batch_size``, ``dynamic_batching`` and ``instance_group`` as Triton's ModelConfig JSON
@@ -225,29 +242,17 @@ def write_repository(bundle_dir, out, name: str, batching: dict) -> list[str]:
     """
     bundle = load_bundle(bundle_dir)
     repo = build(bundle, name, batching)
-    out = Path(out)
-    _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    details = {"bundle": str(Path(bundle_dir).resolve()), "name": name, "models": sorted(repo.configs)}
+    with owned.Staging(Path(out), REPOSITORY, details) as staging:
         for model, config in repo.configs.items():
-            version = staging / model / "1"
-            version.mkdir(parents=True)
-            (staging / model / "config.pbtxt").write_text(text_proto(config))
+            staging.write_bytes(f"{model}/config.pbtxt", text_proto(config).encode())
+            staging.path(f"{model}/1").mkdir(parents=True, exist_ok=True)  # Triton needs the version folder
             for file, content in repo.files[model].items():
                 if isinstance(content, Path):
-                    shutil.copyfile(content, version / file)
+                    staging.copy(f"{model}/1/{file}", content)
                 else:
-                    (version / file).write_bytes(content)
-        write_json(staging / MARKER, {"bundle": str(Path(bundle_dir).resolve()), "name": name,
-                                      "models": sorted(repo.configs)})
-        os.chmod(staging, 0o755)
-        old = replace_directory(staging, out, out.with_name(f".{out.name}.old"))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if old is not None:  # an empty directory, or a repository this command wrote (checked above)
-        shutil.rmtree(old)
+                    staging.write_bytes(f"{model}/1/{file}", content)
+        staging.commit()
     return sorted(repo.configs)
 
 

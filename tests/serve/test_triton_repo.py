@@ -13,11 +13,13 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
-from vaedeploy.export.triton_repo import MARKER, write_repository
+from vaedeploy.export.triton_repo import OLDER_MARKER, write_repository
 
 from vaedeploy import load
 from vaedeploy.bundle import read_graph_signature
+from vaedeploy.cli import main
 from vaedeploy.errors import ConfigError
+from vaedeploy.owned import MARKER
 from vaedeploy.serve.app import model_config
 from vaedeploy.serve.batcher import BatchPolicy
 from vaedeploy.serve.models import operations
@@ -237,3 +239,47 @@ def test_hierarchical_is_refused_and_other_files_are_never_replaced(exported, tm
     again = write_repository(exported("vae")[1], tmp_path / "repo", "vae", POLICY.model_config())
     assert first == again and (tmp_path / "repo" / MARKER).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "repo"]  # no staging or backup left behind
+
+
+def test_a_rerun_refuses_what_the_user_added_and_names_it(exported, tmp_path, capsys):
+    """Issue 25, case 3: a model folder and a NOTES.md the user put in an earlier output are never deleted."""
+    bundle, out = exported("vae")[1], tmp_path / "repo"
+    write_repository(bundle, out, "vae", POLICY.model_config())
+    (out / "resnet" / "1").mkdir(parents=True)
+    (out / "resnet" / "config.pbtxt").write_text('name: "resnet"')
+    (out / "NOTES.md").write_text("my notes")
+    before = {p.relative_to(out): p.read_bytes() if p.is_file() else None for p in out.rglob("*")}
+    assert main(["triton-repo", str(bundle), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "holds files that are not part of its repository (NOTES.md, resnet/, " \
+        "resnet/1/, resnet/config.pbtxt), which a rewrite would lose" in error
+    assert {p.relative_to(out): p.read_bytes() if p.is_file() else None for p in out.rglob("*")} == before
+
+
+def test_a_symbolic_link_as_out_is_refused_and_left_as_it_was(exported, tmp_path):
+    """Issue 25, case 3: --out a link to an empty folder; the link stays where it was, pointing where it did."""
+    folder, link = tmp_path / "folder", tmp_path / "link"
+    folder.mkdir()
+    link.symlink_to(folder)
+    with pytest.raises(ConfigError, match="is a symbolic link"):
+        write_repository(exported("vae")[1], link, "vae", POLICY.model_config())
+    assert link.is_symlink() and link.readlink() == folder and not any(folder.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "link"]
+
+
+def test_a_name_that_would_leave_the_output_is_refused(exported, tmp_path):
+    """Issue 25, case 5: every path written resolves inside the staging directory, whatever name made it."""
+    out = tmp_path / "deep" / "repo"
+    with pytest.raises(ConfigError, match=r"the path '\.\./\.\./escape\.encoder/config\.pbtxt' would be written "
+                                          "outside the output directory"):
+        write_repository(exported("vae")[1], out, "../../escape", POLICY.model_config())
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep"]  # nothing written, no staging left
+
+
+def test_a_repository_of_an_older_version_is_known_by_its_own_marker(exported, tmp_path):
+    bundle, out = exported("vae")[1], tmp_path / "repo"
+    models = write_repository(bundle, out, "vae", POLICY.model_config())
+    (out / MARKER).unlink()
+    (out / OLDER_MARKER).write_text(json.dumps({"bundle": str(bundle), "name": "vae", "models": models}))
+    assert write_repository(bundle, out, "vae", POLICY.model_config()) == models
+    assert (out / MARKER).is_file() and not (out / OLDER_MARKER).exists()
