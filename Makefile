@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean web browser-deps docs mutation
+.PHONY: demo test install clean web browser-deps docs mutation gpu-check-prepare gpu-check
 
 install: $(STAMP)
 
@@ -54,3 +54,13 @@ clean:
 # docs/*.md tables from the committed results in benchmarks/results/*.json (tests/test_docs.py checks they agree)
 docs: $(STAMP)
 	$(BIN)/python -m benchmarks.report
+
+# Every GPU claim in one run on a CUDA machine, in under ten minutes (docs/gpu.md). gpu-check-prepare, here: the
+# bundles and wheels the bare GPU machine lacks, into .gpu_check/ (carried there). gpu-check, there: the image's
+# python3 where no venv exists; GPU_RESULTS is where each step's JSON goes (default benchmarks/results/gpu).
+GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+gpu-check-prepare: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_check prepare
+
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py run $(if $(GPU_RESULTS),--results $(GPU_RESULTS))

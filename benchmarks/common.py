@@ -79,10 +79,11 @@ def time_interleaved(
     return {name: summarize(t) for name, t in times.items()}
 
 
-def write_rows(name: str, rows: list[dict], *, meta: dict | None = None) -> Path:
-    """Write `benchmarks/results/<name>.json` atomically: the machine, when, and one row per measurement."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_rows(name: str, rows: list[dict], *, meta: dict | None = None, path: Path | None = None) -> Path:
+    """Write `benchmarks/results/<name>.json` (or ``path``) atomically: the machine, when, and one row per
+    measurement."""
+    path = path or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

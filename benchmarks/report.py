@@ -1,6 +1,7 @@
 """The tables of docs/*.md and README.md, generated from the committed results in benchmarks/results/*.json.
 
-A docs page marks each generated table with a pair of comments::
+A docs page marks each generated table with a pair of comments (a source ending in ``/`` names a folder of JSONs,
+as ``gpu/`` for docs/gpu.md)::
 
     <!-- generated from family.json: family -->
     | ... the table ... |
@@ -387,18 +388,70 @@ def serve_spinning(doc: dict) -> str:
                            "not spinning: CPU µs"], lines) + f"\n\n{_serve_caption(doc)}; CPU per call, all threads."
 
 
+# ---- benchmarks/gpu_check.py: one JSON per step in benchmarks/results/gpu/ (docs/gpu.md) -------------------------
+
+def _gpu_machine(record: dict | None) -> list[str]:
+    """device, driver and CUDA, versions: the cells every row of docs/gpu.md carries."""
+    machine = (record or {}).get("machine") or {}
+    gpu, versions = machine.get("gpu") or {}, machine.get("versions") or {}
+    if not gpu:
+        return ["—", "—", "—"]
+    tools = ", ".join(f"{name} {versions[name]}" for name in ("torch", "triton", "onnxruntime", "vaedeploy")
+                      if name in versions)
+    return [gpu["name"], f"{gpu.get('driver')}, CUDA {gpu.get('cuda')}", tools]
+
+
+def gpu_steps(docs: dict) -> str:
+    """Each step of the GPU check: its outcome, time against its budget, and where and when it ran."""
+    from benchmarks.gpu_check import STEPS, headline
+
+    lines = []
+    for step in STEPS:
+        record = docs.get(step.name)
+        if record is None:
+            lines.append([step.name, step.title, "not yet measured", "—", *_gpu_machine(None), "—"])
+        else:
+            seconds = f"{record['seconds']:.0f} / {record['budget_s']:.0f}"
+            lines.append([step.name, step.title, headline(record), seconds, *_gpu_machine(record), record["date"][:10]])
+    return markdown_table(["step", "what it checks", "outcome", "s / budget", "device", "driver, CUDA", "versions",
+                           "date"], lines)
+
+
+def gpu_goals(docs: dict) -> str:
+    """The GPU goals, met or missed with their figures, or not yet measured."""
+    from benchmarks.gpu_check import STEPS
+
+    lines = []
+    for step in STEPS:
+        record = docs.get(step.name)
+        if record is not None and record["status"] == "ran":
+            lines += [[g["goal"], f"{g['value']:.4g}", f"{g['threshold']:g}", "met" if g["met"] else "missed",
+                       *_gpu_machine(record), record["date"][:10]] for g in record.get("goals", [])]
+        else:
+            lines += [[claim, "not yet measured", "—", "—", *_gpu_machine(None), "—"] for claim in step.claims]
+    return markdown_table(["goal", "value", "threshold", "met", "device", "driver, CUDA", "versions", "date"], lines)
+
+
 TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae": vq_vs_vae, "bench": bench,
           "noise": noise, "peers": peers, "runtime_overhead": runtime_overhead, "performance": performance,
           "concurrency": concurrency, "threads": threads, "serving": serving, "serve_tables": serve_tables,
-          "serve_cpu": serve_cpu, "serve_spinning": serve_spinning}
+          "serve_cpu": serve_cpu, "serve_spinning": serve_spinning, "gpu_steps": gpu_steps, "gpu_goals": gpu_goals}
+
+
+def _results(name: str):
+    """The JSON ``name`` in benchmarks/results/, or for a folder (``gpu/``) a dict of its JSONs by stem (empty while
+    the folder does not exist: nothing measured yet)."""
+    path = RESULTS_DIR / name
+    if name.endswith("/"):
+        return {p.stem: json.loads(p.read_text()) for p in sorted(path.glob("*.json"))}
+    return json.loads(path.read_text())
 
 
 def render(page: str) -> str:
     """``page`` with every generated block rewritten from its JSON."""
     def block(match: re.Match) -> str:
         head, file, name, _, tail = match.groups()
-        doc = json.loads((RESULTS_DIR / file).read_text())
-        return f"{head}{TABLES[name](doc)}\n{tail}"
+        return f"{head}{TABLES[name](_results(file))}\n{tail}"
 
     return BLOCK.sub(block, page)
 
