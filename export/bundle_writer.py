@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vaedeploy import __version__
-from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, PRECISIONS, check_manifest, sha256_file
+from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, MAX_BATCH, PRECISIONS, check_manifest, sha256_file
 from vaedeploy.errors import ConfigError
 from vaedeploy.io import atomic_write_bytes, save_tensors, write_json
 from vaedeploy.models.spec import ExportSpec, GraphSpec, encoder_decoder_spec
@@ -80,8 +80,8 @@ def _check_decoder(decoder: nn.Module, z: torch.Tensor, likelihood: dict, image_
 def _check_options(precisions: tuple[str, ...], max_batch: int, exporter: str, opset: int) -> None:
     if unknown := set(precisions) - set(PRECISIONS):
         raise ConfigError(f"precision must be among {PRECISIONS}, got {sorted(unknown)}")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ConfigError(f"max_batch must be an integer of at least 1, got {max_batch!r}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or not 1 <= max_batch <= MAX_BATCH:
+        raise ConfigError(f"max_batch must be an integer from 1 to {MAX_BATCH} (bundle.MAX_BATCH), got {max_batch!r}")
     check_opset(exporter, opset)
 
 

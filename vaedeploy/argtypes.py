@@ -4,17 +4,23 @@ from __future__ import annotations
 import argparse
 import math
 
+from .bundle import MAX_BATCH
 
-def number(kind: type, low: float, inclusive: bool = True):
-    """An argparse type: a ``kind`` number ≥ ``low`` (> ``low`` when not ``inclusive``), or a one-line usage error."""
+
+def number(kind: type, low: float, inclusive: bool = True, high: float = math.inf):
+    """An argparse type: a ``kind`` number ≥ ``low`` (> ``low`` when not ``inclusive``) and ≤ ``high``, or a
+    one-line usage error."""
     expected = f"{'an integer' if kind is int else 'a finite number'} {'≥' if inclusive else '>'} {low:g}"
+    if high != math.inf:
+        expected += f" and ≤ {high:g}"
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value < low or (value == low and not inclusive):
+        if value is None or not math.isfinite(value) or value < low or (value == low and not inclusive) \
+                or value > high:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
@@ -23,3 +29,5 @@ def number(kind: type, low: float, inclusive: bool = True):
 
 POSITIVE_INT, COUNT, POSITIVE, NON_NEGATIVE = number(int, 1), number(int, 0), number(float, 0, False), \
     number(float, 0)
+# a bundle's max_batch: refused before export allocates its max_batch rows of validation data per graph
+BATCH_LIMIT = number(int, 1, high=MAX_BATCH)

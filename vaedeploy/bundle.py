@@ -21,7 +21,6 @@ sha256, that no path leaves the bundle, and that each ONNX graph is what its man
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import BundleError
-from .io import open_regular, read_json, read_npy
+from .io import open_regular, read_json, read_npy, show
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -80,14 +79,6 @@ def _inside(root: Path, name: str) -> Path:
 
 # ---- the schema ------------------------------------------------------------------------------------------------
 
-def _show(value) -> str:
-    try:
-        text = json.dumps(value) if isinstance(value, (dict, list, str, bool, int, float, type(None))) else repr(value)
-    except RecursionError:  # a value nested about as deep as the parser follows: its type says enough
-        text = f"a deeply nested {type(value).__name__}"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 class _Fields:
     """Type checks of one manifest's fields; each failure names the file, the field, what was expected and what came."""
 
@@ -95,7 +86,7 @@ class _Fields:
         self.where = where
 
     def fail(self, field: str, expected: str, got) -> None:
-        raise BundleError(f"{self.where}: {field}: expected {expected}, got {_show(got)}")
+        raise BundleError(f"{self.where}: {field}: expected {expected}, got {show(got)}")
 
     def obj(self, doc, field: str) -> dict:
         if not isinstance(doc, dict):

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .argtypes import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, number
+from .argtypes import BATCH_LIMIT, COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, number
 from .errors import ConfigError, JobFailed, VaedeployError
 
 # the training options a --resume takes from the run instead of the command line; only --epochs may change
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fp16 adds half-precision graphs beside the fp32 master (repeatable)")
     export.add_argument("--opset", type=POSITIVE_INT, default=18,
                         help="ONNX opset (dynamo: 18 up to this torch's newest; default 18)")
-    export.add_argument("--max-batch", type=POSITIVE_INT, default=1024, help="largest batch validated (default 1024)")
+    export.add_argument("--max-batch", type=BATCH_LIMIT, default=1024, help="largest batch validated (default 1024)")
     export.add_argument("--force", action="store_true",
                         help="replace a bundle whose manifest cannot be read (never a run or other files)")
     export.set_defaults(func=cmd_export)
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("bundle")
     build.add_argument("--buckets", type=_batch_sizes,
                        help="batch sizes, one optimization profile each, e.g. 1,2,4,8 (default 1, 2, 4, … --max-batch)")
-    build.add_argument("--max-batch", type=POSITIVE_INT, help="the largest default bucket (default: the bundle's)")
+    build.add_argument("--max-batch", type=BATCH_LIMIT, help="the largest default bucket (default: the bundle's)")
     build.add_argument("--ranges", action="store_true",
                        help="one profile per span between buckets (any batch unpadded) instead of one static each")
     build.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",

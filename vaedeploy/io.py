@@ -66,6 +66,15 @@ _FILE_TYPES = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)",
                stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
 
 
+def show(value, limit: int = 80) -> str:
+    """A value of a document as an error message shows it: its JSON, cut to ``limit`` characters."""
+    try:
+        text = json.dumps(value) if isinstance(value, (dict, list, str, bool, int, float, type(None))) else repr(value)
+    except RecursionError:  # a value nested about as deep as the parser follows: its type says enough
+        text = f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def open_regular(path: str | os.PathLike, what: str, error: type[VaedeployError] = FileFormatError) -> BinaryIO:
     """``path`` opened for reading in binary, refused with ``error`` when it is not a regular file: a FIFO would
     block the reader until someone writes to it and a device may never end. Opened without blocking and checked on

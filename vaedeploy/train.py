@@ -99,6 +99,20 @@ class TrainConfig:
         return 1.0 if self.kl_warmup_epochs <= 0 else min(1.0, (epoch + 1) / self.kl_warmup_epochs)
 
 
+
+def _diverged(loss: float, epoch: int, best: dict, files: dict) -> str:
+    """What to say when the loss stops being finite, naming only files that are on disk: a run that diverges
+    before its first checkpoint has none, and then --resume has nothing to continue."""
+    kept = []
+    if files["weights"].is_file():
+        kept.append(f"the best weights so far (epoch {best['epoch']}) are in {files['weights']}")
+    if files["checkpoint"].is_file():
+        kept.append(f"the last checkpoint is in {files['checkpoint']}")
+    stopped = f"loss became {loss} in epoch {epoch}; training stopped"
+    if not kept:
+        return f"{stopped} before anything was saved; try a lower --lr or --grad-clip and train again."
+    return f"{stopped}; {' and '.join(kept)}; try a lower --lr or --grad-clip, then --resume."
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size), initialising the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -224,12 +238,7 @@ def fit(
             if not torch.isfinite(loss):
                 if rank == 0 and best_weights:
                     save_tensors(files["weights"], best_weights, {"format": str(FORMAT_VERSION)})
-                raise TrainingDiverged(
-                    f"loss became {float(loss.detach())} in epoch {epoch + 1}; training stopped. The best weights so "
-                    f"far "
-                    f"(epoch {best['epoch']}) are in {files['weights']} and the last checkpoint in "
-                    f"{files['checkpoint']}; try a lower --lr or --grad-clip, then --resume."
-                )
+                raise TrainingDiverged(_diverged(float(loss.detach()), epoch + 1, best, files))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

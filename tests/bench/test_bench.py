@@ -76,7 +76,7 @@ def test_compare_gives_ratios_row_by_row(result):
 def test_malformed_results_are_refused_in_a_sentence(result, tmp_path):
     broken = copy.deepcopy(result)
     del broken["rows"][0]["p50_ms"]
-    with pytest.raises(ConfigError, match="row 0: a row with calls needs p50_ms"):
+    with pytest.raises(ConfigError, match=r"rows\[0\]: a row with calls needs p50_ms"):
         output.check(broken)
     (tmp_path / "old.json").write_text(json.dumps({**result, "schema_version": 0}))
     with pytest.raises(ConfigError, match="expected schema_version 1, got 0"):

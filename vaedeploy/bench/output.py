@@ -8,21 +8,32 @@ the case's key, its ``floor`` and ``x_floor`` (p50 over the floor), and a ``note
 from __future__ import annotations
 
 import io
-import json
 import statistics
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io import atomic_write_bytes, write_json
+from ..io import atomic_write_bytes, read_json, show, write_json
 
 SCHEMA_VERSION = 1
 IDENTITY = ("bundle", "url", "model", "backend", "device", "precision", "op", "batch", "concurrency", "copies",
             "cuda_graphs", "binary")
-REQUIRED = {"benchmark": str, "schema_version": int, "environment": dict, "settings": dict, "notes": list,
-            "rows": list}
-ROW_REQUIRED = {"batch": int, "concurrency": int, "windows": int, "stable": bool, "status": str, "calls": int,
-                "items_per_s": float, "errors": int, "repeat": int}
 ROW_FIGURES = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "cv")
+MAX_RESULT_BYTES = 256 << 20  # a result is kilobytes per row; a run of many thousand rows stays far below this
+
+# The schema of a result, one (required, optional) pair of field → JSON types per object: ``check`` reads every
+# document through it, the ones bench writes and the ones --compare loads, so a hand-edited file is refused naming
+# the file and the field. Fields not listed are free: they are shown, never computed with.
+_NUMBER, _NONE = (int, float), type(None)
+DOCUMENT = ({"benchmark": (str,), "schema_version": (int,), "environment": (dict,), "settings": (dict,),
+             "notes": (list,), "rows": (list,)}, {})
+ENVIRONMENT = ({"date": (str,), "command": (str,)}, {"versions": (dict,)})
+ROW = ({"batch": (int,), "concurrency": (int,), "windows": (int,), "stable": (bool,), "status": (str,),
+        "calls": (int,), "items_per_s": _NUMBER, "errors": (int,), "repeat": (int,)},
+       {**{k: (str, _NONE) for k in ("bundle", "url", "model", "backend", "device", "precision", "op")},
+        **{k: (bool, _NONE) for k in ("copies", "cuda_graphs", "binary")},
+        **{f"{prefix}{k}": _NUMBER for prefix in ("", "device_", "enqueue_") for k in ROW_FIGURES},
+        "floor": (dict, _NONE), "x_floor": (*_NUMBER, _NONE), "note": (str,), "first_error": (str,)})
+FLOOR = ({}, {"floor_ms": (*_NUMBER, _NONE), "bound": (str, _NONE)})
 OVERHEAD_BOUND = 10.0  # a batch-1 row this many times its floor is bound by per-call work, not the graph's
 
 
@@ -52,32 +63,55 @@ def annotate(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def check(doc: dict, source: str = "result") -> dict:
-    """``doc`` if it is a `vaedeploy bench` result of this schema, else a ConfigError naming the first fault."""
-    for key, kind in REQUIRED.items():
-        if not isinstance(doc.get(key), kind):
-            raise ConfigError(f"{source}: expected a vaedeploy bench result with {key!r} ({kind.__name__}), got "
-                              f"{type(doc.get(key)).__name__}")
+def _type_names(types: tuple) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "an object",
+             list: "a list", type(None): "null"}
+    return " or ".join(dict.fromkeys(names[t] for t in types if not (t is int and float in types)))
+
+
+def _fields(doc, schema: tuple[dict, dict], where: str, source: str) -> dict:
+    """``doc``, an object whose fields have the types ``schema`` gives, else a ConfigError naming the field."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: {where}: expected an object, got {show(doc)}")
+    required, optional = schema
+    for key, types in {**optional, **required}.items():
+        if key not in doc:
+            if key in required:
+                raise ConfigError(f"{source}: {where}: missing {key!r} ({_type_names(types)})")
+            continue
+        value = doc[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise ConfigError(f"{source}: {where}.{key}: expected {_type_names(types)}, got {show(value)}")
+    return doc
+
+
+def check(doc, source: str = "result") -> dict:
+    """``doc`` if it is a `vaedeploy bench` result of this schema, else a ConfigError naming the file (``source``)
+    and the first field at fault."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a vaedeploy bench result (a JSON object), got {show(doc)}")
+    _fields(doc, DOCUMENT, "the result", source)
     if doc["schema_version"] != SCHEMA_VERSION:
         raise ConfigError(f"{source}: expected schema_version {SCHEMA_VERSION}, got {doc['schema_version']}")
+    _fields(doc["environment"], ENVIRONMENT, "environment", source)
+    for i, note in enumerate(doc["notes"]):
+        if not isinstance(note, str):
+            raise ConfigError(f"{source}: notes[{i}]: expected a string, got {show(note)}")
     for i, row in enumerate(doc["rows"]):
-        for key, kind in ROW_REQUIRED.items():
-            value = row.get(key)
-            if not (isinstance(value, kind) or (kind is float and isinstance(value, int))) or \
-                    (kind is int and isinstance(value, bool)):
-                raise ConfigError(f"{source}: row {i}: expected {key!r} ({kind.__name__}), got {value!r}")
-        if row["calls"] and any(not isinstance(row.get(k), (int, float)) for k in ROW_FIGURES):
-            raise ConfigError(f"{source}: row {i}: a row with calls needs {', '.join(ROW_FIGURES)}")
+        _fields(row, ROW, f"rows[{i}]", source)
+        if row.get("floor") is not None:
+            _fields(row["floor"], FLOOR, f"rows[{i}].floor", source)
+        if row["calls"] and any(k not in row for k in ROW_FIGURES):
+            raise ConfigError(f"{source}: rows[{i}]: a row with calls needs {', '.join(ROW_FIGURES)}")
         if not (row.get("op") or row.get("model")):
-            raise ConfigError(f"{source}: row {i}: expected an 'op' (in-process) or a 'model' (server)")
+            raise ConfigError(f"{source}: rows[{i}]: expected an 'op' (in-process) or a 'model' (server)")
     return doc
 
 
 def load(path) -> dict:
-    try:
-        return check(json.loads(Path(path).read_text()), str(path))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    """A result file (``--compare``'s A.json and B.json), read through ``io.read_json`` and checked by ``check``."""
+    return check(read_json(path, "a `vaedeploy bench` result (what --out writes)", MAX_RESULT_BYTES, ConfigError),
+                 str(path))
 
 
 def write(doc: dict, out: Path) -> list[Path]:
@@ -104,7 +138,8 @@ def by_case(rows: list[dict]) -> list[dict]:
                        p99_ms=statistics.median(r["p99_ms"] for r in measured),
                        items_per_s=statistics.median(r["items_per_s"] for r in measured))
             if row.get("x_floor") is not None:
-                row["x_floor"] = row["p50_ms"] / row["floor"]["floor_ms"]
+                floor_ms = (row.get("floor") or {}).get("floor_ms")
+                row["x_floor"] = row["p50_ms"] / floor_ms if floor_ms else None
         row.update(repeats=len(group), stable=all(r["stable"] for r in group))
         merged.append(row)
     return merged
@@ -277,6 +312,10 @@ def _differences(a: dict, b: dict) -> list[str]:
     return lines
 
 
+def _ratio(b: float, a: float) -> str:
+    return f"{b / a:.2f}×" if a else "–"  # a row with no throughput (every call failed) has no ratio
+
+
 def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
     """Row by row, B's p50 and throughput over A's (rows matched by bundle, backend, op, batch, concurrency, …;
     repeats reduced to their median first); rows in one file only are listed as such."""
@@ -295,8 +334,8 @@ def compare(a: dict, b: dict, name_a: str = "A", name_b: str = "B") -> str:
             table_rows.append([case, _ms(row_a.get("p50_ms")), "only in A", "", _rate(row_a["items_per_s"]), "", ""])
         elif "p50_ms" in row_a and "p50_ms" in row_b:
             table_rows.append([case, _ms(row_a["p50_ms"]), _ms(row_b["p50_ms"]),
-                               f"{row_b['p50_ms'] / row_a['p50_ms']:.2f}×", _rate(row_a["items_per_s"]),
-                               _rate(row_b["items_per_s"]), f"{row_b['items_per_s'] / row_a['items_per_s']:.2f}×"])
+                               _ratio(row_b["p50_ms"], row_a["p50_ms"]), _rate(row_a["items_per_s"]),
+                               _rate(row_b["items_per_s"]), _ratio(row_b["items_per_s"], row_a["items_per_s"])])
     table_rows += [[" ".join(str(v) for k, v in zip(IDENTITY, key) if v is not None and k not in ("url", "binary")),
                     "", _ms(row.get("p50_ms")), "only in B", "", _rate(row["items_per_s"]), ""]
                    for key, row in rows_b.items() if key not in rows_a]

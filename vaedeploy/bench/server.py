@@ -72,15 +72,18 @@ class Client:
             raise ConfigError(f"--url {self.url}: cannot reach the server ({e.strerror or e}); is it running?") \
                 from None
         try:
-            return status, json.loads(body) if body else {}
-        except json.JSONDecodeError:
-            raise ConfigError(f"{self.url}{path}: expected a JSON answer, got {body[:80]!r}") from None
+            doc = json.loads(body.decode("utf-8")) if body else {}
+        except (ValueError, RecursionError):  # not JSON, not UTF-8 (UnicodeDecodeError), or nested too deep
+            doc = None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{self.url}{path}: expected a JSON object in UTF-8, got {body[:80]!r}")
+        return status, doc
 
 
 def _error(status: int, body: bytes) -> str:
     try:
         return f"HTTP {status}: {json.loads(body).get('error', body[:200].decode(errors='replace'))}"
-    except (json.JSONDecodeError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):  # not JSON, not UTF-8, too deep, or not an object
         return f"HTTP {status}: {body[:200].decode(errors='replace')}"
 
 
