@@ -297,21 +297,21 @@ class Staging:
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         path = self.path(name)
-        with _naming(path):
+        with _naming(self.out / name):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         return path
 
     def copy(self, name: str, source: Path) -> Path:
         """Copy ``source`` to ``name``; an error reading names the source, an error writing the output path (a full
-        disk names the disk being written, not the installed file read)."""
+        disk names the output being written, not the installed file read)."""
         path = self.path(name)
         try:
             with open(source, "rb"):
                 pass
         except OSError as e:
             raise OSError(e.errno, f"cannot read {source}: {e.strerror or e}") from None
-        with _naming(path):
+        with _naming(self.out / name):
             path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, path)
         return path
@@ -338,7 +338,8 @@ class Staging:
 
 @contextlib.contextmanager
 def _naming(path: Path):
-    """Re-raise an ``OSError`` as one naming ``path``, the output being written (a full disk says which one)."""
+    """Re-raise an ``OSError`` as one naming ``path``, the output being written (a full disk says which one; the
+    path is where the file will be, not its staging name)."""
     try:
         yield
     except OSError as e:

@@ -15,6 +15,7 @@ from vaedeploy import load
 from vaedeploy.bundle import sha256_file
 from vaedeploy.cli import main
 from vaedeploy.data import load_dataset
+from vaedeploy.owned import MARKER
 from vaedeploy.web import PageNotBuilt, WebError, make_server, write_site
 from vaedeploy.web import site as site_module
 
@@ -45,8 +46,9 @@ def test_writes_page_bundle_graphs_and_the_files_it_lists(exported, tmp_path, fa
     out = write_site(bundle, tmp_path / "site", data="digits")
     spec = json.loads((out / "explorer.json").read_text())
     manifest = json.loads((bundle / "manifest.json").read_text())
-    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    written = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} - {MARKER}
     assert written == set(spec["files"])
+    assert written <= set(json.loads((out / MARKER).read_text())["entries"])  # vaedeploy's marker lists them too
     assert {"index.html", "app.js", "ort/ort-wasm-simd-threaded.jsep.wasm", "explorer.json"} <= written
     # the fp32 graphs (no fp16 variants, no weights) and the codebook, byte for byte the bundle's
     copied = {n.removeprefix("bundle/") for n in written if n.startswith("bundle/")} - {"manifest.json"}
@@ -105,10 +107,52 @@ def test_never_deletes_what_it_did_not_write(exported, tmp_path, fake_page):
     write_site(bundle, out, data="digits")  # a previous output is replaced
     assert json.loads((out / "explorer.json").read_text())["files"] == json.loads(first)["files"]
     (out / "bundle" / "added.txt").write_text("mine too")
-    with pytest.raises(WebError, match="holds bundle/added.txt, which `vaedeploy web` did not write"):
+    with pytest.raises(WebError, match=r"holds files that are not part of its page \(bundle/added.txt\)"):
         write_site(bundle, out, data="digits")
     assert (out / "bundle" / "added.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left behind
+
+
+def test_a_rerun_refuses_an_empty_folder_the_user_added(exported, tmp_path, fake_page, capsys):
+    """Issue 25, case 3: even an empty folder a user made in an earlier output is named, and kept."""
+    bundle, out = exported("vae")[1], tmp_path / "site"
+    write_site(bundle, out, data="digits")
+    (out / "drafts").mkdir()
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert main(["web", str(bundle), "--out", str(out), "--data", "digits"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "holds files that are not part of its page (drafts/)" in error
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+
+
+def test_an_output_of_an_older_version_is_known_by_its_explorer_json(exported, tmp_path, fake_page):
+    bundle, out = exported("vae")[1], tmp_path / "site"
+    write_site(bundle, out, data="digits")
+    (out / MARKER).unlink()  # as pages were written before the marker
+    write_site(bundle, out, data="digits")
+    assert (out / MARKER).is_file()
+    (out / MARKER).unlink()
+    (out / "bundle" / "extra.txt").write_text("mine")
+    with pytest.raises(WebError, match=r"not part of its page \(bundle/extra.txt\)"):
+        write_site(bundle, out, data="digits")
+
+
+def test_a_full_disk_names_the_output_not_the_installed_page(exported, tmp_path, fake_page, monkeypatch, capsys):
+    """Issue 25, case 4: shutil.copyfile reports ENOSPC with the source's name (its sendfile path does); the
+    sentence names the output file being written."""
+    wasm, real_copyfile = "ort/ort-wasm-simd-threaded.jsep.wasm", shutil.copyfile
+
+    def full_disk(source, target):
+        if str(source).endswith(".wasm"):
+            raise OSError(28, "No space left on device", str(source), None, str(target))
+        return real_copyfile(source, target)
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    out = tmp_path / "site"
+    assert main(["web", str(exported("vae")[1]), "--out", str(out), "--data", "digits"]) == 2
+    error = capsys.readouterr().err
+    assert error == f"error: cannot write {out / wasm}: No space left on device\n"
+    assert str(fake_page) not in error and not out.exists() and [p.name for p in tmp_path.iterdir()] == ["page"]
 
 
 def test_a_missing_page_build_is_one_sentence(exported, tmp_path, monkeypatch):

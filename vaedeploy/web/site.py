@@ -1,21 +1,18 @@
 """Writing the explorer directory: the built page, the bundle files it decodes with, and explorer.json.
 
-The directory is staged beside its target and renamed into place. A previous output is replaced only when every
-file in it is one that ``vaedeploy web`` listed in its explorer.json; any other non-empty directory is refused, so
-nothing a user put there is ever deleted.
+The directory follows vaedeploy's one ownership rule (``vaedeploy.owned``): staged beside its target (every error
+writing names the output path, not the installed file read) and swapped into place; an earlier output is replaced
+only when every entry in it, folders included, is one ``vaedeploy web`` wrote, else the command refuses and names
+them, so nothing a user put there is ever deleted; a failure leaves the target as it was.
 """
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, load
+from .. import __version__, load, owned
 from ..bundle import MANIFEST
 from ..errors import VaedeployError
 
@@ -121,64 +118,38 @@ def _bundle_files(bundle) -> list[str]:
     return [MANIFEST, *sorted(set(graphs)), *sorted(manifest.get("arrays", {}).values())]
 
 
-def _files_under(root: Path) -> set[str]:
-    """Every non-directory entry under root (symlinks included, never followed), relative, with / separators."""
-    found = set()
-    for folder, dirs, files in os.walk(root):
-        for name in files + [d for d in dirs if (Path(folder) / d).is_symlink()]:
-            found.add((Path(folder) / name).relative_to(root).as_posix())
-    return found
-
-
-def _check_out(out: Path) -> bool:
-    """Whether ``out`` holds a previous output to replace; refuses anything else that is not absent or empty."""
-    if not out.exists() and not out.is_symlink():
-        return False
-    if not out.is_dir() or out.is_symlink():
-        raise WebError(f"{out}: exists and is not a directory; expected a new or empty directory, or a previous "
-                       "`vaedeploy web` output")
-    found = _files_under(out)
-    if not found and not any(out.iterdir()):
-        return False
+def older_site(directory: Path) -> set[str] | None:
+    """The entries a page written before vaedeploy's marker vouches for: the files its explorer.json lists (with
+    their folders); None when it has no explorer.json of ``GENERATOR``."""
     try:
-        spec = json.loads((out / SPEC).read_text())
-        listed = set(spec["files"]) if spec.get("generator") == GENERATOR else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        listed = None
-    if listed is None:
-        raise WebError(f"{out}: not empty and not a previous `vaedeploy web` output (no valid {SPEC}); expected a "
-                       "new or empty directory")
-    foreign = sorted(found - listed)
-    if foreign:
-        raise WebError(f"{out}: holds {foreign[0]}, which `vaedeploy web` did not write; expected only the files of "
-                       "a previous output (move it away or choose another --out)")
-    return True
+        spec = json.loads((directory / SPEC).read_text())
+        files = spec["files"] if spec.get("generator") == GENERATOR else None
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        return None
+    listed = set()
+    for name in files:
+        parts = name.split("/")
+        listed |= {"/".join(parts[:i]) + "/" for i in range(1, len(parts))} | {name}
+    return listed
 
 
-def _stage(out: Path, runtime, spec: dict) -> Path:
-    """A new directory beside ``out`` holding the whole output."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; the output should look like any directory made
-        written = []
-        for name in page_files():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(PAGE / name, staging / name)
-            written.append(name)
-        (staging / "bundle").mkdir()
-        for name in _bundle_files(runtime.bundle):
-            target = staging / "bundle" / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(runtime.bundle.path(name), target)
-            written.append(f"bundle/{name}")
-        spec = dict(spec, files=sorted([*written, SPEC]))
-        (staging / SPEC).write_text(json.dumps(spec) + "\n")
-    except BaseException:
-        shutil.rmtree(staging)
-        raise
-    return staging
+SITE = owned.Kind(tool="web", what="a previous `vaedeploy web` output", noun="page", error=WebError,
+                  legacy=older_site)
+
+
+def _stage(staging: owned.Staging, runtime, spec: dict) -> None:
+    """The whole output into ``staging``: the page, the bundle files it fetches, explorer.json."""
+    written = []
+    for name in page_files():
+        staging.copy(name, PAGE / name)
+        written.append(name)
+    for name in _bundle_files(runtime.bundle):
+        staging.copy(f"bundle/{name}", runtime.bundle.path(name))
+        written.append(f"bundle/{name}")
+    spec = dict(spec, files=sorted([*written, SPEC]))
+    staging.write_bytes(SPEC, (json.dumps(spec) + "\n").encode())
 
 
 def write_site(bundle, out, data: str | None = None) -> Path:
@@ -186,28 +157,18 @@ def write_site(bundle, out, data: str | None = None) -> Path:
 
     Args:
         bundle: a bundle directory (``vaedeploy export``'s --out); it is verified as ``vaedeploy.load`` does.
-        out: the directory to write: new, empty, or a previous output of this function (replaced).
+        out: the directory to write: new, empty, or a previous output of this function holding nothing else
+            (replaced; anything else is refused, naming what would be lost).
         data: the training data whose encodings give the pad's axes: a built-in name (digits, mnist5k) or a
             .npy/.npz path; default the data named in the bundle's manifest, if any. Needed for latents of more
             than two dimensions and for deterministic ones.
     """
     out = Path(out)
     page_files()  # fail before any work when the page is not built
+    owned.check_target(out, SITE)
     runtime = load(bundle, backend="onnxruntime")
     spec = explorer_spec(runtime, _dataset(runtime, data))
-    replacing = _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = _stage(out, runtime, spec)
-    try:
-        if replacing:
-            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
-            os.rename(out, old)
-            os.rename(staging, out)
-            shutil.rmtree(old)  # checked above: only files a previous run listed as its own
-        else:
-            os.rename(staging, out)  # also over an empty directory, which rename replaces
-    except BaseException:
-        if staging.exists():
-            shutil.rmtree(staging)
-        raise
+    with owned.Staging(out, SITE) as staging:
+        _stage(staging, runtime, spec)
+        staging.commit()
     return out
