@@ -135,6 +135,9 @@ def gpu_test_files(root: Path = ROOT) -> list[str]:
                   if "mark.gpu" in path.read_text(encoding="utf-8"))
 
 
+TEST_OUTCOMES = ("passed", "failed", "errors", "skipped")
+
+
 def _tests_setup(ctx: Context) -> dict:
     files = gpu_test_files()
     if not files:
@@ -149,17 +152,18 @@ def _tests_measure(ctx: Context, setup: dict) -> dict:
 
     report = ctx.work / "tests.xml"
     code = int(pytest.main([*setup["argv"], f"--junitxml={report}"]))
+    outcomes = {"failure": "failed", "error": "errors", "skipped": "skipped"}  # junit's tags → our words
     cases = []
     for case in ET.parse(report).getroot().iter("testcase"):
-        outcome = next((child for child in case if child.tag in ("failure", "error", "skipped")), None)
+        outcome = next((child for child in case if child.tag in outcomes), None)
         cases.append({"test": f"{case.get('classname')}::{case.get('name')}", "seconds": float(case.get("time", 0)),
-                      "outcome": "passed" if outcome is None else outcome.tag,
+                      "outcome": "passed" if outcome is None else outcomes[outcome.tag],
                       "message": None if outcome is None else (outcome.get("message") or "")[:300]})
-    counts = {kind: sum(c["outcome"] == kind for c in cases) for kind in ("passed", "failure", "error", "skipped")}
-    ok = counts["failure"] + counts["error"] == 0 and counts["passed"] > 0
+    counts = {kind: sum(c["outcome"] == kind for c in cases) for kind in TEST_OUTCOMES}
+    bad = counts["failed"] + counts["errors"]
     return {"figures": {"pytest_exit_code": code, **counts, "cases": cases},
-            "goals": [_goal("every gpu-marked test passes (value: failures + errors)",
-                            counts["failure"] + counts["error"], 0, ok)]}
+            "goals": [_goal("every gpu-marked test passes (value: failed + errors)", bad, 0,
+                            bad == 0 and counts["passed"] > 0)]}
 
 
 # ---------------------------------------------------------------- 3. kernels
@@ -256,8 +260,10 @@ def _bench_measure(ctx: Context, setup: dict) -> dict:
     from vaedeploy.cli import main
 
     code = main(setup["argv"])
+    if code != 0:
+        raise SystemExit(f"vaedeploy bench exited with {code} (its sentence is above)")
     doc = json.loads(Path(setup["argv"][-1]).read_text())
-    return {"figures": {"exit_code": code, "rates": doc["rates"], "notes": doc["notes"], "rows": doc["rows"]},
+    return {"figures": {"rates": doc["rates"], "notes": doc["notes"], "rows": doc["rows"]},
             "goals": []}
 
 
@@ -454,7 +460,7 @@ def headline(record: dict) -> str:
                 f"{figures['empty_kernel_launch_s'] * 1e6:.1f} µs, graph replay "
                 f"{figures['empty_graph_replay_s'] * 1e6:.1f} µs")
     if record["step"] == "tests":
-        return ", ".join(f"{figures[k]} {k}" for k in ("passed", "failure", "error", "skipped"))
+        return ", ".join(f"{figures[k]} {k}" for k in TEST_OUTCOMES)
     met = sum(g["met"] for g in goals)
     return f"{met} of {len(goals)} goals met" if goals else f"{len(figures.get('rows', []))} rows"
 

@@ -409,7 +409,8 @@ def gpu_steps(docs: dict) -> str:
     for step in STEPS:
         record = docs.get(step.name)
         if record is None:
-            lines.append([step.name, step.title, "not yet measured", "—", *_gpu_machine(None), "—"])
+            lines.append([step.name, step.title, "not yet measured", f"— / {step.budget_s:.0f}", *_gpu_machine(None),
+                          "—"])
         else:
             seconds = f"{record['seconds']:.0f} / {record['budget_s']:.0f}"
             lines.append([step.name, step.title, headline(record), seconds, *_gpu_machine(record), record["date"][:10]])

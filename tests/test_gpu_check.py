@@ -133,6 +133,8 @@ def test_the_summary_and_docs_say_met_or_missed_with_the_device_in_every_row():
                                 "empty_kernel_launch_s": 2.5e-6, "empty_graph_replay_s": 2.0e-6}, [])
     kernels = ran("kernels", {}, [gpu_check._goal("vq_nearest ≥ 5×", 6.2, 5.0, True),
                                   gpu_check._goal("reparameterize ≥ 85%", 0.7, 0.85, False)])
+    tests = ran("tests", {"passed": 3, "failed": 1, "errors": 0, "skipped": 2}, [])
+    assert gpu_check.headline(tests) == "3 passed, 1 failed, 0 errors, 2 skipped"
     docs = {"ceilings": ceilings, "kernels": kernels}
     text = gpu_check.summary([ceilings, kernels])
     assert "copy 4.30 TB/s" in text and "bf16 790 TFLOP/s" in text and "graph replay 2.0 µs" in text
