@@ -156,7 +156,8 @@ def check_target(out: Path, kind: Kind) -> None:
     if listed is None:
         marker = read_marker(out)
         made_by = f", its {MARKER} says `vaedeploy {marker['tool']}` wrote it" if marker else ""
-        raise _refuse(kind, out, f"exists and is not {kind.what} (it holds {named(sorted(_entries(out)))}{made_by})")
+        raise _refuse(kind, out, f"exists and is not {kind.what} (it holds "
+                                 f"{named(sorted(set(_entries(out)) - {MARKER}))}{made_by})")
     if foreign := foreign_entries(out, listed, kind):
         raise _refuse(kind, out, f"holds files that are not part of its {kind.noun} ({named(foreign)}), which a "
                                  "rewrite would lose", "move them out first or choose another --out")
