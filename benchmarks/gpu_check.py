@@ -331,14 +331,17 @@ def run_step(name: str, context: Path) -> int:
 
 
 def _probe(dry: bool) -> int:
-    """In a process of the steps' environment: the modules it lacks and (unless dry: it imports torch) the machine."""
+    """In a process of the steps' environment: where vaedeploy comes from, the modules it lacks and (unless dry: it
+    imports torch) the machine."""
+    import vaedeploy
+
     missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
     machine = None
     if not dry:
         from benchmarks.common import machine_info
 
         machine = machine_info()
-    print(json.dumps({"missing": missing, "machine": machine}))
+    print(json.dumps({"missing": missing, "machine": machine, "vaedeploy": str(Path(vaedeploy.__file__).parent)}))
     return 0
 
 
@@ -482,6 +485,7 @@ def check(results: Path | None, dry: bool, total_s: float, only: list[str] | Non
     env = environment(dry)
     probe = json.loads(_child(["probe", *(["--dry"] if dry else [])], env, capture_output=True, text=True,
                               check=True).stdout)
+    print(f"gpu_check: vaedeploy from {probe['vaedeploy']}")
     if not dry and not probe["machine"]["gpu"]:
         sys.exit("gpu_check run: expected a CUDA device, torch finds none here (`gpu_check.py dry` checks the steps "
                  "without one)")
@@ -589,5 +593,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))  # `benchmarks.*` when run as a script
+    # `benchmarks.*` when run as a script; last, so that the repository's vaedeploy/ folder (which lacks kernels/ and
+    # export/) never hides the vaedeploy installed into .gpu_check/site
+    sys.path.append(str(ROOT))
     sys.exit(main())
