@@ -346,11 +346,9 @@ def _probe(dry: bool) -> int:
 
 
 # ---------------------------------------------------------------- the driver
-def _child(args: list[str], env: dict, **options) -> subprocess.CompletedProcess:
-    # -P: the repository root is not put first on sys.path, so its vaedeploy/ folder (which lacks kernels/ and
-    # export/: they install inside it) does not hide the installed package; PYTHONPATH says where everything is.
-    return subprocess.run([sys.executable, "-P", "-m", "benchmarks.gpu_check", *args], cwd=ROOT, env=env,
-                          **options)
+def _command(*args: str) -> list[str]:
+    """This script in a process of the steps' environment (``environment()``)."""
+    return [sys.executable, "-m", "benchmarks.gpu_check", *args]
 
 
 def sources_sha256(root: Path = ROOT) -> str:
@@ -364,9 +362,12 @@ def sources_sha256(root: Path = ROOT) -> str:
 
 def environment(dry: bool) -> dict:
     """The steps' environment: vaedeploy as installed here, else the carried wheels installed into .gpu_check/site."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-    check = ["-c", "import vaedeploy.kernels, vaedeploy.export, vaedeploy.bench"]
-    if subprocess.run([sys.executable, "-P", *check], cwd=ROOT, env=env, capture_output=True).returncode == 0:
+    # PYTHONSAFEPATH (Python 3.11+): the working directory is not put first on sys.path, so the repository's
+    # vaedeploy/ folder (which lacks kernels/ and export/: they install inside it) does not hide the installed
+    # package; PYTHONPATH says where everything is.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1", "PYTHONPATH": str(ROOT)}
+    check = [sys.executable, "-c", "import vaedeploy.kernels, vaedeploy.export, vaedeploy.bench"]
+    if subprocess.run(check, cwd=ROOT, env=env, capture_output=True).returncode == 0:
         return env
     if dry:
         sys.exit("gpu_check dry: expected vaedeploy installed (make install), it cannot be imported")
@@ -403,9 +404,8 @@ def drive_step(step: Step, ctx: Context, env: dict, budget_s: float) -> dict:
     log = ctx.work / f"{step.name}.log"
     started = time.monotonic()
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-P", "-m", "benchmarks.gpu_check", "step", step.name,
-                                    "--context", str(context)], cwd=ROOT, env=env, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(_command("step", step.name, "--context", str(context)), cwd=ROOT, env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code = process.wait(timeout=budget_s)
         except subprocess.TimeoutExpired:
@@ -483,8 +483,8 @@ def summary(records: list[dict]) -> str:
 def check(results: Path | None, dry: bool, total_s: float, only: list[str] | None, bundles: Path) -> int:
     """``run`` or ``dry``: the environment, then every step; 0 when each step ran, skipped or (dry) was checked."""
     env = environment(dry)
-    probe = json.loads(_child(["probe", *(["--dry"] if dry else [])], env, capture_output=True, text=True,
-                              check=True).stdout)
+    probe = json.loads(subprocess.run(_command("probe", *(["--dry"] if dry else [])), cwd=ROOT, env=env,
+                                      capture_output=True, text=True, check=True).stdout)
     print(f"gpu_check: vaedeploy from {probe['vaedeploy']}")
     if not dry and not probe["machine"]["gpu"]:
         sys.exit("gpu_check run: expected a CUDA device, torch finds none here (`gpu_check.py dry` checks the steps "
