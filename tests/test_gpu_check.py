@@ -75,6 +75,21 @@ def test_steps_left_without_time_are_skipped_not_started(tmp_path):
     assert records(tmp_path / "results")["tests"]["status"] == "skipped", "written like any other step"
 
 
+def test_each_step_is_written_before_the_next_one_starts(tmp_path, monkeypatch):
+    """So a run cut off in the middle keeps every step that ended."""
+    results, seen = tmp_path / "results", []
+
+    def drive_step(step, ctx, env, budget_s):
+        seen.append(sorted(path.name for path in results.glob("*.json")))
+        return {"step": step.name, "title": step.title, "budget_s": budget_s, "seconds": 0.0, "status": "ran"}
+
+    monkeypatch.setattr(gpu_check, "drive_step", drive_step)
+    ctx = gpu_check.Context(work=tmp_path, bundles=tmp_path, dry=False)
+    gpu_check.drive(gpu_check.STEPS[:3], ctx, {}, results, {"gpu": None})
+    assert seen == [[], ["ceilings.json"], ["ceilings.json", "tests.json"]]
+    assert records(results)["kernels"]["machine"] == {"gpu": None}, "each record carries the machine"
+
+
 def test_a_stale_vaedeploy_wheel_is_rebuilt_from_the_tree_before_the_install(tmp_path, monkeypatch):
     (tmp_path / "wheels").mkdir()
     for name in ("vaedeploy-0.1.0-py3-none-any.whl", "mlxtend-0.25.0-py3-none-any.whl"):
