@@ -133,6 +133,31 @@ def test_prepare_leaves_a_folder_it_did_not_write_alone(tmp_path):
     assert (tmp_path / ".gpu_check" / "mine.txt").read_text() == "someone's"
 
 
+def test_prepare_replaces_its_own_folder_whole(tmp_path, monkeypatch):
+    from benchmarks import gpu_runtime
+
+    def bundles(root):  # what gpu_runtime.bundles writes, without training
+        return {name: fake_bundles(root, **{gpu_runtime.bundle_path(root, name).name: [1, 8, 8]})
+                / gpu_runtime.bundle_path(root, name).name for name in gpu_runtime.MODELS}
+
+    def wheel(target):
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "vaedeploy-0.1.0-py3-none-any.whl").write_bytes(b"w")
+
+    monkeypatch.setattr(gpu_runtime, "bundles", bundles)
+    monkeypatch.setattr(gpu_check, "vaedeploy_wheel", wheel)
+    monkeypatch.setattr(gpu_check, "_carried_wheels", lambda target: None)
+    target = tmp_path / ".gpu_check"
+    assert gpu_check.prepare(target) == 0
+    (target / "bundles" / "stale_bundle").mkdir()
+    assert gpu_check.prepare(target) == 0
+    record = json.loads((target / "prepared.json").read_text())
+    assert record["sources_sha256"] == gpu_check.sources_sha256()
+    assert record["bundles"] == ["demo_vae_bundle", "mnist5k_conv_vae_bundle"], "the earlier folder is gone whole"
+    assert record["wheels"] == ["vaedeploy-0.1.0-py3-none-any.whl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".gpu_check"], "no staging or backup folder is left"
+
+
 MACHINE = {"gpu": {"name": "NVIDIA H200", "driver": "580.159.04", "cuda": "13.0"},
            "versions": {"torch": "2.11.0", "triton": "3.6.0", "vaedeploy": "0.1.0"}}
 
