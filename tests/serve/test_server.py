@@ -173,7 +173,7 @@ BAD = [
     ("vae.encode", infer_body([x_spec([1, 1, 8, 7])]), {}, 400, "expected shape [N, 1, 8, 8]"),
     ("vae.encode", infer_body([x_spec([1, 1, 8, 8], "INT32", [1] * 64)]), {}, 400, "expected datatype FP32"),
     ("vae.encode", b'{"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [NaN'
-                   + b', 0.5' * 63 + b']}]}', {}, 400, "expected finite values"),
+                   + b', 0.5' * 63 + b']}]}', {}, 400, "got NaN or Inf"),
     ("vae.encode", infer_body([x_spec([1, 1, 8, 8], data=[0.5] * 63)]), {}, 400, "expected 64 values"),
     ("vae.encode", infer_body([x_spec([0, 1, 8, 8])]), {}, 400, "N ≥ 1"),
     ("vae.encode", infer_body([]), {}, 400, "expected input(s) ['x']"),

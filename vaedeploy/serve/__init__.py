@@ -13,7 +13,7 @@ import importlib
 from ..errors import MissingDependency
 
 _LAZY = {"InferenceServer": ".app", "model_config": ".app", "run": ".app", "BatchPolicy": ".batcher"}
-_EXTRA = ("starlette", "uvicorn", "prometheus_client")
+_EXTRA = ("starlette", "uvicorn", "httptools", "prometheus_client")
 
 __all__ = sorted(_LAZY)
 

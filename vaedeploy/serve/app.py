@@ -5,8 +5,10 @@ through Starlette, whose routing and request objects cost more per request than 
 Endpoints: ``GET /v2/health/live|ready``, ``GET /v2`` (server metadata with its extensions),
 ``GET /v2/models/{name}[/versions/1]`` (metadata), ``…/ready``, ``…/config`` (Triton's model-configuration
 extension), ``POST …/infer``, ``POST /v2/repository/index`` (Triton's repository extension) and ``GET /metrics``.
-Every error is ``{"error": "..."}`` with Triton's status mapping: 400 bad input, 404 unknown model or route, 413 a
-body over the limit, 503 unavailable (queue full, shutting down, timed out), 500 a fault of the server.
+Every error is ``{"error": "..."}`` with Triton's status mapping: 400 bad input, 404 unknown model or route, 408 a
+request whose headers came too slowly, 413 a body over the limit, 503 unavailable (queue full, shutting down, timed
+out), 500 a fault of the server. That includes uvicorn's own answers: ``Protocol`` writes its 400 for malformed HTTP
+as JSON, and a request cut off by the shutdown timeout gets a JSON 503 instead of uvicorn's plain-text 500.
 
 Shutdown (SIGTERM or Ctrl-C): ``/v2/health/ready`` turns false at once, uvicorn stops accepting connections and
 waits for the requests in flight, then every batcher runs what is queued and every runtime is closed.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -28,6 +31,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .. import __version__
 from ..errors import BundleError, ConfigError, InputError, VaedeployError
@@ -131,7 +135,11 @@ class InferenceServer:
             return _error(f"{request.method} {request.url.path}: {what}; expected the V2 endpoints under /v2 "
                           "(docs/serving.md)", exc.status_code)
 
-        return Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={HTTPException: http_error})
+        async def fault(request, exc: Exception):  # Starlette logs the traceback after this answer
+            return _error(f"internal error in {request.method} {request.url.path}: {type(exc).__name__}: {exc}", 500)
+
+        return Starlette(routes=routes, lifespan=self.lifespan,
+                         exception_handlers={HTTPException: http_error, Exception: fault})
 
     def _model(self, request: Request) -> Operation:
         return self._lookup(request.path_params["name"], request.path_params.get("version", "1"))
@@ -195,7 +203,7 @@ class InferenceServer:
 
     async def infer(self, name: str, version: str, scope, receive) -> tuple[int, bytes, dict]:
         """(status, body, headers) of one infer request; every failure is a JSON error with its status."""
-        model = None
+        model, queued = None, False  # once queued, the batcher counts the request's failures
         try:
             model = self._lookup(name, version)
             headers = {k: v for k, v in scope["headers"] if k in (b"content-length", HEADER_BYTES)}
@@ -208,13 +216,12 @@ class InferenceServer:
             if parsed.outputs is not None and (unknown := sorted(set(parsed.outputs) - set(model.output_names))):
                 raise ProtocolError(f"{model.name}: unknown output(s) {unknown}; expected some of "
                                     f"{model.output_names}")
-            piece = model.piece(parsed.inputs, parsed.parameters)
-            priority, timeout = parsed.parameters.get("priority", 0), parsed.parameters.get("timeout", 0)
-            for key, value in (("priority", priority), ("timeout", timeout)):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ProtocolError(f"parameter {key}: expected an integer ≥ 0, got {value!r}")
+            parameters = model.checked_parameters(parsed.parameters)
+            piece = model.piece(parsed.inputs, parameters)
             batcher = self.batchers[model.name]
-            outputs = await self._result(receive, batcher, batcher.submit(piece, priority, timeout))
+            job = batcher.submit(piece, parameters.get("priority", 0), parameters.get("timeout", 0))
+            queued = True
+            outputs = await self._result(receive, batcher, job)
             named = dict(zip(model.output_names, outputs))
             if sum(a.size for a in outputs) * 4 > OFF_LOOP_BYTES:
                 body, headers = await asyncio.to_thread(write_response, model.name, parsed, named)
@@ -223,8 +230,13 @@ class InferenceServer:
             return 200, body, headers
         except Disconnected:
             return CLIENT_GONE, b"", {}
+        except asyncio.CancelledError:  # uvicorn's --shutdown-timeout ran out: the answer its plain-text 500 would be
+            if model is not None:
+                self.metrics.model(model.name).failed("CANCELED")
+            return _error_body("the server shut down before this request finished (its --shutdown-timeout ran "
+                               "out); expected it to be sent again, to a server that is ready", 503)
         except ProtocolError as e:
-            if model is not None and e.status != 503:  # the batcher counted its own refusals
+            if model is not None and not queued and e.status != 503:  # the batcher counted its own refusals
                 self.metrics.model(model.name).failed("OTHER")
             return _error_body(str(e), e.status, e.headers)
         except (InputError, ConfigError) as e:  # the runtime refused what the checks let through
@@ -310,13 +322,72 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+class Protocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools) with the server's two changes: its answer to malformed HTTP is a JSON
+    400 like every other error (uvicorn writes it as text from inside the protocol, before any app sees a request),
+    and a connection is closed when it sends nothing for the keep-alive timeout before its first request (uvicorn
+    times only the wait between requests) or when a request's headers take longer than ``header_timeout`` seconds
+    (uvicorn has no such timeout; the client gets a JSON 408)."""
+
+    def __init__(self, *args, header_timeout: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+    def connection_lost(self, exc) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._stop_header_timer()
+        self._send_error(400, "the request is not valid HTTP/1.1 (uvicorn's parser refused it); expected a request "
+                              "such as POST /v2/models/NAME/infer")
+
+    def _headers_too_slow(self) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:  # a pipelined request: answer the one before
+            self.cycle.keep_alive = False
+            return
+        self._send_error(408, f"the request's headers did not arrive within {self.header_timeout:g} s "
+                              "(--header-timeout); expected a whole request")
+
+    def _stop_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _send_error(self, status: int, message: str) -> None:
+        """Write ``{"error": message}`` with ``status`` and close the connection (no request cycle runs)."""
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"error": message}).encode()
+        head = [STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in self.server_state.default_headers),
+                b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)]
+        self.transport.write(b"".join([*head, body]))
+        self.transport.close()
+
+
 class Uvicorn(uvicorn.Server):
     """uvicorn's server of an ``InferenceServer``, which marks it unready as soon as it is told to stop, so a load
     balancer stops sending before the listener closes; uvicorn then waits for the requests in flight."""
 
-    def __init__(self, server: InferenceServer, shutdown_timeout: float = 30.0):
+    def __init__(self, server: InferenceServer, shutdown_timeout: float = 30.0, keep_alive_timeout: float = 5.0,
+                 header_timeout: float = 20.0):
         super().__init__(uvicorn.Config(server, log_level="warning", access_log=False, lifespan="on",
-                                        timeout_graceful_shutdown=shutdown_timeout, backlog=2048))
+                                        timeout_graceful_shutdown=shutdown_timeout, backlog=2048,
+                                        http=functools.partial(Protocol, header_timeout=header_timeout),
+                                        timeout_keep_alive=keep_alive_timeout))
         self.inference_server = server
 
     def handle_exit(self, sig, frame) -> None:
@@ -324,10 +395,12 @@ class Uvicorn(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run(server: InferenceServer, host: str = "127.0.0.1", port: int = 8000, shutdown_timeout: float = 30.0) -> None:
+def run(server: InferenceServer, host: str = "127.0.0.1", port: int = 8000, shutdown_timeout: float = 30.0,
+        keep_alive_timeout: float = 5.0, header_timeout: float = 20.0) -> None:
     """Serve until SIGTERM or Ctrl-C, then shut down gracefully (at most ``shutdown_timeout`` seconds for the
-    requests in flight). Prints the address and the models once they are ready. While it serves batching models,
-    the process's GIL switch interval is ``SWITCH_INTERVAL_S``."""
+    requests in flight); an idle connection is closed after ``keep_alive_timeout`` seconds, one whose request's
+    headers take longer than ``header_timeout`` seconds gets a 408. Prints the address and the models once they are
+    ready. While it serves batching models, the process's GIL switch interval is ``SWITCH_INTERVAL_S``."""
     sock = _listening_socket(host, port)
     shown = f"[{host}]" if ":" in host else host
     server.announce = (f"vaedeploy serve: {len(server.models)} models on http://{shown}:{sock.getsockname()[1]}/v2 "
@@ -336,7 +409,7 @@ def run(server: InferenceServer, host: str = "127.0.0.1", port: int = 8000, shut
     if server.policy.max_batch_size > 1:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        Uvicorn(server, shutdown_timeout).run(sockets=[sock])
+        Uvicorn(server, shutdown_timeout, keep_alive_timeout, header_timeout).run(sockets=[sock])
     finally:
         sys.setswitchinterval(switch_interval)
         sock.close()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from .models import Operation, Piece
+from .models import MAX_WAIT_US, Operation, Piece
 from .protocol import ProtocolError
 
 
@@ -65,6 +65,9 @@ class BatchPolicy:
                      "priority_levels", "default_priority_level"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ConfigError(f"{name}: expected an integer ≥ 0, got {getattr(self, name)!r}")
+        for name in ("max_queue_delay_microseconds", "default_timeout_microseconds"):
+            if getattr(self, name) > MAX_WAIT_US:
+                raise ConfigError(f"{name}: expected at most {MAX_WAIT_US} µs (an hour), got {getattr(self, name)}")
         if bad := [s for s in self.preferred_batch_size if not 1 <= s <= self.max_batch_size]:
             raise ConfigError(f"preferred_batch_size: expected sizes from 1 to max_batch_size "
                               f"{self.max_batch_size}, got {bad}")

@@ -19,30 +19,51 @@ seed s and first stream row o (``offset``, default 0) contributes seeds [s]*n an
 lands in, so its result is ``Runtime.encode(x, seed=s, offset=o)`` or ``Runtime.sample(n, seed=s, offset=o)``
 whatever else shares the batch (equal to about 1e-7: BLAS picks kernels by batch size). Without a seed the server
 draws one per request.
+
+Every number of a request is checked before it is queued, by ``protocol.check`` against this module's table: each
+request parameter's type and range (``PARAMETERS``) and each input's (``TensorSpec.limit``). An output with NaN or
+Inf (a finite input far outside what the model was trained on) is refused with a sentence naming what came in.
 """
 from __future__ import annotations
 
-import math
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 
 from ..runtime.arrays import shape_text
-from .protocol import DATATYPES, ProtocolError
+from ..runtime.noise import _LIMIT as STREAM_LIMIT  # the runtime's bound on seeds and stream rows: 2**63
+from .protocol import DATATYPES, FINITE, INT64_MAX, Limit, ProtocolError, check, finite
 
 SCHEDULE_PARAMETERS = ("priority", "timeout")  # Triton's schedule-policy parameters, read by the batcher
-_SEED_LIMIT = 2**63
+# A prior's samples at temperature T are the decoder's images of N(0, T²) noise: past a few they are noise, and the
+# latents leave every range a decoder was trained on; 10 leaves room to explore and keeps float32 far from overflow.
+MAX_TEMPERATURE = 10.0
+# The longest queueing time a request or the batching options may name, µs (an hour): threading's waits overflow
+# past about 292 years, and an hour in a queue is already a mistake.
+MAX_WAIT_US = 3_600_000_000
+# Every request parameter a model may read, with its type and range (docs/serving.md, "Limits"); n's upper bound is
+# set per server (--max-sample), priority's by the batcher's levels.
+PARAMETERS = {
+    "n": Limit(True, 1, 4096, "--max-sample"),
+    "seed": Limit(True, 0, STREAM_LIMIT - 1),
+    "offset": Limit(True, 0, STREAM_LIMIT - 1),
+    "temperature": Limit(False, 0.0, MAX_TEMPERATURE),
+    "priority": Limit(True, 0, INT64_MAX),
+    "timeout": Limit(True, 0, MAX_WAIT_US),
+}
 
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output of a V2 model: its name, V2 datatype and dims after the batch axis."""
+    """One input or output of a V2 model: its name, V2 datatype, dims after the batch axis, and the numbers an input
+    may hold."""
 
     name: str
     datatype: str
     dims: tuple[int, ...]
+    limit: Limit = FINITE
 
     def metadata(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.dims]}
@@ -87,6 +108,9 @@ class Operation:
         self.parameters, self.call, self.max_sample = parameters, call, max_sample
         self.output_names = [o.name for o in outputs]
         self.samples = "n" in parameters  # rows come from ``n``, not from an input's batch axis
+        self.limits = {name: PARAMETERS[name] for name in (*parameters, *SCHEDULE_PARAMETERS)}
+        if self.samples:
+            self.limits["n"] = replace(PARAMETERS["n"], high=max_sample)
 
     def metadata(self) -> dict:
         return {"name": self.name, "versions": ["1"], "platform": f"vaedeploy_{self.runtime.backend}",
@@ -94,28 +118,28 @@ class Operation:
 
     # ---- a request, checked before it is queued (one bad request must not fail the batch it would join) ----------
 
+    def checked_parameters(self, parameters: dict) -> dict:
+        """The request's parameters, each checked against the table (``PARAMETERS``); else a ``ProtocolError``."""
+        if unknown := sorted(set(parameters) - set(self.limits)):
+            raise ProtocolError(f"{self.name}: unknown request parameter(s) {unknown}; expected some of: "
+                                f"{', '.join(self.limits)}")
+        return {name: check(f"parameter {name}", value, self.limits[name]) for name, value in parameters.items()}
+
     def piece(self, inputs: dict[str, np.ndarray], parameters: dict) -> Piece:
-        """The request's rows as one ``Piece``, every input and parameter checked; else a ``ProtocolError``."""
-        if unknown := sorted(set(parameters) - set(self.parameters) - set(SCHEDULE_PARAMETERS)):
-            accepted = ", ".join([*self.parameters, *SCHEDULE_PARAMETERS])
-            raise ProtocolError(f"{self.name}: unknown request parameter(s) {unknown}; expected some of: {accepted}")
+        """The request's rows as one ``Piece``, every input checked; ``parameters`` are ``checked_parameters``."""
         names = [s.name for s in self.inputs]
         if sorted(inputs) != sorted(names):
             raise ProtocolError(f"{self.name}: expected input(s) {names}, got {sorted(inputs)}")
         arrays = tuple(self._tensor(spec, inputs[spec.name]) for spec in self.inputs)
-        rows = _integer(parameters, "n", 1, 1, self.max_sample + 1) if self.samples else len(arrays[0])
         if len({len(a) for a in arrays}) > 1:
             raise ProtocolError(f"{self.name}: expected the inputs to have the same batch size, got "
                                 f"{[len(a) for a in arrays]}")
-        seed = _integer(parameters, "seed", None, 0, _SEED_LIMIT)
-        offset = _integer(parameters, "offset", 0, 0, _SEED_LIMIT)
-        temperature = parameters.get("temperature", 1.0)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
-                not math.isfinite(temperature) or temperature < 0:
-            raise ProtocolError(f"parameter temperature: expected a finite number ≥ 0, got {temperature!r}")
-        if offset + rows > _SEED_LIMIT:
+        rows = parameters.get("n", 1) if self.samples else len(arrays[0])
+        seed, offset = parameters.get("seed"), parameters.get("offset", 0)
+        if offset + rows > STREAM_LIMIT:
             raise ProtocolError(f"parameter offset: rows {offset}..{offset + rows - 1} are past 2**63")
-        return Piece(arrays, rows, secrets.randbits(63) if seed is None else seed, offset, float(temperature))
+        return Piece(arrays, rows, secrets.randbits(63) if seed is None else seed, offset,
+                     parameters.get("temperature", 1.0))
 
     def _tensor(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
         where = f"{self.name}: input {spec.name!r}"
@@ -127,19 +151,28 @@ class Operation:
         if array.ndim != len(spec.dims) + 1 or tuple(array.shape[1:]) != spec.dims or len(array) == 0:
             raise ProtocolError(f"{where}: expected shape [N, {', '.join(map(str, spec.dims))}] with N ≥ 1, got "
                                 f"{list(array.shape)}")
-        if floats:
-            array = array.astype(np.float32, copy=False)
-            if not np.isfinite(np.vdot(array, array)) and not np.isfinite(array).all():
-                raise ProtocolError(f"{where}: expected finite values, got NaN or Inf")
-        elif spec.name == "codes" and (array.min() < 0 or array.max() >= self.runtime.num_codes):
-            raise ProtocolError(f"{where}: expected codes in [0, {self.runtime.num_codes}), got values in "
-                                f"[{array.min()}, {array.max()}]")
-        return array
+        return check(where, array.astype(np.float32, copy=False) if floats else array, spec.limit)
+
+    def _refusal(self, piece: Piece, outputs: tuple) -> ProtocolError | None:
+        """A 400 when the model produced NaN or Inf for this request (a finite input far outside the data it was
+        trained on), naming what came in; JSON cannot carry such values, and a client should not get them."""
+        bad = next((spec.name for spec, a in zip(self.outputs, outputs) if a.dtype.kind == "f" and not finite(a)),
+                   None)
+        if bad is None:
+            return None
+        given = [f"input {s.name} holds values from {a.min():.3g} to {a.max():.3g}"
+                 for s, a in zip(self.inputs, piece.inputs)]
+        if self.samples:
+            given.append(f"temperature is {piece.temperature:g}")
+        return ProtocolError(f"{self.name}: the model produced non-finite values (NaN or Inf) in output {bad!r} for "
+                             f"this request, whose {' and '.join(given)}; expected inputs like the data the model "
+                             "was trained on")
 
     # ---- a batch -------------------------------------------------------------------------------------------------
 
     def run(self, pieces: list[Piece]) -> list[tuple]:
-        """Every piece's outputs, computed in as few runtime calls as the pieces allow (one per temperature)."""
+        """Every piece's outputs, computed in as few runtime calls as the pieces allow (one per temperature); a
+        piece whose outputs hold NaN or Inf gets a ``ProtocolError`` instead."""
         groups: dict[float, list[int]] = {}
         for i, piece in enumerate(pieces):
             groups.setdefault(piece.temperature if self.samples else 0.0, []).append(i)
@@ -147,7 +180,7 @@ class Operation:
         for indices in groups.values():
             group = [pieces[i] for i in indices]
             for i, outputs in zip(indices, self._run_group(group)):
-                results[i] = outputs
+                results[i] = self._refusal(pieces[i], outputs) or outputs
         return results
 
     def _run_group(self, group: list[Piece]) -> list[tuple]:
@@ -161,18 +194,6 @@ class Operation:
         outputs = self.call(self.runtime, inputs, sum(sizes), seeds, offsets, first.temperature)
         bounds = np.cumsum([0, *sizes])
         return [tuple(o[a:b] for o in outputs) for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def _integer(parameters: dict, name: str, default, low: int, high: int):
-    """Request parameter ``name``: an integer in [low, high), or ``default`` when absent."""
-    value = parameters.get(name, default)
-    if value is default:
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
-        limit = "2**63 - 1" if high == _SEED_LIMIT else str(high - 1)
-        raise ProtocolError(f"parameter {name}: expected an integer from {low} to {limit}, got {value!r}"
-                            + (" (the server's --max-sample)" if name == "n" else ""))
-    return value
 
 
 # ---- the operations of each latent type ---------------------------------------------------------------------------
@@ -220,7 +241,7 @@ def operations(name: str, runtime, max_sample: int = 4096) -> list[Operation]:
         params = [TensorSpec(k, "FP32", (runtime.latent_dim,)) for k in ("mean", "logvar")]
     table: list[tuple] = []
     if latent == "vq":
-        codes = TensorSpec("codes", "INT64", tuple(runtime.grid))
+        codes = TensorSpec("codes", "INT64", tuple(runtime.grid), Limit(True, 0, runtime.num_codes - 1))
         z_q = TensorSpec("z_q", "FP32", tuple(runtime.latent_shape))
         table += [("encode", [x], [codes, z_q], (), _encode_plain),
                   ("encode_params", [x], params, (), _encode_params),
@@ -236,8 +257,7 @@ def operations(name: str, runtime, max_sample: int = 4096) -> list[Operation]:
     if latent != "deterministic":
         table.append(("sample", [], [x], SAMPLING, _sample))
     if latent == "vq":
-        table.append(("sample_codes", [], [TensorSpec("codes", "INT64", tuple(runtime.grid))], SAMPLING,
-                      _sample_codes))
+        table.append(("sample_codes", [], [codes], SAMPLING, _sample_codes))
     return [Operation(f"{name}.{op}", runtime, inputs, outputs, parameters, call, max_sample)
             for op, inputs, outputs, parameters, call in table]
 

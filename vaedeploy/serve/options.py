@@ -4,6 +4,7 @@ same names with dashes; both commands take them, so a Triton repository batches 
 """
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -16,6 +17,16 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a bundle's name; its models a
 # timing calls back to back, wrong for a server, whose event loop, other models and clients need those cores between
 # batches (docs/serving.md has the measurements). Sessions run sequentially, so there is no inter-op pool to set.
 SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 0 to 65535 (0: any free port), got {text!r}")
+    return port
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -57,7 +68,7 @@ def add_serve_arguments(parser) -> None:
     parser.add_argument("--name", action="append", default=[],
                         help="the name each bundle is served as, in order (default: its directory's name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=COUNT, default=8000, help="port (default 8000; 0: any free port)")
+    parser.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free port)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
@@ -67,6 +78,11 @@ def add_serve_arguments(parser) -> None:
                         help="largest n of a sample request; larger ones get 400 (default 4096)")
     parser.add_argument("--shutdown-timeout", type=POSITIVE, default=30.0,
                         help="seconds the requests in flight may take to finish after SIGTERM (default 30)")
+    parser.add_argument("--keep-alive-timeout", type=POSITIVE, default=5.0,
+                        help="seconds an idle connection stays open, before its first request and between requests "
+                             "(default 5)")
+    parser.add_argument("--header-timeout", type=POSITIVE, default=20.0,
+                        help="seconds a client has to send a request's headers once it began (default 20; then 408)")
     add_batching_arguments(parser)
 
 
@@ -97,7 +113,7 @@ def serve(args) -> int:
         for _, runtime in loaded:
             runtime.close()
         raise
-    run(server, args.host, args.port, args.shutdown_timeout)
+    run(server, args.host, args.port, args.shutdown_timeout, args.keep_alive_timeout, args.header_timeout)
     return 0
 
 

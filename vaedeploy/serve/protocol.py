@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ DATATYPES = {name: np.dtype(code) for name, code in {
     "BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1", "INT16": "<i2",
     "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}.items()}
 DTYPE_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
+INT64_MAX = int(np.iinfo(np.int64).max)  # Triton's shapes and integer parameters are int64
 
 
 class ProtocolError(InputError):
@@ -34,6 +36,88 @@ class ProtocolError(InputError):
     def __init__(self, message: str, status: int = 400, headers: dict | None = None):
         super().__init__(message)
         self.status, self.headers = status, headers or {}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The numbers a request value may hold: integers (``integral``; an integral float such as ``2.0`` counts) or
+    finite numbers, from ``low`` to ``high`` inclusive (infinite bounds: finite numbers, nothing more);
+    ``option`` names the server option that sets a bound, for the message."""
+
+    integral: bool
+    low: float
+    high: float
+    option: str = ""
+
+    def expected(self, plural: bool = False) -> str:
+        kind = ("integers" if plural else "an integer") if self.integral else \
+            ("finite numbers" if plural else "a finite number")
+        bounds = "" if math.isinf(self.low) and math.isinf(self.high) else \
+            f" from {_number(self.low)} to {_number(self.high)}"
+        return kind + bounds + (f" (the server's {self.option})" if self.option else "")
+
+
+FINITE = Limit(False, -math.inf, math.inf)
+
+
+def datatype_limit(dtype: np.dtype) -> Limit:
+    """The numbers a tensor of this datatype holds (its JSON data is checked against it before the cast)."""
+    if dtype.kind == "f":
+        return Limit(False, -float(np.finfo(dtype).max), float(np.finfo(dtype).max))
+    return Limit(True, int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+
+
+def _number(value) -> str:
+    """A number as a message shows it: int64's and uint64's edges by name, an integer past float64 by its size."""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.6g}"
+    value = int(value)
+    for bits in (63, 64):
+        if value in (2**bits - 1, -2**bits):
+            return f"2**{bits} - 1" if value > 0 else f"-2**{bits}"
+    if abs(value) > sys.float_info.max:  # str() of an int past 4300 digits raises
+        digits = int(value.bit_length() * math.log10(2)) + 1  # or one more than it has
+        return f"an integer of {digits - (abs(value) < 10 ** (digits - 1))} digits"
+    return str(value) if abs(value) < 10**20 else f"{float(value):.6g}"
+
+
+def finite(array: np.ndarray) -> bool:
+    """Whether a float array holds no NaN or Inf (one BLAS pass when it does not, which is nearly always)."""
+    return bool(np.isfinite(np.vdot(array, array))) or bool(np.isfinite(array).all())
+
+
+def check(where: str, value, limit: Limit):
+    """``value`` (a number from JSON, or a numpy array) if every number in it is what ``limit`` allows, as an ``int``
+    where integral, a ``float`` otherwise, an array as it came; else a ``ProtocolError`` naming ``where``, what was
+    expected and what came."""
+    if isinstance(value, np.ndarray):
+        return _check_array(where, value, limit)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if is_number and _allowed(value, limit):
+        return int(value) if limit.integral else float(value)
+    raise ProtocolError(f"{where}: expected {limit.expected()}, got {_number(value) if is_number else _show(value)}")
+
+
+def _allowed(value: int | float, limit: Limit) -> bool:
+    if isinstance(value, float) and not (math.isfinite(value) and (value.is_integer() or not limit.integral)):
+        return False
+    # Python compares an int with a float exactly, so an integer of 400 digits is compared, never converted
+    return limit.low <= value <= limit.high and (limit.integral or abs(value) <= sys.float_info.max)
+
+
+def _check_array(where: str, array: np.ndarray, limit: Limit) -> np.ndarray:
+    floats = array.dtype.kind == "f"
+    if floats and not finite(array):
+        raise ProtocolError(f"{where}: expected {limit.expected(plural=True)}, got NaN or Inf")
+    if limit.integral and floats and (fraction := array != np.trunc(array)).any():
+        raise ProtocolError(f"{where}: expected {limit.expected(plural=True)}, got non-integral values such as "
+                            f"{_number(array[fraction][0])}")
+    if array.size and not (math.isinf(limit.low) and math.isinf(limit.high)):
+        low, high = array.min().item(), array.max().item()  # Python numbers: compared with the bounds exactly
+        if low < limit.low or high > limit.high:
+            raise ProtocolError(f"{where}: expected {limit.expected(plural=True)}, got values from {_number(low)} "
+                                f"to {_number(high)}")
+    return array
 
 
 @dataclass
@@ -49,10 +133,9 @@ class InferRequest:
 
 
 def _shape(value, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                                              for s in value):
+    if not isinstance(value, list):
         raise ProtocolError(f"{where}.shape: expected a list of non-negative integers, got {_show(value)}")
-    return tuple(value)
+    return tuple(check(f"{where}.shape", dim, Limit(True, 0, INT64_MAX)) for dim in value)
 
 
 def _show(value) -> str:
@@ -72,14 +155,27 @@ def _json_tensor(data, dtype: np.dtype, shape: tuple, where: str) -> np.ndarray:
                             "FP32 and the integer types")
     if not isinstance(data, list):
         raise ProtocolError(f"{where}.data: expected a list of {math.prod(shape)} values, got {_show(data)}")
+    # the numbers as JSON gave them, checked before the cast, which would truncate 1.9 into an integer and overflow
+    # 1e39 into an FP32 Inf
     try:
-        array = np.asarray(data, dtype=dtype)
-    except (ValueError, TypeError, OverflowError):
-        raise ProtocolError(f"{where}.data: expected {DTYPE_NAMES[dtype]} numbers, got values that are not") from None
-    if array.size != math.prod(shape):
+        values = np.asarray(data)
+    except ValueError:
+        raise ProtocolError(f"{where}.data: expected a flat list of {math.prod(shape)} values, got lists of "
+                            "uneven lengths") from None
+    if values.size != math.prod(shape):
         raise ProtocolError(f"{where}.data: expected {math.prod(shape)} values for shape {list(shape)}, got "
-                            f"{array.size}")
-    return array.reshape(shape)
+                            f"{values.size}")
+    if dtype.kind == "b":
+        if values.dtype.kind != "b":
+            raise ProtocolError(f"{where}.data: expected true or false for BOOL, got values that are not")
+        return values.reshape(shape)
+    limit = datatype_limit(dtype)
+    if values.dtype.kind not in "iuf":  # strings, nulls, booleans, integers past int64: the first is named
+        for value in values.ravel().tolist():
+            check(f"{where}.data", value, limit)
+        values = values.astype(np.float64)
+    check(f"{where}.data", values, limit)
+    return values.astype(dtype, copy=False).reshape(shape)
 
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
@@ -97,7 +193,10 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         header, blob = body[:length], memoryview(body)[length:]
     try:
         doc = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:
+        if type(e) is ValueError:  # not a JSONDecodeError: Python's int() refused a literal of too many digits
+            raise ProtocolError(f"the request's JSON holds an integer of more than {sys.get_int_max_str_digits()} "
+                                "digits; expected numbers within their parameter's or datatype's range") from None
         trailing = isinstance(e, UnicodeDecodeError) or getattr(e, "msg", "") == "Extra data"
         hint = " (binary data needs the Inference-Header-Content-Length header)" if header_length is None and \
             trailing else ""
@@ -184,7 +283,8 @@ def write_response(model: str, request: InferRequest, outputs: dict[str, np.ndar
     doc = {"model_name": model, "model_version": "1", "outputs": tensors}
     if request.id is not None:
         doc["id"] = request.id
-    header = json.dumps(doc, separators=(",", ":")).encode()
+    # strict JSON, which every parser reads: a NaN here raises (a fault, answered as a 500), never writes a NaN token
+    header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
     return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
