@@ -184,10 +184,8 @@ def bench(doc: dict) -> str:
 
 
 NOISE_GOAL = 1.5
-NOISE_RUNS = (("bench_noise_before.json", "before: numpy Philox, a dozen operations a round"),
-              ("bench_noise_numpy.json", "after, numpy only (VAEDEPLOY_NUMBA=0)"),
-              ("bench_noise_hybrid.json", "hybrid, tried first: compiled Philox, numpy's log/cos/exp (bit-identical)"),
-              ("bench_noise.json", "after, numba installed (vaedeploy[fast])"))
+NOISE_RUNS = (("bench_noise_numpy.json", "numpy only (no numba, or VAEDEPLOY_NUMBA=0)"),
+              ("bench_noise.json", "numba installed (vaedeploy[fast])"))
 
 
 def _ratios(doc: dict, op: str, base: str) -> list[float]:
@@ -197,7 +195,7 @@ def _ratios(doc: dict, op: str, base: str) -> list[float]:
 
 def noise(doc: dict) -> str:
     """The noise goal at batch 1 on onnxruntime: encode(x, seed) over encode_params(x) and sample(1) over decode of
-    one latent, each ratio taken within a run (median and range over the runs), before and after."""
+    one latent, each ratio taken within a run (median and range over the runs), without numba and with it."""
     lines = []
     for name, label in NOISE_RUNS:
         run = doc if name == "bench_noise.json" else json.loads((RESULTS_DIR / name).read_text())
