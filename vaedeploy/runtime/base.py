@@ -10,15 +10,24 @@ the arrays of one slice, then its rows' ``Noise`` where the op draws noise, then
 The API methods name the op and ``_call`` runs its plan: directly in slices (``_map``), or, on a runtime with batch
 buckets, through the bucket machinery, which records the whole plan once per bucket (one CUDA graph on CUDA). So
 the latent types are written once for every way of running them.
+
+What a call accepts (docs/runtime.md): images within the bundle's declared ``input.range`` (a finite input far outside
+it would run the graphs into NaN), latents of any finite value, ``n`` rows up to 2**63 − 1, a temperature in
+[0, ``MAX_TEMPERATURE``]; numpy integer and float scalars wherever Python ones are. Latents have no declared range,
+so ``decode`` and ``sample`` refuse a result that is not finite rather than return it.
 """
 from __future__ import annotations
 
+import math
+import numbers
+import sys
 from functools import cached_property
 
 import numpy as np
 
-from ..bundle import PRECISIONS, Bundle
+from ..bundle import PRECISIONS, Bundle, BundleError
 from ..errors import ConfigError, InputError
+from .arrays import FINITE, Values
 from .backends import backend_class
 from .buckets import Buckets, DirectCalls, Plan, bucket_sizes
 from .noise import Noise
@@ -30,6 +39,22 @@ EXECUTION = {  # what a runtime's calls run through, as describe() says it
                           "between them",
     "CUDA graphs": "batch buckets, one CUDA graph per bucket capturing the whole call",
 }
+# The largest sampling temperature: T·eps must stay far inside float32 (beyond it the latents overflow into NaN
+# images), and a thousand times the prior's scale is already far from anything a model was trained on.
+MAX_TEMPERATURE = 1e3
+
+
+def input_values(bundle: Bundle) -> Values:
+    """The values an image may hold: the manifest's ``input.range`` (any finite value where it declares none)."""
+    declared = bundle.manifest["input"].get("range")
+    if declared is None:
+        return FINITE
+    if not (isinstance(declared, list) and len(declared) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in declared)
+            and declared[0] <= declared[1]):
+        raise BundleError(f"{bundle.root}: manifest.json input.range: expected [low, high], two finite numbers with "
+                          f"low ≤ high, got {declared!r}")
+    return Values(*declared, "the bundle's input.range")
 
 
 class Runtime:
@@ -63,6 +88,7 @@ class Runtime:
                               f"latents, the bundle has {self.latent_type!r}")
         self.latent_dim = int(bundle.latent["dim"])
         self.input_shape = bundle.input_shape
+        self.input_values = input_values(bundle)
         self.max_batch = bundle.max_batch
         self.likelihood = bundle.manifest["likelihood"]["kind"]
         self.cuda_graphs = device != "cpu" if cuda_graphs is None else cuda_graphs
@@ -160,10 +186,23 @@ class Runtime:
 
     # ---- shared steps ------------------------------------------------------------------------------------------
 
-    def _take(self, x, trailing: tuple, name: str):
+    def _take(self, x, trailing: tuple, name: str, values: Values = FINITE):
         if self.closed:
             raise InputError(f"{self!r} is closed; load the bundle again")
-        return self.arrays.take(x, trailing, name)
+        return self.arrays.take(x, trailing, name, values)
+
+    def _take_images(self, x):
+        return self._take(x, self.input_shape, "x", self.input_values)
+
+    def _finite(self, images, op: str, cause: str):
+        """``images``, unless they hold NaN or Inf (a cheap pass: ``arrays.finite``), which the caller hears of."""
+        if not self.arrays.finite(images):
+            raise InputError(f"{op}: expected finite images, got NaN or Inf from the decoder{cause}")
+        return images
+
+    def _finite_decoded(self, images, z):
+        return self._finite(images, "decode", f", most likely because z (largest |z| {float(abs(z).max()):g}) is "
+                                              "far outside the latents the model was trained on")
 
     @cached_property
     def plans(self) -> dict[str, Plan]:
@@ -221,20 +260,26 @@ class Runtime:
         return (self._image(self._decoder.run(z)[0]),)
 
     def _check_sample(self, n, temperature) -> tuple[int, float]:
+        """``n`` and ``temperature`` as Python numbers: numpy scalars are taken as their Python values, bools never."""
         if self.closed:
             raise InputError(f"{self!r} is closed; load the bundle again")
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise InputError(f"n: expected a positive integer, got {n!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
-                not np.isfinite(temperature) or temperature < 0:
-            raise InputError(f"temperature: expected a finite number ≥ 0, got {temperature!r}")
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or not 1 <= int(n) <= sys.maxsize:
+            raise InputError(f"n: expected a positive integer of at most 2**63 - 1 (the most rows an array can "
+                             f"have), got {n!r}")
+        if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real) or \
+                not 0 <= float(temperature) <= MAX_TEMPERATURE:
+            raise InputError(f"temperature: expected a finite number in [0, {MAX_TEMPERATURE:g}], got {temperature!r}")
         return int(n), float(temperature)
+
+    def _finite_sampled(self, images, temperature: float):
+        return self._finite(images, "sample", f" at temperature {temperature:g}; a lower temperature keeps the latents "
+                                              "where the model was trained")
 
     # ---- the API -----------------------------------------------------------------------------------------------
 
     def encode_params(self, x) -> tuple:
         """The encoder's outputs for images x (N × input shape): ``(mean, logvar)``, or ``(z,)`` for an AE."""
-        x, back = self._take(x, self.input_shape, "x")
+        x, back = self._take_images(x)
         return tuple(back(p) for p in self._call("encode_params", x))
 
     def encode(self, x, seed=None, offset=0, *, out=None):
@@ -245,19 +290,19 @@ class Runtime:
         (N values each) give every row its own stream (``noise.py``). ``out``: a preallocated result (N × latent_dim
         float32, in this runtime's arrays) that is filled and returned instead of a new array.
         """
-        x, back = self._take(x, self.input_shape, "x")
+        x, back = self._take_images(x)
         z = self._call("encode", x, noise=Noise.of(seed, offset, len(x)), out=out)[0]
         return z if out is not None else back(z)
 
     def decode(self, z, *, out=None):
         """The mean image (N × input shape) of p(x|z) for latents z (N × latent_dim); ``out`` as for ``encode``."""
         z, back = self._take(z, (self.latent_dim,), "z")
-        images = self._call("decode", z, out=out)[0]
+        images = self._finite_decoded(self._call("decode", z, out=out)[0], z)
         return images if out is not None else back(images)
 
     def reconstruct(self, x, *, out=None):
         """decode(the encoder's most likely code): the posterior mean for Gaussian latents."""
-        x, back = self._take(x, self.input_shape, "x")
+        x, back = self._take_images(x)
         images = self._call("reconstruct", x, out=out)[0]
         return images if out is not None else back(images)
 
@@ -270,6 +315,7 @@ class Runtime:
             raise InputError(f"sample: a {self.kind} bundle has no prior over its {self.latent_type} latents; "
                              "expected a bundle with gaussian latents or a learned prior")
         images = self._call("sample", noise=Noise.of(seed, offset, n), temperature=temperature, out=out)[0]
+        images = self._finite_sampled(images, temperature)
         return images if out is not None else self.arrays.output(images)
 
     # ---- what a latent type implements ---------------------------------------------------------------------------

@@ -82,11 +82,17 @@ class TwoStageRuntime(GaussianRuntime):
 
 
 def _categorical(logits: np.ndarray, temperature: float, uniform: np.ndarray) -> np.ndarray:
-    """One code per row of N×K logits: inverse CDF of softmax(logits / T) at ``uniform``; argmax at T = 0."""
+    """One code per row of N×K logits: inverse CDF of softmax(logits / T) at ``uniform``; argmax at T = 0.
+
+    The largest logit is subtracted before the division, so every scaled logit is ≤ 0 and the largest exactly 0 at
+    any T > 0: a tiny T (even a denormal one, 1e-310) sends the others to -inf and their weights to 0, which is the
+    argmax, where dividing first made inf - inf = NaN and code 0 everywhere."""
     if temperature == 0:
         return logits.argmax(1)
-    scaled = logits.astype(np.float64) / temperature
-    cdf = np.cumsum(np.exp(scaled - scaled.max(1, keepdims=True)), 1)
+    logits = logits.astype(np.float64)
+    with np.errstate(over="ignore"):  # a tiny T overflows the differences to -inf: weight 0, what they should get
+        scaled = (logits - logits.max(1, keepdims=True)) / temperature
+    cdf = np.cumsum(np.exp(scaled), 1)
     return np.minimum((cdf < uniform[:, None] * cdf[:, -1:]).sum(1), logits.shape[1] - 1)
 
 
@@ -165,7 +171,7 @@ class VQRuntime(Runtime):
     def encode(self, x, seed=None, offset=0):
         """``(indices N×h×w int64, z_q N×D×h×w)``: the nearest codebook row of every latent vector. Deterministic;
         ``seed`` and ``offset`` are accepted for the common API and unused."""
-        x, back = self._take(x, self.input_shape, "x")
+        x, back = self._take_images(x)
         return tuple(back(a) for a in self._call("encode", x))
 
     def decode(self, z, *, out=None):
@@ -173,10 +179,10 @@ class VQRuntime(Runtime):
         ``Runtime.encode``."""
         if self._is_codes(z):
             codes, back = self._take_codes(z)
-            images = self._call("decode_codes", codes, out=out)[0]
+            images = self._call("decode_codes", codes, out=out)[0]  # codebook rows: as finite as the validated ones
         else:
             z_q, back = self._take(z, self.latent_shape, "z")
-            images = self._call("decode", z_q, out=out)[0]
+            images = self._finite_decoded(self._call("decode", z_q, out=out)[0], z_q)
         return images if out is not None else back(images)
 
     def _decode_codes_rows(self, codes) -> tuple:

@@ -23,19 +23,26 @@ import secrets
 import numpy as np
 
 from ..errors import InputError
+from .arrays import dense, is_tensor
 
 _LIMIT = 2**63
 
 
 def _integers(value, n: int, name: str, low: int, high: int):
-    """An int, or an array of n ints, each in [low, high); else an ``InputError`` naming the argument."""
+    """An int, or an array of n ints, each in [low, high); else an ``InputError`` naming the argument. numpy integer
+    scalars (int64, uint64 of any value) and 0-d integer arrays or tensors count as ints."""
     if isinstance(value, (bool, np.bool_)):
         raise InputError(f"{name}: expected an integer or {n} integers, got {value!r}")
     if isinstance(value, (int, np.integer)):
         if not low <= int(value) < high:
             raise InputError(f"{name}: expected an integer in [{low}, 2**63), got {value!r}")
         return int(value)
-    array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+    if is_tensor(value):
+        dense(value, name)
+        value = value.detach().cpu()
+    array = np.asarray(value)
+    if array.ndim == 0 and array.dtype.kind in "iu":
+        return _integers(array.item(), n, name, low, high)
     if array.shape != (n,) or array.dtype.kind not in "iu":
         raise InputError(f"{name}: expected an integer or {n} integers (one per row), got "
                          f"{array.dtype} values shaped {list(array.shape)}")

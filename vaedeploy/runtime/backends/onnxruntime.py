@@ -82,6 +82,12 @@ def providers(device: str, stream: str | None = None, cuda_graphs: bool = False)
     raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
 
 
+def _first_line(error: Exception) -> str:
+    """An ONNX Runtime error's cause, without its ``[ONNXRuntimeError] : 7 : … Load model from PATH failed:``."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line.rpartition("failed:")[2].strip().rstrip(".") or line
+
+
 class OnnxRuntimeRunner(Runner):
     """One graph in an ``InferenceSession``, created on ``activate``."""
 
@@ -94,13 +100,23 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
     def activate_impl(self) -> None:
-        self.session = ort.InferenceSession(str(self.graph["path"]), session_options(config=self.config),
-                                            providers=self.providers)
+        try:
+            self.session = ort.InferenceSession(str(self.graph["path"]), session_options(config=self.config),
+                                                providers=self.providers)
+        except Exception as e:  # ONNX Runtime's errors have no common base class
+            raise self.session_error(e) from None
         # InferenceSession.run re-checks the feed's names in Python on every call (about a microsecond, 10% of a
         # batch-1 call); the runtime has checked the input already, so it calls the compiled session directly
         # where this onnxruntime exposes it, with the same (outputs, feed, run_options) signature.
         self._run = getattr(self.session, "_sess", self.session).run
         self._first = self.input_names[0] if len(self.input_names) == 1 else None
+
+    def session_error(self, error: Exception) -> Exception:
+        """What a session that ONNX Runtime cannot create is reported as: a damaged or missing file (which
+        ``load(verify=False)`` lets through to here), named."""
+        return BundleError(f"{self.graph['path']}: ONNX Runtime cannot load this {self.role} graph "
+                           f"({_first_line(error)}); expected the ONNX file `vaedeploy export` wrote (load with "
+                           "verify=True to check every file against its sha256)")
 
     def deactivate_impl(self) -> None:
         self.session = self._run = None
@@ -163,14 +179,11 @@ class BoundRunner(OnnxRuntimeRunner):
         self.providers = providers(device, stream.handle if stream is not None else None, bool(graph_ids))
         self.bindings: dict[int, _Binding] = {}
 
-    def activate_impl(self) -> None:
-        try:
-            super().activate_impl()
-        except Exception as e:  # ONNX Runtime's errors have no common base class
-            if not self.graph_ids:
-                raise
-            raise ConfigError(f"{self.graph['file']} cannot run under ONNX Runtime's CUDA graphs "
-                              f"({str(e).splitlines()[0]}); load the bundle with cuda_graphs=False") from None
+    def session_error(self, error: Exception) -> Exception:
+        if not self.graph_ids:
+            return super().session_error(error)
+        return ConfigError(f"{self.graph['file']} cannot run under ONNX Runtime's CUDA graphs "
+                           f"({_first_line(error)}); load the bundle with cuda_graphs=False")
 
     def deactivate_impl(self) -> None:
         super().deactivate_impl()
