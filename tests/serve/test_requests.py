@@ -174,9 +174,13 @@ def test_an_output_with_nan_or_inf_is_refused_naming_what_came_in_and_only_for_i
 
 # ---- uvicorn's own answers, as JSON ------------------------------------------------------------------------------
 
-def test_malformed_http_gets_a_json_400(server):
+@pytest.mark.parametrize("request_bytes", [
+    b"NOT HTTP AT ALL\r\n\r\n",
+    b"POST /v2/models/vae.sample/infer HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n{}",
+], ids=["garbage", "content-length-of-5000-digits"])
+def test_malformed_http_gets_a_json_400(server, request_bytes):
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
-        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        sock.sendall(request_bytes)
         answer = read_until_closed(sock)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower()
