@@ -7,6 +7,11 @@ follow in input order, little-endian and row-major. An output is written as bina
 (``binary_data: true`` on the output, or ``binary_data_output: true`` on the request; tritonclient does so by
 default), else as a flat JSON list. FP16 travels only as binary, as in Triton. Every malformed request is a
 ``ProtocolError`` naming what was expected and what came.
+
+Every number a request carries is checked by one function, ``check``, against a ``Limit`` (integral or not, and a
+range): here a shape's dims, and the JSON data of a tensor against its datatype's range before the cast (so ``1.9``
+is not truncated into an INT64 and ``1e39`` does not overflow into an FP32 Inf); in ``models.py`` every request
+parameter and input against the model's table. A response is strict JSON: it never holds a NaN or Inf token.
 """
 from __future__ import annotations
 
