@@ -172,6 +172,40 @@ def test_an_output_with_nan_or_inf_is_refused_naming_what_came_in_and_only_for_i
                            "model was trained on")
 
 
+def test_a_nan_that_got_past_the_check_is_a_json_500_never_a_nan_token():
+    from vaedeploy.serve.app import InferenceServer
+    from vaedeploy.serve.batcher import DynamicBatcher
+
+    class Runtime:
+        backend = "fake"
+
+    def nan(rt, inputs, rows, seed, offset, temperature):
+        return (np.full_like(inputs[0], np.nan),)
+
+    async def main():
+        server = InferenceServer([])
+        op = Operation("m.decode", Runtime, [TensorSpec("z", "FP32", (2,))], [TensorSpec("x", "FP32", (2,))], (),
+                       nan, 8)
+        op._refusal = lambda piece, outputs: None  # the output check off: the writer's own guard is what answers
+        batcher = DynamicBatcher(op, server.policy, server.metrics.model(op.name))
+        server.models[op.name], server.batchers[op.name] = op, batcher
+        batcher.start()
+        body = b'{"inputs": [{"name": "z", "shape": [1, 2], "datatype": "FP32", "data": [0.5, 1]}]}'
+
+        async def receive():
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            return await server.infer("m.decode", "1", {"headers": []}, receive)
+        finally:
+            await batcher.close()
+
+    status, body, headers = asyncio.run(main())
+    assert status == 500 and headers["content-type"] == "application/json"
+    assert strict_json(body)["error"].startswith("internal error in m.decode: ValueError: Out of range float values "
+                                                 "are not JSON compliant")
+
+
 # ---- uvicorn's own answers, as JSON ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("request_bytes", [
