@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaedeploy.serve.models import MAX_TEMPERATURE, MAX_WAIT_US, PARAMETERS, SAMPLING, Operation, Piece, TensorSpec
+from vaedeploy.runtime.base import MAX_TEMPERATURE
+from vaedeploy.serve.models import MAX_WAIT_US, PARAMETERS, SAMPLING, Operation, Piece, TensorSpec
 from vaedeploy.serve.protocol import Limit, ProtocolError, check, parse_request
 
 TIMEOUT = 30  # seconds, every client call

@@ -33,18 +33,17 @@ from typing import Callable
 import numpy as np
 
 from ..runtime.arrays import shape_text
+from ..runtime.base import MAX_TEMPERATURE
 from ..runtime.noise import _LIMIT as STREAM_LIMIT  # the runtime's bound on seeds and stream rows: 2**63
 from .protocol import DATATYPES, FINITE, INT64_MAX, Limit, ProtocolError, check, finite
 
 SCHEDULE_PARAMETERS = ("priority", "timeout")  # Triton's schedule-policy parameters, read by the batcher
-# A prior's samples at temperature T are the decoder's images of N(0, T²) noise: past a few they are noise, and the
-# latents leave every range a decoder was trained on; 10 leaves room to explore and keeps float32 far from overflow.
-MAX_TEMPERATURE = 10.0
 # The longest queueing time a request or the batching options may name, µs (an hour): threading's waits overflow
 # past about 292 years, and an hour in a queue is already a mistake.
 MAX_WAIT_US = 3_600_000_000
-# Every request parameter a model may read, with its type and range (docs/serving.md, "Limits"); n's upper bound is
-# set per server (--max-sample), priority's by the batcher's levels.
+# Every request parameter a model may read, with its type and range (docs/serving.md, "Limits of every number"): the
+# runtime's own bounds where it has them; n's upper bound is set per server (--max-sample), priority's by the
+# batcher's levels.
 PARAMETERS = {
     "n": Limit(True, 1, 4096, "--max-sample"),
     "seed": Limit(True, 0, STREAM_LIMIT - 1),
