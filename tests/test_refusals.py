@@ -31,3 +31,21 @@ def test_train_lr_1e30_diverges_naming_only_files_that_exist(tmp_path, capsys):
     assert all((tmp_path / "run" / name.rsplit("/", 1)[1]).is_file() for name in named), message
     assert named or "before anything was saved" in message
     assert "--resume" not in message or (run / "checkpoint.safetensors").is_file()
+
+
+@pytest.mark.parametrize("value", [str(10**400), "1e999", "nan"])
+def test_a_number_option_past_floats_range_is_a_usage_line_not_a_traceback(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "vae", "--epochs", value, "--out", str(tmp_path / "run")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--epochs: expected an integer ≥ 1, got '" in err and len(err.splitlines()[-1]) < 200
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("setting", ["hidden=" + "9" * 5000, f"min_logvar={10**400}"])
+def test_a_set_value_past_pythons_integer_or_floats_range_is_one_short_sentence(setting, tmp_path, capsys):
+    assert main(["train", "vae", "--set", setting, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: VAEConfig.") and "expected" in err and len(err) < 300, err[:300]
+    assert not (tmp_path / "run").exists()

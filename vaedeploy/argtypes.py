@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 from .bundle import MAX_BATCH
 
@@ -19,9 +20,11 @@ def number(kind: type, low: float, inclusive: bool = True, high: float = math.in
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not math.isfinite(value) or value < low or (value == low and not inclusive) \
+        # a comparison, not math.isfinite, which raises OverflowError on integers past float's range
+        if value is None or not abs(value) <= sys.float_info.max or value < low or (value == low and not inclusive) \
                 or value > high:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {shown!r}")
         return value
 
     return parse

@@ -21,7 +21,7 @@ def _value(text: str):
     """A --set value: JSON when it parses (numbers, lists, true/false), a comma list, or a plain string."""
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or an integer past the 4,300-digit limit
         return [_value(part) for part in text.split(",")] if "," in text else text
 
 

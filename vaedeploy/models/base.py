@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import typing
 from typing import Callable, ClassVar
 
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, VaedeployError
+from ..io import show
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -229,22 +231,23 @@ def _typed(name: str, hint, value):
             value = [value]  # one width, as --set hidden=256 gives it
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list of {_TYPE_NAMES.get(args[0], args[0].__name__)}s, got "
-                              f"{value!r}")
+                              f"{show(value)}")
         if args[-1] is not Ellipsis and len(value) != len(args):
-            raise ConfigError(f"{name}: expected {len(args)} values, got {len(value)} ({value!r})")
+            raise ConfigError(f"{name}: expected {len(args)} values, got {len(value)} ({show(value)})")
         return tuple(_typed(name, args[0], v) for v in value)
     if hint is bool:
         ok = isinstance(value, bool)
     elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and abs(value) <= sys.float_info.max  # False for NaN, ±inf and integers past float's range
         value = float(value) if ok else value
     else:
         ok = isinstance(value, hint)
     if not ok:
         expected = {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}
-        raise ConfigError(f"{name}: expected {expected.get(hint, hint.__name__)}, got {value!r}")
+        raise ConfigError(f"{name}: expected {expected.get(hint, hint.__name__)}, got {show(value)}")
     return value
 
 
