@@ -253,6 +253,15 @@ def test_leftovers_are_deleted_only_when_marked_ours_and_their_run_is_gone(tmp_p
     assert alive.exists() and unmarked.exists() and (foreign / "b").exists()
 
 
+def test_without_the_target_only_staging_leftovers_go(tmp_path):
+    """A killed first run leaves a staging directory (deleted); a swap without RENAME_EXCHANGE killed between its
+    renames leaves the old output aside and nothing at the target (kept: it is the user's only copy)."""
+    dead = 2**22 + 7
+    staged = marked(tmp_path / f".out.test-{dead}-ab12cd34.tmp", [], complete=False)
+    aside = marked(tmp_path / f".out.test-{dead}-cd34ab12.tmp", [])
+    assert owned.clean_leftovers(tmp_path / "out", KIND) == [staged] and aside.exists()
+
+
 def test_an_engine_cache_is_claimed_file_by_file_and_a_users_folder_is_refused(tmp_path):
     from vaedeploy.export.trt_build import ENGINE_CACHE
 

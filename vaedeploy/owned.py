@@ -205,33 +205,35 @@ def delete_owned(path: Path) -> None:
     path.rmdir()
 
 
+def _owned_whole(directory: Path, kind: Kind) -> bool:
+    """``directory`` carries ``kind``'s marker (or older marker) and nothing it does not list."""
+    listed = listed_entries(directory, kind)
+    return listed is not None and not foreign_entries(directory, listed, kind)
+
+
 def clean_leftovers(out: Path, kind: Kind) -> list[Path]:
-    """Delete what runs of ``kind``'s command to ``out`` left beside it: their process is gone (or is this one,
-    done with them), the directory carries our marker (or ``kind``'s older one) and nothing it does not list. Only
-    while ``out`` exists: a swap without RENAME_EXCHANGE, killed between its two renames, leaves the old output
-    at such a name and nothing at ``out``."""
+    """Delete what runs of ``kind``'s command to ``out`` left beside it, when their process is gone (or is this
+    one, done with them): staging directories (their marker says not complete: everything in them is their run's),
+    and old outputs swapped out but not deleted, whole ones of ours only, and only while ``out`` exists (a swap
+    without RENAME_EXCHANGE killed between its two renames leaves the old output there and nothing at ``out``)."""
     pattern = re.compile(rf"\.{re.escape(out.name)}\.{re.escape(kind.tool)}-(\d+)-[0-9a-f]+\.tmp")
     removed = []
-    if not out.exists() or not out.parent.is_dir():
+    if not out.parent.is_dir():
         return removed
     for path in out.parent.iterdir():
         match = pattern.fullmatch(path.name)
         if not match or path in _IN_USE or path.is_symlink() or not path.is_dir():
             continue
-        pid = int(match[1])
-        if pid != os.getpid() and _alive(pid):
+        if int(match[1]) != os.getpid() and _alive(int(match[1])):
             continue
         marker = read_marker(path)
-        if marker is not None and marker["tool"] == kind.tool and not marker.get("complete", True):
-            listed = None  # a staging directory: everything in it was written by its run
-        else:
-            listed = listed_entries(path, kind)
-            if listed is None or foreign_entries(path, listed, kind):
-                continue
+        staging = marker is not None and marker["tool"] == kind.tool and marker.get("complete") is False
+        if not staging and not (out.exists() and _owned_whole(path, kind)):
+            continue
         try:
             delete_owned(path)
         except OSError:
-            continue  # still in the way of nothing; the next run tries again
+            continue  # in nobody's way; the next run tries again
         removed.append(path)
     return removed
 
