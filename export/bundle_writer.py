@@ -118,8 +118,9 @@ def export_bundle(
         max_batch: the largest batch a graph is validated at; the runtime splits larger batches.
         extra_graphs: more graphs (``GraphSpec``), exported, validated and listed like the others.
         extra_arrays: name → array written as ``name.npy`` (no pickle) and checksummed.
-        force: replace a directory at ``out`` whose manifest cannot be read (see ``target.check_target``; a run
-            directory, a file or a folder of other files is never replaced).
+        force: replace a bundle of an older version (no marker) whose manifest cannot be read, when every file in
+            it is one vaedeploy can tell it wrote (``target.check_target``); a run directory, a file or a folder of
+            other files is never replaced.
 
     Raises ``ValidationError`` (after writing ``<out>.failed/validation.json``) when a graph disagrees with PyTorch,
     ``BundleError`` when ``out`` holds something export may not replace.
