@@ -295,3 +295,18 @@ def test_an_engine_cache_of_an_older_build_is_known_by_its_records(tmp_path):
     (cache / "stray.plan").write_bytes(b"no record names it")
     with pytest.raises(ConfigError, match=r"not part of its engine cache \(stray.plan\)"):
         owned.check_target(cache, ENGINE_CACHE)
+
+
+def test_a_failure_claiming_a_file_leaves_the_engine_cache_as_it_was(tmp_path, monkeypatch):
+    """The cache is filled, never replaced: a name joins the marker before its file is written, and a failure
+    writing the marker leaves the folder as it was (nothing written that the marker does not list)."""
+    from vaedeploy.export.trt_build import ENGINE_CACHE
+
+    cache = tmp_path / "cache"
+    owned.claim(cache, ENGINE_CACHE, ["encoder.fp32.plan"])
+    (cache / "encoder.fp32.plan").write_bytes(b"plan")
+    before = snapshot(cache)
+    monkeypatch.setattr("vaedeploy.io.os.replace", fail)
+    with pytest.raises(OSError, match="injected"):
+        owned.claim(cache, ENGINE_CACHE, ["decoder.fp32.plan"])
+    assert snapshot(cache) == before
