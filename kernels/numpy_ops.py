@@ -11,6 +11,7 @@ seed this is exactly the single stream, which is what lets a server batch reques
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -25,6 +26,20 @@ def _check_float(name: str, x: np.ndarray) -> None:
         raise TypeError(f"{name} must be float16, float32 or float64, got {x.dtype}")
 
 
+def _index(name: str, value) -> int:
+    """An integer seed or offset as an int: ints, numpy integers and 0-d integer arrays; a float or a bool would be
+    truncated or mistaken for a number, so it is refused."""
+    if type(value) is int:
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer (an int, a numpy integer or a 0-d integer array), got "
+                        f"{type(value).__name__} {value!r}") from None
+
+
 def _streams(shape, seed, offset) -> tuple:
     """(shape, element count, seed, start) of a draw: one stream of counters from ``offset`` under ``seed`` (ints),
     or one run per row (see the module doc; int64 arrays of one seed and start per row)."""
@@ -33,7 +48,7 @@ def _streams(shape, seed, offset) -> tuple:
     n = math.prod(shape)
     # one stream for ints and 0-d arrays (the device scalars a bucketed call writes); ints short-circuit np.ndim
     if (type(seed) is int or np.ndim(seed) == 0) and (type(offset) is int or np.ndim(offset) == 0):
-        seed, offset = int(seed), int(offset)
+        seed, offset = _index("seed", seed), _index("offset", offset)
         if not 0 <= seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63) (an int64 the kernel can load), got {seed}")
         if offset < 0 or offset + n > 2**63:

@@ -1,7 +1,15 @@
 """reparameterize / standard_normal: the Triton kernel under the interpreter, the torch reference, the dispatch."""
+import numpy as np
 import pytest
 import torch
-from vaedeploy.kernels import philox, reparameterize, standard_normal
+from vaedeploy.kernels import (
+    philox,
+    reparameterize,
+    reparameterize_numpy,
+    standard_normal,
+    standard_normal_numpy,
+    uniform_numpy,
+)
 from vaedeploy.kernels.sampling import (
     reparameterize_reference,
     reparameterize_triton,
@@ -186,6 +194,23 @@ def test_bad_input_names_what_was_expected(fn):
         fn(mean, logvar, -1)
     with pytest.raises(ValueError, match="offset must be in"):
         fn(mean, logvar, 1, 2**63 - 3)
+
+
+def test_numpy_scalars_are_seeds_and_offsets_and_floats_and_bools_are_not():
+    mean, logvar = (t.numpy() for t in _moments((2, 3)))
+    for draw in (lambda seed, offset: standard_normal_numpy((2, 3), seed, offset),
+                 lambda seed, offset: uniform_numpy((2, 3), seed, offset),
+                 lambda seed, offset: reparameterize_numpy(mean, logvar, seed, offset),
+                 lambda seed, offset: standard_normal((2, 3), seed, offset).numpy()):
+        expected = draw(2**63 - 1, 5)
+        for seed, offset in [(np.uint64(2**63 - 1), np.int8(5)), (np.array(2**63 - 1), np.array(5, np.uint32))]:
+            np.testing.assert_array_equal(draw(seed, offset), expected)
+        for seed, offset, message in [(1.5, 0, "seed must be"), (True, 0, "seed must be"),
+                                      (1, np.float32(2.0), "offset must be"), (np.bool_(False), 0, "seed must be")]:
+            with pytest.raises(TypeError, match=message):  # 1.5 was drawn as seed 1, True as 1
+                draw(seed, offset)
+        with pytest.raises(ValueError, match="seed must be in"):
+            draw(np.uint64(2**64 - 1), 0)
 
 
 def test_triton_launcher_guards():

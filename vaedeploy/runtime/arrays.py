@@ -27,6 +27,7 @@ from ..kernels import reparameterize_numpy, standard_normal_numpy, vq_nearest_nu
 
 _FLOAT32 = np.dtype(np.float32)
 _UINT32 = np.dtype(np.uint32)
+_maximum = np.maximum.reduce
 _FLOATS = (np.float16, np.float32, np.float64)  # become float32 without surprise; ints, bools, longdouble are refused
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -48,13 +49,13 @@ class Values:
     """The values an array argument may hold: finite float32 in [low, high]; ``declared`` says where the range comes
     from (None: any finite value, the rule for latents).
 
-    ``holds`` is one pass over the values on the hot path, as cheap as the finiteness test it replaces: any finite
-    value is one dot product (NaN and Inf propagate into x·x; a huge finite x can overflow it too, so only then is
+    ``holds`` is one pass over the values on the hot path, where the finiteness test was: any finite value is one dot
+    product (NaN and Inf propagate into x·x; a huge finite x can overflow it too, so only then is
     every value compared); a range around 0 (the [0, 1] of images) is one integer maximum of the float32 bits, since
     the bits of +0 … high, read as unsigned integers, are exactly the integers up to high's bits, and every negative
     number, NaN and Inf reads as a larger one. Where that quick test fails (or for other ranges) min and max decide,
-    and a NaN makes both comparisons false. Measured on the 2-core test machine, 64 values: dot 1.0 µs, bit maximum
-    2.3 µs, min and max 4.5 µs.
+    and a NaN makes both comparisons false. Measured on the 2-core test machine, 64 values (one 8×8 image): dot
+    1.1 µs, bit maximum 2.3 µs, min and max 4.5 µs; numpy offers no single pass for both bounds.
     """
 
     def __init__(self, low: float = -FLOAT32_MAX, high: float = FLOAT32_MAX, declared: str | None = None):
@@ -67,7 +68,7 @@ class Values:
         if self.declared is None:
             if math.isfinite(np.vdot(x, x)):
                 return True
-        elif self._bits is not None and x.view(_UINT32).max() <= self._bits:
+        elif self._bits is not None and _maximum(x.view(_UINT32), None) <= self._bits:  # ndarray.max, a frame less
             return True
         return bool(self.low <= x.min() and x.max() <= self.high)
 
