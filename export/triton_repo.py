@@ -246,7 +246,7 @@ def write_repository(bundle_dir, out, name: str, batching: dict) -> list[str]:
     with owned.Staging(Path(out), REPOSITORY, details) as staging:
         for model, config in repo.configs.items():
             staging.write_bytes(f"{model}/config.pbtxt", text_proto(config).encode())
-            staging.path(f"{model}/1").mkdir(parents=True, exist_ok=True)  # Triton needs the version folder
+            staging.mkdir(f"{model}/1")  # Triton needs the version folder, an ensemble's too
             for file, content in repo.files[model].items():
                 if isinstance(content, Path):
                     staging.copy(f"{model}/1/{file}", content)

@@ -298,6 +298,12 @@ class Staging:
                                   "expected a name inside it (no '..', no absolute path, no link out)")
         return path
 
+    def mkdir(self, name: str) -> Path:
+        path = self.path(name)
+        with _naming(self.out / name):
+            path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def write_bytes(self, name: str, data: bytes) -> Path:
         path = self.path(name)
         with _naming(self.out / name):
