@@ -191,9 +191,6 @@ class Runtime:
             raise InputError(f"{self!r} is closed; load the bundle again")
         return self.arrays.take(x, trailing, name, values)
 
-    def _take_images(self, x):
-        return self._take(x, self.input_shape, "x", self.input_values)
-
     def _finite(self, images, op: str, cause: str):
         """``images``, unless they hold NaN or Inf (a cheap pass: ``arrays.finite``), which the caller hears of."""
         if not self.arrays.finite(images):
@@ -279,7 +276,7 @@ class Runtime:
 
     def encode_params(self, x) -> tuple:
         """The encoder's outputs for images x (N × input shape): ``(mean, logvar)``, or ``(z,)`` for an AE."""
-        x, back = self._take_images(x)
+        x, back = self._take(x, self.input_shape, "x", self.input_values)
         return tuple(back(p) for p in self._call("encode_params", x))
 
     def encode(self, x, seed=None, offset=0, *, out=None):
@@ -290,7 +287,7 @@ class Runtime:
         (N values each) give every row its own stream (``noise.py``). ``out``: a preallocated result (N × latent_dim
         float32, in this runtime's arrays) that is filled and returned instead of a new array.
         """
-        x, back = self._take_images(x)
+        x, back = self._take(x, self.input_shape, "x", self.input_values)
         z = self._call("encode", x, noise=Noise.of(seed, offset, len(x)), out=out)[0]
         return z if out is not None else back(z)
 
@@ -302,7 +299,7 @@ class Runtime:
 
     def reconstruct(self, x, *, out=None):
         """decode(the encoder's most likely code): the posterior mean for Gaussian latents."""
-        x, back = self._take_images(x)
+        x, back = self._take(x, self.input_shape, "x", self.input_values)
         images = self._call("reconstruct", x, out=out)[0]
         return images if out is not None else back(images)
 

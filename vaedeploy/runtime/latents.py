@@ -171,7 +171,7 @@ class VQRuntime(Runtime):
     def encode(self, x, seed=None, offset=0):
         """``(indices N×h×w int64, z_q N×D×h×w)``: the nearest codebook row of every latent vector. Deterministic;
         ``seed`` and ``offset`` are accepted for the common API and unused."""
-        x, back = self._take_images(x)
+        x, back = self._take(x, self.input_shape, "x", self.input_values)
         return tuple(back(a) for a in self._call("encode", x))
 
     def decode(self, z, *, out=None):
