@@ -50,8 +50,8 @@ class Values:
     from (None: any finite value, the rule for latents).
 
     ``holds`` is one pass over the values on the hot path, where the finiteness test was: any finite value is one dot
-    product (NaN and Inf propagate into x·x; a huge finite x can overflow it too, so only then is
-    every value compared); a range around 0 (the [0, 1] of images) is one integer maximum of the float32 bits, since
+    product (NaN and Inf propagate into x·x; a huge finite x can overflow it too, so only then is every value
+    compared); a range around 0 (the [0, 1] of images) is one integer maximum of the float32 bits, since
     the bits of +0 … high, read as unsigned integers, are exactly the integers up to high's bits, and every negative
     number, NaN and Inf reads as a larger one. Where that quick test fails (or for other ranges) min and max decide,
     and a NaN makes both comparisons false. Measured on the 2-core test machine, 64 values (one 8×8 image): dot

@@ -191,15 +191,14 @@ class Runtime:
             raise InputError(f"{self!r} is closed; load the bundle again")
         return self.arrays.take(x, trailing, name, values)
 
-    def _finite(self, images, op: str, cause: str):
-        """``images``, unless they hold NaN or Inf (a cheap pass: ``arrays.finite``), which the caller hears of."""
-        if not self.arrays.finite(images):
-            raise InputError(f"{op}: expected finite images, got NaN or Inf from the decoder{cause}")
-        return images
-
     def _finite_decoded(self, images, z):
-        return self._finite(images, "decode", f", most likely because z (largest |z| {float(abs(z).max()):g}) is "
-                                              "far outside the latents the model was trained on")
+        """``images``, unless they hold NaN or Inf (one cheap pass: ``arrays.finite``); the sentence, which reads z
+        again, is made only then."""
+        if not self.arrays.finite(images):
+            raise InputError(f"decode: expected finite images, got NaN or Inf from the decoder, most likely because "
+                             f"z (largest |z| {float(abs(z).max()):g}) is far outside the latents the model was "
+                             "trained on")
+        return images
 
     @cached_property
     def plans(self) -> dict[str, Plan]:
@@ -269,8 +268,11 @@ class Runtime:
         return int(n), float(temperature)
 
     def _finite_sampled(self, images, temperature: float):
-        return self._finite(images, "sample", f" at temperature {temperature:g}; a lower temperature keeps the latents "
-                                              "where the model was trained")
+        """``images``, unless they hold NaN or Inf, as ``_finite_decoded``."""
+        if not self.arrays.finite(images):
+            raise InputError(f"sample: expected finite images, got NaN or Inf from the decoder at temperature "
+                             f"{temperature:g}; a lower temperature keeps the latents where the model was trained")
+        return images
 
     # ---- the API -----------------------------------------------------------------------------------------------
 
