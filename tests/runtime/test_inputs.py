@@ -218,7 +218,7 @@ def test_the_range_comes_from_the_manifest(bundle_copy):
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_a_temperature_above_the_documented_maximum_is_refused(exported, backend):
     rt = load(exported("vae")[1], backend=backend)
-    for temperature in (1e308, MAX_TEMPERATURE * 1.001, float("inf"), float("nan"), -1.0):
+    for temperature in (1e308, 10**400, MAX_TEMPERATURE * 1.001, float("inf"), float("nan"), -1.0, np.float64(-0.5)):
         with pytest.raises(InputError, match=r"temperature: expected a finite number in \[0, 1000\]"):
             rt.sample(2, seed=0, temperature=temperature)
     assert np.isfinite(rt.sample(2, seed=0, temperature=MAX_TEMPERATURE)).all()

@@ -263,7 +263,7 @@ class Runtime:
             raise InputError(f"n: expected a positive integer of at most 2**63 - 1 (the most rows an array can "
                              f"have), got {n!r}")
         if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real) or \
-                not 0 <= float(temperature) <= MAX_TEMPERATURE:
+                not 0 <= temperature <= MAX_TEMPERATURE:  # compared as given: float(10**400) would overflow
             raise InputError(f"temperature: expected a finite number in [0, {MAX_TEMPERATURE:g}], got {temperature!r}")
         return int(n), float(temperature)
 
