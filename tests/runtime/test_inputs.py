@@ -131,6 +131,14 @@ def test_meta_and_sparse_tensors_are_refused_with_one_sentence(exported, backend
         rt.sample(2, seed=torch.empty(2, dtype=torch.int64, device="meta"))
 
 
+def test_uint64_codes_past_2_63_are_refused_not_wrapped(vqvae):
+    codes = vqvae.encode(images(2))[0]
+    np.testing.assert_array_equal(vqvae.decode(codes.astype(np.uint64)), vqvae.decode(codes))
+    with pytest.raises(InputError, match=r"codes: expected integers below 2\*\*63, got uint64 values up to "
+                                         r"18446744073709551615"):
+        vqvae.decode(np.full_like(codes, 2**64 - 1, dtype=np.uint64))
+
+
 def test_meta_integer_codes_are_refused_with_one_sentence(vqvae):
     with pytest.raises(InputError, match="codes: expected a dense tensor with data, got a meta tensor"):
         vqvae.decode(torch.empty(2, 2, 2, dtype=torch.int64, device="meta"))
