@@ -7,6 +7,7 @@ ONNX nodes, so every probability is a number in this file.
   mixed temperatures and offsets against single calls row by row.
 - Two-stage: a stage-2 decoder with mean(u) = 3u and log γ = log 4 and decoders that pass z through, so a sample at
   temperature T is z ~ N(0, T²·(9 + 4)) per dimension (u ~ N(0, T²), then N(mean(u), T²·γ)).
+- The server's V2 models of the VQ bundle: the request parameters' bounds, and each request's own rows in a batch.
 """
 import json
 
@@ -16,6 +17,7 @@ import pytest
 from vaedeploy import load
 from vaedeploy.bundle import sha256_file
 from vaedeploy.serve.models import operations
+from vaedeploy.serve.protocol import ProtocolError
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -179,3 +181,41 @@ def test_a_two_stage_sample_has_the_variance_its_temperature_gives(two_stage, te
 
 def test_a_two_stage_sample_at_temperature_zero_is_the_stage2_mean_of_zero(two_stage):
     np.testing.assert_array_equal(two_stage.sample(4, seed=1, temperature=0.0).reshape(4, 2), np.zeros((4, 2)))
+
+
+# ---- the server's request parameters and a batch's outputs, on the same bundle ------------------------------------
+
+def _operation(runtime, op: str, **options):
+    return next(o for o in operations("tiny", runtime, **options) if o.name == f"tiny.{op}")
+
+
+def test_n_is_bounded_by_the_servers_max_sample(vq):
+    sample_codes = _operation(vq, "sample_codes", max_sample=10)
+    assert sample_codes.checked_parameters({"n": 10}) == {"n": 10}
+    for n in (0, 11):
+        with pytest.raises(ProtocolError, match="parameter n"):
+            sample_codes.checked_parameters({"n": n})
+
+
+def test_the_schedule_parameters_are_accepted_and_others_named(vq):
+    sample_codes = _operation(vq, "sample_codes")
+    assert sample_codes.checked_parameters({"priority": 1, "timeout": 1000, "seed": 4}) == {
+        "priority": 1, "timeout": 1000, "seed": 4}
+    with pytest.raises(ProtocolError, match=r"unknown request parameter\(s\) \['temprature'\]"):
+        sample_codes.checked_parameters({"temprature": 0.5})
+
+
+def test_a_requests_last_row_must_lie_before_2_63_in_the_stream(vq):
+    sample_codes = _operation(vq, "sample_codes")
+    assert sample_codes.piece({}, {"n": 3, "offset": 2**63 - 3}).offset == 2**63 - 3
+    with pytest.raises(ProtocolError, match="parameter offset: rows"):
+        sample_codes.piece({}, {"n": 4, "offset": 2**63 - 3})
+
+
+def test_a_batch_of_requests_gives_each_its_own_rows(vq):
+    decode_codes = _operation(vq, "decode_codes")
+    codes = [np.array([[[0, 1], [2, 3]]] * rows, np.int64) + k for k, rows in enumerate([3, 2])]
+    codes[1] %= K
+    batch = decode_codes.run([decode_codes.piece({"codes": c}, {}) for c in codes])
+    for c, (images,) in zip(codes, batch):
+        np.testing.assert_array_equal(images, vq.decode(c))
