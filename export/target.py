@@ -15,12 +15,12 @@ symbolic link is refused, ``force`` or not.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vaedeploy import owned
 from vaedeploy.bundle import ENGINES, MANIFEST, check_manifest
-from vaedeploy.errors import BundleError
+from vaedeploy.errors import BundleError, VaedeployError
+from vaedeploy.io import read_json
 from vaedeploy.runs import CONFIG
 
 from .trt_build import older_engine_cache
@@ -34,8 +34,8 @@ def _manifest(directory: Path):
     if path.is_symlink() or not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
+        return read_json(path, "a bundle's manifest")
+    except VaedeployError:
         return None
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 import secrets
@@ -38,7 +37,7 @@ from typing import Callable
 
 from . import __version__
 from .errors import VaedeployError
-from .io import replace_directory, write_json
+from .io import read_json, replace_directory, write_json
 
 MARKER = ".vaedeploy-owned.json"
 FORMAT = "vaedeploy-owned"
@@ -68,8 +67,8 @@ def read_marker(directory: Path) -> dict | None:
     if path.is_symlink() or not path.is_file():
         return None
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
+        doc = read_json(path, "vaedeploy's ownership marker")
+    except VaedeployError:
         return None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("version"), int) \
             or not isinstance(doc.get("tool"), str) or not isinstance(doc.get("entries"), list) \

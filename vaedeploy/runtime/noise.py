@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 from .arrays import dense, is_tensor
 
-_LIMIT = 2**63
+STREAM_LIMIT = 2**63
 
 
 def _integers(value, n: int, name: str, low: int, high: int):
@@ -74,8 +74,8 @@ class Noise:
     @classmethod
     def of(cls, seed, offset, n: int) -> "Noise":
         """Check a call's ``seed`` (None: a fresh random one) and ``offset`` for N rows."""
-        seed = secrets.randbits(63) if seed is None else _integers(seed, n, "seed", 0, _LIMIT)
-        offset = _integers(offset, n, "offset", 0, _LIMIT)
+        seed = secrets.randbits(63) if seed is None else _integers(seed, n, "seed", 0, STREAM_LIMIT)
+        offset = _integers(offset, n, "offset", 0, STREAM_LIMIT)
         if isinstance(offset, int) and not isinstance(seed, int):  # per-row seeds: row r is still row offset + r
             offset = offset + np.arange(n, dtype=np.int64)
         return cls(seed, offset, n)
@@ -91,11 +91,11 @@ class Noise:
         per-row arrays (row r starts at element base + offset[r]·width of seed[r])."""
         if isinstance(self.seed, int) and isinstance(self.offset, int):
             start = base + self.offset * width
-            if start >= _LIMIT:
+            if start >= STREAM_LIMIT:
                 raise InputError(f"offset: row {self.offset} of a {width}-wide stream is past 2**63 counters")
             return self.seed, start
         offset = np.asarray(self.offset, dtype=np.int64)
-        if offset.size and int(offset.max()) >= (_LIMIT - base) // max(width, 1):
+        if offset.size and int(offset.max()) >= (STREAM_LIMIT - base) // max(width, 1):
             raise InputError(f"offset: row {int(offset.max())} of a {width}-wide stream is past 2**63 counters")
         return np.broadcast_to(np.asarray(self.seed, dtype=np.int64), offset.shape), base + offset * width
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..runtime.arrays import shape_text
 from ..runtime.base import MAX_TEMPERATURE
-from ..runtime.noise import _LIMIT as STREAM_LIMIT  # the runtime's bound on seeds and stream rows: 2**63
+from ..runtime.noise import STREAM_LIMIT  # the runtime's bound on seeds and stream rows: 2**63
 from .protocol import DATATYPES, FINITE, INT64_MAX, Limit, ProtocolError, check, finite
 
 SCHEDULE_PARAMETERS = ("priority", "timeout")  # Triton's schedule-policy parameters, read by the batcher

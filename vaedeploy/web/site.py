@@ -15,6 +15,7 @@ import numpy as np
 from .. import __version__, load, owned
 from ..bundle import MANIFEST
 from ..errors import VaedeployError
+from ..io import read_json
 
 GENERATOR = "vaedeploy web"
 SPEC = "explorer.json"
@@ -122,9 +123,9 @@ def older_site(directory: Path) -> set[str] | None:
     """The entries a page written before vaedeploy's marker vouches for: the files its explorer.json lists (with
     their folders); None when it has no explorer.json of ``GENERATOR``."""
     try:
-        spec = json.loads((directory / SPEC).read_text())
+        spec = read_json(directory / SPEC, "the explorer page's spec")
         files = spec["files"] if spec.get("generator") == GENERATOR else None
-    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+    except (VaedeployError, OSError, KeyError, TypeError, AttributeError):
         return None
     if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
         return None

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import json
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from ...bundle import ENGINE_RECORD_FORMAT, ENGINES, engine_files
 from ...errors import BundleError, ConfigError, InputError, MissingDependency
+from ...io import read_json
 from ..arrays import TorchArrays
 from .base import Runner
 
@@ -76,7 +76,7 @@ def find_engine(bundle, directory: Path, role: str, precision: str, device: str)
         raise BundleError(f"{directory}: no TensorRT engine of the {role} graph at {precision} ({record_path.name} is "
                           f"missing); run {build}")
     try:
-        record = json.loads(record_path.read_text())
+        record = read_json(record_path, "an engine record", error=BundleError)
         key = record["key"]
         graph, built, capability = key["graph"], key["tensorrt"], key["gpu"]["compute_capability"]
         profiles, expected = key["profiles"], record["plan"]
