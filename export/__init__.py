@@ -1,7 +1,7 @@
-"""ONNX export of vaedeploy models (and the user's own modules) into validated bundles, and a Triton model repository.
+"""ONNX export of vaedeploy models (and the user's own modules) into validated bundles.
 
-The exporters import torch; they load on first use (PEP 562), so ``vaedeploy.export.triton_repo``, which writes a
-repository from a bundle, runs where only the runtime is installed.
+The exporters import torch; they load on first use (PEP 562), so ``import vaedeploy.export`` costs nothing where
+only the bundle's validation rules are wanted.
 """
 import importlib
 

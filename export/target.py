@@ -6,7 +6,7 @@ A target may be absent, an empty directory, or a bundle: a directory carrying va
 that is a valid vaedeploy manifest (its ``format_version`` and ``check_manifest``) — the manifest's format field is
 then vaedeploy's marker; a manifest that merely has a ``files`` object proves nothing. Every entry must be one the
 marker (or that manifest) lists, or the engine cache ``vaedeploy build`` wrote inside (``engines/``, with its own
-marker, or as an older build left it: ``trt_build.older_engine_cache``); else export refuses, listing them.
+marker, or as an older build left it: ``bundle.older_engine_cache``); else export refuses, listing them.
 
 A bundle of an older version whose manifest cannot be read (no marker to prove it ours) is replaced only with
 ``force``, and only if vaedeploy can tell it wrote every file in it from the file itself (the manifest, and ONNX
@@ -18,12 +18,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vaedeploy import owned
-from vaedeploy.bundle import ENGINES, MANIFEST, check_manifest
+from vaedeploy.bundle import ENGINES, MANIFEST, check_manifest, older_engine_cache
 from vaedeploy.errors import BundleError, VaedeployError
 from vaedeploy.io import read_json
 from vaedeploy.runs import CONFIG
-
-from .trt_build import older_engine_cache
 
 FAILED_SUFFIX = ".failed"
 

@@ -348,7 +348,7 @@ def test_the_command_line_loads_without_torch_until_a_command_needs_it():
               "for argv in (['serve', 'b'], ['web', 'b', '--out', 'o'], ['triton-repo', 'b', '--out', 'o'], "
               "['train', 'vae', '--out', 'r'], ['export', 'r', '--out', 'b'], ['build', 'b']):\n"
               "    build_parser().parse_args(argv)\n"
-              "import vaedeploy.export.triton_repo\n"
+              "import vaedeploy.deploy.triton_repo\n"
               "print('ok')")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "ok", done.stderr

@@ -29,8 +29,7 @@ def write_export(exported, out: Path) -> None:
 
 
 def write_triton(exported, out: Path) -> None:
-    from vaedeploy.export.triton_repo import write_repository
-
+    from vaedeploy.deploy.triton_repo import write_repository
     from vaedeploy.serve.batcher import BatchPolicy
 
     write_repository(exported("vae")[1], out, "vae", BatchPolicy(max_batch_size=8).model_config())
@@ -263,7 +262,7 @@ def test_without_the_target_only_staging_leftovers_go(tmp_path):
 
 
 def test_an_engine_cache_is_claimed_file_by_file_and_a_users_folder_is_refused(tmp_path):
-    from vaedeploy.export.trt_build import ENGINE_CACHE
+    from vaedeploy.bundle import ENGINE_CACHE
 
     cache = tmp_path / "cache"
     owned.claim(cache, ENGINE_CACHE, ["encoder.fp32.plan", "encoder.fp32.json"])
@@ -279,9 +278,7 @@ def test_an_engine_cache_is_claimed_file_by_file_and_a_users_folder_is_refused(t
 
 
 def test_an_engine_cache_of_an_older_build_is_known_by_its_records(tmp_path):
-    from vaedeploy.export.trt_build import ENGINE_CACHE
-
-    from vaedeploy.bundle import ENGINE_RECORD_FORMAT
+    from vaedeploy.bundle import ENGINE_CACHE, ENGINE_RECORD_FORMAT
 
     cache = tmp_path / "engines"
     cache.mkdir()
@@ -300,7 +297,7 @@ def test_an_engine_cache_of_an_older_build_is_known_by_its_records(tmp_path):
 def test_a_failure_claiming_a_file_leaves_the_engine_cache_as_it_was(tmp_path, monkeypatch):
     """The cache is filled, never replaced: a name joins the marker before its file is written, and a failure
     writing the marker leaves the folder as it was (nothing written that the marker does not list)."""
-    from vaedeploy.export.trt_build import ENGINE_CACHE
+    from vaedeploy.bundle import ENGINE_CACHE
 
     cache = tmp_path / "cache"
     owned.claim(cache, ENGINE_CACHE, ["encoder.fp32.plan"])

@@ -29,7 +29,8 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import BundleError
+from . import owned
+from .errors import BundleError, ConfigError, VaedeployError
 from .io import open_regular, read_json, read_npy, show
 
 FORMAT_VERSION = 1
@@ -55,9 +56,36 @@ ENGINE_RECORD_FORMAT = 1  # the version of the JSON record beside each plan (doc
 
 def engine_files(directory: str | os.PathLike, role: str, precision: str) -> tuple[Path, Path]:
     """Where an engine cache keeps the plan of one graph at one precision, and the JSON record of what built it:
-    the one naming both the builder (``export/trt_build.py``) and the TensorRT backend read."""
+    the one naming both the builder (``vaedeploy/deploy/trt_build.py``) and the TensorRT backend read."""
     return Path(directory) / f"{role}.{precision}.plan", Path(directory) / f"{role}.{precision}.json"
 
+
+def older_engine_cache(directory: Path) -> set[str] | None:
+    """The files an engine cache of a `vaedeploy build` from before the marker vouches for: its engine records (JSON
+    of ``ENGINE_RECORD_FORMAT``) and the plans they name, its validation reports and timing caches; None when it
+    has no engine record."""
+    listed, records = set(), 0
+    for path in directory.iterdir():
+        if path.is_symlink() or not path.is_file():
+            continue
+        if re.fullmatch(r"timing\..+\.cache", path.name):
+            listed.add(path.name)
+        elif path.suffix == ".json":
+            try:
+                doc = read_json(path, "an engine record")
+            except (OSError, VaedeployError):
+                continue
+            if isinstance(doc, dict) and doc.get("format") == ENGINE_RECORD_FORMAT \
+                    and isinstance(doc.get("plan"), dict) and isinstance(doc["plan"].get("file"), str):
+                listed |= {path.name, doc["plan"]["file"]}
+                records += 1
+            elif isinstance(doc, dict) and re.fullmatch(r"validation\.\w+\.json", path.name) and "checks" in doc:
+                listed.add(path.name)
+    return listed if records else None
+
+
+ENGINE_CACHE = owned.Kind(tool="build", what="an engine cache of `vaedeploy build`", noun="engine cache",
+                          error=ConfigError, legacy=older_engine_cache)
 
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()

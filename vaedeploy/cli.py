@@ -127,7 +127,7 @@ def _cuda_device(text: str) -> str:
 
 
 def cmd_build(args) -> int:
-    from .export.trt_build import build_engines, import_tensorrt
+    from .deploy.trt_build import build_engines, import_tensorrt
 
     import_tensorrt()  # a machine without TensorRT hears what to install before anything else is looked at
     from tqdm.auto import tqdm
@@ -145,7 +145,7 @@ def cmd_build(args) -> int:
           f"{gpu['name']} (compute capability {gpu['compute_capability']}); {built['seconds']:.1f} s")
     if args.validate:
         from .bundle import load_bundle
-        from .export.trt_build import validate_engines
+        from .deploy.trt_build import validate_engines
         from .runtime.backends.tensorrt import Backend
 
         bundle = load_bundle(args.bundle)

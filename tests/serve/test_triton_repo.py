@@ -13,11 +13,11 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
-from vaedeploy.export.triton_repo import OLDER_MARKER, write_repository
 
 from vaedeploy import load
 from vaedeploy.bundle import read_graph_signature
 from vaedeploy.cli import main
+from vaedeploy.deploy.triton_repo import OLDER_MARKER, write_repository
 from vaedeploy.errors import ConfigError
 from vaedeploy.owned import MARKER
 from vaedeploy.serve.app import model_config

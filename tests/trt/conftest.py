@@ -9,8 +9,8 @@ import sys
 
 import fake_tensorrt
 import pytest
-from vaedeploy.export import trt_build
 
+from vaedeploy.deploy import trt_build
 from vaedeploy.runtime.backends import tensorrt as tensorrt_backend
 
 

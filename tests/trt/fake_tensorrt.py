@@ -1,4 +1,4 @@
-"""A FAKE of the TensorRT Python API: exactly the calls vaedeploy makes (export/trt_build.py and
+"""A FAKE of the TensorRT Python API: exactly the calls vaedeploy makes (vaedeploy/deploy/trt_build.py and
 vaedeploy/runtime/backends/tensorrt.py), nothing else. It is not TensorRT and proves nothing about TensorRT's own
 behaviour; it proves that our code makes the documented calls, in a legal order, with the shapes and flags meant.
 

@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 from fake_tensorrt import calls
-from vaedeploy.export import trt_build
 
 from vaedeploy import load
 from vaedeploy.bundle import engine_files, load_bundle
+from vaedeploy.deploy import trt_build
 from vaedeploy.errors import BundleError, ConfigError, JobFailed, MissingDependency
 from vaedeploy.runtime.backends import auto, resolve
 from vaedeploy.runtime.backends.tensorrt import Backend, usable

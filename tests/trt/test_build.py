@@ -1,4 +1,4 @@
-"""`vaedeploy build` (export/trt_build.py) against the FAKE TensorRT of tests/trt/fake_tensorrt.py: the calls it
+"""`vaedeploy build` (deploy/trt_build.py) against the FAKE TensorRT of tests/trt/fake_tensorrt.py: the calls it
 makes, the profiles per bucket, the cache key and every rebuild reason, atomic writes, the TensorRT 10 / 11 /
 TensorRT-RTX paths, and the error sentences. Nothing here runs real TensorRT."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ import os
 
 import pytest
 from fake_tensorrt import calls
-from vaedeploy.export import trt_build
 
 from vaedeploy.bundle import engine_files, load_bundle
 from vaedeploy.cli import main
+from vaedeploy.deploy import trt_build
 from vaedeploy.errors import BundleError, ConfigError, JobFailed, MissingDependency
 from vaedeploy.runtime.buckets import bucket_sizes
 

@@ -1,4 +1,4 @@
-"""The TensorRT engine cache key (export/trt_build.py) against the FAKE TensorRT: each part of the key changed alone
+"""The TensorRT engine cache key (deploy/trt_build.py) against the FAKE TensorRT: each part of the key changed alone
 forces a rebuild, and the same build again finds its plan; a plan that failed ``--validate`` is never served. Nothing
 here runs real TensorRT."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ import shutil
 
 import onnx
 import pytest
-from vaedeploy.export import trt_build
 
 from vaedeploy.bundle import MANIFEST, engine_files, sha256_file
+from vaedeploy.deploy import trt_build
 
 BASE = {"buckets": [1, 4], "opt_level": 3}
 

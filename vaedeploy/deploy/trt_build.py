@@ -16,10 +16,10 @@ not match, when it does not match its record (an interrupted build), or when Ten
 plan is written before its record, each atomically, and the backend checks the plan's sha256 against the record
 before it deserializes it: a half-built plan is never loaded.
 
-The cache directory follows vaedeploy's ownership rule (``vaedeploy.owned``, ``ENGINE_CACHE``): it must be absent,
+The cache directory follows vaedeploy's ownership rule (``owned``, ``bundle.ENGINE_CACHE``): it must be absent,
 empty, or a cache `vaedeploy build` wrote, holding nothing else. It is filled file by file, never replaced: each
 file's name joins the directory's marker before the file is written, so a build killed halfway leaves only listed
-files. A cache written before the marker is known by its engine records (``older_engine_cache``).
+files. A cache written before the marker is known by its engine records (``bundle.older_engine_cache``).
 
 ``validate_engines`` runs every engine at every bucket and compares each output with ONNX Runtime on the fp32 graph,
 within export's tolerance of the engine's precision (``validate.TOLERANCES``), failing hard.
@@ -30,8 +30,6 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
-import json
-import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from vaedeploy import __version__, owned
-from vaedeploy.bundle import ENGINE_RECORD_FORMAT, ENGINES, PRECISIONS, Bundle, engine_files, load_bundle
+from vaedeploy.bundle import ENGINE_CACHE, ENGINE_RECORD_FORMAT, ENGINES, PRECISIONS, Bundle, engine_files, load_bundle
 from vaedeploy.errors import BundleError, ConfigError, DataError, FileFormatError, JobFailed, MissingDependency
 from vaedeploy.io import atomic_write_bytes, read_json, write_json
 
@@ -73,33 +71,6 @@ MODULES = ("tensorrt", "tensorrt_rtx")  # the order a build looks for them
 INSTALL = "pip install 'vaedeploy[trt]' (TensorRT 10.1 or newer; TensorRT-RTX 1.2 or newer as tensorrt_rtx also works)"
 OPT_LEVELS = range(6)  # TensorRT's builder optimization levels; 3 is its default
 
-
-def older_engine_cache(directory: Path) -> set[str] | None:
-    """The files an engine cache of a `vaedeploy build` from before the marker vouches for: its engine records (JSON
-    of ``ENGINE_RECORD_FORMAT``) and the plans they name, its validation reports and timing caches; None when it
-    has no engine record."""
-    listed, records = set(), 0
-    for path in directory.iterdir():
-        if path.is_symlink() or not path.is_file():
-            continue
-        if re.fullmatch(r"timing\..+\.cache", path.name):
-            listed.add(path.name)
-        elif path.suffix == ".json":
-            try:
-                doc = json.loads(path.read_text())
-            except (OSError, ValueError, RecursionError):
-                continue
-            if isinstance(doc, dict) and doc.get("format") == ENGINE_RECORD_FORMAT \
-                    and isinstance(doc.get("plan"), dict) and isinstance(doc["plan"].get("file"), str):
-                listed |= {path.name, doc["plan"]["file"]}
-                records += 1
-            elif isinstance(doc, dict) and re.fullmatch(r"validation\.\w+\.json", path.name) and "checks" in doc:
-                listed.add(path.name)
-    return listed if records else None
-
-
-ENGINE_CACHE = owned.Kind(tool="build", what="an engine cache of `vaedeploy build`", noun="engine cache",
-                          error=ConfigError, legacy=older_engine_cache)
 
 
 def import_tensorrt():
@@ -463,7 +434,7 @@ def validate_engines(bundle: Bundle, built: dict, runner, progress=print) -> dic
     import onnxruntime as ort
     import torch
 
-    from .validate import TOLERANCES, cpu_session, errors  # torch: imported only where validation runs
+    from ..export.validate import TOLERANCES, cpu_session, errors  # torch: imported only where validation runs
 
     precision, sizes = built["precision"], built["buckets"]
     tolerance = TOLERANCES[precision]

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError, VaedeployError
-from ..io import show
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -222,6 +221,12 @@ def config_from_dict(cls: type, values: dict):
     return cls(**{k: _typed(f"{cls.__name__}.{k}", hints[k], v) for k, v in values.items()})
 
 
+def _shown(value) -> str:
+    """``value`` as an error message echoes it: its repr, cut to 80 characters (a --set value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _typed(name: str, hint, value):
     """``value`` as the field type ``hint`` (int, float, str, bool, tuple[int, ...], tuple[int, int, int]) or a
     ``ConfigError`` naming the option, the type and what came."""
@@ -231,9 +236,9 @@ def _typed(name: str, hint, value):
             value = [value]  # one width, as --set hidden=256 gives it
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list of {_TYPE_NAMES.get(args[0], args[0].__name__)}s, got "
-                              f"{show(value)}")
+                              f"{_shown(value)}")
         if args[-1] is not Ellipsis and len(value) != len(args):
-            raise ConfigError(f"{name}: expected {len(args)} values, got {len(value)} ({show(value)})")
+            raise ConfigError(f"{name}: expected {len(args)} values, got {len(value)} ({_shown(value)})")
         return tuple(_typed(name, args[0], v) for v in value)
     if hint is bool:
         ok = isinstance(value, bool)
@@ -247,7 +252,7 @@ def _typed(name: str, hint, value):
         ok = isinstance(value, hint)
     if not ok:
         expected = {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}
-        raise ConfigError(f"{name}: expected {expected.get(hint, hint.__name__)}, got {show(value)}")
+        raise ConfigError(f"{name}: expected {expected.get(hint, hint.__name__)}, got {_shown(value)}")
     return value
 
 

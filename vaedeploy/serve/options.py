@@ -126,7 +126,7 @@ def add_triton_repo_arguments(parser) -> None:
 
 
 def triton_repo(args) -> int:
-    from ..export.triton_repo import write_repository
+    from ..deploy.triton_repo import write_repository
 
     name = bundle_names([args.bundle], [args.name] if args.name else [])[0]
     models = write_repository(args.bundle, args.out, name, policy_from_args(args).model_config())

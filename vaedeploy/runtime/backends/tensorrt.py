@@ -5,7 +5,7 @@ Written against TensorRT's documented Python API (docs/tensorrt.md) and tested o
 stream 0, against a fake of exactly the calls made here (tests/trt/fake_tensorrt.py); ``load`` refuses
 ``device="cpu"`` for it, since real TensorRT runs on NVIDIA GPUs. **Never run on real TensorRT.**
 
-- The engine of a graph is found by its record (``bundle.engine_files``; written by ``export/trt_build.py``): built
+- The engine of a graph is found by its record (``bundle.engine_files``; written by ``deploy/trt_build.py``): built
   from this bundle's graph (its sha256), by the TensorRT module and version installed here, for this GPU's compute
   capability, not failed by ``vaedeploy build --validate``, its profiles reaching the largest batch the runtime runs;
   the plan's sha256 is checked against the record before TensorRT deserializes it. Each refusal is one sentence
