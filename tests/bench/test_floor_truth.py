@@ -38,9 +38,6 @@ def test_a_transposed_convolution_counts_as_matrix_work(tmp_path, batch):
     assert cost.bytes == 4 * (2 * 3 * 2 * 2) + 4 * batch * (2 * 3 * 3) + 4 * batch * (3 * 6 * 6)
 
 
-@pytest.mark.xfail(strict=True, reason="onnx-tool counts a ConvTranspose as output elements × kernel[1:] (Cout·kh·kw), "
-                   "as for a Conv, where the work is input elements × Cout·kh·kw: 6× too many here (Cout/Cin · "
-                   "stride²), so the floor of a decoder with transposed convolutions is not a lower bound")
 def test_a_transposed_convolutions_flops_are_its_multiply_accumulates_exactly(tmp_path):
     assert _transposed_convolution(tmp_path, 5).flops == 2 * 5 * 216
 

@@ -4,9 +4,11 @@ For each graph an op runs, at the row's batch size:
 
 - **FLOPs**: twice the multiply-accumulates that `onnx-tool` (a maintained ONNX profiler) counts after shape
   inference at that batch, in the matrix operations (Gemm, MatMul, Conv, ConvTranspose: exactly, bias additions
-  included; tests/bench/test_floor.py checks its counts against hand-computed ones). Its estimates for the other
-  nodes (activations at a fixed cost per element) are reported as ``other_flops`` and left out of the floor: they
-  are not matrix work, and counting them at the matrix rate would lift the floor above what a fast runtime does;
+  included; a ConvTranspose counted here, from its input, since onnx-tool counts it from its output as a Conv;
+  tests/bench/test_floor.py and test_floor_truth.py check the counts against hand-computed ones). Its estimates
+  for the other nodes (activations at a fixed cost per element) are reported as ``other_flops`` and left out of the
+  floor: they are not matrix work, and counting them at the matrix rate would lift the floor above what a fast
+  runtime does;
 - **bytes**: the least traffic a call must make: every initializer (the weights) read once, the inputs read once
   and the outputs written once; intermediate tensors may stay in cache, so they are not counted.
 
@@ -71,12 +73,25 @@ def graph_cost(path: Path, inputs: list[dict], batch: int) -> GraphCost:
     graph = _model(str(path)).graph
     graph.shape_infer(feeds)
     graph.profile()
-    matrix = sum(float(node.macs[0]) for node in graph.nodemap.values() if node.op_type in MATRIX_OPS)
+    matrix = sum(_macs(graph, node) for node in graph.nodemap.values() if node.op_type in MATRIX_OPS)
+    other = sum(float(node.macs[0]) for node in graph.nodemap.values() if node.op_type not in MATRIX_OPS)
     weights = sum(t.nbytes for t in _initializers(str(path)))
     outputs = sum(math.prod(graph.tensormap[name].get_shape()) * _itemsize(graph.tensormap[name])
                   for name in graph.output)
-    return GraphCost(2 * matrix, float(weights + sum(a.nbytes for a in feeds.values()) + outputs),
-                     2 * (float(graph.macs[0]) - matrix))
+    return GraphCost(2 * matrix, float(weights + sum(a.nbytes for a in feeds.values()) + outputs), 2 * other)
+
+
+def _macs(graph, node) -> float:
+    """The multiply-accumulates of a matrix node: onnx-tool's, but a ConvTranspose's counted here. onnx-tool counts
+    it as a Conv, output elements × Cout·kh·kw (Cout/Cin · stride² times too many), where each input value meets
+    each output channel of its group through the kernel once: input elements × (Cout/groups)·kh·kw, the kernel's
+    [Cin, Cout/groups, kh, kw] less its first axis; plus one addition per output element with a bias, as
+    onnx-tool counts a Conv's."""
+    if node.op_type != "ConvTranspose":
+        return float(node.macs[0])
+    x, kernel = (graph.tensormap[name].get_shape() for name in node.input[:2])
+    bias = math.prod(graph.tensormap[node.output[0]].get_shape()) if len(node.input) > 2 and node.input[2] else 0
+    return float(math.prod(x) * math.prod(kernel[1:]) + bias)
 
 
 def _itemsize(tensor) -> int:
