@@ -14,7 +14,7 @@ import dataclasses
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -153,6 +153,130 @@ def _validation_loss(module: torch.nn.Module, val: np.ndarray, batch_size: int) 
     return total / len(val), {k: v / len(val) for k, v in metrics.items()}
 
 
+@dataclass
+class _Progress:
+    """Where a stage's training stands: what its checkpoint saves and ``resume`` restores."""
+
+    epoch: int = 0  # the next epoch to train
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_loss": math.inf, "epoch": -1})
+    bad_epochs: int = 0
+    elapsed: float = 0.0
+    best_weights: dict = field(default_factory=dict)
+
+    def record(self, row: dict, model: torch.nn.Module) -> None:
+        """Add an epoch's row; a better validation loss makes its weights the best ones."""
+        self.history.append(row)
+        if row["val_loss"] < self.best["val_loss"]:
+            self.best, self.bad_epochs = {"val_loss": row["val_loss"], "epoch": row["epoch"]}, 0
+            self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+
+    def stop_reason(self, cfg: TrainConfig, epoch: int) -> str:
+        """Why training stops after ``epoch``, or "" to go on."""
+        if cfg.patience and self.bad_epochs >= cfg.patience:
+            return f"early stop: no validation improvement for {cfg.patience} epochs"
+        if cfg.max_seconds and self.elapsed >= cfg.max_seconds:
+            return f"time limit of {cfg.max_seconds:g} s"
+        return "epochs" if epoch + 1 == cfg.epochs else ""
+
+
+def _resume(model: torch.nn.Module, optimizer: torch.optim.Optimizer, files: dict) -> _Progress:
+    """Load the stage's checkpoint into ``model`` and ``optimizer``; returns where its training stood."""
+    if not files["state"].exists():
+        raise FileNotFoundError(f"{files['state']}: no checkpoint to resume from")
+    state = read_json(files["state"], "a training checkpoint's state (checkpoint.json)")
+    keys = ("epoch", "history", "best", "bad_epochs", "elapsed", "param_groups")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        raise RunError(f"{files['state']}: expected a checkpoint state with {list(keys)}; the file is damaged")
+    tensors = load_tensors(files["checkpoint"])
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    _load_optimizer(optimizer, tensors, state["param_groups"])
+    return _Progress(epoch=state["epoch"] + 1, history=state["history"], best=state["best"],
+                     bad_epochs=state["bad_epochs"], elapsed=state["elapsed"],
+                     best_weights={k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")})
+
+
+class _Trainer:
+    """One stage's model, optimizer and files on this rank: trains an epoch and saves checkpoints."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, files: dict):
+        self.model, self.optimizer, self.cfg, self.files = model, optimizer, cfg, files
+        self.rank, self.world = _distributed()
+        self.module = torch.nn.parallel.DistributedDataParallel(model) if self.world > 1 else model
+        self.per_rank = max(1, cfg.batch_size // self.world)
+
+    def train_epoch(self, epoch: int, kl_weight: float, train_raw: np.ndarray, prepare: Callable,
+                    progress: _Progress) -> float:
+        """One pass over this rank's share of the training split; returns its mean loss."""
+        cfg = self.cfg
+        # Noise is seeded per (seed, epoch, rank): a resumed run draws what the uninterrupted one would have, and
+        # ranks draw different noise. DDP itself broadcasts rank 0's initial weights.
+        rng = np.random.default_rng([cfg.seed, epoch, self.rank])
+        torch.manual_seed(int(rng.integers(2**62)))
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_raw))[self.rank::self.world]
+        total, count = 0.0, 0
+        for start in range(0, len(order), self.per_rank):
+            x = torch.from_numpy(prepare(train_raw[order[start : start + self.per_rank]], rng).astype(np.float32))
+            loss, _ = self.module(x, kl_weight=kl_weight, free_bits=cfg.free_bits or 0.0)  # train_run resolves None
+            if not torch.isfinite(loss):
+                self._stop_diverged(float(loss.detach()), epoch, progress)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+        return total / count
+
+    def _stop_diverged(self, loss: float, epoch: int, progress: _Progress) -> None:
+        """Keep the best weights so far and raise: a NaN step must not overwrite what is on disk."""
+        if self.rank == 0 and progress.best_weights:
+            save_tensors(self.files["weights"], progress.best_weights, {"format": str(FORMAT_VERSION)})
+        raise TrainingDiverged(_diverged(loss, epoch + 1, progress.best, self.files))
+
+    def save_checkpoint(self, epoch: int, progress: _Progress) -> None:
+        """The best weights, then the last epoch's full state; a crash between the two loses nothing."""
+        files = self.files
+        save_tensors(files["weights"], progress.best_weights, {"format": str(FORMAT_VERSION)})
+        opt_tensors, groups = _optimizer_tensors(self.optimizer)
+        save_tensors(files["checkpoint"], {**{f"model.{k}": v for k, v in self.model.state_dict().items()},
+                                           **{f"best.{k}": v for k, v in progress.best_weights.items()},
+                                           **opt_tensors})
+        write_json(files["state"], {"epoch": epoch, "history": progress.history, "best": progress.best,
+                                    "bad_epochs": progress.bad_epochs, "elapsed": progress.elapsed,
+                                    "param_groups": groups})
+
+
+def _epochs(trainer: _Trainer, progress: _Progress, train_raw: np.ndarray, val: np.ndarray, prepare: Callable,
+            bar) -> str:
+    """Train epochs until a stopping rule fires, checkpointing on rank 0; returns the rule's reason."""
+    cfg = trainer.cfg
+    last_saved = time.perf_counter()
+    trainer.model.train()
+    for epoch in range(progress.epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        kl_weight = cfg.kl_weight(epoch)
+        train_loss = trainer.train_epoch(epoch, kl_weight, train_raw, prepare, progress)
+        val_loss, val_metrics = _validation_loss(trainer.model, val, cfg.batch_size)
+        progress.elapsed += time.perf_counter() - t0
+        progress.record({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "kl_weight": kl_weight,
+                         "seconds": progress.elapsed, **{f"val_{k}": v for k, v in val_metrics.items()}},
+                        trainer.model)
+        stop_reason = progress.stop_reason(cfg, epoch)
+        if trainer.rank == 0 and (stop_reason or time.perf_counter() - last_saved >= cfg.checkpoint_seconds):
+            trainer.save_checkpoint(epoch, progress)
+            last_saved = time.perf_counter()
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(train=f"{train_loss:.2f}", val=f"{val_loss:.2f}", best=progress.best["epoch"])
+        if stop_reason:
+            return stop_reason
+    return ""
+
+
 def fit(
     model: torch.nn.Module,
     train_raw: np.ndarray,
@@ -177,110 +301,29 @@ def fit(
         resume: continue from the stage's checkpoint in ``run_dir``.
         progress: show a progress bar (rank 0 only).
     """
-    run_dir = Path(run_dir)
-    files = stage_files(run_dir, stage)
-    rank, world = _distributed()
+    files = stage_files(Path(run_dir), stage)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    history: list[dict] = []
-    best = {"val_loss": math.inf, "epoch": -1}
-    start_epoch, bad_epochs, elapsed = 0, 0, 0.0
-    resumed_best: dict = {}
-
-    if resume:
-        if not files["state"].exists():
-            raise FileNotFoundError(f"{files['state']}: no checkpoint to resume from")
-        state = read_json(files["state"], "a training checkpoint's state (checkpoint.json)")
-        keys = ("epoch", "history", "best", "bad_epochs", "elapsed", "param_groups")
-        if not isinstance(state, dict) or any(k not in state for k in keys):
-            raise RunError(f"{files['state']}: expected a checkpoint state with {list(keys)}; the file is damaged")
-        tensors = load_tensors(files["checkpoint"])
-        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-        resumed_best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
-        _load_optimizer(optimizer, tensors, state["param_groups"])
-        history, best, bad_epochs, elapsed = state["history"], state["best"], state["bad_epochs"], state["elapsed"]
-        start_epoch = state["epoch"] + 1
-
-    module = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    state = _resume(model, optimizer, files) if resume else _Progress()
+    trainer = _Trainer(model, optimizer, cfg, files)  # after the resume: DDP broadcasts rank 0's resumed weights
     val = prepare(val_raw, np.random.default_rng(1234)).astype(np.float32)
-    per_rank = max(1, cfg.batch_size // world)
-    show = progress and rank == 0
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {stage}", unit="epoch", dynamic_ncols=True)
-
-    def save_checkpoint(epoch: int, best_weights: dict) -> None:
-        """The best weights, then the last epoch's full state; a crash between the two loses nothing."""
-        save_tensors(files["weights"], best_weights, {"format": str(FORMAT_VERSION)})
-        opt_tensors, groups = _optimizer_tensors(optimizer)
-        save_tensors(files["checkpoint"], {**{f"model.{k}": v for k, v in model.state_dict().items()},
-                                           **{f"best.{k}": v for k, v in best_weights.items()}, **opt_tensors})
-        write_json(files["state"], {"epoch": epoch, "history": history, "best": best, "bad_epochs": bad_epochs,
-                                    "elapsed": elapsed, "param_groups": groups})
-
-    best_weights = resumed_best
-    last_saved = time.perf_counter()
-    model.train()
-    stop_reason = ""
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        # Noise is seeded per (seed, epoch, rank): a resumed run draws what the uninterrupted one would have, and
-        # ranks draw different noise. DDP itself broadcasts rank 0's initial weights.
-        rng = np.random.default_rng([cfg.seed, epoch, rank])
-        torch.manual_seed(int(rng.integers(2**62)))
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_raw))[rank::world]
-        kl_weight = cfg.kl_weight(epoch)
-        total, count = 0.0, 0
-        for start in range(0, len(order), per_rank):
-            x = torch.from_numpy(prepare(train_raw[order[start : start + per_rank]], rng).astype(np.float32))
-            loss, _ = module(x, kl_weight=kl_weight, free_bits=cfg.free_bits or 0.0)  # train_run resolves None
-            if not torch.isfinite(loss):
-                if rank == 0 and best_weights:
-                    save_tensors(files["weights"], best_weights, {"format": str(FORMAT_VERSION)})
-                raise TrainingDiverged(_diverged(float(loss.detach()), epoch + 1, best, files))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            total += float(loss.detach()) * len(x)
-            count += len(x)
-        val_loss, val_metrics = _validation_loss(model, val, cfg.batch_size)
-        elapsed += time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "train_loss": total / count, "val_loss": val_loss, "kl_weight": kl_weight,
-               "seconds": elapsed, **{f"val_{k}": v for k, v in val_metrics.items()}}
-        history.append(row)
-        if val_loss < best["val_loss"]:
-            best, bad_epochs = {"val_loss": val_loss, "epoch": epoch + 1}, 0
-            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad_epochs += 1
-        if cfg.patience and bad_epochs >= cfg.patience:
-            stop_reason = f"early stop: no validation improvement for {cfg.patience} epochs"
-        elif cfg.max_seconds and elapsed >= cfg.max_seconds:
-            stop_reason = f"time limit of {cfg.max_seconds:g} s"
-        elif epoch + 1 == cfg.epochs:
-            stop_reason = "epochs"
-        if rank == 0 and (stop_reason or time.perf_counter() - last_saved >= cfg.checkpoint_seconds):
-            save_checkpoint(epoch, best_weights)
-            last_saved = time.perf_counter()
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(train=f"{row['train_loss']:.2f}", val=f"{val_loss:.2f}", best=best["epoch"])
-        if stop_reason:
-            break
+    bar = _progress_bar(cfg, stage, state.epoch) if progress and trainer.rank == 0 else None
+    stop_reason = _epochs(trainer, state, train_raw, val, prepare, bar)
     if bar is not None:
         bar.close()
-
-    doc = {"stage": stage, "world_size": world, "stop_reason": stop_reason or "epochs", "best": best,
-           "train_seconds": elapsed, "history": history}
-    if rank == 0:
+    doc = {"stage": stage, "world_size": trainer.world, "stop_reason": stop_reason or "epochs", "best": state.best,
+           "train_seconds": state.elapsed, "history": state.history}
+    if trainer.rank == 0:
         write_json(files["metrics"], doc)
-        _plot_curve(history, files["curve"], stage)
-    if world > 1:
+        _plot_curve(state.history, files["curve"], stage)
+    if trainer.world > 1:
         dist.barrier()
     return doc
+
+
+def _progress_bar(cfg: TrainConfig, stage: str, start_epoch: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {stage}", unit="epoch", dynamic_ncols=True)
 
 
 def _plot_curve(history: list[dict], path: Path, stage: str) -> None:
