@@ -55,7 +55,11 @@ def test_int64_tokens_count_eight_bytes_each(tmp_path, batch):
 
 
 def _runtime(latent: dict):
-    return types.SimpleNamespace(bundle=types.SimpleNamespace(latent=latent))
+    """A runtime whose bundle has ``latent`` and the few manifest fields the table of operations reads besides."""
+    latent = {"dim": 2, "grid": [2, 2], "num_codes": 8, **latent}
+    encoder = {"outputs": [{"name": "mean", "shape": ["N", 2]}, {"name": "logvar", "shape": ["N", 2]}]}
+    bundle = types.SimpleNamespace(latent=latent, input_shape=(1, 8, 8), graph=lambda role: encoder)
+    return types.SimpleNamespace(bundle=bundle)
 
 
 @pytest.mark.parametrize("latent, sample", [

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vaedeploy.runtime.base import MAX_TEMPERATURE
-from vaedeploy.serve.models import MAX_WAIT_US, PARAMETERS, SAMPLING, Operation, Piece, TensorSpec
+from vaedeploy.runtime.operations import SAMPLING
+from vaedeploy.serve.models import MAX_WAIT_US, PARAMETERS, Operation, Piece, TensorSpec
 from vaedeploy.serve.protocol import Limit, ProtocolError, check, parse_request
 
 TIMEOUT = 30  # seconds, every client call

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependency
+from ..runtime.operations import operations_of
 
 MATRIX_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Einsum", "MatMulInteger", "QLinearMatMul"})
 _DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
@@ -108,19 +109,9 @@ def _initializers(path: str) -> tuple:
 
 def op_graphs(runtime, op: str) -> list[str] | None:
     """The roles of the graphs one call of ``op`` runs, in order (a VQ prior once per code), or None where the
-    runtime has no such op. Read from the manifest's latent entry, as the runtime is built."""
-    latent = runtime.bundle.latent
-    kind = latent["type"]
-    encoder = ["encoder"]
-    decoder = [latent["graphs"]["decode"]] if kind == "hierarchical" else ["decoder"]
-    table = {"encode": encoder, "encode_params": encoder, "decode": decoder, "reconstruct": encoder + decoder}
-    if kind == "hierarchical":
-        table["sample"] = [latent["graphs"]["sample"]]
-    elif kind == "vq":
-        table["sample"] = [latent["prior"]["graph"]] * int(latent["prior"]["length"]) + decoder
-    elif kind == "gaussian":
-        table["sample"] = ([latent["prior"]["graph"]] if "prior" in latent else []) + decoder
-    return table.get(op)
+    runtime has no such op: the runtime's table of operations (``vaedeploy.runtime.operations``)."""
+    operation = operations_of(runtime).get(op)
+    return None if operation is None else list(operation.graphs)
 
 
 def op_cost(runtime, op: str, batch: int) -> list[GraphCost]:

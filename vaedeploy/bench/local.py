@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import load
 from ..errors import ConfigError
+from ..runtime.operations import operations_of
 from . import floor
 from .environment import bundle_sha256
 from .loop import Case, host_timed
@@ -131,8 +132,8 @@ def op_call(runtime, op: str, batch: int, inputs: Inputs, on_device: bool = Fals
 
 
 def supports(runtime, op: str) -> bool:
-    """Whether the runtime has ``op`` (an AE has no ``sample``)."""
-    return floor.op_graphs(runtime, op) is not None
+    """Whether the runtime has ``op`` (an AE has no ``sample``), by the runtime's table of operations."""
+    return op in operations_of(runtime)
 
 
 def bundle_cases(bundle: Bundle, runtime, variant: dict, ops: list[str], batches: list[int],

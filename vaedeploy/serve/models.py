@@ -13,12 +13,12 @@ NAME.sample         none                                       x                
 NAME.sample_codes   none (VQ only)                             codes                n, seed, temperature, offset
 ==================  =========================================  ===================  ==========================
 
-The table is chosen by the manifest's latent type alone, as the runtime is. ``sample`` exists where the runtime can
-sample (every latent type but ``deterministic``). A request's rows keep the noise of their own call: a request with
-seed s and first stream row o (``offset``, default 0) contributes seeds [s]*n and offsets o..o+n-1 to the batch it
-lands in, so its result is ``Runtime.encode(x, seed=s, offset=o)`` or ``Runtime.sample(n, seed=s, offset=o)``
-whatever else shares the batch (equal to about 1e-7: BLAS picks kernels by batch size). Without a seed the server
-draws one per request.
+The table is the runtime's (``vaedeploy.runtime.operations``), chosen by the manifest's latent type alone.
+``sample`` exists where the runtime can sample (every latent type but ``deterministic``). A request's rows keep the
+noise of their own call: a request with seed s and first stream row o (``offset``, default 0) contributes seeds
+[s]*n and offsets o..o+n-1 to the batch it lands in, so its result is ``Runtime.encode(x, seed=s, offset=o)`` or
+``Runtime.sample(n, seed=s, offset=o)`` whatever else shares the batch (equal to about 1e-7: BLAS picks kernels by
+batch size). Without a seed the server draws one per request.
 
 Every number of a request is checked before it is queued, by ``protocol.check`` against this module's table: each
 request parameter's type and range (``PARAMETERS``) and each input's (``TensorSpec.limit``). An output with NaN or
@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 
 from ..runtime.arrays import shape_text
-from ..runtime.base import MAX_TEMPERATURE
 from ..runtime.noise import STREAM_LIMIT  # the runtime's bound on seeds and stream rows: 2**63
+from ..runtime.operations import MAX_SAMPLE, Run, Tensor, operations_of
+from ..runtime.operations import PARAMETERS as RUNTIME_PARAMETERS
 from .protocol import DATATYPES, FINITE, INT64_MAX, Limit, ProtocolError, check, finite
 
 SCHEDULE_PARAMETERS = ("priority", "timeout")  # Triton's schedule-policy parameters, read by the batcher
@@ -42,13 +42,10 @@ SCHEDULE_PARAMETERS = ("priority", "timeout")  # Triton's schedule-policy parame
 # past about 292 years, and an hour in a queue is already a mistake.
 MAX_WAIT_US = 3_600_000_000
 # Every request parameter a model may read, with its type and range (docs/serving.md, "Limits of every number"): the
-# runtime's own bounds where it has them; n's upper bound is set per server (--max-sample), priority's by the
-# batcher's levels.
+# operations' own from the runtime's table; n's upper bound is set per server (--max-sample); the schedule policy's,
+# priority's by the batcher's levels.
 PARAMETERS = {
-    "n": Limit(True, 1, 4096, "--max-sample"),
-    "seed": Limit(True, 0, STREAM_LIMIT - 1),
-    "offset": Limit(True, 0, STREAM_LIMIT - 1),
-    "temperature": Limit(False, 0.0, MAX_TEMPERATURE),
+    **{name: Limit(p.integral, p.low, p.high, p.option) for name, p in RUNTIME_PARAMETERS.items()},
     "priority": Limit(True, 0, INT64_MAX),
     "timeout": Limit(True, 0, MAX_WAIT_US),
 }
@@ -85,10 +82,6 @@ class Piece:
                       self.offset + start, self.temperature) for start in range(0, self.rows, size)]
 
 
-# a call of the runtime for a batch: (runtime, inputs, rows, seed, offset, temperature) → the outputs, in order
-Call = Callable[..., tuple]
-
-
 class Operation:
     """One V2 model: an operation of a bundle's runtime, with its tensors and the request parameters it reads.
 
@@ -97,12 +90,12 @@ class Operation:
         runtime: the loaded ``Runtime`` (shared by every operation of the bundle).
         inputs, outputs: ``TensorSpec`` lists.
         parameters: the request parameters the operation reads besides the schedule policy's.
-        call: runs one batch (see ``Call``).
+        call: runs one batch (``runtime.operations.Run``).
         max_sample: the largest ``n`` a sampling request may ask for.
     """
 
     def __init__(self, name: str, runtime, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                 parameters: tuple[str, ...], call: Call, max_sample: int):
+                 parameters: tuple[str, ...], call: Run, max_sample: int):
         self.name, self.runtime, self.inputs, self.outputs = name, runtime, inputs, outputs
         self.parameters, self.call, self.max_sample = parameters, call, max_sample
         self.output_names = [o.name for o in outputs]
@@ -195,70 +188,20 @@ class Operation:
         return [tuple(o[a:b] for o in outputs) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-# ---- the operations of each latent type ---------------------------------------------------------------------------
+# ---- the operations of a bundle, from the runtime's table ------------------------------------------------------
 
-def _encode_noisy(rt, inputs, rows, seed, offset, temperature):
-    return (rt.encode(inputs[0], seed=seed, offset=offset),)
-
-
-def _encode_plain(rt, inputs, rows, seed, offset, temperature):
-    z = rt.encode(inputs[0])
-    return z if isinstance(z, tuple) else (z,)
+_DATATYPES = {"float32": "FP32", "int64": "INT64"}
 
 
-def _encode_params(rt, inputs, rows, seed, offset, temperature):
-    return tuple(rt.encode_params(inputs[0]))
+def _spec(tensor: Tensor) -> TensorSpec:
+    limit = FINITE if tensor.low is None else Limit(True, tensor.low, tensor.high)
+    return TensorSpec(tensor.name, _DATATYPES[tensor.dtype], tuple(tensor.dims), limit)
 
 
-def _decode(rt, inputs, rows, seed, offset, temperature):
-    return (rt.decode(inputs[0]),)
-
-
-def _reconstruct(rt, inputs, rows, seed, offset, temperature):
-    return (rt.reconstruct(inputs[0]),)
-
-
-def _sample(rt, inputs, rows, seed, offset, temperature):
-    return (rt.sample(rows, seed=seed, temperature=temperature, offset=offset),)
-
-
-def _sample_codes(rt, inputs, rows, seed, offset, temperature):
-    return (rt.sample_codes(rows, seed=seed, temperature=temperature, offset=offset),)
-
-
-NOISE = ("seed", "offset")
-SAMPLING = ("n", "seed", "temperature", "offset")
-
-
-def operations(name: str, runtime, max_sample: int = 4096) -> list[Operation]:
-    """The V2 models of a runtime served as ``name``, in the table's order."""
-    latent = runtime.latent_type
-    x = TensorSpec("x", "FP32", tuple(runtime.input_shape))
-    encoder = runtime.bundle.graph("encoder")
-    params = [TensorSpec(o["name"], "FP32", tuple(int(s) for s in o["shape"][1:])) for o in encoder["outputs"]]
-    if latent == "hierarchical":  # every layer's posterior, concatenated: N×Σd each
-        params = [TensorSpec(k, "FP32", (runtime.latent_dim,)) for k in ("mean", "logvar")]
-    table: list[tuple] = []
-    if latent == "vq":
-        codes = TensorSpec("codes", "INT64", tuple(runtime.grid), Limit(True, 0, runtime.num_codes - 1))
-        z_q = TensorSpec("z_q", "FP32", tuple(runtime.latent_shape))
-        table += [("encode", [x], [codes, z_q], (), _encode_plain),
-                  ("encode_params", [x], params, (), _encode_params),
-                  ("decode", [z_q], [x], (), _decode),
-                  ("decode_codes", [codes], [x], (), _decode)]
-    else:
-        z = TensorSpec("z", "FP32", (runtime.latent_dim,))
-        noisy = latent != "deterministic"
-        table += [("encode", [x], [z], NOISE if noisy else (), _encode_noisy if noisy else _encode_plain),
-                  ("encode_params", [x], params, (), _encode_params),
-                  ("decode", [z], [x], (), _decode)]
-    table.append(("reconstruct", [x], [x], (), _reconstruct))
-    if latent != "deterministic":
-        table.append(("sample", [], [x], SAMPLING, _sample))
-    if latent == "vq":
-        table.append(("sample_codes", [], [codes], SAMPLING, _sample_codes))
-    return [Operation(f"{name}.{op}", runtime, inputs, outputs, parameters, call, max_sample)
-            for op, inputs, outputs, parameters, call in table]
+def operations(name: str, runtime, max_sample: int = MAX_SAMPLE) -> list[Operation]:
+    """The V2 models of a runtime served as ``name``, in the table's order (``runtime.operations``)."""
+    return [Operation(f"{name}.{op.name}", runtime, [_spec(t) for t in op.inputs], [_spec(t) for t in op.outputs],
+                      op.parameters, op.run, max_sample) for op in operations_of(runtime).values()]
 
 
 def describe(operation: Operation) -> str:

@@ -1,0 +1,239 @@
+"""What each latent type can do: one table of operations per bundle, read by every layer that offers them.
+
+An operation (``encode``, ``encode_params``, ``decode``, ``reconstruct``, ``sample``; VQ's ``decode_codes`` and
+``sample_codes``) has its input and output tensors, the request parameters it reads, the graph roles one call runs
+in order, and the function that runs it on a ``Runtime``. ``operations_of(runtime_or_bundle)`` gives the table of a
+bundle, read from its manifest's latent entry as the runtime is built. The server's V2 models
+(``serve/models.py``), the bench's floor and its list of ops (``bench/floor.py``, ``bench/local.py``), the Triton
+repository's ensembles (``deploy/triton_repo.py``), the explorer page's spec (``web/site.py``) and the table in
+docs/serving.md (``docs_table``) are all derived from it, so a latent type's operations are written here once.
+
+A tensor's shape is its batch axis ``"N"`` followed by its per-row dims: integers read from the manifest, or letters
+where the docs table leaves them symbolic (so spatial axes of any size can be named the same way later).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .base import MAX_TEMPERATURE
+from .noise import STREAM_LIMIT
+
+BATCH = "N"  # the symbolic batch axis of every tensor
+MAX_SAMPLE = 4096  # the default largest n of a sample request (a server sets its own with --max-sample)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A request parameter: integers (``integral``) or finite numbers from ``low`` to ``high`` inclusive, its
+    ``default`` (None: a fresh seed per request), and the server option that sets its upper bound, if one does."""
+
+    name: str
+    integral: bool
+    low: float
+    high: float
+    default: float | None
+    option: str = ""
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "type": "integer" if self.integral else "number", "low": self.low,
+                "high": self.high, "default": self.default}
+
+
+# Every request parameter an operation may read, with the runtime's own bounds (seeds and stream rows below 2**63,
+# temperatures up to MAX_TEMPERATURE).
+PARAMETERS = {p.name: p for p in (
+    Parameter("n", True, 1, MAX_SAMPLE, 1, "--max-sample"),
+    Parameter("seed", True, 0, STREAM_LIMIT - 1, None),
+    Parameter("offset", True, 0, STREAM_LIMIT - 1, 0),
+    Parameter("temperature", False, 0.0, MAX_TEMPERATURE, 1.0),
+)}
+NOISE = ("seed", "offset")
+SAMPLING = ("n", "seed", "temperature", "offset")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """An input or output: its name, numpy dtype name, shape (``BATCH`` then the per-row dims) and, for integers
+    such as codes, the inclusive range a value must lie in."""
+
+    name: str
+    dtype: str
+    shape: tuple
+    low: int | None = None
+    high: int | str | None = None
+
+    @property
+    def dims(self) -> tuple:
+        """The dims after the batch axis."""
+        return self.shape[1:]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                **({"range": [self.low, self.high]} if self.low is not None else {})}
+
+
+# a call of the runtime for a batch: (runtime, inputs, rows, seed, offset, temperature) → the outputs, in order;
+# seed and offset may be one per row (the server's batches mix requests)
+Run = Callable[..., tuple]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of a bundle: tensors, request parameters (names in ``PARAMETERS``), graph roles run in order
+    (a VQ prior once per code) and the function that runs it (``Run``)."""
+
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    parameters: tuple[str, ...]
+    graphs: tuple[str, ...]
+    run: Run
+
+    def as_dict(self) -> dict:
+        """The JSON form the explorer page reads."""
+        return {"name": self.name, "inputs": [t.as_dict() for t in self.inputs],
+                "outputs": [t.as_dict() for t in self.outputs],
+                "parameters": [PARAMETERS[p].as_dict() for p in self.parameters], "graphs": list(self.graphs)}
+
+
+# ---- running each operation on a runtime --------------------------------------------------------------------------
+
+def _encode_noisy(rt, inputs, rows, seed, offset, temperature):
+    return (rt.encode(inputs[0], seed=seed, offset=offset),)
+
+
+def _encode_plain(rt, inputs, rows, seed, offset, temperature):
+    z = rt.encode(inputs[0])
+    return z if isinstance(z, tuple) else (z,)
+
+
+def _encode_params(rt, inputs, rows, seed, offset, temperature):
+    return tuple(rt.encode_params(inputs[0]))
+
+
+def _decode(rt, inputs, rows, seed, offset, temperature):
+    return (rt.decode(inputs[0]),)
+
+
+def _reconstruct(rt, inputs, rows, seed, offset, temperature):
+    return (rt.reconstruct(inputs[0]),)
+
+
+def _sample(rt, inputs, rows, seed, offset, temperature):
+    return (rt.sample(rows, seed=seed, temperature=temperature, offset=offset),)
+
+
+def _sample_codes(rt, inputs, rows, seed, offset, temperature):
+    return (rt.sample_codes(rows, seed=seed, temperature=temperature, offset=offset),)
+
+
+# ---- the table ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shapes:
+    """What a latent type's table needs to know of a bundle: the image's dims, the latent's (d, or VQ's grid and
+    codebook size), the encoder's outputs, and the graph roles of decoding and of drawing a sample."""
+
+    image: tuple
+    dim: int | str
+    params: tuple[Tensor, ...]
+    decoder: tuple[str, ...]
+    sampler: tuple[str, ...] | None  # the graphs before the decoder in sample; None: no sample
+    grid: tuple = ()
+    num_codes: int | str = 0
+
+
+def table(latent_type: str, shapes: Shapes) -> dict[str, Operation]:
+    """The operations of ``latent_type`` (``bundle.LATENT_TYPES``) over ``shapes``, in the order they are listed."""
+    x = Tensor("x", "float32", (BATCH, *shapes.image))
+    encoder = ("encoder",)
+    ops = []
+    if latent_type == "vq":
+        high = shapes.num_codes - 1 if isinstance(shapes.num_codes, int) else f"{shapes.num_codes}-1"
+        codes = Tensor("codes", "int64", (BATCH, *shapes.grid), 0, high)
+        z_q = Tensor("z_q", "float32", (BATCH, shapes.dim, *shapes.grid))
+        ops += [Operation("encode", (x,), (codes, z_q), (), encoder, _encode_plain),
+                Operation("encode_params", (x,), shapes.params, (), encoder, _encode_params),
+                Operation("decode", (z_q,), (x,), (), shapes.decoder, _decode),
+                Operation("decode_codes", (codes,), (x,), (), shapes.decoder, _decode)]
+    else:
+        z = Tensor("z", "float32", (BATCH, shapes.dim))
+        noisy = latent_type != "deterministic"
+        ops += [Operation("encode", (x,), (z,), NOISE if noisy else (), encoder,
+                          _encode_noisy if noisy else _encode_plain),
+                Operation("encode_params", (x,), shapes.params, (), encoder, _encode_params),
+                Operation("decode", (z,), (x,), (), shapes.decoder, _decode)]
+    ops.append(Operation("reconstruct", (x,), (x,), (), encoder + shapes.decoder, _reconstruct))
+    if shapes.sampler is not None:
+        # a hierarchical bundle's sampling graph gives the image itself; every other type decodes what it drew
+        decoded = () if latent_type == "hierarchical" else shapes.decoder
+        ops.append(Operation("sample", (), (x,), SAMPLING, shapes.sampler + decoded, _sample))
+    if latent_type == "vq":
+        ops.append(Operation("sample_codes", (), (codes,), SAMPLING, shapes.sampler, _sample_codes))
+    return {op.name: op for op in ops}
+
+
+def _shapes(bundle) -> Shapes:
+    """The ``Shapes`` of a loaded bundle, from its manifest as the runtime reads it."""
+    latent = bundle.latent
+    kind, dim = latent["type"], int(latent["dim"])
+    prior = latent.get("prior")
+    params = tuple(Tensor(o["name"], "float32", (BATCH, *(int(s) for s in o["shape"][1:])))
+                   for o in bundle.graph("encoder")["outputs"])
+    decoder = ("decoder",)
+    if kind == "hierarchical":  # every layer's posterior, concatenated: N×Σd each
+        params = tuple(Tensor(name, "float32", (BATCH, dim)) for name in ("mean", "logvar"))
+        decoder = (latent["graphs"]["decode"],)
+        sampler = (latent["graphs"]["sample"],)
+    elif kind == "vq":  # the autoregressive prior runs once per code
+        sampler = (prior["graph"],) * int(prior["length"])
+    elif kind == "gaussian":
+        sampler = (prior["graph"],) if prior else ()
+    else:
+        sampler = None  # a deterministic latent has no prior to sample from
+    if kind == "vq":
+        return Shapes(tuple(bundle.input_shape), dim, params, decoder, sampler, tuple(int(g) for g in latent["grid"]),
+                      int(latent["num_codes"]))
+    return Shapes(tuple(bundle.input_shape), dim, params, decoder, sampler)
+
+
+def operations_of(runtime_or_bundle) -> dict[str, Operation]:
+    """The operations of a ``Runtime``'s bundle (or of a loaded ``Bundle``), by name, in the table's order."""
+    bundle = getattr(runtime_or_bundle, "bundle", runtime_or_bundle)
+    return table(bundle.latent["type"], _shapes(bundle))
+
+
+# ---- the docs table ---------------------------------------------------------------------------------------------
+
+_IMAGE = ("C", "H", "W")
+_PARAMS = tuple(Tensor(name, "float32", (BATCH, "d")) for name in ("mean", "logvar"))
+# the latent types as docs/serving.md names them, with symbolic shapes
+DOCS_TYPES = {
+    "gaussian": ("gaussian", Shapes(_IMAGE, "d", _PARAMS, ("decoder",), ())),
+    "gaussian, two-stage prior": ("gaussian", Shapes(_IMAGE, "d", _PARAMS, ("decoder",), ("stage2_decoder",))),
+    "deterministic": ("deterministic", Shapes(_IMAGE, "d", (Tensor("z", "float32", (BATCH, "d")),), ("decoder",),
+                                              None)),
+    "vq": ("vq", Shapes(_IMAGE, "D", (Tensor("z_e", "float32", (BATCH, "D", "h", "w")),), ("decoder",),
+                        ("prior ×L",), ("h", "w"), "K")),
+    "hierarchical": ("hierarchical", Shapes(_IMAGE, "Σd", tuple(Tensor(t.name, "float32", (BATCH, "Σd"))
+                                                               for t in _PARAMS), ("decode",), ("sample",))),
+}
+DOCS_BEGIN = "<!-- generated from vaedeploy.runtime.operations.docs_table -->"
+DOCS_END = "<!-- end of the generated operations table -->"
+
+
+def _tensors(tensors) -> str:
+    return ", ".join(f"`{t.name}` {t.dtype} [{', '.join(map(str, t.shape))}]" for t in tensors) or "none"
+
+
+def docs_table() -> str:
+    """The Markdown table of every latent type's operations, as docs/serving.md holds it between its markers."""
+    lines = ["| latent type | model | inputs | outputs | request parameters | graphs run |",
+             "|---|---|---|---|---|---|"]
+    for label, (latent_type, shapes) in DOCS_TYPES.items():
+        for op in table(latent_type, shapes).values():
+            parameters = ", ".join(f"`{p}`" for p in op.parameters) or "–"
+            lines.append(f"| {label} | `NAME.{op.name}` | {_tensors(op.inputs)} | {_tensors(op.outputs)} | "
+                         f"{parameters} | {' → '.join(op.graphs)} |")
+    return "\n".join(lines) + "\n"
