@@ -110,7 +110,7 @@ def test_refusals_are_sentences_naming_the_build_command(machine, bundle_copy):
     data = bytearray(plan.read_bytes())
     data[-2] ^= 1  # same size, other bytes: only the sha256 tells
     plan.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="encoder.fp32.plan: does not match the sha256 of its record"):
+    with pytest.raises(BundleError, match="encoder.fp32.plan: the plan does not match the sha256 of its record"):
         on_fake(bundle, buckets=(1, 2))
 
 

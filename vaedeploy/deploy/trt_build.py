@@ -41,6 +41,8 @@ from vaedeploy import __version__, owned
 from vaedeploy.bundle import ENGINE_CACHE, ENGINE_RECORD_FORMAT, ENGINES, PRECISIONS, Bundle, engine_files, load_bundle
 from vaedeploy.errors import BundleError, ConfigError, DataError, FileFormatError, JobFailed, MissingDependency
 from vaedeploy.io import atomic_write_bytes, read_json, write_json
+from vaedeploy.runtime.backends.tensorrt import deserialize, tensorrt_logger
+from vaedeploy.runtime.buckets import bucket_sizes
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,6 @@ def import_tensorrt():
     return trt, flavour
 
 
-def default_buckets(max_batch: int) -> tuple[int, ...]:
-    """The runtime's default buckets (``runtime.buckets.bucket_sizes``, which export may not import; a test checks
-    they agree): powers of two up to ``max_batch``, and ``max_batch`` itself."""
-    return tuple(sorted({*(1 << i for i in range(max_batch.bit_length()) if 1 << i <= max_batch), max_batch}))
-
-
 @dataclass(frozen=True)
 class Settings:
     """What a build is asked for, checked against the bundle (``settings``)."""
@@ -125,7 +121,7 @@ def settings(bundle: Bundle, buckets=None, max_batch=None, precision="fp32", opt
     if not 1 <= largest <= bundle.max_batch:
         raise ConfigError(f"--max-batch must be from 1 to the bundle's max_batch {bundle.max_batch} (the runtime "
                           f"splits larger batches), got {max_batch}")
-    sizes = default_buckets(largest) if buckets is None else tuple(sorted(set(buckets)))
+    sizes = bucket_sizes(None, largest) if buckets is None else tuple(sorted(set(buckets)))
     if not sizes or sizes[0] < 1 or sizes[-1] > largest:
         raise ConfigError(f"--buckets must be batch sizes from 1 to {largest} (--max-batch, or the bundle's "
                           f"max_batch), got {list(buckets)}")
@@ -142,26 +138,6 @@ def on_gpu(device: str):
     with torch.cuda.device(index):
         major, minor = torch.cuda.get_device_capability(index)
         yield {"name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
-
-
-def _logger(trt, progress):
-    """A TensorRT logger keeping the errors (for the messages of a failed step) and showing the warnings."""
-
-    class Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg):
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(msg)
-            elif severity == trt.ILogger.Severity.WARNING:
-                progress(f"    TensorRT: {msg}")
-
-        def last(self) -> str:
-            return self.errors[-1] if self.errors else "TensorRT logged no error"
-
-    return Logger()
 
 
 def _monitor(trt, progress):
@@ -230,7 +206,7 @@ class _Build:
         self.trt, self.flavour, self.bundle, self.settings = trt, flavour, bundle, chosen
         self.directory, self.gpu, self.progress = directory, gpu, progress
         self.machine = {"module": trt.__name__, "version": trt.__version__}
-        self.logger = _logger(trt, progress)
+        self.logger = tensorrt_logger(trt, lambda msg: progress(f"    TensorRT: {msg}"))
         cc = gpu["compute_capability"].replace(".", "")
         self.timing_cache = directory / f"timing.{trt.__name__}-{trt.__version__}.sm{cc}.cache"
 
@@ -261,12 +237,7 @@ class _Build:
             return "the plan is missing"
         if (record.get("validation") or {}).get("passed") is False:
             return f"it failed `vaedeploy build --validate` ({record['validation'].get('file')})"
-        data = plan.read_bytes()
-        if hashlib.sha256(data).hexdigest() != (record.get("plan") or {}).get("sha256"):
-            return "the plan does not match its record (an interrupted build, or a changed file)"
-        if self.trt.Runtime(self.logger).deserialize_cuda_engine(data) is None:
-            return f"TensorRT cannot deserialize it ({self.logger.last()})"
-        return None
+        return deserialize(self.trt, self.trt.Runtime(self.logger), self.logger, plan.read_bytes(), record)[1]
 
     def engine(self, role: str) -> dict:
         """The cached engine of ``role`` if it serves, else a new one; its record, with what happened."""
@@ -429,7 +400,7 @@ def validate_engines(bundle: Bundle, built: dict, runner, progress=print) -> dic
         bundle: the loaded bundle.
         built: ``build_engines``'s result.
         runner: role → an inactive runner of that graph's engine with all its outputs (the TensorRT backend's
-            ``Backend.runner``: export may not import the runtime, so the CLI passes it in).
+            ``Backend.runner``).
     """
     import onnxruntime as ort
     import torch

@@ -135,8 +135,9 @@ def usable(bundle, precision: str, device: str, engines=None, buckets=None) -> t
                   f"{_sm(record['key']['gpu']['compute_capability'])}")
 
 
-def _logger(trt):
-    """A TensorRT logger that keeps the errors for the sentence of a failed step and warns of its warnings."""
+def tensorrt_logger(trt, warn):
+    """A TensorRT logger that keeps the errors for the sentence of a failed step and passes each warning to ``warn``
+    (the runtime's are Python warnings, a build's are progress lines)."""
 
     class Logger(trt.ILogger):
         def __init__(self):
@@ -147,12 +148,28 @@ def _logger(trt):
             if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
                 self.errors.append(msg)
             elif severity == trt.ILogger.Severity.WARNING:
-                warnings.warn(f"TensorRT: {msg}", RuntimeWarning, stacklevel=2)
+                warn(msg)
 
         def last(self) -> str:
             return self.errors[-1] if self.errors else "TensorRT logged no error"
 
     return Logger()
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(f"TensorRT: {msg}", RuntimeWarning, stacklevel=3)  # at the caller of the logger's ``log``
+
+
+def deserialize(trt, runtime, logger, data: bytes, record: dict) -> tuple[object, str | None]:
+    """The engine of the plan bytes ``data``, or None and why not: the plan's sha256 is checked against its record
+    first, so a half-built or changed plan never reaches TensorRT; then TensorRT may refuse it (built by another
+    version or for another GPU)."""
+    if hashlib.sha256(data).hexdigest() != (record.get("plan") or {}).get("sha256"):
+        return None, "the plan does not match the sha256 of its record (an interrupted build, or a changed file)"
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        return None, f"{trt.__name__} {trt.__version__} cannot deserialize the plan ({logger.last()})"
+    return engine, None
 
 
 @dataclass
@@ -186,16 +203,11 @@ class TensorRTRunner(Runner):
         return f"TensorRTRunner({self.plan}, {self.precision}, {self.device})"
 
     def activate_impl(self) -> None:
-        data = self.plan.read_bytes()
-        build = _build_command(self._owner.bundle, self._owner.directory, self.precision)
-        if hashlib.sha256(data).hexdigest() != self.record["plan"]["sha256"]:
-            raise BundleError(f"{self.plan}: does not match the sha256 of its record (an interrupted build, or a "
-                              f"changed file); run {build}")
         trt, logger = self._trt, self._owner.logger(self._trt)
-        engine = self._owner.tensorrt_runtime(trt).deserialize_cuda_engine(data)
+        engine, why = deserialize(trt, self._owner.tensorrt_runtime(trt), logger, self.plan.read_bytes(), self.record)
         if engine is None:
-            raise BundleError(f"{self.plan}: {trt.__name__} {trt.__version__} cannot deserialize it ({logger.last()}); "
-                              f"run {build}")
+            raise BundleError(f"{self.plan}: {why}; run "
+                              f"{_build_command(self._owner.bundle, self._owner.directory, self.precision)}")
         self._check_tensors(engine)
         first = self.input_names[0]
         profiles = []
@@ -326,7 +338,7 @@ class Backend:
         """One ``trt.Runtime`` per TensorRT module, with its logger, kept for the backend's life (TensorRT wants the
         runtime to outlive its engines)."""
         if trt.__name__ not in self._runtimes:
-            logger = _logger(trt)
+            logger = tensorrt_logger(trt, _warn)
             self._runtimes[trt.__name__] = (trt.Runtime(logger), logger)
         return self._runtimes[trt.__name__][0]
 
