@@ -9,9 +9,11 @@ parameters), so a client moves from one to the other unchanged (docs/serving.md)
   ``NAME.reparameterize`` (z = mean + exp(logvar/2)·eps), ``NAME.prior_noise`` (z ~ N(0, T²) for ``sample``; no input
   tensor, the request parameters n, seed, temperature, offset), ``NAME.stage1_noise`` (two-stage), ``NAME.nearest``
   (VQ's nearest code), ``NAME.image`` (a Bernoulli decoder's logits → mean image);
-- ensembles with ``vaedeploy serve``'s names chaining them: ``NAME.encode``, ``NAME.encode_params``,
-  ``NAME.decode``, ``NAME.sample``. Not ``NAME.reconstruct``: an ensemble has one tensor per name, so it cannot take
-  ``x`` and give ``x`` (decode the ``mean`` of ``encode_params``, or use ``vaedeploy serve``).
+- ensembles with ``vaedeploy serve``'s names chaining them, one per operation of the runtime's table
+  (``vaedeploy.runtime.operations``), whose tensors and request parameters they take: ``NAME.encode``,
+  ``NAME.encode_params``, ``NAME.decode``, ``NAME.sample``. Not those ``NOT_ENSEMBLES`` lists: ``NAME.reconstruct``
+  (an ensemble has one tensor per name, so it cannot take ``x`` and give ``x``: decode the ``mean`` of
+  ``encode_params``, or use ``vaedeploy serve``), VQ's ``NAME.decode_codes`` and ``NAME.sample_codes``.
 Triton forwards an ensemble's request parameters to its steps (Triton ≥ 23.10, core PR #261), so a request's seed
 reaches the noise step. The Python steps need ``vaedeploy`` importable in Triton's Python environment (numpy and
 onnxruntime, no torch): ``pip install vaedeploy`` in the container.
@@ -32,11 +34,24 @@ from pathlib import Path
 from .. import owned
 from ..bundle import load_bundle
 from ..errors import ConfigError
+from ..runtime.latents import STAGE1_NOISE_OFFSET  # where a two-stage sample's stage-1 noise starts in the stream
+from ..runtime.operations import Operation, Tensor, operations_of
 
 OLDER_MARKER = ".vaedeploy-triton-repo.json"  # what marked a repository before vaedeploy's one marker
 ENUM_FIELDS = {"data_type", "kind", "timeout_action"}  # written unquoted in the text format
-STAGE1_NOISE_OFFSET = 2**62  # where a two-stage sample's stage-1 noise starts in the stream (the runtime's constant)
 _DATATYPES = {"float32": "FP32", "int64": "INT64"}
+# the operations of the runtime's table the repository writes no ensemble for, and why (module docstring)
+NOT_ENSEMBLES = {
+    "reconstruct": "an ensemble has one tensor per name, so it cannot take x and give x",
+    "decode_codes": "the codebook lookup is not written as a step yet: send z_q to decode",
+    "sample_codes": "the autoregressive prior runs one graph call per code: vaedeploy serve's job",
+}
+
+
+def ensembles_of(operations: dict[str, Operation], latent_type: str) -> list[str]:
+    """The operations of a bundle's table (``runtime.operations``) that its repository serves as ensembles."""
+    return [name for name in operations
+            if name not in NOT_ENSEMBLES and not (latent_type == "vq" and name == "sample")]
 
 
 # ---- the text format of ModelConfig ------------------------------------------------------------------------------
@@ -81,6 +96,11 @@ def _tensor(name: str, datatype: str, dims) -> dict:
     return {"name": name, "data_type": f"TYPE_{datatype}", "dims": [int(d) for d in dims]}
 
 
+def _table_tensors(tensors: tuple[Tensor, ...], batching: bool) -> list[dict]:
+    """The table's tensors; without ``batching`` the batch axis is one of the dims (-1)."""
+    return [_tensor(t.name, _DATATYPES[t.dtype], t.dims if batching else [-1, *t.dims]) for t in tensors]
+
+
 def _graph_tensors(specs: list[dict]) -> list[dict]:
     return [_tensor(s["name"], _DATATYPES.get(s["dtype"], s["dtype"].upper()), s["shape"][1:]) for s in specs]
 
@@ -90,6 +110,7 @@ class _Repository:
 
     def __init__(self, bundle, name: str, batching: dict):
         self.bundle, self.name, self.batching = bundle, name, batching
+        self.operations = operations_of(bundle)
         self.max_batch = int(batching.get("max_batch_size", 64))
         self.configs: dict[str, dict] = {}
         self.files: dict[str, dict[str, bytes | Path]] = {}  # model → {path in its version folder: content}
@@ -122,14 +143,17 @@ class _Repository:
         self.files[model] = {"model.py": PYTHON_STEP.encode()}
         return model
 
-    def ensemble(self, operation: str, inputs: list[dict], outputs: list[dict], steps: list[tuple],
-                 reads: tuple[str, ...] = (), batching: bool = True) -> None:
-        """``steps``: (model, {step input: ensemble tensor}, {step output: ensemble tensor}); ``reads``: the request
-        parameters its steps read, named in its config as ``vaedeploy serve``'s /config does."""
+    def ensemble(self, operation: str, steps: list[tuple]) -> None:
+        """The ensemble of one operation of the table, whose tensors and request parameters it takes (named in its
+        config as ``vaedeploy serve``'s /config does); ``steps``: (model, {step input: ensemble tensor}, {step output:
+        ensemble tensor}). An operation without inputs (a sample: each request says its rows in ``n``) is not
+        batched."""
+        op = self.operations[operation]
+        batching, reads = bool(op.inputs), op.parameters
         model = f"{self.name}.{operation}"
         self.configs[model] = {
             "name": model, "platform": "ensemble", "max_batch_size": self.max_batch if batching else 0,
-            "input": inputs, "output": outputs,
+            "input": _table_tensors(op.inputs, batching), "output": _table_tensors(op.outputs, batching),
             "ensemble_scheduling": {"step": [{"model_name": m, "model_version": -1, "input_map": i, "output_map": o}
                                              for m, i, o in steps]}}
         if reads:
@@ -151,7 +175,8 @@ def _image_step(repo: _Repository, decoder: str, source: str, target: str) -> li
 
 
 def build(bundle, name: str, batching: dict) -> _Repository:
-    """The models of a loaded bundle served as ``name`` with ``batching`` (``BatchPolicy.model_config``)."""
+    """The models of a loaded bundle served as ``name`` with ``batching`` (``BatchPolicy.model_config``): one
+    ensemble per operation of ``ensembles_of``, over the graphs and Python steps it chains."""
     latent = bundle.latent
     kind = latent["type"]
     if kind == "hierarchical":
@@ -159,52 +184,52 @@ def build(bundle, name: str, batching: dict) -> _Repository:
                           "one needs a noise input per layer and a concatenation step that are not written yet: "
                           "serve it with `vaedeploy serve`")
     repo = _Repository(bundle, name, batching)
-    shape, d = bundle.input_shape, int(latent["dim"])
-    x = _tensor("x", "FP32", shape)
+    steps = _steps(repo, kind)
+    for operation in ensembles_of(repo.operations, kind):
+        repo.ensemble(operation, steps[operation])
+    return repo
+
+
+def _steps(repo: _Repository, kind: str) -> dict[str, list[tuple]]:
+    """Each ensemble's steps, by operation, for a bundle of latent type ``kind``."""
+    bundle, latent = repo.bundle, repo.bundle.latent
+    d = int(latent["dim"])
     encoder, decoder = repo.graph("encoder"), repo.graph("decoder")
-    enc = bundle.graph("encoder")
-    enc_outputs = [o["name"] for o in enc["outputs"]]
-    repo.ensemble("encode_params", [x], _graph_tensors(enc["outputs"]),
-                  [(encoder, {"x": "x"}, {o: o for o in enc_outputs})])
-    noise, sampling = ("seed", "offset"), ("n", "seed", "temperature", "offset")  # as vaedeploy serve's models
+    enc_outputs = [o["name"] for o in bundle.graph("encoder")["outputs"]]
+    steps = {"encode_params": [(encoder, {"x": "x"}, {o: o for o in enc_outputs})]}
     if kind == "vq":
         grid = [int(g) for g in latent["grid"]]
         codes, z_q = _tensor("codes", "INT64", grid), _tensor("z_q", "FP32", [d, *grid])
         nearest = repo.python("nearest", [_tensor("z_e", "FP32", [d, *grid])], [codes, z_q],
                               {"codebook": latent["codebook"]})
         repo.files[nearest]["codebook.npy"] = bundle.path(bundle.manifest["arrays"][latent["codebook"]])
-        repo.ensemble("encode", [x], [codes, z_q], [(encoder, {"x": "x"}, {"z_e": "z_e"}),
-                                                    (nearest, {"z_e": "z_e"}, {"codes": "codes", "z_q": "z_q"})])
-        repo.ensemble("decode", [z_q], [x], _image_step(repo, decoder, "z_q", "x"))
-    else:
-        z = _tensor("z", "FP32", [d])
-        repo.ensemble("decode", [z], [x], _image_step(repo, decoder, "z", "x"))
+        steps["encode"] = [(encoder, {"x": "x"}, {"z_e": "z_e"}),
+                           (nearest, {"z_e": "z_e"}, {"codes": "codes", "z_q": "z_q"})]
+        steps["decode"] = _image_step(repo, decoder, "z_q", "x")
+        return steps
+    steps["decode"] = _image_step(repo, decoder, "z", "x")
     if kind == "deterministic":
-        repo.ensemble("encode", [x], [_tensor("z", "FP32", [d])], [(encoder, {"x": "x"}, {"z": "z"})])
-    if kind == "gaussian":
-        reparameterize = repo.python("reparameterize", _graph_tensors(enc["outputs"]), [_tensor("z", "FP32", [d])],
-                                     reads=noise)
-        repo.ensemble("encode", [x], [_tensor("z", "FP32", [d])],
-                      [(encoder, {"x": "x"}, {"mean": "mean", "logvar": "logvar"}),
-                       (reparameterize, {"mean": "mean", "logvar": "logvar"}, {"z": "z"})], reads=noise)
-        unbatched_x = _tensor("x", "FP32", [-1, *shape])
-        prior = latent.get("prior")
-        if prior is None:
-            draw = repo.python("prior_noise", [], [_tensor("z", "FP32", [-1, d])], {"dim": d}, sampling,
-                               batching=False)
-            repo.ensemble("sample", [], [unbatched_x], [(draw, {}, {"z": "z"}), *_image_step(repo, decoder, "z", "x")],
-                          sampling, batching=False)
-        else:
-            u_dim, stage2 = int(prior["dim"]), repo.graph(prior["graph"])
-            draw = repo.python("prior_noise", [], [_tensor("z", "FP32", [-1, u_dim])], {"dim": u_dim}, sampling,
-                               batching=False)
-            stage1 = repo.python("stage1_noise", [_tensor("mean", "FP32", [d]), _tensor("log_gamma", "FP32", [d])],
-                                 [_tensor("z", "FP32", [d])], {"base": STAGE1_NOISE_OFFSET}, sampling)
-            repo.ensemble("sample", [], [unbatched_x], [
-                (draw, {}, {"z": "u"}), (stage2, {"u": "u"}, {"mean": "mean", "log_gamma": "log_gamma"}),
-                (stage1, {"mean": "mean", "log_gamma": "log_gamma"}, {"z": "z"}),
-                *_image_step(repo, decoder, "z", "x")], sampling, batching=False)
-    return repo
+        steps["encode"] = [(encoder, {"x": "x"}, {"z": "z"})]
+        return steps
+    reparameterize = repo.python("reparameterize", _graph_tensors(bundle.graph("encoder")["outputs"]),
+                                 [_tensor("z", "FP32", [d])], reads=repo.operations["encode"].parameters)
+    steps["encode"] = [(encoder, {"x": "x"}, {"mean": "mean", "logvar": "logvar"}),
+                       (reparameterize, {"mean": "mean", "logvar": "logvar"}, {"z": "z"})]
+    reads = repo.operations["sample"].parameters
+    prior = latent.get("prior")
+    if prior is None:
+        draw = repo.python("prior_noise", [], [_tensor("z", "FP32", [-1, d])], {"dim": d}, reads, batching=False)
+        steps["sample"] = [(draw, {}, {"z": "z"}), *_image_step(repo, decoder, "z", "x")]
+        return steps
+    u_dim, stage2 = int(prior["dim"]), repo.graph(prior["graph"])
+    draw = repo.python("prior_noise", [], [_tensor("z", "FP32", [-1, u_dim])], {"dim": u_dim}, reads,
+                       batching=False)
+    stage1 = repo.python("stage1_noise", [_tensor("mean", "FP32", [d]), _tensor("log_gamma", "FP32", [d])],
+                         [_tensor("z", "FP32", [d])], {"base": STAGE1_NOISE_OFFSET}, reads)
+    steps["sample"] = [(draw, {}, {"z": "u"}), (stage2, {"u": "u"}, {"mean": "mean", "log_gamma": "log_gamma"}),
+                       (stage1, {"mean": "mean", "log_gamma": "log_gamma"}, {"z": "z"}),
+                       *_image_step(repo, decoder, "z", "x")]
+    return steps
 
 
 # ---- writing ----------------------------------------------------------------------------------------------------
