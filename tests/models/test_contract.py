@@ -6,6 +6,7 @@ the PyTorch model (reconstruct, encode shapes and seeds, sample where the kind h
 import numpy as np
 import pytest
 import torch
+from helpers import images
 
 from vaedeploy import load
 from vaedeploy.bundle import LATENT_TYPES, load_bundle
@@ -14,10 +15,6 @@ from vaedeploy.runs import load_run
 from vaedeploy.runtime.latents import RUNTIMES
 
 KINDS = sorted(MODELS)
-
-
-def images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -6,6 +6,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from helpers import KINDS, images
 from vaedeploy.kernels import standard_normal_numpy
 
 from vaedeploy import load
@@ -13,18 +14,7 @@ from vaedeploy.runtime import InputError
 from vaedeploy.runtime.latents import STAGE1_NOISE_OFFSET
 from vaedeploy.train import load_run
 
-KINDS = ["vqvae", "bivae", "biva", "twostage"]
-GRAPHS = {
-    "vqvae": {"encoder", "decoder", "prior"},
-    "bivae": {"encoder", "decoder"},
-    "biva": {"encoder", "decoder", "latent_decoder"},
-    "twostage": {"encoder", "decoder", "stage2_decoder"},
-}
 BATCHES = [1, 7, 130]  # 130 is above the bundles' max batch of 64: split and reassembled
-
-
-def inputs(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
 
 
 def mean_image(model, params) -> np.ndarray:
@@ -39,7 +29,7 @@ def test_each_kind_round_trips_like_its_pytorch_model(exported, kind, backend):
     model.eval()
     rt = load(bundle, backend=backend)
     for n in BATCHES:
-        x = inputs(n, seed=n)
+        x = images(n, seed=n)
         xt = torch.from_numpy(x)
         with torch.no_grad():
             np.testing.assert_allclose(rt.reconstruct(x), model.reconstruct(xt).numpy(), atol=2e-5)
@@ -126,7 +116,7 @@ def test_vq_sampling_is_seeded_and_the_same_on_both_backends(exported):
 
 def test_vq_decode_takes_codes_or_z_q_and_names_what_is_wrong(exported):
     rt = load(exported("vqvae")[1])
-    codes, z_q = rt.encode(inputs(3))
+    codes, z_q = rt.encode(images(3))
     out = rt.decode(torch.from_numpy(codes))
     assert isinstance(out, torch.Tensor)
     np.testing.assert_allclose(out.numpy(), rt.decode(z_q), atol=1e-6)
@@ -141,7 +131,7 @@ def test_vq_decode_takes_codes_or_z_q_and_names_what_is_wrong(exported):
 
 
 def test_every_kind_runs_without_torch(exported, tmp_path):
-    x = inputs(5)
+    x = images(5)
     np.save(tmp_path / "x.npy", x)
     expected = {}
     for kind in KINDS:

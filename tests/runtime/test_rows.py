@@ -5,6 +5,7 @@ sizes (BLAS picks kernels by shape), so results of differently batched calls are
 """
 import numpy as np
 import pytest
+from helpers import images
 from vaedeploy.kernels import standard_normal_numpy, uniform_numpy
 
 from vaedeploy import load
@@ -12,10 +13,6 @@ from vaedeploy.runtime import InputError
 from vaedeploy.runtime.noise import Noise
 
 MAX_BATCH = 64  # the test bundles' (tests/conftest.py)
-
-
-def images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
 
 
 def same(a, b):

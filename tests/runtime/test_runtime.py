@@ -1,4 +1,3 @@
-import json
 import shutil
 import subprocess
 import sys
@@ -7,6 +6,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from helpers import edit_manifest, images
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -20,10 +20,6 @@ from vaedeploy.train import load_run
 BATCHES = [1, 2, 7, 64, 130]  # 130 is above the bundles' max batch of 64: split and reassembled
 
 
-def inputs(n: int, shape=(1, 8, 8), seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
-
-
 @pytest.mark.parametrize("name", ["vae", "vae_conv_bernoulli", "ae"])
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_round_trips_match_the_pytorch_model_at_every_batch_size(exported, name, backend):
@@ -32,7 +28,7 @@ def test_round_trips_match_the_pytorch_model_at_every_batch_size(exported, name,
     rt = load(bundle, backend=backend)
     assert rt.backend == backend
     for n in BATCHES:
-        x = inputs(n, seed=n)
+        x = images(n, seed=n)
         with torch.no_grad():
             xt = torch.from_numpy(x)
             params = model.encoder(xt)
@@ -58,14 +54,14 @@ def test_round_trips_match_the_pytorch_model_at_every_batch_size(exported, name,
 def test_the_same_seed_gives_the_same_z_on_every_call_and_backend(exported):
     _, bundle = exported("vae")
     ort_rt, torch_rt = load(bundle, backend="onnxruntime"), load(bundle, backend="torch")
-    x = inputs(9)
+    x = images(9)
     z = ort_rt.encode(x, seed=123)
     np.testing.assert_array_equal(z, ort_rt.encode(x, seed=123))
     np.testing.assert_allclose(torch_rt.encode(x, seed=123), z, atol=1e-6)
     assert not np.allclose(ort_rt.encode(x, seed=124), z)
     assert not np.allclose(ort_rt.encode(x), ort_rt.encode(x)), "seed=None must draw a fresh seed"
     # the noise of row i does not depend on how the batch is split
-    big = inputs(150)
+    big = images(150)
     np.testing.assert_allclose(ort_rt.encode(big, seed=7)[:9], ort_rt.encode(big[:9], seed=7), atol=1e-6)
     samples = ort_rt.sample(5, seed=3)
     np.testing.assert_array_equal(samples, ort_rt.sample(5, seed=3))
@@ -78,7 +74,7 @@ def test_torch_tensors_come_back_as_tensors_and_numpy_as_numpy(exported):
     _, bundle = exported("vae")
     for backend in ("onnxruntime", "torch"):
         rt = load(bundle, backend=backend)
-        x = inputs(3)
+        x = images(3)
         out = rt.reconstruct(torch.from_numpy(x))
         assert isinstance(out, torch.Tensor) and out.device.type == "cpu"
         np.testing.assert_allclose(out.numpy(), rt.reconstruct(x), atol=1e-6)
@@ -88,7 +84,7 @@ def test_torch_tensors_come_back_as_tensors_and_numpy_as_numpy(exported):
 
 def test_half_precision_graphs_run_close_to_fp32(exported):
     _, bundle = exported("vae")
-    x = inputs(20)
+    x = images(20)
     full = load(bundle).reconstruct(x)
     for backend in ("onnxruntime", "torch"):
         half = load(bundle, backend=backend, precision="fp16")
@@ -143,12 +139,6 @@ def bundle_copy(exported, tmp_path):
     return copy
 
 
-def _edit_manifest(bundle, change):
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    change(manifest)
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_broken_bundles_are_refused_with_the_file_named(bundle_copy, tmp_path):
     load(bundle_copy)
     (bundle_copy / "decoder.onnx").write_bytes((bundle_copy / "decoder.onnx").read_bytes() + b"\0")
@@ -165,14 +155,14 @@ def test_broken_bundles_are_refused_with_the_file_named(bundle_copy, tmp_path):
 
 def test_newer_formats_and_paths_outside_the_bundle_are_refused(bundle_copy, tmp_path):
     (tmp_path / "secret.txt").write_text("x")
-    _edit_manifest(bundle_copy, lambda m: m["files"].update({"../secret.txt": "0" * 64}))
+    edit_manifest(bundle_copy, lambda m: m["files"].update({"../secret.txt": "0" * 64}))
     with pytest.raises(BundleError, match="files: expected a name .* has no '..', got \"../secret.txt\""):
         load(bundle_copy)
-    _edit_manifest(bundle_copy, lambda m: m["files"].pop("../secret.txt"))
-    _edit_manifest(bundle_copy, lambda m: m["files"].update({"/etc/passwd": "0" * 64}))
+    edit_manifest(bundle_copy, lambda m: m["files"].pop("../secret.txt"))
+    edit_manifest(bundle_copy, lambda m: m["files"].update({"/etc/passwd": "0" * 64}))
     with pytest.raises(BundleError, match="files: expected a name .*, got \"/etc/passwd\""):
         load(bundle_copy)
-    _edit_manifest(bundle_copy, lambda m: m.update(format_version=99))
+    edit_manifest(bundle_copy, lambda m: m.update(format_version=99))
     with pytest.raises(BundleError, match="format 99 is newer"):
         load(bundle_copy)
 
@@ -180,7 +170,7 @@ def test_newer_formats_and_paths_outside_the_bundle_are_refused(bundle_copy, tmp
 def test_each_bad_input_gets_a_clear_error(exported):
     _, bundle = exported("vae")
     rt = load(bundle)
-    x = inputs(2)
+    x = images(2)
     cases = [
         (x[0], "expected shape N×1×8×8, got 1×8×8 \\(add a batch axis\\)"),
         (x.reshape(2, 64), "expected shape N×1×8×8, got 2×64"),

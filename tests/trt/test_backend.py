@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 from fake_tensorrt import calls
+from helpers import images
 
 from vaedeploy import load
 from vaedeploy.bundle import engine_files, load_bundle
@@ -30,10 +31,6 @@ def on_fake(bundle, buckets=(1, 2, 4, 8), precision="fp32", engines=None):
     loaded = load_bundle(bundle)
     return runtime_class(loaded)(loaded, "tensorrt", "cpu", precision, buckets=buckets,
                                  backend_options={"engines": engines})
-
-
-def images(n, seed=0):
-    return np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32)
 
 
 def test_the_buckets_run_on_one_context_per_profile_and_match_onnxruntime(machine, bundle_copy):

@@ -1,0 +1,36 @@
+"""What several test files share: their input images, the kinds beyond vae and ae with the graphs each exports, and
+editing a bundle's manifest in place.
+
+A module, not conftest fixtures: ``KINDS`` feeds ``pytest.mark.parametrize``, read when a file is collected, where
+no fixture reaches, and plain functions read the same at every call site. Test files import it as ``helpers``:
+tests/ has no ``__init__.py``, so pytest puts tests/ (the directory of its conftest.py) on ``sys.path``.
+"""
+import json
+
+import numpy as np
+
+from vaedeploy.models import MODELS
+
+KINDS = sorted(set(MODELS) - {"vae", "ae"})  # vae and ae have files of their own; every other kind is tested alike
+
+# One kind's graphs written out by hand, not read from its export spec: ``spec_graphs`` derives every kind's
+# expectation from the code under test, which cannot catch a spec that names the wrong graphs; this one can.
+VQVAE_GRAPHS = {"encoder", "decoder", "prior"}
+
+
+def images(n: int, seed: int = 0, shape=(1, 8, 8)) -> np.ndarray:
+    """n images of uniform pixels in [0, 1), the same for the same seed (the test models' shape by default)."""
+    return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
+
+
+def spec_graphs(model) -> set[str]:
+    """The roles of the graphs ``model``'s export spec names: what the manifest of its bundle lists."""
+    return {graph.role for graph in model.export_spec(images(2, shape=tuple(model.config.input_shape)), 2).graphs}
+
+
+def edit_manifest(bundle, change):
+    """Apply ``change`` to the bundle's manifest.json, in place, and give back the bundle."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    change(manifest)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
