@@ -219,7 +219,7 @@ def ceiling(bundles: dict[str, str], images: dict[str, np.ndarray], min_seconds:
     """The runtime alone at each batch size, with the server's session options (``spinning`` False) and with ONNX
     Runtime's default, which ``vaedeploy.load`` keeps (True), the two measured in turn at each point."""
     from vaedeploy import load
-    from vaedeploy.serve.options import SESSION_CONFIG
+    from vaedeploy.serve.command import SESSION_CONFIG
 
     rows = []
     for model, path in bundles.items():

@@ -16,7 +16,8 @@ LAYERS = [
     (4, ("vaedeploy.train", "vaedeploy.evaluate", "vaedeploy.pictures")),
     (5, ("vaedeploy.export",)),
     (6, ("vaedeploy.deploy",)),  # TensorRT builds and Triton repositories: export's pieces and the runtime's
-    (9, ("vaedeploy.cli", "vaedeploy.argtypes", "vaedeploy.web", "vaedeploy.serve", "vaedeploy.bench")),
+    (9, ("vaedeploy.cli", "vaedeploy.argtypes", "vaedeploy.run_commands", "vaedeploy.bundle_commands", "vaedeploy.demo",
+         "vaedeploy.web", "vaedeploy.serve", "vaedeploy.bench")),
 ]
 RUNTIME_USERS = 6  # the lowest layer that may import the runtime
 ROOT_PACKAGE = "vaedeploy"  # its one import, of the runtime, happens when a user asks for vaedeploy.load

@@ -169,7 +169,7 @@ def test_a_config_that_does_not_fit_the_data_is_refused_before_the_run_is_writte
 def test_debug_shows_the_traceback_and_a_bug_is_never_hidden(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError):
         main(["--debug", "eval", str(tmp_path / "absent")])
-    monkeypatch.setattr("vaedeploy.cli.cmd_eval", lambda args: 1 / 0)
+    monkeypatch.setattr("vaedeploy.run_commands.run_eval", lambda args: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         main(["eval", str(tmp_path)])
 

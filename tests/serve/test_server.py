@@ -415,7 +415,7 @@ def test_the_server_turns_onnxruntime_spinning_off_and_direct_load_keeps_the_def
     import vaedeploy
     import vaedeploy.serve as serving
     from vaedeploy.errors import ConfigError
-    from vaedeploy.serve.options import SESSION_CONFIG, add_serve_arguments, serve
+    from vaedeploy.serve.command import SESSION_CONFIG, add_serve_arguments, serve
 
     def spinning(rt) -> str | None:
         options = rt.runners["decoder"].session.get_session_options()

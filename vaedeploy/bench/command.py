@@ -5,36 +5,15 @@ import argparse
 import re
 from pathlib import Path
 
+from ..argtypes import POSITIVE, POSITIVE_INT, comma_list
 from ..errors import ConfigError
 
 DEFAULT_BATCHES = "1,8,64,512"
 
 
-def _integers(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
-    return list(dict.fromkeys(values))
-
-
-def _names(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected names separated by commas, got {text!r}")
-    return list(dict.fromkeys(names))
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+# the comma lists of this command: duplicates dropped (a batch size twice is measured once)
+_INTEGERS = comma_list(POSITIVE_INT, "positive integers separated by commas", unique=True)
+_NAMES = comma_list(str, "names separated by commas", unique=True)
 
 
 def _parameter(text: str) -> tuple[str, object]:
@@ -57,19 +36,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "last 3 agree (throughput and p50) within --tolerance; p50/p90/p95/p99, mean, CV, items/s and "
                     "the FLOP/byte floor of every row. See docs/benchmarks.md.")
     bench.add_argument("bundles", nargs="*", type=Path, help="bundle directories (measured together, interleaved)")
-    bench.add_argument("--backends", type=_names, help="comma list of backends (default: every installed one)")
+    bench.add_argument("--backends", type=_NAMES, help="comma list of backends (default: every installed one)")
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     bench.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
-    bench.add_argument("--ops", type=_names, help="comma list of encode, encode_params, decode, sample, reconstruct "
+    bench.add_argument("--ops", type=_NAMES, help="comma list of encode, encode_params, decode, sample, reconstruct "
                                                   "(default: all the bundle has)")
-    bench.add_argument("--batch-sizes", type=_integers, default=_integers(DEFAULT_BATCHES),
+    bench.add_argument("--batch-sizes", type=_INTEGERS, default=_INTEGERS(DEFAULT_BATCHES),
                        help=f"rows per call (default {DEFAULT_BATCHES})")
-    bench.add_argument("--concurrency", type=_integers, default=[1],
+    bench.add_argument("--concurrency", type=_INTEGERS, default=[1],
                        help="callers at once, e.g. 1,8,64 (default 1: serial latency)")
-    bench.add_argument("--budget-s", type=_positive, default=60.0,
+    bench.add_argument("--budget-s", type=POSITIVE, default=60.0,
                        help="wall time of the whole run, split over --repeats (default 60)")
-    bench.add_argument("--window-s", type=_positive, help="window length (default: fitted to the budget)")
-    bench.add_argument("--tolerance", type=_positive, default=0.10,
+    bench.add_argument("--window-s", type=POSITIVE, help="window length (default: fitted to the budget)")
+    bench.add_argument("--tolerance", type=POSITIVE, default=0.10,
                        help="the stability rule's tolerance (default 0.10: within 10%%)")
     bench.add_argument("--max-windows", type=int, default=10, help="windows before a case is unstable (default 10)")
     bench.add_argument("--repeats", type=int, default=1, help="run everything this many times, to see the spread")
@@ -78,12 +57,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, help="write the JSON result here, and its PNG plots beside it")
     server = bench.add_argument_group("server mode (any Open Inference Protocol server: vaedeploy serve, Triton)")
     server.add_argument("--url", help="the server, e.g. http://127.0.0.1:8000")
-    server.add_argument("--model", type=_names, help="comma list of its models, e.g. vae.sample,vae.encode")
+    server.add_argument("--model", type=_NAMES, help="comma list of its models, e.g. vae.sample,vae.encode")
     server.add_argument("--json-data", action="store_true", help="send JSON tensors, not the binary extension")
     server.add_argument("--param", type=_parameter, action="append", default=[], metavar="KEY=VALUE",
                         help="a request parameter for every request, e.g. temperature=0.7 (repeatable)")
     server.add_argument("--int-high", type=int, default=1, help="integer inputs are drawn in [0, this] (default 1)")
-    server.add_argument("--timeout-s", type=_positive, default=60.0, help="per-request timeout (default 60)")
+    server.add_argument("--timeout-s", type=POSITIVE, default=60.0, help="per-request timeout (default 60)")
     bench.add_argument("--compare", nargs=2, type=Path, metavar=("A.json", "B.json"),
                        help="print B's figures over A's, row by row, and exit")
     bench.set_defaults(func=run)

@@ -1,14 +1,13 @@
-"""The command-line options of ``vaedeploy serve`` and ``vaedeploy triton-repo``, and the commands themselves
-(``vaedeploy.cli`` holds one parser entry each and calls in here). The batching options are Triton's, under the
-same names with dashes; both commands take them, so a Triton repository batches as the server does.
+"""``vaedeploy serve`` and ``vaedeploy triton-repo``: their options and what they do (``vaedeploy.cli`` registers
+them through ``add_parser``). The batching options are Triton's, under the same names with dashes; both commands take
+them, so a Triton repository batches as the server does.
 """
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
-from ..argtypes import COUNT, POSITIVE, POSITIVE_INT
+from ..argtypes import COUNT, POSITIVE, POSITIVE_INT, comma_list, tcp_port
 from ..errors import ConfigError
 from .batcher import BatchPolicy
 
@@ -19,25 +18,11 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a bundle's name; its models a
 SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a TCP port from 0 to 65535 (0: any free port), got {text!r}")
-    return port
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    return tuple(POSITIVE_INT(part) for part in text.split(",") if part)
-
-
 def add_batching_arguments(parser) -> None:
     group = parser.add_argument_group("dynamic batching (Triton's dynamic_batching fields)")
     group.add_argument("--max-batch-size", type=POSITIVE_INT, default=64,
                        help="the most rows one execution runs; 1 turns batching off (default 64)")
-    group.add_argument("--preferred-batch-size", type=_sizes, default=(), metavar="N[,N...]",
+    group.add_argument("--preferred-batch-size", type=comma_list(POSITIVE_INT), default=(), metavar="N[,N...]",
                        help="batch sizes sent as soon as they are reached")
     group.add_argument("--max-queue-delay-us", type=COUNT, default=0,
                        help="how long the oldest request may wait for a better batch, µs (default 0)")
@@ -56,11 +41,22 @@ def add_batching_arguments(parser) -> None:
 
 
 def policy_from_args(args) -> BatchPolicy:
-    return BatchPolicy(max_batch_size=args.max_batch_size, preferred_batch_size=args.preferred_batch_size,
+    return BatchPolicy(max_batch_size=args.max_batch_size, preferred_batch_size=tuple(args.preferred_batch_size),
                        max_queue_delay_microseconds=args.max_queue_delay_us, max_queue_size=args.max_queue_size,
                        default_timeout_microseconds=args.timeout_us,
                        allow_timeout_override=not args.no_timeout_override, priority_levels=args.priority_levels,
                        default_priority_level=args.default_priority_level, instances=args.instances)
+
+
+def add_parser(subparsers) -> None:
+    """The ``serve`` and ``triton-repo`` subcommands of the ``vaedeploy`` command."""
+    serve_parser = subparsers.add_parser("serve", help="serve bundles on the Open Inference Protocol (KServe V2 / "
+                                                       "Triton's HTTP) with dynamic batching (docs/serving.md)")
+    add_serve_arguments(serve_parser)
+    serve_parser.set_defaults(func=serve)
+    triton = subparsers.add_parser("triton-repo", help="write a Triton Inference Server model repository of a bundle")
+    add_triton_repo_arguments(triton)
+    triton.set_defaults(func=triton_repo)
 
 
 def add_serve_arguments(parser) -> None:
@@ -68,7 +64,7 @@ def add_serve_arguments(parser) -> None:
     parser.add_argument("--name", action="append", default=[],
                         help="the name each bundle is served as, in order (default: its directory's name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free port)")
+    parser.add_argument("--port", type=tcp_port, default=8000, help="port (default 8000; 0: any free port)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
