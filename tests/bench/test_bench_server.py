@@ -68,13 +68,25 @@ def test_a_live_vaedeploy_serve_with_the_bundles_floor(exported, serve):
         assert row["floor"]["floor_ms"] > 0 and row["x_floor"] > 1, "a server call costs more than its graphs' floor"
 
 
-def test_requests_encode_and_decode_both_ways():
-    x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    body, headers = server.encode_request({"x": x}, ["y"], {"seed": 3}, binary=True)
-    length = int(headers["Inference-Header-Content-Length"])
-    assert body[length:] == x.tobytes() and b'"binary_data_size":24' in body[:length]
-    answer = b'{"outputs":[{"name":"y","datatype":"FP32","shape":[2,3],"parameters":{"binary_data_size":24}}]}'
-    decoded = server.decode_response({"Inference-Header-Content-Length": str(len(answer))}, answer + x.tobytes())
-    np.testing.assert_array_equal(decoded["y"], x)
-    as_json = b'{"outputs":[{"name":"y","datatype":"INT64","shape":[2],"data":[4,5]}]}'
-    np.testing.assert_array_equal(server.decode_response({}, as_json)["y"], [4, 5])
+def test_an_answer_that_is_not_an_infer_response_is_an_error_in_a_sentence(monkeypatch):
+    answers = {"/v2/models/m/infer": (200, {}, b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}]}')}
+    client = server.Client("http://127.0.0.1:9")
+    monkeypatch.setattr(client, "request", lambda method, path, body=None, headers=None: answers[path])
+    call = server.server_call(client, "m", {"inputs": [], "outputs": [{"name": "y"}], "parameters": []}, 1, True, {},
+                              None)
+    with pytest.raises(server.ServerError, match="the server's answer is not an infer response: output 'y': "
+                                                 "expected 'data' or parameters.binary_data_size, got neither"):
+        call(0)
+    answers["/v2/models/m/infer"] = (200, {}, b'{"outputs": "\xff"}')
+    with pytest.raises(server.ServerError, match="the response's JSON header does not parse"):
+        call(0)
+    answers["/v2/models/m/infer"] = (500, {}, b"\xff oops")
+    with pytest.raises(server.ServerError, match="HTTP 500: "):
+        call(0)
+
+
+def test_metadata_that_is_not_utf8_json_is_one_sentence(monkeypatch):
+    client = server.Client("http://127.0.0.1:9")
+    monkeypatch.setattr(client, "request", lambda method, path, body=None, headers=None: (200, {}, b"\xff{}"))
+    with pytest.raises(ConfigError, match=r"http://127.0.0.1:9/v2: expected a JSON object in UTF-8, got b'\\xff\{\}'"):
+        server.server_metadata(client)

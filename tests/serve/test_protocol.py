@@ -1,11 +1,19 @@
-"""The V2 wire format without a server: requests as tritonclient writes them, binary and JSON, and the responses."""
+"""The V2 wire format without a server: requests as tritonclient writes them, binary and JSON, and the responses;
+the client's side (bench's requests, the answers it reads) with the same codec."""
 import json
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from vaedeploy.serve.protocol import HEADER_LENGTH, ProtocolError, parse_request, write_response
+from vaedeploy.serve.protocol import (
+    HEADER_LENGTH,
+    ProtocolError,
+    parse_request,
+    parse_response,
+    write_request,
+    write_response,
+)
 
 
 def tritonclient_body(arrays: dict, binary: bool, outputs=None, parameters=None) -> tuple[bytes, str | None]:
@@ -96,3 +104,49 @@ def test_a_response_is_strict_json_and_a_nan_raises_instead_of_writing_a_nan_tok
         write_response("m", request, {"x": np.array([0.5, np.nan], np.float32)})
     body, _ = write_response("m", request, {"x": np.array([0.5, 1e38], np.float32)})
     assert json.loads(body, parse_constant=pytest.fail)["outputs"][0]["data"][1] == pytest.approx(1e38, rel=1e-6)
+
+
+def test_requests_encode_and_decode_both_ways():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    body, headers = write_request({"x": x}, ["y"], {"seed": 3}, binary=True)
+    assert headers["Content-Type"] == "application/octet-stream"
+    length = int(headers["Inference-Header-Content-Length"])
+    assert body[length:] == x.tobytes() and b'"binary_data_size":24' in body[:length]
+    answer = b'{"outputs":[{"name":"y","datatype":"FP32","shape":[2,3],"parameters":{"binary_data_size":24}}]}'
+    decoded = parse_response(answer + x.tobytes(), str(len(answer)))
+    np.testing.assert_array_equal(decoded["y"], x)
+    as_json = b'{"outputs":[{"name":"y","datatype":"INT64","shape":[2],"data":[4,5]}]}'
+    np.testing.assert_array_equal(parse_response(as_json, None)["y"], [4, 5])
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_request_the_client_writes_is_the_request_the_server_parses_and_back(binary):
+    x, codes = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3), np.arange(4, dtype=np.int64).reshape(2, 2)
+    body, headers = write_request({"x": x, "codes": codes}, ["y"], {"seed": 3}, binary)
+    request = parse_request(body, headers.get("Inference-Header-Content-Length"))
+    assert request.parameters == {"seed": 3} and request.outputs == ["y"] and request.binary == {"y": binary}
+    np.testing.assert_array_equal(request.inputs["x"], x)
+    assert request.inputs["codes"].dtype == np.int64 and request.inputs["codes"].tolist() == codes.tolist()
+    body, headers = write_response("m", request, {"y": x, "z": codes})
+    assert list(parse_response(body, headers.get(HEADER_LENGTH))) == ["y"]
+    np.testing.assert_array_equal(parse_response(body, headers.get(HEADER_LENGTH))["y"], x)
+
+
+@pytest.mark.parametrize("body, header, words", [
+    (b'{"outputs": "\xff"}', None, "the response's JSON header does not parse (UnicodeDecodeError"),
+    (b"[]", None, "the response: expected a JSON object, got []"),
+    (b'{"outputs": {}}', None, "outputs: expected a list of tensors, got {}"),
+    (b'{"outputs": [{"name": "y", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}', None,
+     "output 'y'.datatype: expected one of"),
+    (b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [2], "data": [1]}]}', None,
+     "output 'y'.data: expected 2 values for shape [2], got 1"),
+    (b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}',
+     "89", "output 'y': expected 8 bytes of binary data, the body has 0 left"),
+    (b'{"outputs": []}', "16", "Inference-Header-Content-Length: expected the JSON header's length in bytes"),
+    (b'{"outputs": []}\x00', "15", "the body has 1 bytes after the JSON header that no output's binary_data_size"),
+])
+def test_malformed_responses_are_named(body, header, words):
+    header = str(len(body)) if header == "89" else header
+    with pytest.raises(ProtocolError) as error:
+        parse_response(body, header)
+    assert words in str(error.value), str(error.value)

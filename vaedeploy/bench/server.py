@@ -8,8 +8,9 @@ carries ``batch`` rows of real inputs (test images for an image-shaped FP32 inpu
 [0, ``int_high``] for integer inputs); a model with no input tensors (``NAME.sample``) gets ``n = batch``; ``seed``
 changes on every request where the model reads one. Tensors go as the binary tensor extension when the server
 advertises ``binary_tensor_data`` (what perf_analyzer and tritonclient send), else as JSON; ``--json-data`` asks
-for JSON. Every answer is checked: HTTP 200 and every output with ``batch`` rows, else the call counts as an error
-with the server's message.
+for JSON. Requests are written and answers read by the server's own V2 codec (``serve/protocol.py``: numpy only).
+Every answer is checked: HTTP 200, an infer response as the protocol has it, and every output with ``batch`` rows,
+else the call counts as an error with the server's message or what was wrong with the answer.
 """
 from __future__ import annotations
 
@@ -21,10 +22,9 @@ import urllib.parse
 import numpy as np
 
 from ..errors import ConfigError
+from ..serve.protocol import DATATYPES, HEADER_LENGTH, ProtocolError, parse_response, write_request
 from .loop import Case, host_timed
 
-DATATYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32,
-             "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
 POOL = 8  # distinct requests per case, rotated
 
 
@@ -120,54 +120,13 @@ def _tensor(spec: dict, batch: int, rng: np.random.Generator, images: np.ndarray
     dtype = DATATYPES.get(spec["datatype"])
     if dtype is None:
         raise ConfigError(f"input {spec['name']!r}: datatype {spec['datatype']} is not one bench can send")
-    if np.issubdtype(dtype, np.floating):
+    if dtype.kind == "f":
         if images is not None and tuple(shape[1:]) == tuple(images.shape[1:]):
             return images[rng.integers(0, len(images), shape[0])].astype(dtype)
         return rng.standard_normal(shape).astype(dtype)
-    if dtype is np.bool_:
+    if dtype.kind == "b":
         return rng.integers(0, 2, shape).astype(bool)
     return rng.integers(0, int_high + 1, shape).astype(dtype)
-
-
-def encode_request(tensors: dict, outputs: list[str], parameters: dict, binary: bool) -> tuple[bytes, dict]:
-    """The body and headers of an infer request; binary: the JSON header then each tensor's little-endian bytes."""
-    header: dict = {"inputs": [], "outputs": [{"name": name, "parameters": {"binary_data": binary}}
-                                              for name in outputs]}
-    if parameters:
-        header["parameters"] = parameters
-    blobs = []
-    for name, array in tensors.items():
-        datatype = next(k for k, v in DATATYPES.items() if np.dtype(v) == array.dtype)
-        entry = {"name": name, "shape": list(array.shape), "datatype": datatype}
-        if binary:
-            blob = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            entry["data"] = array.reshape(-1).tolist()
-        header["inputs"].append(entry)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    headers = {"Content-Type": "application/octet-stream" if binary else "application/json"}
-    if binary:
-        headers["Inference-Header-Content-Length"] = str(len(text))
-    return text + b"".join(blobs), headers
-
-
-def decode_response(headers, body: bytes) -> dict:
-    """``{output name: array}`` of an infer response, binary or JSON."""
-    length = headers.get("Inference-Header-Content-Length")
-    header = json.loads(body[:int(length)] if length else body)
-    position, arrays = int(length) if length else 0, {}
-    for output in header.get("outputs", []):
-        dtype = np.dtype(DATATYPES[output["datatype"]]).newbyteorder("<")
-        size = output.get("parameters", {}).get("binary_data_size")
-        if size is not None:
-            data = np.frombuffer(body, dtype, count=size // dtype.itemsize, offset=position)
-            position += size
-        else:
-            data = np.asarray(output["data"], dtype)
-        arrays[output["name"]] = data.reshape(output["shape"])
-    return arrays
 
 
 def server_call(client: Client, model: str, spec: dict, batch: int, binary: bool, extra: dict,
@@ -185,7 +144,7 @@ def server_call(client: Client, model: str, spec: dict, batch: int, binary: bool
         if sampling or "seed" in spec["parameters"]:
             parameters["seed"] = seed * POOL + k
         tensors = {s["name"]: _tensor(s, batch, rng, images, int_high) for s in spec["inputs"]}
-        bodies.append(encode_request(tensors, outputs, parameters, binary))
+        bodies.append(write_request(tensors, outputs, parameters, binary))
     path = f"/v2/models/{urllib.parse.quote(model)}/infer"
 
     def call(i: int) -> None:
@@ -193,7 +152,10 @@ def server_call(client: Client, model: str, spec: dict, batch: int, binary: bool
         status, answer_headers, answer = client.request("POST", path, body, headers)
         if status != 200:
             raise ServerError(_error(status, answer))
-        arrays = decode_response(answer_headers, answer)
+        try:
+            arrays = parse_response(answer, answer_headers.get(HEADER_LENGTH))
+        except ProtocolError as e:
+            raise ServerError(f"the server's answer is not an infer response: {e}") from None
         if missing := [o for o in outputs if o not in arrays or arrays[o].shape[:1] != (batch,)]:
             raise ServerError(f"expected outputs {outputs} with {batch} rows; {missing} missing or of another size")
 

@@ -1,12 +1,15 @@
 """The Open Inference Protocol's infer request and response (KServe V2, as Triton speaks it), with the binary tensor
-extension: parsing a request body into numpy tensors and writing a response body from them; no HTTP framework here.
+extension: the one codec of the wire format, numpy only (no HTTP framework here). The server parses a request body
+into numpy tensors and writes a response body from them (``parse_request``, ``write_response``); a client, `vaedeploy
+bench --url`, writes a request and parses a response (``write_request``, ``parse_response``). Both directions read
+and write tensors with the same two functions and one datatype map (``DATATYPES``).
 
 A request body is JSON, or JSON followed by the raw bytes of some inputs when the ``Inference-Header-Content-Length``
 header gives the JSON's length; such an input names its byte count in ``parameters.binary_data_size`` and its bytes
 follow in input order, little-endian and row-major. An output is written as binary when the request asks for it
 (``binary_data: true`` on the output, or ``binary_data_output: true`` on the request; tritonclient does so by
-default), else as a flat JSON list. FP16 travels only as binary, as in Triton. Every malformed request is a
-``ProtocolError`` naming what was expected and what came.
+default), else as a flat JSON list. FP16 travels only as binary, as in Triton. Every malformed request, and every
+malformed response a client reads, is a ``ProtocolError`` naming what was expected and what came.
 
 Every number a request carries is checked by one function, ``check``, against a ``Limit`` (integral or not, and a
 range): here a shape's dims, and the JSON data of a tensor against its datatype's range before the cast (so ``1.9``
@@ -183,8 +186,9 @@ def _json_tensor(data, dtype: np.dtype, shape: tuple, where: str) -> np.ndarray:
     return values.astype(dtype, copy=False).reshape(shape)
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferRequest:
-    """An ``InferRequest`` from a request body and its ``Inference-Header-Content-Length`` header (None: JSON only)."""
+def _split(body: bytes, header_length: str | None, what: str) -> tuple[dict, memoryview | bytes]:
+    """A body's JSON header, parsed into an object, and the binary data after it (``what``: the request or the
+    response, for the message)."""
     if header_length is None:
         header, blob = body, b""
     else:
@@ -200,30 +204,30 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         doc = json.loads(header)
     except (ValueError, RecursionError) as e:
         if type(e) is ValueError:  # not a JSONDecodeError: Python's int() refused a literal of too many digits
-            raise ProtocolError(f"the request's JSON holds an integer of more than {sys.get_int_max_str_digits()} "
+            raise ProtocolError(f"{what}'s JSON holds an integer of more than {sys.get_int_max_str_digits()} "
                                 "digits; expected numbers within their parameter's or datatype's range") from None
         trailing = isinstance(e, UnicodeDecodeError) or getattr(e, "msg", "") == "Extra data"
         hint = " (binary data needs the Inference-Header-Content-Length header)" if header_length is None and \
             trailing else ""
-        raise ProtocolError(f"the request's JSON header does not parse ({type(e).__name__}: {e}){hint}") from None
-    doc = _object(doc, "the request")
-    parameters = _object(doc.get("parameters", {}), "parameters")
-    request_id = doc.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise ProtocolError(f"id: expected a string, got {_show(request_id)}")
-    inputs_doc = doc.get("inputs", [])
-    if not isinstance(inputs_doc, list):
-        raise ProtocolError(f"inputs: expected a list of tensors, got {_show(inputs_doc)}")
-    inputs, cursor = {}, 0
-    for i, spec in enumerate(inputs_doc):
-        where = f"inputs[{i}]"
+        raise ProtocolError(f"{what}'s JSON header does not parse ({type(e).__name__}: {e}){hint}") from None
+    return _object(doc, what), blob
+
+
+def _read_tensors(specs, blob, side: str) -> dict[str, np.ndarray]:
+    """``{name: array}`` of the tensors a request's inputs or a response's outputs describe (``side``: ``input`` or
+    ``output``), as JSON data or as binary data read from ``blob`` in order."""
+    if not isinstance(specs, list):
+        raise ProtocolError(f"{side}s: expected a list of tensors, got {_show(specs)}")
+    tensors, cursor = {}, 0
+    for i, spec in enumerate(specs):
+        where = f"{side}s[{i}]"
         spec = _object(spec, where)
         name, datatype = spec.get("name"), spec.get("datatype")
         if not isinstance(name, str) or not name:
             raise ProtocolError(f"{where}.name: expected a tensor name, got {_show(name)}")
-        where = f"input {name!r}"
-        if name in inputs:
-            raise ProtocolError(f"{where}: given twice; expected each input once")
+        where = f"{side} {name!r}"
+        if name in tensors:
+            raise ProtocolError(f"{where}: given twice; expected each {side} once")
         if datatype not in DATATYPES:
             raise ProtocolError(f"{where}.datatype: expected one of {sorted(DATATYPES)}, got {_show(datatype)}")
         dtype, shape = DATATYPES[datatype], _shape(spec.get("shape"), where)
@@ -231,7 +235,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         if size is None:
             if "data" not in spec:
                 raise ProtocolError(f"{where}: expected 'data' or parameters.binary_data_size, got neither")
-            inputs[name] = _json_tensor(spec["data"], dtype, shape, where)
+            tensors[name] = _json_tensor(spec["data"], dtype, shape, where)
             continue
         expected = math.prod(shape) * dtype.itemsize
         if isinstance(size, bool) or not isinstance(size, int) or size != expected:
@@ -240,11 +244,22 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         if cursor + size > len(blob):
             raise ProtocolError(f"{where}: expected {size} bytes of binary data, the body has {len(blob) - cursor} "
                                 "left")
-        inputs[name] = np.frombuffer(blob[cursor:cursor + size], dtype=dtype).reshape(shape)
+        tensors[name] = np.frombuffer(blob[cursor:cursor + size], dtype=dtype).reshape(shape)
         cursor += size
     if cursor != len(blob):
-        raise ProtocolError(f"the body has {len(blob) - cursor} bytes after the JSON header that no input's "
+        raise ProtocolError(f"the body has {len(blob) - cursor} bytes after the JSON header that no {side}'s "
                             "binary_data_size claims")
+    return tensors
+
+
+def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+    """An ``InferRequest`` from a request body and its ``Inference-Header-Content-Length`` header (None: JSON only)."""
+    doc, blob = _split(body, header_length, "the request")
+    parameters = _object(doc.get("parameters", {}), "parameters")
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(f"id: expected a string, got {_show(request_id)}")
+    inputs = _read_tensors(doc.get("inputs", []), blob, "input")
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
         raise ProtocolError(f"parameters.binary_data_output: expected true or false, got {_show(binary_default)}")
@@ -272,25 +287,58 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     return InferRequest(request_id, inputs, rest, outputs, binary, binary_default)
 
 
-def write_response(model: str, request: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, dict]:
-    """The response body and headers for ``outputs`` (name → array, in the model's order), as the request asked."""
-    tensors, blobs = [], []
-    for name in request.outputs if request.outputs is not None else outputs:
-        array = outputs[name]
-        tensor = {"name": name, "datatype": DTYPE_NAMES[array.dtype], "shape": list(array.shape)}
-        if request.binary.get(name, request.binary_default):
-            data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).data.cast("B")
-            tensor["parameters"] = {"binary_data_size": len(data)}
-            blobs.append(data)
-        else:
-            tensor["data"] = array.reshape(-1).tolist()
-        tensors.append(tensor)
-    doc = {"model_name": model, "model_version": "1", "outputs": tensors}
-    if request.id is not None:
-        doc["id"] = request.id
+def _write_tensor(name: str, array: np.ndarray, binary: bool, blobs: list) -> dict:
+    """A tensor's entry in a body's JSON header: its data inline as a flat JSON list, or, ``binary``, its
+    little-endian bytes appended to ``blobs`` and their count in ``parameters.binary_data_size``."""
+    tensor = {"name": name, "datatype": DTYPE_NAMES[array.dtype], "shape": list(array.shape)}
+    if binary:
+        data = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).data.cast("B")
+        tensor["parameters"] = {"binary_data_size": len(data)}
+        blobs.append(data)
+    else:
+        tensor["data"] = array.reshape(-1).tolist()
+    return tensor
+
+
+def _write_body(doc: dict, blobs: list) -> tuple[bytes, dict]:
+    """The body and headers of a JSON header followed by binary data (none: plain JSON)."""
     # strict JSON, which every parser reads: a NaN here raises (a fault, answered as a 500), never writes a NaN token
     header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
     return b"".join([header, *blobs]), {"content-type": "application/octet-stream",
                                         HEADER_LENGTH: str(len(header))}
+
+
+def write_response(model: str, request: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, dict]:
+    """The response body and headers for ``outputs`` (name → array, in the model's order), as the request asked."""
+    blobs: list = []
+    tensors = [_write_tensor(name, outputs[name], request.binary.get(name, request.binary_default), blobs)
+               for name in (request.outputs if request.outputs is not None else outputs)]
+    doc = {"model_name": model, "model_version": "1", "outputs": tensors}
+    if request.id is not None:
+        doc["id"] = request.id
+    return _write_body(doc, blobs)
+
+
+# ---- the client's side: `vaedeploy bench --url` ------------------------------------------------------------------
+
+def write_request(inputs: dict[str, np.ndarray], outputs: list[str], parameters: dict, binary: bool) \
+        -> tuple[bytes, dict]:
+    """The body and headers (``Content-Type``, ``Inference-Header-Content-Length``) of an infer request for
+    ``inputs`` (name → array) asking for ``outputs``, every tensor as binary (the binary tensor extension) or, not
+    ``binary``, as JSON."""
+    blobs: list = []
+    doc: dict = {"inputs": [_write_tensor(name, array, binary, blobs) for name, array in inputs.items()],
+                 "outputs": [{"name": name, "parameters": {"binary_data": binary}} for name in outputs]}
+    if parameters:
+        doc["parameters"] = parameters
+    body, headers = _write_body(doc, blobs)
+    return body, {name.title(): value for name, value in headers.items()}  # as tritonclient spells them
+
+
+def parse_response(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
+    """``{output name: array}`` of an infer response body and its ``Inference-Header-Content-Length`` header (None:
+    JSON only), checked as a request is: every malformed answer is a ``ProtocolError`` naming what came."""
+    doc, blob = _split(body, header_length, "the response")
+    return _read_tensors(doc.get("outputs", []), blob, "output")
