@@ -340,6 +340,17 @@ _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor
                "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
+def graph_signature(session) -> dict:
+    """The inputs and outputs (name, shape, dtype) of the graph an ONNX Runtime session holds: the runtime's
+    onnxruntime runners check each graph with the session they run it in, so no file is read for the check alone."""
+
+    def specs(values) -> list[dict]:
+        return [{"name": v.name, "shape": [s if s is not None else "?" for s in v.shape],
+                 "dtype": _ORT_DTYPES.get(v.type, v.type)} for v in values]
+
+    return {"inputs": specs(session.get_inputs()), "outputs": specs(session.get_outputs())}
+
+
 def read_graph_signature(path: Path) -> dict:
     """The inputs and outputs (name, shape, dtype) of an ONNX file, read by ONNX Runtime with no optimization."""
     import onnxruntime as ort
@@ -350,12 +361,7 @@ def read_graph_signature(path: Path) -> dict:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ONNX Runtime's parse errors have no common base class
         raise BundleError(f"{path}: not an ONNX graph ONNX Runtime can load ({str(e).splitlines()[0]})") from None
-
-    def specs(values) -> list[dict]:
-        return [{"name": v.name, "shape": [s if s is not None else "?" for s in v.shape],
-                 "dtype": _ORT_DTYPES.get(v.type, v.type)} for v in values]
-
-    return {"inputs": specs(session.get_inputs()), "outputs": specs(session.get_outputs())}
+    return graph_signature(session)
 
 
 # ---- the bundle ------------------------------------------------------------------------------------------------
@@ -406,6 +412,24 @@ class Bundle:
         with open_regular(path, "a .npy array", BundleError) as f:
             return read_npy(f, str(path), os.fstat(f.fileno()).st_size, BundleError)
 
+    def check_graph(self, role: str, precision: str, signature: dict) -> None:
+        """Refuse a graph whose inputs and outputs as read from its file (``signature``) are not its manifest
+        entry's, naming the file and the entry."""
+        entry = self.manifest["graphs"][role][precision]
+        if difference := _same_signature(signature, (entry["inputs"], entry["outputs"])):
+            raise BundleError(f"{self.root / entry['file']}: the graph has {difference}, which is what {MANIFEST} "
+                              f"says of graphs.{role}.{precision}")
+
+    def check_graphs(self, read: dict | None = None) -> None:
+        """Check every graph of every precision against its manifest entry, in the manifest's order; ``read``: the
+        signatures already read, by (role, precision) (the runtime's sessions), the rest read with ONNX Runtime."""
+        for role, variants in self.manifest["graphs"].items():
+            for precision, entry in variants.items():
+                signature = (read or {}).get((role, precision))
+                if signature is None:
+                    signature = read_graph_signature(_inside(self.root, entry["file"]))
+                self.check_graph(role, precision, signature)
+
 
 def read_manifest(root: str | os.PathLike) -> dict:
     """The parsed ``manifest.json`` of ``root`` (any JSON value; ``check_manifest`` says whether it is one)."""
@@ -418,9 +442,11 @@ def read_manifest(root: str | os.PathLike) -> dict:
     return read_json(manifest_path, "a bundle manifest", error=BundleError)
 
 
-def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
+def load_bundle(root: str | os.PathLike, verify: bool = True, graphs: bool = True) -> Bundle:
     """Read ``root/manifest.json``, check it against the schema and every listed file's presence; with ``verify``
-    (the default) also every file's sha256 and that each ONNX graph has the inputs and outputs its entry says."""
+    (the default) also every file's sha256 and, with ``graphs`` too, that each ONNX graph has the inputs and outputs
+    its entry says (``vaedeploy.load`` passes ``graphs=False`` and checks them once its sessions have read them, so
+    that no graph is read twice)."""
     root = Path(root)
     manifest = read_manifest(root)
     check_manifest(manifest, root / MANIFEST)
@@ -431,11 +457,7 @@ def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
         if verify and sha256_file(path) != expected:
             raise BundleError(f"{root}: {name} does not match its sha256 in {MANIFEST} (expected {expected}); "
                               "the file was changed or damaged after export")
-    if verify:
-        for role, variants in manifest["graphs"].items():
-            for precision, entry in variants.items():
-                actual = read_graph_signature(_inside(root, entry["file"]))
-                if difference := _same_signature(actual, (entry["inputs"], entry["outputs"])):
-                    raise BundleError(f"{root / entry['file']}: the graph has {difference}, which is what "
-                                      f"{MANIFEST} says of graphs.{role}.{precision}")
-    return Bundle(root, manifest)
+    bundle = Bundle(root, manifest)
+    if verify and graphs:
+        bundle.check_graphs()
+    return bundle

@@ -2,6 +2,7 @@
 import copy
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,7 +82,8 @@ def test_a_manifest_that_disagrees_with_its_graphs_is_refused_naming_the_field(v
     assert str(vae_copy) in str(info.value)
 
 
-def test_a_graph_file_that_is_not_what_its_entry_says_is_refused(vae_copy):
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])  # checked by the sessions that run them; read for it
+def test_a_graph_file_that_is_not_what_its_entry_says_is_refused(vae_copy, backend):
     # the checksums agree (rewritten for the swapped files), so only reading the graphs themselves catches it
     def swap_files(m):
         enc, dec = m["graphs"]["encoder"]["fp32"], m["graphs"]["decoder"]["fp32"]
@@ -93,7 +95,32 @@ def test_a_graph_file_that_is_not_what_its_entry_says_is_refused(vae_copy):
 
     edited(vae_copy, swap_files)
     with pytest.raises(BundleError, match=r"encoder.onnx: the graph has inputs named \['z'\], expected \['x'\]"):
-        load(vae_copy)
+        load(vae_copy, backend=backend)
+
+
+def test_load_reads_each_graph_file_once_for_its_sha256_and_once_for_its_session(vae_copy, monkeypatch):
+    import onnxruntime
+
+    import vaedeploy.bundle
+
+    sessions, hashed = [], []
+    session_class, sha256_file = onnxruntime.InferenceSession, vaedeploy.bundle.sha256_file
+
+    def counted_session(path, *args, **kwargs):
+        sessions.append(Path(path).name)
+        return session_class(path, *args, **kwargs)
+
+    def counted_sha256(path):
+        hashed.append(Path(path).name)
+        return sha256_file(path)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", counted_session)
+    monkeypatch.setattr(vaedeploy.bundle, "sha256_file", counted_sha256)
+    runtime = load(vae_copy, backend="onnxruntime")
+    graphs = sorted(p.name for p in vae_copy.glob("*.onnx"))
+    assert sorted(sessions) == graphs, "one session per graph: the one that runs it, which the check reuses"
+    assert sorted(h for h in hashed if h.endswith(".onnx")) == graphs
+    assert runtime.decode(np.zeros((1, runtime.latent_dim), np.float32)).shape == (1, *runtime.input_shape)
 
 
 def test_json_of_any_shape_is_a_bundle_error(vae_copy):

@@ -25,7 +25,9 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
             ``Runtime.backend_reason`` and ``describe()`` say why.
         device: ``cpu`` or ``cuda[:N]``; CUDA is checked here, so a machine without it fails at load, not in a call.
         precision: ``fp32`` (default) or ``fp16`` when the bundle has half-precision graphs.
-        verify: check every file's sha256 and every graph against its manifest entry (default True).
+        verify: check every file's sha256 and every graph against its manifest entry (default True); a graph
+            onnxruntime runs is checked as its session read it, so each graph file is read once for its sha256 and
+            once more, by its session or (a graph no session runs) by the check.
         buckets: batch bucket sizes; a call of n rows runs the smallest bucket ≥ n on static buffers (default on
             CUDA: 1, 2, 4, … up to the bundle's max_batch; on the CPU none unless given, where they only pad).
         cuda_graphs: record each bucket's call once as a CUDA graph and replay it (default True on CUDA; False runs
@@ -45,8 +47,10 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
         from .cuda import require_cuda
 
         require_cuda(device)
-    loaded = load_bundle(bundle, verify=verify)
+    loaded = load_bundle(bundle, verify=verify, graphs=False)  # the graphs are checked below, each file read once
     name, reason = resolve(backend, device, loaded, precision, engines, buckets)
+    if verify and name != "onnxruntime":  # this backend runs no ONNX file itself: they are read for the check alone
+        loaded.check_graphs()
     if engines is not None and backend not in ("auto", "tensorrt"):
         raise ConfigError(f"engines= is the TensorRT backend's engine cache; backend {backend!r} takes none")
     options = {"engines": engines} if name == "tensorrt" else {}
@@ -54,10 +58,12 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
         options["session_config"] = session_config
     runtime = runtime_class(loaded)(loaded, name, device, precision, backend_reason=reason, buckets=buckets,
                                     cuda_graphs=cuda_graphs, backend_options=options)
-    if warmup == "all":
-        try:
+    try:
+        if verify and name == "onnxruntime":  # each graph as the session that runs it read it; the rest from file
+            loaded.check_graphs({(r.role, r.precision): r.signature() for r in runtime.runners.values()})
+        if warmup == "all":
             runtime.warmup()
-        except BaseException:
-            runtime.close()
-            raise
+    except BaseException:
+        runtime.close()
+        raise
     return runtime

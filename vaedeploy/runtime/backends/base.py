@@ -74,6 +74,12 @@ class Runner:
         self.last_inference_time = time.perf_counter() - start
         return outputs
 
+    def signature(self) -> dict | None:
+        """The graph's inputs and outputs (name, shape, dtype) as this runner read them from the graph file, which
+        ``vaedeploy.load`` checks against the manifest instead of reading the file again; None where the backend does
+        not run the ONNX file itself (then load reads it for the check)."""
+        return None
+
     def infer(self, feed: dict) -> dict:
         """``{output name: array}`` for ``{input name: array}`` (every input, by name)."""
         if set(feed) != set(self.input_names):

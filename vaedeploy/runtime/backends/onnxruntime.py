@@ -4,7 +4,10 @@ Sessions run with every graph optimization on (ORT_ENABLE_ALL), sequential execu
 physical core: at the small batches a VAE is served at, more threads only add synchronization. Input and output
 names are resolved once, so a call is one ``session.run``. ``session_config`` adds ONNX Runtime's session config
 entries (``SessionOptions.add_session_config_entry``) to every session: ``vaedeploy serve`` turns the intra-op
-threads' spinning off with it (docs/serving.md).
+threads' spinning off with it (docs/serving.md). A backend builds its ``SessionOptions`` once for all its sessions.
+A runner's ``signature()`` is its graph's inputs and outputs as its session has them: ``vaedeploy.load`` checks
+the graph against its manifest entry with it, so loading reads each graph file once for its session (and once for
+its sha256).
 
 With batch buckets, and always on CUDA, a session runs through IOBinding (``BoundRunner``): inputs and outputs are
 bound by address in the runtime's arrays, numpy on the CPU and torch CUDA tensors on CUDA (so ``device="cuda"``
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ...bundle import graph_signature
 from ...errors import BundleError, ConfigError, MissingDependency
 from ..arrays import NumpyArrays, TorchArrays
 from .base import Runner
@@ -89,19 +93,20 @@ def _first_line(error: Exception) -> str:
 
 
 class OnnxRuntimeRunner(Runner):
-    """One graph in an ``InferenceSession``, created on ``activate``."""
+    """One graph in an ``InferenceSession``, created on ``activate`` with ``options`` (default:
+    ``session_options()``)."""
 
     backend = "onnxruntime"
 
     def __init__(self, bundle, role: str, precision: str, device: str, outputs: list[str] | None = None,
-                 config: dict[str, str] | None = None):
+                 options: ort.SessionOptions | None = None):
         super().__init__(bundle, role, precision, device, outputs)
-        self.providers, self.config = providers(device), config
+        self.providers, self.options = providers(device), options
         self.session = None
 
     def activate_impl(self) -> None:
         try:
-            self.session = ort.InferenceSession(str(self.graph["path"]), session_options(config=self.config),
+            self.session = ort.InferenceSession(str(self.graph["path"]), self.options or session_options(),
                                                 providers=self.providers)
         except Exception as e:  # ONNX Runtime's errors have no common base class
             raise self.session_error(e) from None
@@ -117,6 +122,9 @@ class OnnxRuntimeRunner(Runner):
         return BundleError(f"{self.graph['path']}: ONNX Runtime cannot load this {self.role} graph "
                            f"({_first_line(error)}); expected the ONNX file `vaedeploy export` wrote (load with "
                            "verify=True to check every file against its sha256)")
+
+    def signature(self) -> dict | None:
+        return graph_signature(self.session) if self.session is not None else None
 
     def deactivate_impl(self) -> None:
         self.session = self._run = None
@@ -173,8 +181,9 @@ class BoundRunner(OnnxRuntimeRunner):
     """
 
     def __init__(self, bundle, role: str, precision: str, device: str, outputs: list[str] | None, arrays,
-                 sizes: tuple[int, ...], graph_ids: dict[int, int], stream=None, config: dict[str, str] | None = None):
-        super().__init__(bundle, role, precision, device, outputs, config=config)
+                 sizes: tuple[int, ...], graph_ids: dict[int, int], stream=None,
+                 options: ort.SessionOptions | None = None):
+        super().__init__(bundle, role, precision, device, outputs, options)
         self.arrays, self.sizes, self.graph_ids, self.stream = arrays, set(sizes), graph_ids, stream
         self.providers = providers(device, stream.handle if stream is not None else None, bool(graph_ids))
         self.bindings: dict[int, _Binding] = {}
@@ -215,8 +224,8 @@ class Backend:
     def __init__(self, bundle, precision: str, device: str, buckets: tuple[int, ...] | None = None,
                  cuda_graphs: bool = False, session_config: dict[str, str] | None = None):
         providers(device)  # refuse a device this onnxruntime cannot serve before any session is made
-        session_options(1, session_config)  # and config entries that are not strings
-        self.bundle, self.precision, self.device, self.config = bundle, precision, device, session_config
+        self.options = session_options(config=session_config)  # one for every session; refuses non-string entries
+        self.bundle, self.precision, self.device = bundle, precision, device
         cuda = device.startswith("cuda")
         self.arrays = TorchArrays(device) if cuda else NumpyArrays()
         self.sizes, self.bound = tuple(buckets or ()), cuda or buckets is not None
@@ -232,8 +241,8 @@ class Backend:
     def runner(self, role: str, outputs: list[str] | None = None) -> OnnxRuntimeRunner:
         if self.bound:
             return BoundRunner(self.bundle, role, self.precision, self.device, outputs, self.arrays, self.sizes,
-                               self.graph_ids, self.stream, self.config)
-        return OnnxRuntimeRunner(self.bundle, role, self.precision, self.device, outputs, config=self.config)
+                               self.graph_ids, self.stream, self.options)
+        return OnnxRuntimeRunner(self.bundle, role, self.precision, self.device, outputs, self.options)
 
     def close(self) -> None:
         pass
