@@ -1,5 +1,5 @@
-"""What several test files share: their input images, the kinds beyond vae and ae with the graphs each exports, and
-editing a bundle's manifest in place.
+"""What several test files share: their input images, a dataset made of given arrays, a model's parameter count, the
+kinds beyond vae and ae with the graphs each exports, and editing a bundle's manifest in place.
 
 A module, not conftest fixtures: ``KINDS`` feeds ``pytest.mark.parametrize``, read when a file is collected, where
 no fixture reaches, and plain functions read the same at every call site. Test files import it as ``helpers``:
@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 
+from vaedeploy.data import Dataset, DataSplit
 from vaedeploy.models import MODELS
 
 KINDS = sorted(set(MODELS) - {"vae", "ae"})  # vae and ae have files of their own; every other kind is tested alike
@@ -21,6 +22,17 @@ VQVAE_GRAPHS = {"encoder", "decoder", "prior"}
 def images(n: int, seed: int = 0, shape=(1, 8, 8)) -> np.ndarray:
     """n images of uniform pixels in [0, 1), the same for the same seed (the test models' shape by default)."""
     return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
+
+
+def dataset(shape, levels, preprocessing, test: np.ndarray | None = None, labels=None) -> Dataset:
+    """A dataset of ``test`` (default four zero images of ``shape``) as every split, named ``constructed``."""
+    test = np.zeros((4, *shape), np.float32) if test is None else test
+    split = DataSplit(test, labels)
+    return Dataset("constructed", shape, levels, split, split, split, preprocessing=preprocessing)
+
+
+def n_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def spec_graphs(model) -> set[str]:

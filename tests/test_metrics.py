@@ -12,9 +12,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import dataset
 
 from vaedeploy import fid
-from vaedeploy.data import Dataset, DataSplit
 from vaedeploy.fid import frechet_distance, sample_fd
 from vaedeploy.models import Model, build_model
 from vaedeploy.models.vae import posterior_collapse_figures
@@ -240,19 +240,13 @@ def test_importance_weighted_log_likelihood_on_28x28_inputs_is_the_logsumexp_of_
 # ---- bits per dimension ----------------------------------------------------------------------------------------
 
 
-def _dataset(shape, levels, preprocessing, test: np.ndarray | None = None, labels=None) -> Dataset:
-    test = np.zeros((4, *shape), np.float32) if test is None else test
-    split = DataSplit(test, labels)
-    return Dataset("constructed", shape, levels, split, split, split, preprocessing=preprocessing)
-
-
 @pytest.mark.parametrize("log_likelihood", [-120.0, 35.5])
 def test_bits_per_dim_is_the_discrete_probability_in_bits_per_pixel(log_likelihood):
-    dequantized = _dataset((1, 8, 8), 17, "dequantize")
+    dequantized = dataset((1, 8, 8), 17, "dequantize")
     # a density p on [0, 1)^64 puts probability p(x)·17^-64 on each pixel's bin: log2 P = ll/ln 2 - 64 log2 17
     log2_probability = log_likelihood / math.log(2) - 64 * math.log2(17)
     assert dequantized.bits_per_dim(log_likelihood) == pytest.approx(-log2_probability / 64, rel=1e-12)
-    binarized = _dataset((1, 8, 8), 17, "binarize")  # a probability already: no bin width
+    binarized = dataset((1, 8, 8), 17, "binarize")  # a probability already: no bin width
     assert binarized.bits_per_dim(log_likelihood) == pytest.approx(-log_likelihood / (64 * math.log(2)), rel=1e-12)
 
 
@@ -359,7 +353,7 @@ class FlatFeatures(torch.nn.Module):
 def test_sample_fd_ranks_a_sampler_of_the_data_above_one_of_noise(monkeypatch):
     rng = np.random.default_rng(0)
     test = rng.beta(2.0, 5.0, (400, 1, 1, 4)).astype(np.float32)
-    data = _dataset((1, 1, 4), None, "scale", test, labels=np.zeros(400, np.int64))
+    data = dataset((1, 1, 4), None, "scale", test, labels=np.zeros(400, np.int64))
     monkeypatch.setattr(fid, "load_or_train_classifier", lambda data, cache_dir: (FlatFeatures(), 0.75))
     asked = []
 

@@ -11,9 +11,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import dataset
 from torch import nn
 
-from vaedeploy.data import Dataset, DataSplit
 from vaedeploy.models import build_model
 from vaedeploy.models.base import BernoulliLikelihood, GaussianLikelihood, gaussian_kl, reparameterize
 from vaedeploy.models.biva import gaussian_kl_between
@@ -228,8 +228,8 @@ def test_two_stage_samples_draw_u_then_z_with_standard_deviation_exp_half_log_ga
 
 def test_two_stage_training_draws_stage_one_latents_with_standard_deviation_exp_half_logvar():
     model = build_model("twostage", {"hidden": [8], "latent_dim": 2, "stage2_hidden": [8]})
-    split = DataSplit(np.zeros((4, 1, 8, 8)), None)
-    _, _, _, draw_latents = model.stage_objective("stage2", Dataset("zeros", (1, 8, 8), 17, split, split, split))
+    data = dataset((1, 8, 8), 17, "dequantize", np.zeros((4, 1, 8, 8)))
+    _, _, _, draw_latents = model.stage_objective("stage2", data)
     params = np.tile([1.0, -1.0, math.log(4.0), math.log(0.25)], (100_000, 1))  # [mean, logvar] per row
     z = draw_latents(params, np.random.default_rng(0))
     np.testing.assert_allclose(z.mean(0), [1.0, -1.0], atol=0.02)

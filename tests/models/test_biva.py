@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import n_parameters
 
 from vaedeploy.evaluate import evaluate_model
 from vaedeploy.models import build_model
@@ -9,10 +10,6 @@ from vaedeploy.models.base import log_normal
 from vaedeploy.models.biva import gaussian_kl_between
 
 TINY_BIVA = {"hidden": [32], "latent_dims": [4, 3, 2], "layer_hidden": 16}
-
-
-def n_parameters(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def test_kl_between_gaussians_matches_monte_carlo():

@@ -1,16 +1,13 @@
 """The weight-tied bidirectional VAE: the tie, the adjoint convolutions, the standalone decoder."""
 import pytest
 import torch
+from helpers import n_parameters
 
 from vaedeploy.io import load_tensors, save_tensors
 from vaedeploy.models import build_model
 from vaedeploy.models.backbones import upsampling_padding
 
 TINY = {"hidden": [32], "latent_dim": 4}
-
-
-def n_parameters(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("backbone", ["mlp", "conv"])
