@@ -46,12 +46,13 @@ NOT_ENSEMBLES = {
     "decode_codes": "the codebook lookup is not written as a step yet: send z_q to decode",
     "sample_codes": "the autoregressive prior runs one graph call per code: vaedeploy serve's job",
 }
+NOT_ENSEMBLES_OF = {"vq": {"sample": NOT_ENSEMBLES["sample_codes"]}}  # by latent type, besides NOT_ENSEMBLES
 
 
 def ensembles_of(operations: dict[str, Operation], latent_type: str) -> list[str]:
     """The operations of a bundle's table (``runtime.operations``) that its repository serves as ensembles."""
-    return [name for name in operations
-            if name not in NOT_ENSEMBLES and not (latent_type == "vq" and name == "sample")]
+    left_out = {**NOT_ENSEMBLES, **NOT_ENSEMBLES_OF.get(latent_type, {})}
+    return [name for name in operations if name not in left_out]
 
 
 # ---- the text format of ModelConfig ------------------------------------------------------------------------------

@@ -211,13 +211,14 @@ _PARAMS = tuple(Tensor(name, "float32", (BATCH, "d")) for name in ("mean", "logv
 # the latent types as docs/serving.md names them, with symbolic shapes
 DOCS_TYPES = {
     "gaussian": ("gaussian", Shapes(_IMAGE, "d", _PARAMS, ("decoder",), ())),
-    "gaussian, two-stage prior": ("gaussian", Shapes(_IMAGE, "d", _PARAMS, ("decoder",), ("stage2_decoder",))),
+    "gaussian, two-stage prior": ("gaussian", Shapes(_IMAGE, "d", _PARAMS, ("decoder",), ("prior.graph",))),
     "deterministic": ("deterministic", Shapes(_IMAGE, "d", (Tensor("z", "float32", (BATCH, "d")),), ("decoder",),
                                               None)),
     "vq": ("vq", Shapes(_IMAGE, "D", (Tensor("z_e", "float32", (BATCH, "D", "h", "w")),), ("decoder",),
-                        ("prior ×L",), ("h", "w"), "K")),
+                        ("prior.graph ×L",), ("h", "w"), "K")),
     "hierarchical": ("hierarchical", Shapes(_IMAGE, "Σd", tuple(Tensor(t.name, "float32", (BATCH, "Σd"))
-                                                               for t in _PARAMS), ("decode",), ("sample",))),
+                                                               for t in _PARAMS), ("graphs.decode",),
+                                            ("graphs.sample",))),
 }
 DOCS_BEGIN = "<!-- generated from vaedeploy.runtime.operations.docs_table -->"
 DOCS_END = "<!-- end of the generated operations table -->"
@@ -237,3 +238,9 @@ def docs_table() -> str:
             lines.append(f"| {label} | `NAME.{op.name}` | {_tensors(op.inputs)} | {_tensors(op.outputs)} | "
                          f"{parameters} | {' → '.join(op.graphs)} |")
     return "\n".join(lines) + "\n"
+
+
+def render_docs(page: str) -> str:
+    """``page`` (docs/serving.md's text) with ``docs_table()`` between its markers."""
+    start, end = page.index(DOCS_BEGIN) + len(DOCS_BEGIN), page.index(DOCS_END)
+    return page[:start] + "\n" + docs_table() + page[end:]

@@ -1,4 +1,5 @@
-"""Writing the explorer directory: the built page, the bundle files it decodes with, and explorer.json.
+"""Writing the explorer directory: the built page, the bundle files it decodes with, and explorer.json (the pad or
+code grid, and the bundle's operations from the runtime's table, ``vaedeploy.runtime.operations``).
 
 The directory follows vaedeploy's one ownership rule (``vaedeploy.owned``): staged beside its target (every error
 writing names the output path, not the installed file read) and swapped into place; an earlier output is replaced
@@ -16,6 +17,7 @@ from .. import __version__, load, owned
 from ..bundle import MANIFEST
 from ..errors import VaedeployError
 from ..io import read_json
+from ..runtime.operations import operations_of
 
 GENERATOR = "vaedeploy web"
 SPEC = "explorer.json"
@@ -99,9 +101,11 @@ def _pad(runtime, dataset) -> dict:
 
 
 def explorer_spec(runtime, dataset=None) -> dict:
-    """What the page needs beyond the manifest: the pad (latents) or the first code grid (VQ)."""
+    """What the page needs beyond the manifest: the bundle's operations (the runtime's table, which the page offers
+    from) and the pad (latents) or the first code grid (VQ)."""
     spec = {"generator": GENERATOR, "vaedeploy_version": __version__, "bundle": str(runtime.bundle.root),
-            "data": None if dataset is None else dataset.spec()}
+            "data": None if dataset is None else dataset.spec(),
+            "operations": [op.as_dict() for op in operations_of(runtime).values()]}
     if runtime.latent_type == "vq":
         if dataset is None:
             spec["codes"] = [0] * int(np.prod(runtime.grid))

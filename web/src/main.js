@@ -43,7 +43,7 @@ async function loadModel() {
     if (!missing) {
       try {
         state.backend = "webgpu";
-        return [await Model.load(ort, "bundle/", "webgpu"), note];
+        return [await Model.load(ort, "bundle/", "webgpu", explorerSpec.operations), note];
       } catch (error) {
         if (wanted === "webgpu") throw error;
         note = `WebGPU failed (${error.message})`;
@@ -55,7 +55,7 @@ async function loadModel() {
     }
   }
   state.backend = "wasm";
-  return [await Model.load(ort, "bundle/", "wasm"), note];
+  return [await Model.load(ort, "bundle/", "wasm", explorerSpec.operations), note];
 }
 
 // ---- drawing -------------------------------------------------------------------------------------------------

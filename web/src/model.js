@@ -1,6 +1,6 @@
 // A vaedeploy bundle's decoding, driven by its manifest.json as vaedeploy/runtime/api.py and kinds.py drive it:
 // the same graphs, the same noise (philox.js), the same sigmoid for Bernoulli decoders. What a kind supports here
-// is decided once, in `capabilities`, and shown on the page.
+// is decided once, in `capabilities`, from the bundle's operations in explorer.json, and shown on the page.
 import { parseNpy } from "./npy.js";
 import { standardNormal, uniform } from "./philox.js";
 
@@ -20,11 +20,25 @@ function graphEntry(manifest, role) {
   return entry;
 }
 
-/** What the page does with a bundle: the decode graph, the pad or the code grid, and how `sample` draws. */
-export function capabilities(manifest) {
+const LATENT_TYPES = ["gaussian", "deterministic", "hierarchical", "vq"];
+
+/** What the page does with a bundle: the decode graph, the pad or the code grid, and how `sample` draws. Whether
+ * there is a `sample` at all is the bundle's table of operations (explorer.json's `operations`, written from
+ * vaedeploy/runtime/operations.py), so the page offers what the runtime and the server offer. */
+export function capabilities(manifest, operations) {
   const latent = manifest.latent;
   const type = latent.type;
   const prior = latent.prior ?? {};
+  if (!LATENT_TYPES.includes(type)) {
+    throw new Error(`manifest.json: latent type ${JSON.stringify(type)} is not one this page supports ` +
+                    `(${LATENT_TYPES.join(", ")})`);
+  }
+  if (!operations.some((op) => op.name === "sample")) {
+    const view = type === "vq" ? "codes" : "pad";
+    return { decode: type === "hierarchical" ? latent.graphs.decode : "decoder", view, sample: null,
+             says: `${view === "pad" ? "pad over z" : "a grid of code indices to edit"}; no sample: the bundle ` +
+                   `has no sample operation (a ${type} latent has no prior, and the Python runtime refuses it too)` };
+  }
   if (type === "gaussian" && prior.type === "two_stage") {
     return { decode: "decoder", view: "pad", sample: "two_stage", sampleGraph: prior.graph,
              says: "pad over z; sample through the stage-2 prior graph (u → z), as TwoStageRuntime.sample" };
@@ -35,10 +49,6 @@ export function capabilities(manifest) {
   if (type === "gaussian") {
     return { decode: "decoder", view: "pad", sample: null,
              says: `pad over z; sample is not supported for a ${prior.type} prior` };
-  }
-  if (type === "deterministic") {
-    return { decode: "decoder", view: "pad", sample: null,
-             says: "pad over z; no sample: a deterministic latent has no prior (the Python runtime refuses it too)" };
   }
   if (type === "hierarchical") {
     return { decode: latent.graphs.decode, view: "pad", sample: "hierarchical", sampleGraph: latent.graphs.sample,
@@ -53,8 +63,7 @@ export function capabilities(manifest) {
     return { decode: "decoder", view: "codes", sample: null,
              says: `a grid of code indices to edit; sample is not supported for a ${prior.type} prior` };
   }
-  throw new Error(`manifest.json: latent type ${JSON.stringify(type)} is not one this page supports ` +
-                  "(gaussian, deterministic, hierarchical, vq)");
+  throw new Error(`manifest.json: a ${type} latent with a sample operation; expected one of the samplers above`);
 }
 
 /** One code per row of logits: inverse CDF of softmax(logits / T) at u, in float64 as kinds.py _categorical. */
@@ -70,10 +79,11 @@ function categorical(logits, temperature, u) {
 }
 
 export class Model {
-  /** Fetch the manifest, create the sessions the page needs on `provider` ("wasm" or "webgpu"). */
-  static async load(ort, root, provider) {
+  /** Fetch the manifest, create the sessions the page needs on `provider` ("wasm" or "webgpu"); `operations` are
+   * explorer.json's. */
+  static async load(ort, root, provider, operations) {
     const manifest = await (await fetchOk(root + "manifest.json")).json();
-    const can = capabilities(manifest);
+    const can = capabilities(manifest, operations);
     const sessions = {};
     for (const role of new Set([can.decode, can.sampleGraph].filter(Boolean))) {
       const url = root + graphEntry(manifest, role).file;
