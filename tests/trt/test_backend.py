@@ -135,6 +135,15 @@ def test_auto_on_cuda_takes_tensorrt_only_with_engines_for_this_machine():
     assert name == "torch" and "tensorrt is not installed" in why
 
 
+def test_tensorrts_warnings_are_python_warnings_in_the_runtime_and_its_last_error_is_kept(machine, bundle_copy):
+    logger = Backend(load_bundle(bundle_copy()), "fp32", "cpu").logger(machine.trt)
+    severity = machine.trt.ILogger.Severity
+    with pytest.warns(RuntimeWarning, match="^TensorRT: a slow tactic$"):
+        logger.log(severity.WARNING, "a slow tactic")
+    logger.log(severity.ERROR, "out of memory")
+    assert logger.last() == "out of memory"
+
+
 def test_load_refuses_tensorrt_on_the_cpu_and_says_what_to_install(bundle_copy, machine):
     loaded = load_bundle(bundle_copy())
     with pytest.raises(ConfigError, match="backend 'tensorrt' runs on NVIDIA GPUs: load the bundle with "

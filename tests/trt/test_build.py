@@ -43,6 +43,18 @@ def test_the_default_buckets_are_the_runtimes_up_to_max_batch(machine, bundle_co
     assert build(bundle_copy(), max_batch=6)["buckets"] == [1, 2, 4, 6]
 
 
+def test_tensorrts_warnings_are_progress_lines_of_a_build_and_its_last_error_is_kept(machine, bundle_copy):
+    lines = []
+    build(bundle_copy(), lines, buckets=[1])
+    (logger,), *_ = calls(machine.trt, "Builder")  # the logger the build gave TensorRT
+    severity = machine.trt.ILogger.Severity
+    assert logger.last() == "TensorRT logged no error"
+    for level, message in [(severity.WARNING, "a slow tactic"), (severity.ERROR, "out of memory"),
+                           (severity.INFO, "chatter")]:
+        logger.log(level, message)
+    assert lines[-1] == "    TensorRT: a slow tactic" and logger.last() == "out of memory"
+
+
 def test_the_builder_settings_reach_tensorrt(machine, bundle_copy):
     build(bundle_copy(), opt_level=5, workspace_mib=256)
     (flags, level, pool), *_ = calls(machine.trt, "Builder.build_serialized_network")
