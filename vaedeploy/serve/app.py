@@ -37,7 +37,7 @@ from .. import __version__
 from ..errors import BundleError, ConfigError, InputError, VaedeployError
 from .batcher import BatchPolicy, DynamicBatcher
 from .metrics import Metrics
-from .models import Operation, describe, operations
+from .models import MAX_SAMPLE, Operation, describe, operations
 from .protocol import HEADER_LENGTH, ProtocolError, parse_request, write_response
 
 log = logging.getLogger("vaedeploy.serve")
@@ -82,7 +82,7 @@ class InferenceServer:
     """
 
     def __init__(self, bundles: list[tuple[str, object]], policy: BatchPolicy | None = None,
-                 max_body_bytes: int = 64 << 20, max_sample: int = 4096):
+                 max_body_bytes: int = 64 << 20, max_sample: int = MAX_SAMPLE):
         names = [name for name, _ in bundles]
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
             raise ConfigError(f"model names must be unique; {duplicates} would be served twice (use --name)")

@@ -60,6 +60,8 @@ def add_parser(subparsers) -> None:
 
 
 def add_serve_arguments(parser) -> None:
+    from ..runtime.operations import MAX_SAMPLE  # torch-free; imported here so `vaedeploy --help` stays light
+
     parser.add_argument("bundle", nargs="+", help="bundle directories (`vaedeploy export --out`)")
     parser.add_argument("--name", action="append", default=[],
                         help="the name each bundle is served as, in order (default: its directory's name)")
@@ -70,8 +72,8 @@ def add_serve_arguments(parser) -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     parser.add_argument("--max-body-bytes", type=POSITIVE_INT, default=64 << 20,
                         help="largest request body, bytes; larger ones get 413 (default 64 MiB)")
-    parser.add_argument("--max-sample", type=POSITIVE_INT, default=4096,
-                        help="largest n of a sample request; larger ones get 400 (default 4096)")
+    parser.add_argument("--max-sample", type=POSITIVE_INT, default=MAX_SAMPLE,
+                        help=f"largest n of a sample request; larger ones get 400 (default {MAX_SAMPLE})")
     parser.add_argument("--shutdown-timeout", type=POSITIVE, default=30.0,
                         help="seconds the requests in flight may take to finish after SIGTERM (default 30)")
     parser.add_argument("--keep-alive-timeout", type=POSITIVE, default=5.0,
