@@ -35,7 +35,7 @@ from ..runtime.arrays import shape_text
 from ..runtime.noise import STREAM_LIMIT  # the runtime's bound on seeds and stream rows: 2**63
 from ..runtime.operations import MAX_SAMPLE, Run, Tensor, operations_of
 from ..runtime.operations import PARAMETERS as RUNTIME_PARAMETERS
-from .protocol import DATATYPES, FINITE, INT64_MAX, Limit, ProtocolError, check, finite
+from .protocol import DATATYPES, DTYPE_NAMES, FINITE, INT64_MAX, Limit, ProtocolError, check, finite
 
 SCHEDULE_PARAMETERS = ("priority", "timeout")  # Triton's schedule-policy parameters, read by the batcher
 # The longest queueing time a request or the batching options may name, µs (an hour): threading's waits overflow
@@ -137,7 +137,7 @@ class Operation:
         where = f"{self.name}: input {spec.name!r}"
         floats = spec.datatype == "FP32"
         if array.dtype != DATATYPES[spec.datatype] and not (floats and array.dtype == DATATYPES["FP16"]):
-            got = next(name for name, dtype in DATATYPES.items() if dtype == array.dtype)
+            got = DTYPE_NAMES[array.dtype]
             raise ProtocolError(f"{where}: expected datatype {spec.datatype}{' (or FP16)' if floats else ''}, got "
                                 f"{got}")
         if array.ndim != len(spec.dims) + 1 or tuple(array.shape[1:]) != spec.dims or len(array) == 0:
