@@ -1,5 +1,6 @@
 """What several test files share: their input images, a dataset made of given arrays, a model's parameter count, the
-kinds beyond vae and ae with the graphs each exports, and editing a bundle's manifest in place.
+kinds beyond vae and ae with the graphs each exports, editing a bundle's manifest in place, and damaging a JSON
+document as a careless hand edit would (the fuzz tests of the readers).
 
 A module, not conftest fixtures: ``KINDS`` feeds ``pytest.mark.parametrize``, read when a file is collected, where
 no fixture reaches, and plain functions read the same at every call site. Test files import it as ``helpers``:
@@ -8,6 +9,7 @@ tests/ has no ``__init__.py``, so pytest puts tests/ (the directory of its conft
 import json
 
 import numpy as np
+from hypothesis import strategies as st
 
 from vaedeploy.data import Dataset, DataSplit
 from vaedeploy.models import MODELS
@@ -46,3 +48,30 @@ def edit_manifest(bundle, change):
     change(manifest)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     return bundle
+
+
+def paths(doc, prefix=()):
+    """Every path into a JSON document, the document itself (``()``) first."""
+    yield prefix
+    children = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for key, value in children:
+        yield from paths(value, (*prefix, key))
+
+
+def damage(data, doc, values):
+    """``doc`` (edited in place, or replaced) as a hand edit leaves it: one to three times a hypothesis draw picks a
+    path and puts a value drawn from ``values`` there, or deletes an object's key; the root path replaces the whole
+    document."""
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(list(paths(doc))))
+        if not path:
+            doc = data.draw(values)
+            continue
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        if isinstance(parent, dict) and data.draw(st.booleans()):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = data.draw(values)
+    return doc

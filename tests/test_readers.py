@@ -7,6 +7,7 @@ import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import helpers
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -108,29 +109,10 @@ def result(**row) -> dict:
                 "x_floor": 10.0, **row}]}
 
 
-def _paths(doc, prefix=()):
-    yield prefix
-    children = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
-    for key, value in children:
-        yield from _paths(value, (*prefix, key))
-
-
 @FAST
 @given(data=st.data())
 def test_hand_edited_results_are_refused_naming_the_file_or_compared_without_error(data):
-    doc = result()
-    for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(list(_paths(doc))))
-        if not path:
-            doc = data.draw(JSON)
-            continue
-        parent = doc
-        for key in path[:-1]:
-            parent = parent[key]
-        if isinstance(parent, dict) and data.draw(st.booleans()):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = data.draw(JSON)
+    doc = helpers.damage(data, result(), JSON)
     try:
         output.check(doc, "edited.json")
     except ConfigError as e:

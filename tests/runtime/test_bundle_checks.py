@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -137,16 +138,6 @@ JSON = st.recursive(SCALARS,
                                                                                       max_size=3), max_leaves=6)
 
 
-def _paths(doc, prefix=()):
-    yield prefix
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            yield from _paths(v, (*prefix, i))
-
-
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_malformed_manifests_give_a_bundle_error_and_never_another_exception(exported, data):
@@ -154,19 +145,7 @@ def test_random_malformed_manifests_give_a_bundle_error_and_never_another_except
 
     bundle = exported(data.draw(st.sampled_from(sorted(MODELS))))[1]  # every latent type's schema
     valid = json.loads((bundle / "manifest.json").read_text())
-    manifest = copy.deepcopy(valid)
-    for _ in range(data.draw(st.integers(1, 3))):
-        path = data.draw(st.sampled_from(list(_paths(manifest))))
-        if not path:
-            manifest = data.draw(JSON)
-            continue
-        parent = manifest
-        for key in path[:-1]:
-            parent = parent[key]
-        if data.draw(st.booleans()) and isinstance(parent, dict):
-            del parent[path[-1]]
-        else:
-            parent[path[-1]] = data.draw(JSON)
+    manifest = helpers.damage(data, copy.deepcopy(valid), JSON)
     try:
         check_manifest(manifest, "manifest.json")
     except BundleError:
@@ -182,7 +161,7 @@ def test_loading_a_bundle_with_a_malformed_manifest_is_a_bundle_error_or_works(e
     bundle = tmp_path_factory.mktemp("fuzz") / "b"
     shutil.copytree(source, bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
-    path = data.draw(st.sampled_from([p for p in _paths(manifest) if p]))
+    path = data.draw(st.sampled_from([p for p in helpers.paths(manifest) if p]))
     parent = manifest
     for key in path[:-1]:
         parent = parent[key]
