@@ -31,15 +31,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from .. import owned
 from ..bundle import load_bundle
 from ..errors import ConfigError
 from ..runtime.latents import STAGE1_NOISE_OFFSET  # where a two-stage sample's stage-1 noise starts in the stream
-from ..runtime.operations import Operation, Tensor, operations_of
+from ..runtime.operations import DTYPE_NAMES, Operation, Tensor, operations_of
 
 OLDER_MARKER = ".vaedeploy-triton-repo.json"  # what marked a repository before vaedeploy's one marker
 ENUM_FIELDS = {"data_type", "kind", "timeout_action"}  # written unquoted in the text format
-_DATATYPES = {"float32": "FP32", "int64": "INT64"}
 # the operations of the runtime's table the repository writes no ensemble for, and why (module docstring)
 NOT_ENSEMBLES = {
     "reconstruct": "an ensemble has one tensor per name, so it cannot take x and give x",
@@ -99,11 +100,11 @@ def _tensor(name: str, datatype: str, dims) -> dict:
 
 def _table_tensors(tensors: tuple[Tensor, ...], batching: bool) -> list[dict]:
     """The table's tensors; without ``batching`` the batch axis is one of the dims (-1)."""
-    return [_tensor(t.name, _DATATYPES[t.dtype], t.dims if batching else [-1, *t.dims]) for t in tensors]
+    return [_tensor(t.name, t.datatype, t.dims if batching else [-1, *t.dims]) for t in tensors]
 
 
 def _graph_tensors(specs: list[dict]) -> list[dict]:
-    return [_tensor(s["name"], _DATATYPES.get(s["dtype"], s["dtype"].upper()), s["shape"][1:]) for s in specs]
+    return [_tensor(s["name"], DTYPE_NAMES[np.dtype(s["dtype"])], s["shape"][1:]) for s in specs]
 
 
 class _Repository:

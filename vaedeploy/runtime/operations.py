@@ -16,11 +16,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from .base import MAX_TEMPERATURE
 from .noise import STREAM_LIMIT
 
 BATCH = "N"  # the symbolic batch axis of every tensor
 MAX_SAMPLE = 4096  # the default largest n of a sample request (a server sets its own with --max-sample)
+
+# The Open Inference Protocol's name of each numpy dtype, little-endian as on the wire (on a little-endian host these
+# are numpy's own dtype objects, which the runtime's fast path checks by identity): the one map the server's codec,
+# its models and the Triton repository read.
+DATATYPES = {name: np.dtype(code) for name, code in {
+    "BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1", "INT16": "<i2",
+    "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}.items()}
+DTYPE_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,11 @@ class Tensor:
     def dims(self) -> tuple:
         """The dims after the batch axis."""
         return self.shape[1:]
+
+    @property
+    def datatype(self) -> str:
+        """Its V2 datatype name (``FP32``, ``INT64``)."""
+        return DTYPE_NAMES[np.dtype(self.dtype)]
 
     def as_dict(self) -> dict:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),

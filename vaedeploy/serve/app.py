@@ -38,7 +38,7 @@ from ..errors import BundleError, ConfigError, InputError, VaedeployError
 from .batcher import BatchPolicy, DynamicBatcher
 from .metrics import Metrics
 from .models import MAX_SAMPLE, Operation, describe, operations
-from .protocol import HEADER_LENGTH, ProtocolError, parse_request, write_response
+from .protocol import HEADER_LENGTH, MAX_BODY_BYTES, ProtocolError, parse_request, write_response
 
 log = logging.getLogger("vaedeploy.serve")
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository(index)", "schedule_policy",
@@ -82,7 +82,7 @@ class InferenceServer:
     """
 
     def __init__(self, bundles: list[tuple[str, object]], policy: BatchPolicy | None = None,
-                 max_body_bytes: int = 64 << 20, max_sample: int = MAX_SAMPLE):
+                 max_body_bytes: int = MAX_BODY_BYTES, max_sample: int = MAX_SAMPLE):
         names = [name for name, _ in bundles]
         if duplicates := sorted({n for n in names if names.count(n) > 1}):
             raise ConfigError(f"model names must be unique; {duplicates} would be served twice (use --name)")

@@ -61,6 +61,7 @@ def add_parser(subparsers) -> None:
 
 def add_serve_arguments(parser) -> None:
     from ..runtime.operations import MAX_SAMPLE  # torch-free; imported here so `vaedeploy --help` stays light
+    from .protocol import MAX_BODY_BYTES
 
     parser.add_argument("bundle", nargs="+", help="bundle directories (`vaedeploy export --out`)")
     parser.add_argument("--name", action="append", default=[],
@@ -70,8 +71,8 @@ def add_serve_arguments(parser) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
-    parser.add_argument("--max-body-bytes", type=POSITIVE_INT, default=64 << 20,
-                        help="largest request body, bytes; larger ones get 413 (default 64 MiB)")
+    parser.add_argument("--max-body-bytes", type=POSITIVE_INT, default=MAX_BODY_BYTES,
+                        help=f"largest request body, bytes; larger ones get 413 (default {MAX_BODY_BYTES >> 20} MiB)")
     parser.add_argument("--max-sample", type=POSITIVE_INT, default=MAX_SAMPLE,
                         help=f"largest n of a sample request; larger ones get 400 (default {MAX_SAMPLE})")
     parser.add_argument("--shutdown-timeout", type=POSITIVE, default=30.0,

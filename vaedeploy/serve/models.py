@@ -190,12 +190,9 @@ class Operation:
 
 # ---- the operations of a bundle, from the runtime's table ------------------------------------------------------
 
-_DATATYPES = {"float32": "FP32", "int64": "INT64"}
-
-
 def _spec(tensor: Tensor) -> TensorSpec:
     limit = FINITE if tensor.low is None else Limit(True, tensor.low, tensor.high)
-    return TensorSpec(tensor.name, _DATATYPES[tensor.dtype], tuple(tensor.dims), limit)
+    return TensorSpec(tensor.name, tensor.datatype, tuple(tensor.dims), limit)
 
 
 def operations(name: str, runtime, max_sample: int = MAX_SAMPLE) -> list[Operation]:

@@ -26,15 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
+from ..runtime.operations import DATATYPES, DTYPE_NAMES  # the wire's types: one map
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_BODY_BYTES = 64 << 20  # the default largest request body (`vaedeploy serve --max-body-bytes`)
 
-# the wire's types, little-endian (on a little-endian host these are numpy's own dtype objects, which the runtime's
-# fast path checks by identity)
-DATATYPES = {name: np.dtype(code) for name, code in {
-    "BOOL": "?", "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "i1", "INT16": "<i2",
-    "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8"}.items()}
-DTYPE_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
 INT64_MAX = int(np.iinfo(np.int64).max)  # Triton's shapes and integer parameters are int64
 
 
