@@ -14,14 +14,14 @@ WARMUPS = ("lazy", "all")
 
 def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "fp32", verify: bool = True, *,
          buckets=None, cuda_graphs: bool | None = None, warmup: str = "lazy", engines=None,
-         session_config: dict[str, str] | None = None) -> Runtime:
+         session_config: dict[str, str] | None = None, openvino_config: dict | None = None) -> Runtime:
     """Load a bundle directory and return a ``Runtime`` on ``backend``.
 
     Args:
         bundle: the directory ``vaedeploy export`` wrote.
-        backend: ``auto``, ``onnxruntime``, ``torch`` or ``tensorrt``. ``auto`` takes, on the CPU, onnxruntime,
-            then torch; on CUDA, TensorRT where ``vaedeploy build`` made engines for this GPU and TensorRT, then
-            torch (one CUDA graph per bucket around the whole call), then onnxruntime-gpu;
+        backend: ``auto``, ``onnxruntime``, ``torch``, ``openvino`` (CPU) or ``tensorrt``. ``auto`` takes, on the CPU,
+            onnxruntime, then torch; on CUDA, TensorRT where ``vaedeploy build`` made engines for this GPU and
+            TensorRT, then torch (one CUDA graph per bucket around the whole call), then onnxruntime-gpu;
             ``Runtime.backend_reason`` and ``describe()`` say why.
         device: ``cpu`` or ``cuda[:N]``; CUDA is checked here, so a machine without it fails at load, not in a call.
         precision: ``fp32`` (default) or ``fp16`` when the bundle has half-precision graphs.
@@ -38,6 +38,8 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
         session_config: ONNX Runtime session config entries for every session (``SessionOptions.
             add_session_config_entry``), e.g. ``{"session.intra_op.allow_spinning": "0"}`` as ``vaedeploy serve``
             passes; used when onnxruntime is the backend that runs, ignored by the others (they have no sessions).
+        openvino_config: OpenVINO CPU properties for every compiled graph (``PERFORMANCE_HINT``, ``NUM_STREAMS``,
+            ``INFERENCE_NUM_THREADS``, …) over the backend's own; used when openvino runs, ignored by the others.
     """
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
@@ -56,6 +58,8 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
     options = {"engines": engines} if name == "tensorrt" else {}
     if session_config and name == "onnxruntime":
         options["session_config"] = session_config
+    if openvino_config and name == "openvino":
+        options["openvino_config"] = openvino_config
     runtime = runtime_class(loaded)(loaded, name, device, precision, backend_reason=reason, buckets=buckets,
                                     cuda_graphs=cuda_graphs, backend_options=options)
     try:

@@ -11,6 +11,7 @@ from ...errors import ConfigError, MissingDependency
 BACKENDS = {
     "onnxruntime": (".onnxruntime", ("onnxruntime",)),  # module in this package, the packages it can run on
     "torch": (".torch", ("torch",)),
+    "openvino": (".openvino", ("openvino",)),  # the CPU only: pip install 'vaedeploy[openvino]'
     "tensorrt": (".tensorrt", ("tensorrt", "tensorrt_rtx")),  # TensorRT 10 or 11, or TensorRT for RTX
 }
 # "auto" takes the first backend in its device's order that can run the bundle there. On the CPU ONNX Runtime is the
@@ -86,10 +87,13 @@ def resolve(backend: str, device: str, bundle, precision: str = "fp32", engines=
         raise ConfigError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
     if not installed(backend):
         packages = " or ".join(repr(p) for p in BACKENDS[backend][1])
+        extra = {"tensorrt": "trt", "openvino": "openvino"}.get(backend)
         raise MissingDependency(f"backend {backend!r} needs the {packages} package, which is not installed"
-                                + (": pip install 'vaedeploy[trt]'" if backend == "tensorrt" else ""))
+                                + (f": pip install 'vaedeploy[{extra}]'" if extra else ""))
     if backend == "tensorrt" and device == "cpu":
         raise ConfigError("backend 'tensorrt' runs on NVIDIA GPUs: load the bundle with device='cuda'")
+    if backend == "openvino" and device != "cpu":
+        raise ConfigError(f"backend 'openvino' runs on the CPU here: load the bundle with device='cpu', got {device!r}")
     return backend, "asked for"
 
 
