@@ -16,8 +16,8 @@ import operator
 import numpy as np
 
 from . import philox
+from .limits import LOGVAR_MAX, LOGVAR_MIN
 
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 _FLOATS = frozenset((np.float16, np.float32, np.float64))
 
 
@@ -49,18 +49,12 @@ def _streams(shape, seed, offset) -> tuple:
     # one stream for ints and 0-d arrays (the device scalars a bucketed call writes); ints short-circuit np.ndim
     if (type(seed) is int or np.ndim(seed) == 0) and (type(offset) is int or np.ndim(offset) == 0):
         seed, offset = _index("seed", seed), _index("offset", offset)
-        if not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63) (an int64 the kernel can load), got {seed}")
-        if offset < 0 or offset + n > 2**63:
-            raise ValueError(f"offset must be in [0, 2**63 - n) so every counter fits an int64, got {offset} for n={n}")
-        return shape, n, seed, offset
+        return shape, n, int(philox.check_seed(seed)), philox.check_start(offset, n)
     rows = shape[0] if shape else 1
     width = n // rows if rows else 0
     seed = np.broadcast_to(np.asarray(seed), (rows,))
-    offset = np.broadcast_to(np.asarray(offset), (rows,))
-    if offset.dtype.kind not in "iu" or (rows and (offset.min() < 0 or int(offset.max()) > 2**63 - 1 - width)):
-        raise ValueError(f"offsets must be integers in [0, 2**63 - {width}] so every counter fits an int64")
-    return shape, n, philox.check_seed(seed).astype(np.int64), offset.astype(np.int64)
+    offset = philox.check_starts(np.broadcast_to(np.asarray(offset), (rows,)), width)
+    return shape, n, philox.check_seed(seed).astype(np.int64), offset
 
 
 def standard_normal_numpy(shape, seed, offset=0, dtype=np.float32) -> np.ndarray:

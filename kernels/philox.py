@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from .limits import LOGVAR_MAX, LOGVAR_MIN, STREAM_LIMIT
+
 N_ROUNDS = 10
 _LOW32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
@@ -36,7 +38,6 @@ _SCALE = np.float32(4.6566127342e-10)
 _FLOOR = np.float32(1.0e-7)
 _TWO_PI = np.float32(6.283185307179586)
 _MINUS_TWO = np.float32(-2.0)
-_LOGVAR_MIN, _LOGVAR_MAX = -30.0, 20.0
 
 
 def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
@@ -61,24 +62,37 @@ def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
 
 
 def check_seed(seed):
-    """A seed as uint64: an int or an integer array (one seed per element), each in [0, 2**63)."""
+    """A seed as uint64: an int or an integer array (one seed per element), each in [0, STREAM_LIMIT)."""
     if np.ndim(seed) == 0:
         seed = int(seed)
-        if not 0 <= seed < 2**63:
+        if not 0 <= seed < STREAM_LIMIT:
             raise ValueError(f"seed must be in [0, 2**63) (an int64 the kernel can load), got {seed}")
         return np.uint64(seed)
     seed = np.asarray(seed)
-    if seed.dtype.kind not in "iu" or (seed.size and (seed.min() < 0 or int(seed.max()) >= 2**63)):
+    if seed.dtype.kind not in "iu" or (seed.size and (seed.min() < 0 or int(seed.max()) >= STREAM_LIMIT)):
         raise ValueError(f"seeds must be integers in [0, 2**63), got {seed.dtype} values")
     return seed.astype(np.uint64)
 
 
+def check_start(start: int, n: int) -> int:
+    """The first counter of a run of n, so that every counter start … start + n − 1 fits an int64."""
+    if start < 0 or start + n > STREAM_LIMIT:
+        raise ValueError(f"offset must be in [0, 2**63 - n) so every counter fits an int64, got {start} for n={n}")
+    return start
+
+
+def check_starts(starts, width: int) -> np.ndarray:
+    """Per-row first counters (integers), each followed by ``width`` counters that fit an int64, as int64."""
+    starts = np.asarray(starts)
+    if starts.dtype.kind not in "iu" or (starts.size and (starts.min() < 0
+                                                          or int(starts.max()) > STREAM_LIMIT - 1 - width)):
+        raise ValueError(f"offsets must be integers in [0, 2**63 - {width}] so every counter fits an int64")
+    return starts.astype(np.int64)
+
+
 def counters(offset: int, n: int) -> np.ndarray:
     """The 64-bit Philox counters of `n` consecutive elements starting at `offset`: offset, offset + 1, ..."""
-    offset = int(offset)
-    if offset < 0 or offset + n > 2**63:
-        raise ValueError(f"offset must be in [0, 2**63 - n) so every counter fits an int64, got {offset} for n={n}")
-    return np.arange(n, dtype=np.uint64) + np.uint64(offset)
+    return np.arange(n, dtype=np.uint64) + np.uint64(check_start(int(offset), n))
 
 
 def randint4x(seed, offsets: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -171,7 +185,7 @@ def reparameterize(seed, start, mean: np.ndarray, logvar: np.ndarray, keep_eps: 
     compiled = _compiled()
     if compiled is None:
         eps = normals(seed, start, mean.size)
-        return mean + np.exp(np.clip(logvar, _LOGVAR_MIN, _LOGVAR_MAX) * np.float32(0.5)) * eps, eps
+        return mean + np.exp(np.clip(logvar, LOGVAR_MIN, LOGVAR_MAX) * np.float32(0.5)) * eps, eps
     z = np.empty_like(mean)
     eps = np.empty_like(mean) if keep_eps else _NONE
     (compiled.reparameterize_stream if isinstance(seed, int) else compiled.reparameterize_rows)(

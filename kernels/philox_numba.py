@@ -18,6 +18,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .limits import LOGVAR_MAX, LOGVAR_MIN
+
 _LOW = np.uint64(0xFFFFFFFF)
 _HIGH = np.uint64(32)
 _ROUND_A, _ROUND_B = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
@@ -27,7 +29,7 @@ _FLOOR = np.float32(1.0e-7)
 _TWO_PI = np.float32(6.283185307179586)
 _MINUS_TWO = np.float32(-2.0)
 _HALF = np.float32(0.5)
-_LOGVAR_MIN, _LOGVAR_MAX = np.float32(-30.0), np.float32(20.0)
+_LOGVAR_MIN, _LOGVAR_MAX = np.float32(LOGVAR_MIN), np.float32(LOGVAR_MAX)
 
 # Intel's SVML, where numba finds it, would vectorize log/cos/exp with other last bits than the scalar calls of a
 # loop's remainder, so an element's value would depend on where it sits in a call: philox.py then keeps to numpy.

@@ -25,7 +25,8 @@ import os
 import numpy as np
 import torch
 
-from .numpy_ops import LOGVAR_MAX, LOGVAR_MIN, standard_normal_numpy
+from .limits import LOGVAR_MAX, LOGVAR_MIN, STREAM_LIMIT
+from .numpy_ops import standard_normal_numpy
 
 try:
     import triton
@@ -119,7 +120,7 @@ def _check_int(name: str, value, n: int) -> None:
     except TypeError:
         raise TypeError(f"{name} must be an int or an int64 tensor, got {type(value).__name__}") from None
     # Both are loaded as int64 in the kernel and every counter offset + i must stay an int64.
-    limit = 2**63 - n if name == "offset" else 2**63 - 1
+    limit = STREAM_LIMIT - n if name == "offset" else STREAM_LIMIT - 1
     if not 0 <= value <= limit:
         raise ValueError(f"{name} must be in [0, {limit}], got {value}")
 

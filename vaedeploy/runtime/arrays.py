@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from ..errors import InputError
-from ..kernels import reparameterize_numpy, standard_normal_numpy, vq_nearest_numpy
+from ..kernels import philox, vq_nearest_numpy
 
 _FLOAT32 = np.dtype(np.float32)
 _UINT32 = np.dtype(np.uint32)
@@ -139,6 +139,11 @@ def _check_memory(shape: tuple, itemsize: int) -> None:
                          f"{memory / 2**30:.1f} GiB; ask for fewer rows per call (offset= continues a stream)")
 
 
+def _stream(seed, start) -> tuple:
+    """One stream as ints (a bucketed call's 0-d device scalars are read at each call), or per-row int64 arrays."""
+    return (int(seed), int(start)) if np.ndim(seed) == 0 else (seed, start)
+
+
 class NumpyArrays:
     """numpy arrays on the CPU: what ONNX Runtime's CPU provider takes and gives."""
 
@@ -245,11 +250,18 @@ class NumpyArrays:
     def exp(self, a):
         return np.exp(a)
 
-    def normal(self, shape: tuple, seed, offset):
-        return standard_normal_numpy(shape, seed, offset)
+    # seed and start come from ``Noise.stream``, which checked them once for the whole call: the Philox streams are
+    # called directly, not through the kernels' public functions, which check again for their own callers
+    def normal(self, shape: tuple, seed, start):
+        n = int(np.prod(shape))
+        return philox.normals(*_stream(seed, start), n).reshape(shape) if n else np.zeros(shape, np.float32)
 
-    def reparameterize(self, mean, logvar, seed, offset):
-        return reparameterize_numpy(mean, logvar, seed, offset)
+    def reparameterize(self, mean, logvar, seed, start):
+        if not mean.size:
+            return np.zeros(mean.shape, np.float32)
+        z, _ = philox.reparameterize(*_stream(seed, start), np.ascontiguousarray(mean, np.float32).ravel(),
+                                     np.ascontiguousarray(logvar, np.float32).ravel())
+        return z.reshape(mean.shape)
 
     def nearest(self, rows, codebook):
         return vq_nearest_numpy(rows, codebook)

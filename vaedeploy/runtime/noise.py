@@ -23,9 +23,8 @@ import secrets
 import numpy as np
 
 from ..errors import InputError
+from ..kernels.limits import STREAM_LIMIT
 from .arrays import dense, is_tensor
-
-STREAM_LIMIT = 2**63
 
 
 def _integers(value, n: int, name: str, low: int, high: int):
