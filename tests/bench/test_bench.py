@@ -109,8 +109,8 @@ def test_the_command_line_runs_compares_and_refuses(exported, tmp_path, capsys):
     assert main(["bench", "--compare", str(out), str(out)]) == 0
     assert "1.00×" in capsys.readouterr().out
     assert main(["bench", str(bundle), "--ops", "decode,fly", "--budget-s", "1"]) == 2
-    assert "--ops: expected some of encode, encode_params, decode, sample, reconstruct, got fly" in \
-        capsys.readouterr().err
+    assert "--ops: expected some of encode, encode_params, decode, reconstruct, sample, decode_codes, sample_codes, " \
+        "got fly" in capsys.readouterr().err
     if not torch_cuda():
         assert main(["bench", str(bundle), "--device", "cuda", "--budget-s", "1"]) == 2
         assert "--device cuda: no CUDA device here" in capsys.readouterr().err

@@ -2,10 +2,11 @@
 
 Inputs rotate over a pool of distinct arrays made once per batch size, never zeros and never one cached array:
 real test images of the data the bundle was exported from (``--data`` to choose; uniform noise images in the
-input's range when no data set can be loaded, which the result says), N(0, I) latents (random codes for a VQ
-bundle's ``decode``), and a new seed on every noisy call. On a GPU the torch backend runs with and without the
-host↔device copies (numpy in and out, or CUDA tensors kept on the device), and with CUDA graphs on and off where
-``vaedeploy.load`` takes ``cuda_graphs``.
+input's range when no data set can be loaded, which the result says), N(0, I) latents, random codes in their range
+for integer inputs, and a new seed on every noisy call. The ops, their inputs and whether they take a seed come
+from the bundle's table of operations (``runtime/operations.py``), so nothing here knows a latent type.
+On a GPU the torch backend runs with and without the host↔device copies (numpy in and out, or CUDA tensors kept
+on the device), and with CUDA graphs on and off where ``vaedeploy.load`` takes ``cuda_graphs``.
 """
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ import numpy as np
 
 from .. import load
 from ..errors import ConfigError
-from ..runtime.operations import operations_of
+from ..runtime.operations import DOCS_TYPES, Tensor, operations_of, table
 from . import floor
 from .environment import bundle_sha256
 from .loop import Case, host_timed
 
-OPS = ("encode", "encode_params", "decode", "sample", "reconstruct")
+# every op of every latent type, in the tables' order (a bundle measures those its own table has)
+OPS = tuple(dict.fromkeys(name for latent_type, shapes in DOCS_TYPES.values() for name in table(latent_type, shapes)))
 POOL_BYTES = 64 << 20  # at most this much input per pool (at least 2 arrays, at most 16)
 
 
@@ -78,35 +80,36 @@ class Inputs:
     def _size(self, row_bytes: int, batch: int) -> int:
         return int(min(16, max(2, POOL_BYTES // max(1, row_bytes * batch))))
 
-    def images_of(self, batch: int) -> list[np.ndarray]:
-        key = ("x", batch)
+    def of(self, tensor: Tensor, batch: int) -> list[np.ndarray]:
+        """A pool of ``batch``-row arrays for one input of the table: images for ``x``, integers in the tensor's
+        range (codes), N(0, I) for every other float input (latents)."""
+        key = (tensor.name, batch)
         if key not in self.pools:
-            shape = tuple(self.runtime.input_shape)
-            count = self._size(4 * math.prod(shape), batch)
-            if self.images is not None:
-                self.pools[key] = [np.ascontiguousarray(self.images[self.rng.integers(0, len(self.images), batch)])
-                                   for _ in range(count)]
-            else:
-                low, high = self.runtime.bundle.manifest["input"].get("range", [0.0, 1.0])
-                self.pools[key] = [self.rng.uniform(low, high, (batch, *shape)).astype(np.float32)
-                                   for _ in range(count)]
+            shape = (batch, *(self.runtime.input_shape if tensor.name == "x" else tensor.dims))
+            count = self._size(np.dtype(tensor.dtype).itemsize * math.prod(shape[1:]), batch)
+            self.pools[key] = [self._draw(tensor, shape) for _ in range(count)]
         return self.pools[key]
+
+    def _draw(self, tensor: Tensor, shape: tuple) -> np.ndarray:
+        if tensor.name == "x" and self.images is not None:
+            return np.ascontiguousarray(self.images[self.rng.integers(0, len(self.images), shape[0])])
+        if tensor.name == "x":
+            low, high = self.runtime.bundle.manifest["input"].get("range", [0.0, 1.0])
+            return self.rng.uniform(low, high, shape).astype(np.float32)
+        if tensor.low is not None:
+            return self.rng.integers(tensor.low, tensor.high + 1, shape).astype(tensor.dtype)
+        return self.rng.standard_normal(shape, dtype=np.float32)
+
+    def images_of(self, batch: int) -> list[np.ndarray]:
+        return self.of(operations_of(self.runtime)["encode"].inputs[0], batch)
 
     def latents_of(self, batch: int) -> list[np.ndarray]:
-        key = ("z", batch)
-        if key not in self.pools:
-            rt = self.runtime
-            if rt.latent_type == "vq":  # codes, as a client sends them
-                count = self._size(8 * math.prod(rt.grid), batch)
-                self.pools[key] = [self.rng.integers(0, rt.num_codes, (batch, *rt.grid)) for _ in range(count)]
-            else:
-                count = self._size(4 * rt.latent_dim, batch)
-                self.pools[key] = [self.rng.standard_normal((batch, rt.latent_dim), dtype=np.float32)
-                                   for _ in range(count)]
-        return self.pools[key]
+        """What ``decode`` takes: N(0, I) latents (a VQ bundle's z_q)."""
+        return self.of(operations_of(self.runtime)["decode"].inputs[0], batch)
 
 
-def _to_host(result):
+def _to_host(outputs: tuple):
+    result = outputs[0]
     return result.cpu() if hasattr(result, "cpu") else result
 
 
@@ -116,19 +119,26 @@ def _on_device(arrays: list, device: str) -> list:
     return [torch.from_numpy(a).to(device) for a in arrays]
 
 
-def op_call(runtime, op: str, batch: int, inputs: Inputs, on_device: bool = False):
-    """``call(i)``: the i-th call of ``op`` at ``batch`` rows, on the next array of its pool (and seed i)."""
-    if op == "sample":
-        if on_device or not runtime.device.startswith("cuda"):
-            return lambda i: runtime.sample(batch, seed=i)
-        return lambda i: _to_host(runtime.sample(batch, seed=i))  # a torch GPU sample stays on the device
-    pool = inputs.latents_of(batch) if op == "decode" else inputs.images_of(batch)
+def op_call(runtime, name: str, batch: int, inputs: Inputs, on_device: bool = False):
+    """``call(i)``: the i-th call of op ``name`` at ``batch`` rows, on the next arrays of its inputs' pools, with seed
+    i where the op takes a seed; through the op's own run function, as the server calls it."""
+    op = operations_of(runtime)[name]
+    pools = [inputs.of(tensor, batch) for tensor in op.inputs]
     if on_device:
-        pool = _on_device(pool, runtime.device)
-    size, method = len(pool), getattr(runtime, op)
-    if op == "encode":
-        return lambda i: method(pool[i % size], seed=i)
-    return lambda i: method(pool[i % size])
+        pools = [_on_device(pool, runtime.device) for pool in pools]
+    sizes, run = [len(pool) for pool in pools], op.run
+    seeded = "seed" in op.parameters
+    # a torch GPU result of an op with no input array stays on the device unless the case times the copies
+    finish = _to_host if not op.inputs and runtime.device.startswith("cuda") and not on_device else _first
+
+    def call(i: int):
+        arrays = tuple(pool[i % size] for pool, size in zip(pools, sizes))
+        return finish(run(runtime, arrays, batch, i if seeded else None, 0, 1.0))
+    return call
+
+
+def _first(outputs: tuple):
+    return outputs[0]
 
 
 def supports(runtime, op: str) -> bool:
