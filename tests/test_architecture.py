@@ -24,8 +24,8 @@ ROOT_PACKAGE = "vaedeploy"  # its one import, of the runtime, happens when a use
 RUNTIME_MAY_IMPORT = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.bundle", "vaedeploy.kernels")
 TORCH_RUNNER = "vaedeploy.runtime.backends.torch"  # the one runtime module that may import torch and the models
 FORBIDDEN = {"vaedeploy.models": ("vaedeploy.plots",)}  # a model never draws
-TORCH_FREE = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.owned", "vaedeploy.bundle", "vaedeploy.kernels.numpy_ops", "vaedeploy.kernels.limits",
-              "vaedeploy.kernels.philox", "vaedeploy.kernels", "vaedeploy.runtime",
+TORCH_FREE = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.owned", "vaedeploy.bundle", "vaedeploy.kernels.numpy_ops",
+              "vaedeploy.kernels.limits", "vaedeploy.kernels.philox", "vaedeploy.kernels", "vaedeploy.runtime",
               "vaedeploy.deploy.triton_repo")  # a Triton repository is written where only the runtime is installed
 
 
