@@ -1,0 +1,165 @@
+"""diffusers' autoencoders in vaedeploy (export/diffusers.py, export/overflow.py): tiny models of each class saved
+with ``save_pretrained`` to a temp folder (no network), loaded back, their exported modules against diffusers' own
+encode and decode, the photographs they are validated on, and an fp16 overflow built on purpose."""
+import json
+
+import diffusers
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from vaedeploy.export import diffusers as imported
+from vaedeploy.export.onnx_export import HalfPrecision, export_graph
+from vaedeploy.export.overflow import first_overflow
+
+from vaedeploy.errors import ConfigError
+
+BLOCKS = {"down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2,
+          "block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 16}
+# tiny configs after diffusers' own test configs: SD-style (quant convs, 4 channels, scaled), FLUX-style (16
+# channels, no quant convs, scaled and shifted), TAESD-style, VQGAN-style; each downsamples by 2
+CONFIGS = {
+    "sd": (diffusers.AutoencoderKL, {**BLOCKS, "latent_channels": 4, "scaling_factor": 0.18215}),
+    "flux": (diffusers.AutoencoderKL, {**BLOCKS, "latent_channels": 16, "use_quant_conv": False,
+                                       "use_post_quant_conv": False, "scaling_factor": 0.3611, "shift_factor": 0.1159}),
+    "taesd": (diffusers.AutoencoderTiny, {"encoder_block_out_channels": (8, 8), "decoder_block_out_channels": (8, 8),
+                                          "num_encoder_blocks": (1, 1), "num_decoder_blocks": (1, 1),
+                                          "latent_channels": 4}),
+    "vqgan": (diffusers.VQModel, {**BLOCKS, "latent_channels": 3, "num_vq_embeddings": 16, "vq_embed_dim": 3}),
+}
+
+
+def tiny(name: str):
+    cls, config = CONFIGS[name]
+    torch.manual_seed(0)
+    return cls(**config).eval()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """name → the folder its tiny model was saved to with save_pretrained."""
+    root = tmp_path_factory.mktemp("diffusers")
+    folders = {}
+    for name in CONFIGS:
+        tiny(name).save_pretrained(root / name)
+        folders[name] = root / name
+    return folders
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_each_class_loads_from_its_saved_folder_and_from_a_pipelines_vae_subfolder(saved, tmp_path, name):
+    pipeline = tmp_path / "pipeline"
+    tiny(name).save_pretrained(pipeline / "vae")
+    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    expected = tiny(name).state_dict()
+    for source in (saved[name], pipeline):
+        vae = imported.load_vae(source)
+        assert type(vae) is CONFIGS[name][0] and not vae.training
+        for key, value in vae.state_dict().items():
+            torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
+
+
+def test_a_class_vaedeploy_does_not_import_is_named_in_one_sentence(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan"}))
+    with pytest.raises(ConfigError, match=r"config.json: vaedeploy imports diffusers' AutoencoderKL, AutoencoderTiny, "
+                                          r"VQModel; the config names 'AutoencoderKLWan'$"):
+        imported.load_vae(tmp_path)
+    with pytest.raises(ConfigError, match=r"imports diffusers' AutoencoderKL, AutoencoderTiny, VQModel; got a "
+                                          r"UNet2DModel$"):
+        imported.modules(diffusers.UNet2DModel(block_out_channels=(8, 8), norm_num_groups=4, layers_per_block=1,
+                                               down_block_types=("DownBlock2D",) * 2,
+                                               up_block_types=("UpBlock2D",) * 2))
+
+
+def test_a_folder_without_a_config_is_refused(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"expected config.json of a diffusers autoencoder in it or in its vae/ "
+                                          r"subfolder, found neither"):
+        imported.load_vae(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["sd", "flux"])
+def test_kl_modules_give_diffusers_posterior_and_decode(name):
+    vae, x = tiny(name), torch.from_numpy(imported.photographs(16, 24, 2))
+    encoder, decoder = imported.modules(vae)
+    with torch.no_grad():
+        posterior = vae.encode(x).latent_dist
+        mean, logvar = encoder(x)
+        torch.testing.assert_close(mean, posterior.mean, rtol=0, atol=0)
+        torch.testing.assert_close(logvar, posterior.logvar, rtol=0, atol=0)
+        torch.testing.assert_close(decoder(mean), vae.decode(mean).sample, rtol=0, atol=0)
+
+
+def test_tiny_modules_give_diffusers_latents_and_decode():
+    vae, x = tiny("taesd"), torch.from_numpy(imported.photographs(16, 24, 2))
+    encoder, decoder = imported.modules(vae)
+    with torch.no_grad():
+        z = encoder(x)
+        torch.testing.assert_close(z, vae.encode(x).latents, rtol=0, atol=0)
+        torch.testing.assert_close(decoder(z), vae.decode(z).sample, rtol=0, atol=0)
+
+
+def test_vq_modules_with_the_nearest_code_give_diffusers_decode():
+    vae, x = tiny("vqgan"), torch.from_numpy(imported.photographs(16, 24, 2))
+    encoder, decoder = imported.modules(vae)
+    codebook = vae.quantize.embedding.weight.detach()
+    with torch.no_grad():
+        z_e = encoder(x)
+        torch.testing.assert_close(z_e, vae.encode(x).latents, rtol=0, atol=0)
+        rows = z_e.permute(0, 2, 3, 1).reshape(-1, codebook.shape[1])
+        nearest = torch.cdist(rows, codebook).argmin(1)  # what VectorQuantizer does inside decode
+        z_q = codebook[nearest].reshape(z_e.shape[0], z_e.shape[2], z_e.shape[3], -1).permute(0, 3, 1, 2)
+        torch.testing.assert_close(decoder(z_q), vae.decode(z_e).sample, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, factor, scaling", [
+    ("sd", 2, {"scaling_factor": 0.18215, "shift_factor": 0.0}),
+    ("flux", 2, {"scaling_factor": 0.3611, "shift_factor": 0.1159}),
+    ("taesd", 2, None),
+])
+def test_downsample_and_scaling_come_from_the_model(name, factor, scaling):
+    vae = tiny(name)
+    assert imported.downsample(vae) == factor
+    assert imported.scaling(vae) == scaling
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (24, 40), (64, 16)])
+def test_photographs_are_distinct_real_images_in_range_at_any_size(height, width):
+    x = imported.photographs(height, width, 5)
+    assert x.shape == (5, 3, height, width) and x.dtype == np.float32
+    assert x.min() >= -1 and x.max() <= 1
+    assert x.std(axis=(1, 2, 3)).min() > 0.1  # photographs, not flat fields
+    flat = x.reshape(5, -1)
+    assert min(np.abs(a - b).mean() for i, a in enumerate(flat) for b in flat[i + 1:]) > 0.05  # no two rows alike
+    np.testing.assert_array_equal(x, imported.photographs(height, width, 5))
+
+
+def test_psnr_of_a_known_error():
+    expected = imported.photographs(16, 16, 2)
+    shifted = expected + np.float32(0.02)  # mse 4e-4 over a range of 2: 10·log10(4 / 4e-4) = 40 dB
+    assert imported.psnr(shifted, expected) == pytest.approx(40.0, abs=1e-3)
+    assert imported.psnr(expected, expected) == np.inf
+    assert np.isnan(imported.psnr(np.full_like(expected, np.nan), expected))
+
+
+def test_an_fp16_overflow_built_on_purpose_is_traced_to_its_first_node(tmp_path):
+    """The decoder's first convolution scaled so its activations pass float16's 65504 (SDXL's failure): finite in
+    fp32 (the group norm after it normalises them), Inf then NaN in the fp16 graph."""
+    vae = tiny("sd")
+    with torch.no_grad():
+        vae.decoder.conv_in.weight.mul_(1e5)
+    decoder = imported.modules(vae)[1]
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.isfinite(decoder(z)).all()
+    export_graph(HalfPrecision(decoder), (z,), ["z"], ["x"], tmp_path / "decoder.fp16.onnx")
+    feed = {"z": z.numpy()}
+    session = ort.InferenceSession(str(tmp_path / "decoder.fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert not np.isfinite(session.run(None, feed)[0]).all()
+    overflow = first_overflow(tmp_path / "decoder.fp16.onnx", feed)
+    assert (overflow.op_type, overflow.module) == ("Conv", "decoder.conv_in")
+    assert overflow.largest_input < 65504  # its inputs were in range: this node overflowed, not one before it
+    assert str(overflow).startswith(f"the first node that overflows is '{overflow.node}' (Conv in module "
+                                    "decoder.conv_in")
+    # the same graph on latents that keep it in range (zeros: the scaled convolution gives its bias) has none
+    assert first_overflow(tmp_path / "decoder.fp16.onnx", {"z": np.zeros_like(feed["z"])}) is None
