@@ -39,8 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     bench.add_argument("--backends", type=_NAMES, help="comma list of backends (default: every installed one)")
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     bench.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
-    bench.add_argument("--ops", type=_NAMES, help="comma list of encode, encode_params, decode, sample, reconstruct "
-                                                  "(default: all the bundle has)")
+    bench.add_argument("--ops", type=_NAMES, help="comma list of operations as the bundle's table lists them "
+                                                  "(encode, encode_params, decode, reconstruct, sample, VQ's "
+                                                  "decode_codes, sample_codes; default: all the bundle has)")
     bench.add_argument("--batch-sizes", type=_INTEGERS, default=_INTEGERS(DEFAULT_BATCHES),
                        help=f"rows per call (default {DEFAULT_BATCHES})")
     bench.add_argument("--concurrency", type=_INTEGERS, default=[1],
