@@ -141,7 +141,9 @@ def _check_memory(shape: tuple, itemsize: int) -> None:
 
 def _stream(seed, start) -> tuple:
     """One stream as ints (a bucketed call's 0-d device scalars are read at each call), or per-row int64 arrays."""
-    return (int(seed), int(start)) if np.ndim(seed) == 0 else (seed, start)
+    if type(seed) is int or isinstance(seed, np.ndarray) and seed.ndim:
+        return seed, start
+    return int(seed), int(start)
 
 
 class NumpyArrays:
