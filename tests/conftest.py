@@ -110,6 +110,7 @@ class Server:
     port: int
     process: subprocess.Popen
     stderr_path: str
+    grpc_url: str | None = None  # host:port of its gRPC service, started with --grpc-port
 
     def stderr(self) -> str:
         with open(self.stderr_path) as f:
@@ -145,7 +146,8 @@ def start_server(bundles, *options, tmp_path) -> Server:
             continue
         if match := re.search(r"http://127\.0\.0\.1:(\d+)/v2", line):
             port = int(match.group(1))
-            return Server(f"127.0.0.1:{port}", port, process, stderr_path)
+            grpc = re.search(r"grpc://(127\.0\.0\.1:\d+)", line)
+            return Server(f"127.0.0.1:{port}", port, process, stderr_path, grpc.group(1) if grpc else None)
     process.kill()
     process.wait(5)
     with open(stderr_path) as f:

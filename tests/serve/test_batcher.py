@@ -27,7 +27,7 @@ class Recorder:
         if not hold_first:
             self.release.set()
 
-    def run(self, pieces):
+    def run(self, pieces, phases_ns=None):
         self.started.set()
         self.release.wait(WAIT)
         self.batches.append([(p.seed, p.rows) for p in pieces])

@@ -6,7 +6,9 @@ times, each expected batch worked out by hand from Triton's batcher semantics (b
 - a request's timeout only shortens the default (and only where ``allow_timeout_override``); a timed-out request is
   rejected, never run;
 - requests without a priority get the default level (the lowest when none is set); a higher level is batched first;
-- every piece of a split request counts against ``max_queue_size``.
+- every piece of a split request counts against ``max_queue_size``;
+- a batch holds requests of one per-row shape (Triton's ragged-shape semantics): a request of another shape ends the
+  batch at once, as one that does not fit does, and starts the next.
 
 No instance thread runs here: the test asks the batcher for its next batch, and the batcher's waits move the clock
 (a stand-in for its condition variable), so time passes only as the batcher decides and requests scheduled for a
@@ -15,6 +17,7 @@ moment arrive when the clock reaches it. The clock is the module's ``time.monoto
 import asyncio
 import types
 
+import numpy as np
 import pytest
 
 from vaedeploy.serve import batcher as batcher_module
@@ -47,12 +50,14 @@ class Script:
         self.batcher._cond = self  # its waits come here
 
     def at(self, ms: float, tag: int, rows: int = 1, **submit) -> "Script":
-        self.schedule.append((ms * MS, tag, rows, submit))
+        self.schedule.append((ms * MS, tag, rows, submit))  # submit may hold shape=, for Script.submit
         self.schedule.sort(key=lambda s: s[0])
         return self
 
-    def submit(self, tag: int, rows: int = 1, **submit):
-        job = self.batcher.submit(Piece((), rows, tag, 0, 1.0), **submit)
+    def submit(self, tag: int, rows: int = 1, shape: tuple | None = None, **submit):
+        """Queue a request of ``rows`` rows: with no input, or with one of per-row ``shape``."""
+        inputs = () if shape is None else (np.zeros((rows, *shape), np.float32),)
+        job = self.batcher.submit(Piece(inputs, rows, tag, 0, 1.0), **submit)
         self.jobs[tag] = job
         return job
 
@@ -202,3 +207,19 @@ def test_a_cancelled_request_is_dropped_before_its_batch(script):
     s.submit(2)
     s.batcher.cancel(first)
     assert s.batches() == [(100, [(2, 1)])]
+
+
+def test_requests_of_different_shapes_are_never_batched_together(script):
+    # 8×8 images at 0 and 10 ms share a batch; the 16×16 one at 20 ends it at once and starts its own, which the
+    # 16×16 request at 30 joins; the 8×8 one at 40 ends that batch in turn, then waits out the delay alone
+    s = script(max_batch_size=8, max_queue_delay_microseconds=100_000)
+    s.at(0, 1, shape=(1, 8, 8)).at(10, 2, shape=(1, 8, 8)).at(20, 3, shape=(1, 16, 16)).at(30, 4, shape=(1, 16, 16))
+    s.at(40, 5, shape=(1, 8, 8))
+    assert s.batches() == [(20, [(1, 1), (2, 1)]), (40, [(3, 1), (4, 1)]), (140, [(5, 1)])]
+
+
+def test_requests_keep_their_order_across_shapes(script):
+    # as in Triton, a request is never taken from behind one of another shape: 8×8, 16×16, 8×8 are three batches
+    s = script(max_batch_size=8, max_queue_delay_microseconds=1_000_000)
+    s.at(0, 1, shape=(1, 8, 8)).at(0, 2, shape=(1, 16, 16)).at(0, 3, shape=(1, 8, 8))
+    assert s.batches() == [(0, [(1, 1)]), (0, [(2, 1)]), (1000, [(3, 1)])]

@@ -1,5 +1,6 @@
-"""`vaedeploy serve` under Triton's own client (tritonclient.http, binary and JSON): every model of every latent type
-against the runtime, concurrent clients with mixed sizes and seeds, overload, disconnects, bad input, shutdown.
+"""`vaedeploy serve` under Triton's own clients (tritonclient.http, binary and JSON; tritonclient.grpc, raw and typed
+contents): every model of every latent type against the runtime, concurrent clients with mixed sizes and seeds,
+overload, disconnects, bad input, shutdown. Each test that uses a client runs over both protocols (``protocol``).
 
 Results of differently batched calls agree to about 1e-7, not bit for bit (BLAS picks kernels by batch size), so a
 response is compared with the direct runtime call to 1e-6.
@@ -14,8 +15,10 @@ import time
 
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
+from v2clients import GrpcClient
 
 from vaedeploy import load
 
@@ -23,7 +26,18 @@ TOLERANCE = dict(rtol=1e-6, atol=1e-6)
 TIMEOUT = 30  # seconds, every client call
 
 
-def client(server, concurrency: int = 1) -> triton.InferenceServerClient:
+PROTOCOLS = ["http", "grpc"]
+CONTENTS = {"FP32": "fp32_contents", "INT64": "int64_contents", "INT32": "int_contents"}  # gRPC's typed fields
+
+
+@pytest.fixture(params=PROTOCOLS)
+def protocol(request) -> str:
+    return request.param
+
+
+def client(server, concurrency: int = 1, protocol: str = "http"):
+    if protocol == "grpc":
+        return GrpcClient(server.grpc_url)
     return triton.InferenceServerClient(server.url, concurrency=concurrency, connection_timeout=TIMEOUT,
                                         network_timeout=TIMEOUT)
 
@@ -32,14 +46,24 @@ def images(n: int, seed: int, shape=(1, 8, 8)) -> np.ndarray:
     return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
 
 
-def tensor(name: str, array: np.ndarray, binary: bool = True, datatype: str | None = None) -> triton.InferInput:
+def tensor(name: str, array: np.ndarray, binary: bool = True, datatype: str | None = None, protocol: str = "http"):
+    """An input for tritonclient: binary or JSON over HTTP; raw or typed contents over gRPC."""
     datatype = datatype or {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32"}[str(array.dtype)]
-    t = triton.InferInput(name, list(array.shape), datatype)
-    t.set_data_from_numpy(array, binary_data=binary)
+    if protocol == "http":
+        t = triton.InferInput(name, list(array.shape), datatype)
+        t.set_data_from_numpy(array, binary_data=binary)
+        return t
+    t = triton_grpc.InferInput(name, list(array.shape), datatype)
+    if binary:
+        t.set_data_from_numpy(array)
+    else:  # tritonclient sends raw contents only; its request's tensor takes the typed ones
+        getattr(t._get_tensor().contents, CONTENTS[datatype]).extend(array.ravel().tolist())
     return t
 
 
-def outputs(names, binary: bool) -> list:
+def outputs(names, binary: bool, protocol: str = "http") -> list:
+    if protocol == "grpc":
+        return [triton_grpc.InferRequestedOutput(name) for name in names]
     return [triton.InferRequestedOutput(name, binary_data=binary) for name in names]
 
 
@@ -81,7 +105,7 @@ KINDS = ["vae", "ae", "vqvae", "biva", "twostage", "vae_conv_bernoulli"]
 def kinds_server(serve, exported):
     bundles = [exported(name)[1] for name in KINDS]
     return serve(bundles, *[a for name in KINDS for a in ("--name", name)], "--max-sample", "256",
-                 "--max-body-bytes", str(1 << 20))
+                 "--max-body-bytes", str(1 << 20), "--grpc-port", "0")
 
 
 def expected_call(rt, model: str, array, seed):
@@ -100,8 +124,8 @@ def expected_call(rt, model: str, array, seed):
     return [rt.sample_codes(3, seed=seed, temperature=0.8)]
 
 
-def test_every_model_of_every_kind_answers_what_its_runtime_call_gives(kinds_server, exported):
-    c = client(kinds_server)
+def test_every_model_of_every_kind_answers_what_its_runtime_call_gives(kinds_server, exported, protocol):
+    c = client(kinds_server, protocol=protocol)
     assert c.is_server_live() and c.is_server_ready()
     meta = c.get_server_metadata()
     assert meta["name"] == "vaedeploy" and "binary_tensor_data" in meta["extensions"]
@@ -131,8 +155,9 @@ def test_every_model_of_every_kind_answers_what_its_runtime_call_gives(kinds_ser
                     "string_value", "") else {}
                 if name.endswith(("sample", "sample_codes")):
                     params.update(n=3, temperature=0.8)
-                result = c.infer(name, [tensor(s["name"], a, binary) for s, a in zip(metadata["inputs"], inputs)],
-                                 parameters=params, outputs=outputs(out_names, binary))
+                result = c.infer(name, [tensor(s["name"], a, binary, protocol=protocol)
+                                        for s, a in zip(metadata["inputs"], inputs)],
+                                 parameters=params, outputs=outputs(out_names, binary, protocol))
                 for out, want in zip(out_names, expected):
                     got = result.as_numpy(out)
                     assert got.dtype == want.dtype and got.shape == want.shape, (name, out)
@@ -140,20 +165,22 @@ def test_every_model_of_every_kind_answers_what_its_runtime_call_gives(kinds_ser
         rt.close()
 
 
-def test_fp16_travels_as_binary_and_json_fp16_is_refused(kinds_server, exported):
-    c, rt = client(kinds_server), load(exported("vae")[1])
+def test_fp16_travels_as_binary_and_json_fp16_is_refused(kinds_server, exported, protocol):
+    c, rt = client(kinds_server, protocol=protocol), load(exported("vae")[1])
     x = images(2, 3).astype(np.float16)
-    got = c.infer("vae.reconstruct", [tensor("x", x)]).as_numpy("x")
+    got = c.infer("vae.reconstruct", [tensor("x", x, protocol=protocol)]).as_numpy("x")
     np.testing.assert_allclose(got, rt.reconstruct(x.astype(np.float32)), **TOLERANCE)
-    with pytest.raises(InferenceServerException, match="FP16 data must be sent as binary"):
-        c.infer("vae.reconstruct", [tensor("x", x, binary=False)])
+    if protocol == "http":
+        with pytest.raises(InferenceServerException, match="FP16 data must be sent as binary"):
+            c.infer("vae.reconstruct", [tensor("x", x, binary=False)])
 
 
-def test_requested_outputs_only_and_request_id_echoed(kinds_server):
-    c = client(kinds_server)
-    result = c.infer("vae.encode_params", [tensor("x", images(2, 0))], outputs=outputs(["logvar"], True),
-                     request_id="abc")
-    assert result.get_response()["id"] == "abc" and result.as_numpy("mean") is None
+def test_requested_outputs_only_and_request_id_echoed(kinds_server, protocol):
+    c = client(kinds_server, protocol=protocol)
+    result = c.infer("vae.encode_params", [tensor("x", images(2, 0), protocol=protocol)],
+                     outputs=outputs(["logvar"], True, protocol), request_id="abc")
+    response = result.get_response()
+    assert (response["id"] if protocol == "http" else response.id) == "abc" and result.as_numpy("mean") is None
     assert result.as_numpy("logvar").shape == (2, 4)
 
 
@@ -226,9 +253,9 @@ CLIENTS, REQUESTS = 8, 24  # requests per client
 SIZES = [1, 1, 2, 3, 5, 8, 13, 70]  # 70 > max_batch_size: split into 64 + 6 and reassembled
 
 
-def test_concurrent_clients_get_exactly_their_own_rows(serve, exported):
+def test_concurrent_clients_get_exactly_their_own_rows(serve, exported, protocol):
     bundle = exported("vae")[1]
-    server = serve([bundle], "--name", "vae", "--max-queue-delay-us", "3000")
+    server = serve([bundle], "--name", "vae", "--max-queue-delay-us", "3000", "--grpc-port", "0")
     rt = load(bundle)
     rng = np.random.default_rng(0)
     plan = []  # (model, n, seed, x, binary)
@@ -236,15 +263,15 @@ def test_concurrent_clients_get_exactly_their_own_rows(serve, exported):
         n, seed = int(rng.choice(SIZES)), int(rng.integers(0, 2**63))
         model = "vae.sample" if i % 2 else "vae.encode"
         plan.append((model, n, seed, images(n, i) if model == "vae.encode" else None, bool(i % 3)))
-    c = client(server, concurrency=CLIENTS)
+    c = client(server, concurrency=CLIENTS, protocol=protocol)
     pending = []
     for model, n, seed, x, binary in plan:
         if model == "vae.encode":
-            pending.append(c.async_infer(model, [tensor("x", x, binary)], parameters={"seed": seed},
-                                         outputs=outputs(["z"], binary)))
+            pending.append(c.async_infer(model, [tensor("x", x, binary, protocol=protocol)],
+                                         parameters={"seed": seed}, outputs=outputs(["z"], binary, protocol)))
         else:
             pending.append(c.async_infer(model, [], parameters={"n": n, "seed": seed},
-                                         outputs=outputs(["x"], binary)))
+                                         outputs=outputs(["x"], binary, protocol)))
     lost = mismatched = errors = 0
     for (model, n, seed, x, _binary), request in zip(plan, pending):
         try:

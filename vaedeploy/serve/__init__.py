@@ -2,9 +2,9 @@
 Triton's dynamic batching; so ``tritonclient`` and every V2 client work unchanged (docs/serving.md).
 
 ``protocol.py`` holds the wire format (JSON and the binary tensor extension), ``models.py`` the V2 models of a
-bundle, ``batcher.py`` the dynamic batcher, ``metrics.py`` the Prometheus metrics and ``app.py`` the endpoints and
-the server's lifecycle. The server needs the ``serve`` extra (``pip install 'vaedeploy[serve]'``); the protocol,
-the models and the batcher need numpy only.
+bundle, ``batcher.py`` the dynamic batcher, ``metrics.py`` the Prometheus metrics, ``app.py`` the HTTP endpoints and
+the server's lifecycle, ``grpc_service.py`` the same service over gRPC. The server needs the ``serve`` extra
+(``pip install 'vaedeploy[serve]'``); the protocol, the models and the batcher need numpy only.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import importlib
 from ..errors import MissingDependency
 
 _LAZY = {"InferenceServer": ".app", "model_config": ".app", "run": ".app", "BatchPolicy": ".batcher"}
-_EXTRA = ("starlette", "uvicorn", "httptools", "prometheus_client")
+_EXTRA = ("starlette", "uvicorn", "httptools", "prometheus_client", "grpc", "tritonclient", "google")
 
 __all__ = sorted(_LAZY)
 

@@ -4,7 +4,9 @@ through Starlette, whose routing and request objects cost more per request than 
 
 Endpoints: ``GET /v2/health/live|ready``, ``GET /v2`` (server metadata with its extensions),
 ``GET /v2/models/{name}[/versions/1]`` (metadata), ``…/ready``, ``…/config`` (Triton's model-configuration
-extension), ``POST …/infer``, ``POST /v2/repository/index`` (Triton's repository extension) and ``GET /metrics``.
+extension), ``…/stats`` (Triton's statistics extension; ``GET /v2/models/stats`` for every model), ``POST …/infer``,
+``POST /v2/repository/index`` (Triton's repository extension) and ``GET /metrics``. The same service over gRPC is
+``grpc_service.py``, on the same event loop and batchers.
 Every error is ``{"error": "..."}`` with Triton's status mapping: 400 bad input, 404 unknown model or route, 408 a
 request whose headers came too slowly, 413 a body over the limit, 503 unavailable (queue full, shutting down, timed
 out), 500 a fault of the server. That includes uvicorn's own answers: ``Protocol`` writes its 400 for malformed HTTP
@@ -24,6 +26,7 @@ import logging
 import re
 import socket
 import sys
+import time
 
 import uvicorn
 from starlette.applications import Starlette
@@ -34,7 +37,7 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .. import __version__
-from ..errors import BundleError, ConfigError, InputError, VaedeployError
+from ..errors import ConfigError, InputError, VaedeployError
 from .batcher import BatchPolicy, DynamicBatcher
 from .metrics import Metrics
 from .models import MAX_SAMPLE, Operation, describe, operations
@@ -42,7 +45,7 @@ from .protocol import HEADER_LENGTH, MAX_BODY_BYTES, ProtocolError, parse_reques
 
 log = logging.getLogger("vaedeploy.serve")
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository(index)", "schedule_policy",
-              "parameters"]
+              "parameters", "statistics"]
 INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 HEADER_BYTES = HEADER_LENGTH.encode()
 OFF_LOOP_BYTES = 1 << 20  # bodies (or JSON outputs) larger than this are parsed (or written) in a thread
@@ -59,6 +62,10 @@ SWITCH_INTERVAL_S = 0.001
 
 class Disconnected(Exception):
     """The client closed its connection before its response was ready."""
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
 
 
 def _error(message: str, status: int, headers: dict | None = None) -> JSONResponse:
@@ -81,6 +88,8 @@ class InferenceServer:
         max_sample: the largest ``n`` of a sampling request (400 beyond).
     """
 
+    extensions = EXTENSIONS
+
     def __init__(self, bundles: list[tuple[str, object]], policy: BatchPolicy | None = None,
                  max_body_bytes: int = MAX_BODY_BYTES, max_sample: int = MAX_SAMPLE):
         names = [name for name, _ in bundles]
@@ -96,6 +105,9 @@ class InferenceServer:
                          for name, op in self.models.items()}
         self.ready = False
         self.announce: str | None = None  # printed once the models are ready (the CLI's address line)
+        self.urls: list[str] = []  # where it listens, for that line
+        self.grpc = None  # the gRPC front end (``grpc_service.bind``), started and stopped with the batchers
+        self.shutdown_timeout = 30.0  # seconds the gRPC requests in flight may take to finish at shutdown
         self.app = self._app()
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
@@ -104,6 +116,8 @@ class InferenceServer:
     async def lifespan(self, app):
         for batcher in self.batchers.values():
             batcher.start()
+        if self.grpc is not None:
+            await self.grpc.start()
         # Everything loaded so far (the CLI imports torch: some 10^5 objects) lives as long as the server; frozen, it
         # is no longer scanned by each full collection, which otherwise paused every request for 100-200 ms here.
         gc.freeze()
@@ -114,6 +128,8 @@ class InferenceServer:
             yield
         finally:
             self.ready = False
+            if self.grpc is not None:  # HTTP has drained; gRPC's requests in flight get the same time
+                await self.grpc.stop(self.shutdown_timeout)
             await asyncio.gather(*(b.close() for b in self.batchers.values()))
             for runtime in self.runtimes:
                 runtime.close()
@@ -126,7 +142,8 @@ class InferenceServer:
 
         routes = [Route("/v2/health/live", self.live), Route("/v2/health/ready", self.health_ready),
                   Route("/v2", self.server_metadata), Route("/v2/repository/index", self.index, methods=["POST"]),
-                  Route("/metrics", self.metrics_page),
+                  Route("/metrics", self.metrics_page), Route("/v2/models/stats", self.model_statistics),
+                  *model_routes("/stats", self.model_statistics),
                   *model_routes("", self.model_metadata), *model_routes("/ready", self.model_ready),
                   *model_routes("/config", self.model_config)]
 
@@ -159,7 +176,7 @@ class InferenceServer:
         return Response(status_code=200 if self.ready else 400)
 
     async def server_metadata(self, request: Request) -> Response:
-        return JSONResponse({"name": "vaedeploy", "version": __version__, "extensions": EXTENSIONS})
+        return JSONResponse({"name": "vaedeploy", "version": __version__, "extensions": self.extensions})
 
     async def index(self, request: Request) -> Response:
         state = "READY" if self.ready else "UNAVAILABLE"
@@ -171,6 +188,21 @@ class InferenceServer:
     async def model_metadata(self, request: Request) -> Response:
         try:
             return JSONResponse(self._model(request).metadata())
+        except ProtocolError as e:
+            return _error(str(e), e.status)
+
+    def config(self, model: Operation) -> dict:
+        return model_config(model, self.policy)
+
+    def statistics(self, name: str = "", version: str = "") -> dict:
+        """Triton's statistics of one model (all when ``name`` is empty): ``{"model_stats": [...]}``."""
+        models = [self._lookup(name, version or "1")] if name else self.models.values()
+        return {"model_stats": [self.metrics.model(m.name).statistics.as_json() for m in models]}
+
+    async def model_statistics(self, request: Request) -> Response:
+        try:
+            return JSONResponse(self.statistics(request.path_params.get("name", ""),
+                                                request.path_params.get("version", "")))
         except ProtocolError as e:
             return _error(str(e), e.status)
 
@@ -186,7 +218,7 @@ class InferenceServer:
             model = self._model(request)
         except ProtocolError as e:
             return _error(str(e), e.status)
-        return JSONResponse(model_config(model, self.policy))
+        return JSONResponse(self.config(model))
 
     # ---- infer: plain ASGI ------------------------------------------------------------------------------------
 
@@ -201,51 +233,78 @@ class InferenceServer:
             return
         await self.app(scope, receive, send)
 
+    def queue(self, model: Operation, inputs: dict, parameters: dict, requested: list[str] | None):
+        """Check one request and queue its rows: (its batcher, its ``Job``). Every check runs here, before the
+        request takes a place in the queue; a refusal is a ``ProtocolError``. Both front ends (HTTP and gRPC) call
+        it."""
+        model.check_outputs(requested)
+        parameters = model.checked_parameters(parameters)
+        piece = model.piece(inputs, parameters)
+        batcher = self.batchers[model.name]
+        return batcher, batcher.submit(piece, parameters.get("priority", 0), parameters.get("timeout", 0))
+
+    def succeeded(self, model: Operation, job, started: float, resolved: float) -> None:
+        """Count a request answered now in its model's statistics: it arrived at ``started``, its outputs came at
+        ``resolved`` (``time.monotonic()``), and its ``job`` knows its time in the queue and in its batches."""
+        done = time.monotonic()
+        input_ns, infer_ns, output_ns = job.phases_ns
+        self.metrics.model(model.name).statistics.succeeded(
+            _ns(done - started), _ns(job.queue_s or 0.0),
+            (_ns(job.enqueued - started) + input_ns, infer_ns, output_ns + _ns(done - resolved)))
+
+    def refusal(self, error: BaseException, name: str, model: Operation | None, queued: bool, started: float) \
+            -> tuple[int, str, dict]:
+        """(status, message, headers) of a request that arrived at ``started`` and failed with ``error``, counted in
+        the metrics where the batcher did not count it and in its model's statistics; both front ends answer with
+        it (HTTP as JSON, gRPC as a status code)."""
+        if model is not None:
+            self.metrics.model(model.name).statistics.failed(_ns(time.monotonic() - started))
+        if isinstance(error, asyncio.CancelledError):  # the shutdown timeout ran out while the request waited
+            if model is not None:
+                self.metrics.model(model.name).failed("CANCELED")
+            return 503, ("the server shut down before this request finished (its --shutdown-timeout ran out); "
+                         "expected it to be sent again, to a server that is ready"), {}
+        if isinstance(error, ProtocolError):
+            if model is not None and not queued and error.status != 503:  # the batcher counted its own refusals
+                self.metrics.model(model.name).failed("OTHER")
+            return error.status, str(error), error.headers
+        if isinstance(error, (InputError, ConfigError)):  # the runtime refused what the checks let through
+            return 400, str(error), {}
+        if isinstance(error, VaedeployError):
+            return 500, f"{model.name if model else 'the server'}: {error}", {}
+        log.error("infer on %s failed", name, exc_info=error)  # a fault of the server, answered as one line
+        return 500, f"internal error in {name}: {type(error).__name__}: {error}", {}
+
     async def infer(self, name: str, version: str, scope, receive) -> tuple[int, bytes, dict]:
         """(status, body, headers) of one infer request; every failure is a JSON error with its status."""
-        model, queued = None, False  # once queued, the batcher counts the request's failures
+        model, queued, started = None, False, time.monotonic()  # once queued, the batcher counts its failures
         try:
             model = self._lookup(name, version)
             headers = {k: v for k, v in scope["headers"] if k in (b"content-length", HEADER_BYTES)}
             body = await self._body(receive, headers.get(b"content-length"))
+            started = time.monotonic()  # the request has arrived
             header_length = headers[HEADER_BYTES].decode("latin-1") if HEADER_BYTES in headers else None
             if len(body) > OFF_LOOP_BYTES:
                 parsed = await asyncio.to_thread(parse_request, body, header_length)
             else:
                 parsed = parse_request(body, header_length)
-            if parsed.outputs is not None and (unknown := sorted(set(parsed.outputs) - set(model.output_names))):
-                raise ProtocolError(f"{model.name}: unknown output(s) {unknown}; expected some of "
-                                    f"{model.output_names}")
-            parameters = model.checked_parameters(parsed.parameters)
-            piece = model.piece(parsed.inputs, parameters)
-            batcher = self.batchers[model.name]
-            job = batcher.submit(piece, parameters.get("priority", 0), parameters.get("timeout", 0))
+            batcher, job = self.queue(model, parsed.inputs, parsed.parameters, parsed.outputs)
             queued = True
             outputs = await self._result(receive, batcher, job)
+            resolved = time.monotonic()
             named = dict(zip(model.output_names, outputs))
             if sum(a.size for a in outputs) * 4 > OFF_LOOP_BYTES:
                 body, headers = await asyncio.to_thread(write_response, model.name, parsed, named)
             else:
                 body, headers = write_response(model.name, parsed, named)
+            self.succeeded(model, job, started, resolved)
             return 200, body, headers
         except Disconnected:
+            self.metrics.model(model.name).statistics.failed(_ns(time.monotonic() - started))
             return CLIENT_GONE, b"", {}
-        except asyncio.CancelledError:  # uvicorn's --shutdown-timeout ran out: the answer its plain-text 500 would be
-            if model is not None:
-                self.metrics.model(model.name).failed("CANCELED")
-            return _error_body("the server shut down before this request finished (its --shutdown-timeout ran "
-                               "out); expected it to be sent again, to a server that is ready", 503)
-        except ProtocolError as e:
-            if model is not None and not queued and e.status != 503:  # the batcher counted its own refusals
-                self.metrics.model(model.name).failed("OTHER")
-            return _error_body(str(e), e.status, e.headers)
-        except (InputError, ConfigError) as e:  # the runtime refused what the checks let through
-            return _error_body(str(e), 400)
-        except (BundleError, VaedeployError) as e:
-            return _error_body(f"{model.name if model else 'the server'}: {e}", 500)
-        except Exception as e:  # a fault of the server: logged with its traceback, answered as one line
-            log.exception("infer on %s failed", name)
-            return _error_body(f"internal error in {name}: {type(e).__name__}: {e}", 500)
+        except (asyncio.CancelledError, Exception) as e:  # CancelledError: uvicorn's --shutdown-timeout ran out
+            status, message, headers = self.refusal(e, name, model, queued, started)
+            return _error_body(message, status, headers)
 
     async def _body(self, receive, length: bytes | None) -> bytes:
         limit = self.max_body_bytes
@@ -383,33 +442,56 @@ class Uvicorn(uvicorn.Server):
     balancer stops sending before the listener closes; uvicorn then waits for the requests in flight."""
 
     def __init__(self, server: InferenceServer, shutdown_timeout: float = 30.0, keep_alive_timeout: float = 5.0,
-                 header_timeout: float = 20.0):
+                 header_timeout: float = 20.0, grpc_address: tuple[str, int] | None = None):
         super().__init__(uvicorn.Config(server, log_level="warning", access_log=False, lifespan="on",
                                         timeout_graceful_shutdown=shutdown_timeout, backlog=2048,
                                         http=functools.partial(Protocol, header_timeout=header_timeout),
                                         timeout_keep_alive=keep_alive_timeout))
-        self.inference_server = server
+        self.inference_server, self.grpc_address = server, grpc_address
+        server.shutdown_timeout = shutdown_timeout
+
+    async def serve(self, sockets=None) -> None:
+        """Serve, with the gRPC front end bound on this event loop first where one is asked for (a port it cannot
+        listen on is a ``ConfigError`` before anything starts)."""
+        if self.grpc_address is not None:
+            from .grpc_service import bind
+
+            server = self.inference_server
+            server.grpc, port = bind(server, *self.grpc_address)
+            server.announce = announcement(server, [*server.urls, f"grpc://{_shown(self.grpc_address[0])}:{port}"])
+        await super().serve(sockets)
 
     def handle_exit(self, sig, frame) -> None:
         self.inference_server.ready = False
         super().handle_exit(sig, frame)
 
 
+def _shown(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def announcement(server: InferenceServer, urls: list[str]) -> str:
+    """The address line and one line per model, printed once the models are ready."""
+    return (f"vaedeploy serve: {len(server.models)} models on {' and '.join(urls)} (Ctrl-C or SIGTERM stops)\n" +
+            "\n".join(f"  {describe(m)}" for m in server.models.values()))
+
+
 def run(server: InferenceServer, host: str = "127.0.0.1", port: int = 8000, shutdown_timeout: float = 30.0,
-        keep_alive_timeout: float = 5.0, header_timeout: float = 20.0) -> None:
+        keep_alive_timeout: float = 5.0, header_timeout: float = 20.0, grpc_port: int | None = None) -> None:
     """Serve until SIGTERM or Ctrl-C, then shut down gracefully (at most ``shutdown_timeout`` seconds for the
     requests in flight); an idle connection is closed after ``keep_alive_timeout`` seconds, one whose request's
-    headers take longer than ``header_timeout`` seconds gets a 408. Prints the address and the models once they are
-    ready. While it serves batching models, the process's GIL switch interval is ``SWITCH_INTERVAL_S``."""
+    headers take longer than ``header_timeout`` seconds gets a 408. With ``grpc_port`` the V2 gRPC service listens on
+    the same host too. Prints the addresses and the models once they are ready. While it serves batching models, the
+    process's GIL switch interval is ``SWITCH_INTERVAL_S``."""
     sock = _listening_socket(host, port)
-    shown = f"[{host}]" if ":" in host else host
-    server.announce = (f"vaedeploy serve: {len(server.models)} models on http://{shown}:{sock.getsockname()[1]}/v2 "
-                       "(Ctrl-C or SIGTERM stops)\n" + "\n".join(f"  {describe(m)}" for m in server.models.values()))
+    server.urls = [f"http://{_shown(host)}:{sock.getsockname()[1]}/v2"]
+    server.announce = announcement(server, server.urls)
     switch_interval = sys.getswitchinterval()
     if server.policy.max_batch_size > 1:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        Uvicorn(server, shutdown_timeout, keep_alive_timeout, header_timeout).run(sockets=[sock])
+        grpc_address = None if grpc_port is None else (host, grpc_port)
+        Uvicorn(server, shutdown_timeout, keep_alive_timeout, header_timeout, grpc_address).run(sockets=[sock])
     finally:
         sys.setswitchinterval(switch_interval)
         sock.close()

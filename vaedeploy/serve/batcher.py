@@ -93,13 +93,16 @@ class BatchPolicy:
 
 
 class Job:
-    """One request in the batcher: its pieces' results as they come, and the future its handler awaits."""
+    """One request in the batcher: its pieces' results as they come, the future its handler awaits, the seconds it
+    waited before its first rows ran (``queue_s``) and the nanoseconds of its batches' phases (``phases_ns``:
+    ``statistics.PHASES``)."""
 
-    __slots__ = ("future", "results", "remaining", "enqueued", "deadline", "cancelled", "queue_s")
+    __slots__ = ("future", "results", "remaining", "enqueued", "deadline", "cancelled", "queue_s", "phases_ns")
 
     def __init__(self, future: asyncio.Future, pieces: int, deadline: float | None):
         self.future, self.results, self.remaining = future, [None] * pieces, pieces
-        self.enqueued, self.deadline, self.cancelled, self.queue_s = time.monotonic(), deadline, False, 0.0
+        self.enqueued, self.deadline, self.cancelled, self.queue_s = time.monotonic(), deadline, False, None
+        self.phases_ns = [0, 0, 0]
 
 
 class _Entry:
@@ -185,7 +188,10 @@ class DynamicBatcher:
                 self._sweep = True
                 self._cond.notify_all()  # a waiting instance drops the rows now, freeing their queue places
 
-    def _deliver(self, entries: list[_Entry], results: list, now: float) -> None:
+    def _deliver(self, entries: list[_Entry], results: list, now: float, phases_ns: list[int] | None = None) -> None:
+        if phases_ns is not None:  # the batch's time is charged to each request in it, as Triton counts it
+            for job in {id(e.job): e.job for e in entries}.values():
+                job.phases_ns = [a + b for a, b in zip(job.phases_ns, phases_ns)]
         for entry, result in zip(entries, results):
             job = entry.job
             if job.future.done():
@@ -198,7 +204,7 @@ class DynamicBatcher:
             job.remaining -= 1
             if job.remaining == 0:
                 job.future.set_result(_assemble(job.results))
-                self.metrics.succeeded(now - job.enqueued, job.queue_s)
+                self.metrics.succeeded(now - job.enqueued, job.queue_s or 0.0)
         self.metrics.pending.set(self._size)
 
     async def close(self) -> None:
@@ -217,25 +223,26 @@ class DynamicBatcher:
     def _execute(self, batch: list[_Entry]) -> None:
         started = time.monotonic()
         for entry in batch:
-            entry.job.queue_s = max(entry.job.queue_s, started - entry.job.enqueued)
-        pieces = [e.piece for e in batch]
+            if entry.job.queue_s is None:  # its first rows to run: the request's time in the queue ends here
+                entry.job.queue_s = started - entry.job.enqueued
+        pieces, phases_ns = [e.piece for e in batch], [0, 0, 0]
         try:
-            results = self.operation.run(pieces)
+            results = self.operation.run(pieces, phases_ns)
         except Exception as e:
-            results = self._one_by_one(pieces) if len(pieces) > 1 else [e]
+            results = self._one_by_one(pieces, phases_ns) if len(pieces) > 1 else [e]
         done = time.monotonic()
         rows = sum(p.rows for p in pieces)
-        self.metrics.executed(rows, done - started)
+        self.metrics.executed(rows, done - started, tuple(phases_ns))
         for result in results:
             if isinstance(result, BaseException):
                 self.metrics.failed("BACKEND")
-        self._loop.call_soon_threadsafe(self._deliver, batch, results, done)
+        self._loop.call_soon_threadsafe(self._deliver, batch, results, done, phases_ns)
 
-    def _one_by_one(self, pieces: list[Piece]) -> list:
+    def _one_by_one(self, pieces: list[Piece], phases_ns: list[int]) -> list:
         results = []
         for piece in pieces:
             try:
-                results.append(self.operation.run([piece])[0])
+                results.append(self.operation.run([piece], phases_ns)[0])
             except Exception as e:
                 results.append(e)
         return results
@@ -263,10 +270,13 @@ class DynamicBatcher:
             yield from queue
 
     def _choose(self, now: float) -> tuple[int, float]:
-        """(entries to send now, 0) or (0, seconds to wait for a better batch)."""
-        policy, rows, count, best, blocked = self.policy, 0, 0, 0, False
+        """(entries to send now, 0) or (0, seconds to wait for a better batch). A batch holds rows of one shape
+        (Triton's semantics for ragged shapes): a queued request of another shape ends it, as one that does not fit
+        does."""
+        policy, rows, count, best, blocked, shape = self.policy, 0, 0, 0, False, None
         for entry in self._entries():
-            if rows + entry.piece.rows > policy.max_batch_size:
+            shape = entry.piece.shape if shape is None else shape
+            if rows + entry.piece.rows > policy.max_batch_size or entry.piece.shape != shape:
                 blocked = True
                 break
             rows += entry.piece.rows

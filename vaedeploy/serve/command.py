@@ -68,6 +68,9 @@ def add_serve_arguments(parser) -> None:
                         help="the name each bundle is served as, in order (default: its directory's name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=tcp_port, default=8000, help="port (default 8000; 0: any free port)")
+    parser.add_argument("--grpc-port", type=tcp_port, default=None,
+                        help="also serve the V2 gRPC service (Triton's GRPCInferenceService) on this port of the same "
+                             "host (default: HTTP only; 0: any free port)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torch"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
@@ -112,7 +115,8 @@ def serve(args) -> int:
         for _, runtime in loaded:
             runtime.close()
         raise
-    run(server, args.host, args.port, args.shutdown_timeout, args.keep_alive_timeout, args.header_timeout)
+    run(server, args.host, args.port, args.shutdown_timeout, args.keep_alive_timeout, args.header_timeout,
+        args.grpc_port)
     return 0
 
 

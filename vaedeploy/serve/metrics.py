@@ -12,6 +12,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .statistics import ModelStatistics
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 LABELS = ("model", "version")
 
@@ -54,9 +56,11 @@ class Metrics:
 
 
 class ModelMetrics:
-    """One model's labelled children, resolved once (a label lookup per call costs more than the increment)."""
+    """One model's labelled children, resolved once (a label lookup per call costs more than the increment), and its
+    statistics extension's counts (``statistics``), fed by the same reports."""
 
     def __init__(self, metrics: Metrics, name: str):
+        self.statistics = ModelStatistics(name)
         labels = (name, "1")
         self.success, self.count = metrics.success.labels(*labels), metrics.count.labels(*labels)
         self.exec_count, self.request_us = metrics.exec_count.labels(*labels), metrics.request_us.labels(*labels)
@@ -68,11 +72,14 @@ class ModelMetrics:
         """A failed request; ``reason`` as Triton's label: REJECTED (queue full, timeout), CANCELED, BACKEND, OTHER."""
         self._failure.labels(*self._labels, reason).inc()
 
-    def executed(self, rows: int, compute_s: float) -> None:
+    def executed(self, rows: int, compute_s: float, phases_ns: tuple[int, int, int] = (0, 0, 0)) -> None:
+        """One execution of ``rows`` rows that took ``compute_s`` seconds, ``phases_ns`` of it in each of
+        ``statistics.PHASES``."""
         self.exec_count.inc()
         self.count.inc(rows)
         self.batch_size.observe(rows)
         self.compute_us.inc(compute_s * 1e6)
+        self.statistics.executed(rows, phases_ns)
 
     def succeeded(self, total_s: float, queue_s: float) -> None:
         self.success.inc()

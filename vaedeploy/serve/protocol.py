@@ -159,26 +159,30 @@ def _json_tensor(data, dtype: np.dtype, shape: tuple, where: str) -> np.ndarray:
                             "FP32 and the integer types")
     if not isinstance(data, list):
         raise ProtocolError(f"{where}.data: expected a list of {math.prod(shape)} values, got {_show(data)}")
-    # the numbers as JSON gave them, checked before the cast, which would truncate 1.9 into an integer and overflow
-    # 1e39 into an FP32 Inf
+    return values_tensor(data, dtype, shape, f"{where}.data")
+
+
+def values_tensor(data: list, dtype: np.dtype, shape: tuple, where: str) -> np.ndarray:
+    """A tensor of ``dtype`` and ``shape`` from a flat list of numbers (a request's JSON data, or gRPC's typed
+    contents), every number checked against the datatype's range before the cast, which would truncate 1.9 into an
+    integer and overflow 1e39 into an FP32 Inf."""
     try:
         values = np.asarray(data)
     except ValueError:
-        raise ProtocolError(f"{where}.data: expected a flat list of {math.prod(shape)} values, got lists of "
-                            "uneven lengths") from None
+        raise ProtocolError(f"{where}: expected a flat list of {math.prod(shape)} values, got lists of uneven "
+                            "lengths") from None
     if values.size != math.prod(shape):
-        raise ProtocolError(f"{where}.data: expected {math.prod(shape)} values for shape {list(shape)}, got "
-                            f"{values.size}")
+        raise ProtocolError(f"{where}: expected {math.prod(shape)} values for shape {list(shape)}, got {values.size}")
     if dtype.kind == "b":
-        if values.dtype.kind != "b":
-            raise ProtocolError(f"{where}.data: expected true or false for BOOL, got values that are not")
-        return values.reshape(shape)
+        if values.size and values.dtype.kind != "b":
+            raise ProtocolError(f"{where}: expected true or false for BOOL, got values that are not")
+        return values.astype(dtype, copy=False).reshape(shape)
     limit = datatype_limit(dtype)
     if values.dtype.kind not in "iuf":  # strings, nulls, booleans, integers past int64: the first is named
         for value in values.ravel().tolist():
-            check(f"{where}.data", value, limit)
+            check(where, value, limit)
         values = values.astype(np.float64)
-    check(f"{where}.data", values, limit)
+    check(where, values, limit)
     return values.astype(dtype, copy=False).reshape(shape)
 
 
