@@ -59,7 +59,7 @@ def older_bundle(directory: Path) -> set[str] | None:
 
 
 BUNDLE = owned.Kind(tool="export", what="a vaedeploy bundle", noun="bundle", error=BundleError, legacy=older_bundle,
-                    nested=("build",))
+                    nested=("build", "calibrate"))  # its engine cache, and auto's calibration folder
 
 
 def _damaged(out: Path) -> bool:

@@ -21,7 +21,7 @@ LAYERS = [
 ]
 RUNTIME_USERS = 6  # the lowest layer that may import the runtime
 ROOT_PACKAGE = "vaedeploy"  # its one import, of the runtime, happens when a user asks for vaedeploy.load
-RUNTIME_MAY_IMPORT = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.bundle", "vaedeploy.kernels")
+RUNTIME_MAY_IMPORT = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.owned", "vaedeploy.bundle", "vaedeploy.kernels")
 TORCH_RUNNER = "vaedeploy.runtime.backends.torch"  # the one runtime module that may import torch and the models
 FORBIDDEN = {"vaedeploy.models": ("vaedeploy.plots",)}  # a model never draws
 TORCH_FREE = ("vaedeploy.errors", "vaedeploy.io", "vaedeploy.owned", "vaedeploy.bundle", "vaedeploy.kernels.numpy_ops",

@@ -7,6 +7,7 @@ from ..bundle import load_bundle
 from ..errors import ConfigError
 from .backends import resolve
 from .base import Runtime
+from .calibrate import choose
 from .latents import runtime_class
 
 WARMUPS = ("lazy", "all")
@@ -20,8 +21,10 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
     Args:
         bundle: the directory ``vaedeploy export`` wrote.
         backend: ``auto``, ``onnxruntime``, ``torch``, ``openvino`` (CPU) or ``tensorrt``. ``auto`` takes, on the CPU,
-            onnxruntime, then torch; on CUDA, TensorRT where ``vaedeploy build`` made engines for this GPU and
-            TensorRT, then torch (one CUDA graph per bucket around the whole call), then onnxruntime-gpu;
+            the backend measured fastest on this bundle (``calibrate.py``: a short timing of the installed ones at
+            load, cached in the bundle's calibration/ folder); on CUDA, TensorRT where ``vaedeploy build`` made
+            engines for this GPU and TensorRT, then torch (one CUDA graph per bucket around the whole call), then
+            onnxruntime-gpu;
             ``Runtime.backend_reason`` and ``describe()`` say why.
         device: ``cpu`` or ``cuda[:N]``; CUDA is checked here, so a machine without it fails at load, not in a call.
         precision: ``fp32`` (default) or ``fp16`` when the bundle has half-precision graphs.
@@ -50,7 +53,10 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
 
         require_cuda(device)
     loaded = load_bundle(bundle, verify=verify, graphs=False)  # the graphs are checked below, each file read once
-    name, reason = resolve(backend, device, loaded, precision, engines, buckets)
+    if backend == "auto" and device == "cpu":
+        name, reason = choose(loaded, precision)[:2]
+    else:
+        name, reason = resolve(backend, device, loaded, precision, engines, buckets)
     if verify and name != "onnxruntime":  # this backend runs no ONNX file itself: they are read for the check alone
         loaded.check_graphs()
     if engines is not None and backend not in ("auto", "tensorrt"):

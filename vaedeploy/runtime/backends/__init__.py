@@ -14,11 +14,13 @@ BACKENDS = {
     "openvino": (".openvino", ("openvino",)),  # the CPU only: pip install 'vaedeploy[openvino]'
     "tensorrt": (".tensorrt", ("tensorrt", "tensorrt_rtx")),  # TensorRT 10 or 11, or TensorRT for RTX
 }
-# "auto" takes the first backend in its device's order that can run the bundle there. On the CPU ONNX Runtime is the
-# fastest (docs/runtime.md). On CUDA: TensorRT where the bundle has engines built for this GPU and TensorRT, then
-# torch, whose modules run inside one CUDA graph per bucket with the noise kernels, then onnxruntime-gpu, whose graphs
-# cover each session alone.
-AUTO_ORDER = ("onnxruntime", "torch")
+# "auto" on the CPU is measured, not guessed: ``runtime/calibrate.py`` times the installed backends of CPU_ORDER on
+# the bundle's decoder and keeps the fastest (the first, the torch-free core, unless another is clearly faster). On
+# CUDA it takes, in order: TensorRT where the bundle has engines built for this GPU and TensorRT, then torch, whose
+# modules run inside one CUDA graph per bucket with the noise kernels, then onnxruntime-gpu, whose graphs cover each
+# session alone.
+CPU_ORDER = ("onnxruntime", "openvino", "torch")
+AUTO_ORDER = ("onnxruntime", "torch")  # what `vaedeploy bench` measures when no backend is named
 CUDA_AUTO_ORDER = ("tensorrt", "torch", "onnxruntime")
 WHY_ON_CUDA = {
     "tensorrt": "TensorRT engines per bucket",
@@ -44,16 +46,9 @@ def facts(bundle) -> dict[str, bool]:
 
 
 def auto(device: str, known: dict) -> tuple[str, str]:
-    """The backend ``auto`` picks on ``device`` given ``facts`` (on CUDA with ``tensorrt_engines``: whether TensorRT
-    has engines to run here, and the sentence saying so), and the sentence saying why."""
+    """The backend ``auto`` picks on CUDA given ``facts`` (with ``tensorrt_engines``: whether TensorRT has engines to
+    run here, and the sentence saying so), and the sentence saying why. (On the CPU ``resolve`` measures instead.)"""
     skipped = []
-    if device == "cpu":
-        for name in AUTO_ORDER:
-            if known.get(name):
-                return name, f"auto on the CPU: {name}" + (f" ({'; '.join(skipped)})" if skipped else
-                                                           ", the fastest there")
-            skipped.append(f"{name} is not installed")
-        raise MissingDependency(f"no backend is installed; install one of {list(AUTO_ORDER)}")
     engines, engines_why = known.get("tensorrt_engines", (False, "its engines were not checked"))
     for name in CUDA_AUTO_ORDER:
         if not known.get(name):
@@ -74,15 +69,19 @@ def resolve(backend: str, device: str, bundle, precision: str = "fp32", engines=
             buckets=None) -> tuple[str, str]:
     """The backend that runs (``auto`` resolved for ``device``) and why: ``asked for``, or ``auto``'s sentence.
 
+    ``auto`` on the CPU is not resolved here but measured (``calibrate.choose``, which ``load`` calls).
     ``auto`` on CUDA takes TensorRT only where every graph has an engine for this GPU and TensorRT in ``engines``
     (default: the bundle's engines/) reaching the runtime's largest bucket (``buckets``); it never builds one."""
     if backend == "auto":
+        if device == "cpu":
+            raise ConfigError("backend 'auto' on the CPU is measured on the bundle: resolve it with "
+                              "runtime.calibrate.choose")
         known = facts(bundle)
         if device != "cpu" and known["tensorrt"]:
             from .tensorrt import usable
 
             known["tensorrt_engines"] = usable(bundle, precision, device, engines, buckets)
-        return auto("cpu" if device == "cpu" else "cuda", known)
+        return auto("cuda", known)
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
     if not installed(backend):
