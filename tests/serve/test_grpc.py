@@ -62,7 +62,7 @@ def sample(stub, seed=0) -> np.ndarray:
 
 BAD = [
     # (request, status code, words the message must contain)
-    (request(shape=(1, 1, 8, 7), raw=b"\0" * 224), "INVALID_ARGUMENT", "expected shape [N, 1, 8, 8]"),
+    (request(shape=(1, 1, 8, 7), raw=b"\0" * 224), "INVALID_ARGUMENT", "expected shape N×1×8×8, got 1×1×8×7"),
     (request(datatype="INT32", int_contents=[1] * 64), "INVALID_ARGUMENT", "expected datatype FP32"),
     (request(fp32_contents=[float("nan")] + [0.5] * 63), "INVALID_ARGUMENT", "got NaN or Inf"),
     (request(fp32_contents=[0.5] * 63), "INVALID_ARGUMENT", "expected 64 values"),

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from vaedeploy.runtime.base import MAX_TEMPERATURE
 from vaedeploy.runtime.operations import SAMPLING
 from vaedeploy.serve.models import MAX_WAIT_US, PARAMETERS, Operation, Piece, TensorSpec
-from vaedeploy.serve.protocol import Limit, ProtocolError, check, parse_request
+from vaedeploy.serve.protocol import ProtocolError, bounds, check, parse_request
 
 TIMEOUT = 30  # seconds, every client call
 KEEP_ALIVE_S, HEADER_S = 0.5, 1.0  # the test server's --keep-alive-timeout and --header-timeout
@@ -153,7 +153,7 @@ def test_the_checker_refuses_what_the_table_says_and_names_the_option():
     with pytest.raises(ProtocolError, match="got NaN or Inf"):
         check("input 'x'", np.array([1.0, np.inf], np.float32), PARAMETERS["temperature"])
     with pytest.raises(ProtocolError, match="input 'codes': expected integers from 0 to 15, got values from 0 to 16"):
-        check("input 'codes'", np.array([0, 16]), Limit(True, 0, 15))
+        check("input 'codes'", np.array([0, 16]), bounds("codes", True, 0, 15))
 
 
 # ---- no NaN or Inf in an answer --------------------------------------------------------------------------------

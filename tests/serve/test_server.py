@@ -197,7 +197,7 @@ def x_spec(shape, datatype="FP32", data=None):
 
 BAD = [
     # (path's model, body, headers, status, words the error must contain)
-    ("vae.encode", infer_body([x_spec([1, 1, 8, 7])]), {}, 400, "expected shape [N, 1, 8, 8]"),
+    ("vae.encode", infer_body([x_spec([1, 1, 8, 7])]), {}, 400, "expected shape N×1×8×8, got 1×1×8×7"),
     ("vae.encode", infer_body([x_spec([1, 1, 8, 8], "INT32", [1] * 64)]), {}, 400, "expected datatype FP32"),
     ("vae.encode", b'{"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [NaN'
                    + b', 0.5' * 63 + b']}]}', {}, 400, "got NaN or Inf"),

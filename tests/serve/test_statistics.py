@@ -35,7 +35,7 @@ def test_counts_are_exact_and_durations_add_up_over_both_protocols(serve, export
     for module, c in ((triton, http), (triton_grpc, grpc)):
         bad = module.InferInput("x", [1, 1, 8, 8], "FP32")
         bad.set_data_from_numpy(np.full((1, 1, 8, 8), np.nan, np.float32))
-        with pytest.raises(InferenceServerException, match="NaN or Inf"):
+        with pytest.raises(InferenceServerException, match="expected finite values in \\[0, 1\\].*got NaN"):
             c.infer("vae.encode", [bad])
     with pytest.raises(InferenceServerException, match="unknown request parameter"):
         http.infer("vae.sample", [], parameters={"seeds": 1})
@@ -80,3 +80,18 @@ def test_an_unknown_model_has_no_statistics(serve, exported):
     assert status == 404 and "unknown model 'nope'" in json.loads(body)["error"]
     status, body = get(server, "/v2/models/vae.sample/versions/2/stats")
     assert status == 404 and "no version '2'" in json.loads(body)["error"]
+
+
+def test_an_image_the_runtime_would_refuse_is_refused_before_it_takes_a_batch_slot(serve, exported):
+    # the runtime's own check (arrays.take with the bundle's input range) runs at the edge, in both front ends
+    server = serve([exported("vae")[1]], "--name", "vae", "--grpc-port", "0")
+    for module, c in ((triton, triton.InferenceServerClient(server.url, network_timeout=TIMEOUT)),
+                      (triton_grpc, triton_grpc.InferenceServerClient(server.grpc_url))):
+        x = module.InferInput("x", [2, 1, 8, 8], "FP32")
+        x.set_data_from_numpy(np.full((2, 1, 8, 8), 2.0, np.float32))
+        with pytest.raises(InferenceServerException, match=r"input 'x': expected finite values in \[0, 1\] \(the "
+                                                           r"bundle's input.range\), got values in \[2.0, 2.0\]"):
+            c.infer("vae.reconstruct", [x])
+    (reconstruct,) = stats(server, "vae.reconstruct")
+    assert reconstruct["execution_count"] == 0 and reconstruct["inference_stats"]["fail"]["count"] == 2
+    assert reconstruct["inference_stats"]["queue"]["count"] == 0

@@ -28,7 +28,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from .. import __version__
 from ..errors import ConfigError
-from .protocol import DATATYPES, DTYPE_NAMES, INT64_MAX, Limit, ProtocolError, check, values_tensor
+from .protocol import DATATYPES, DIM, DTYPE_NAMES, ProtocolError, check, values_tensor
 
 # Triton's gRPC status for each HTTP status this server answers with
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
@@ -39,7 +39,6 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
             "FP64": "fp64_contents"}
-DIM = Limit(True, 0, INT64_MAX)
 
 
 # ---- the messages of an infer call --------------------------------------------------------------------------------

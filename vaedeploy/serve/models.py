@@ -20,8 +20,10 @@ noise of their own call: a request with seed s and first stream row o (``offset`
 ``Runtime.sample(n, seed=s, offset=o)`` whatever else shares the batch (equal to about 1e-7: BLAS picks kernels by
 batch size). Without a seed the server draws one per request.
 
-Every number of a request is checked before it is queued, by ``protocol.check`` against this module's table: each
-request parameter's type and range (``PARAMETERS``) and each input's (``TensorSpec.limit``). An output with NaN or
+Every number of a request is checked before it is queued: each request parameter against the runtime's table
+(``PARAMETERS``: the operation table's ``Parameter`` entries, plus the schedule policy's) by ``protocol.check``, each
+float input by the runtime's own array check (``arrays.take``, with the bundle's input range for images), integer
+inputs (codes) against their range. An output with NaN or
 Inf (a finite input far outside what the model was trained on) is refused with a sentence naming what came in.
 """
 from __future__ import annotations
@@ -32,11 +34,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..runtime.arrays import shape_text
+from ..runtime.arrays import FINITE, NumpyArrays, Values, shape_text
+from ..runtime.base import input_values
 from ..runtime.noise import STREAM_LIMIT  # the runtime's bound on seeds and stream rows: 2**63
-from ..runtime.operations import MAX_SAMPLE, Run, Tensor, operations_of
+from ..runtime.operations import MAX_SAMPLE, Parameter, Run, Tensor, operations_of
 from ..runtime.operations import PARAMETERS as RUNTIME_PARAMETERS
-from .protocol import DATATYPES, DTYPE_NAMES, FINITE, INT64_MAX, Limit, ProtocolError, check, finite
+from .protocol import DATATYPES, DTYPE_NAMES, INT64_MAX, ProtocolError, bounds, check, finite
 
 SCHEDULE_PARAMETERS = ("priority", "timeout")  # Triton's schedule-policy parameters, read by the batcher
 # The longest queueing time a request or the batching options may name, µs (an hour): threading's waits overflow
@@ -46,21 +49,23 @@ MAX_WAIT_US = 3_600_000_000
 # operations' own from the runtime's table; n's upper bound is set per server (--max-sample); the schedule policy's,
 # priority's by the batcher's levels.
 PARAMETERS = {
-    **{name: Limit(p.integral, p.low, p.high, p.option) for name, p in RUNTIME_PARAMETERS.items()},
-    "priority": Limit(True, 0, INT64_MAX),
-    "timeout": Limit(True, 0, MAX_WAIT_US),
+    **RUNTIME_PARAMETERS,
+    "priority": Parameter("priority", True, 0, INT64_MAX, 0),
+    "timeout": Parameter("timeout", True, 0, MAX_WAIT_US, 0),
 }
+ARRAYS = NumpyArrays()  # the runtime's own check of an input array (dtype, rows, values), run before queueing
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output of a V2 model: its name, V2 datatype, dims after the batch axis, and the numbers an input
-    may hold."""
+    may hold: the runtime's ``Values`` for floats (an image's range, finite latents), a range for integers (codes)."""
 
     name: str
     datatype: str
     dims: tuple[int, ...]
-    limit: Limit = FINITE
+    values: Values = FINITE
+    limit: Parameter | None = None
 
     def metadata(self) -> dict:
         return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.dims]}
@@ -145,16 +150,20 @@ class Operation:
                      parameters.get("temperature", 1.0))
 
     def _tensor(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+        """The input as the runtime will take it, checked as the runtime checks it (``arrays.take``: shape, rows,
+        values), so a request the runtime would refuse never takes a place in a batch."""
         where = f"{self.name}: input {spec.name!r}"
         floats = spec.datatype == "FP32"
         if array.dtype != DATATYPES[spec.datatype] and not (floats and array.dtype == DATATYPES["FP16"]):
             got = DTYPE_NAMES[array.dtype]
             raise ProtocolError(f"{where}: expected datatype {spec.datatype}{' (or FP16)' if floats else ''}, got "
                                 f"{got}")
+        if floats:
+            return ARRAYS.take(array, spec.dims, where, spec.values)[0]
         if array.ndim != len(spec.dims) + 1 or tuple(array.shape[1:]) != spec.dims or len(array) == 0:
-            raise ProtocolError(f"{where}: expected shape [N, {', '.join(map(str, spec.dims))}] with N ≥ 1, got "
-                                f"{list(array.shape)}")
-        return check(where, array.astype(np.float32, copy=False) if floats else array, spec.limit)
+            raise ProtocolError(f"{where}: expected shape N×{shape_text(spec.dims)} with N ≥ 1, got "
+                                f"{shape_text(array.shape)}")
+        return check(where, array, spec.limit)
 
     def _refusal(self, piece: Piece, outputs: tuple) -> ProtocolError | None:
         """A 400 when the model produced NaN or Inf for this request (a finite input far outside the data it was
@@ -216,15 +225,21 @@ class Operation:
 
 # ---- the operations of a bundle, from the runtime's table ------------------------------------------------------
 
-def _spec(tensor: Tensor) -> TensorSpec:
-    limit = FINITE if tensor.low is None else Limit(True, tensor.low, tensor.high)
-    return TensorSpec(tensor.name, tensor.datatype, tuple(tensor.dims), limit)
+def _spec(tensor: Tensor, images: Values) -> TensorSpec:
+    """A tensor of the table as the server checks it: an image (``x``) against the bundle's input range, other
+    floats finite, integers in their range."""
+    if tensor.low is not None:
+        return TensorSpec(tensor.name, tensor.datatype, tuple(tensor.dims),
+                          limit=bounds(tensor.name, True, tensor.low, tensor.high))
+    return TensorSpec(tensor.name, tensor.datatype, tuple(tensor.dims), images if tensor.name == "x" else FINITE)
 
 
 def operations(name: str, runtime, max_sample: int = MAX_SAMPLE) -> list[Operation]:
     """The V2 models of a runtime served as ``name``, in the table's order (``runtime.operations``)."""
-    return [Operation(f"{name}.{op.name}", runtime, [_spec(t) for t in op.inputs], [_spec(t) for t in op.outputs],
-                      op.parameters, op.run, max_sample) for op in operations_of(runtime).values()]
+    images = input_values(runtime.bundle)
+    return [Operation(f"{name}.{op.name}", runtime, [_spec(t, images) for t in op.inputs],
+                      [_spec(t, images) for t in op.outputs], op.parameters, op.run, max_sample)
+            for op in operations_of(runtime).values()]
 
 
 def describe(operation: Operation) -> str:

@@ -11,10 +11,11 @@ follow in input order, little-endian and row-major. An output is written as bina
 default), else as a flat JSON list. FP16 travels only as binary, as in Triton. Every malformed request, and every
 malformed response a client reads, is a ``ProtocolError`` naming what was expected and what came.
 
-Every number a request carries is checked by one function, ``check``, against a ``Limit`` (integral or not, and a
-range): here a shape's dims, and the JSON data of a tensor against its datatype's range before the cast (so ``1.9``
-is not truncated into an INT64 and ``1e39`` does not overflow into an FP32 Inf); in ``models.py`` every request
-parameter and input against the model's table. A response is strict JSON: it never holds a NaN or Inf token.
+Every number a request carries is checked by one function, ``check``, against a range of the runtime's one type for
+them, ``runtime.operations.Parameter`` (integral or not, low, high): here a shape's dims, and the JSON data of a tensor
+against its datatype's range before the cast (so ``1.9`` is not truncated into an INT64 and ``1e39`` does not overflow
+into an FP32 Inf); in ``models.py`` every request parameter against the operation table and integer inputs against
+their range. A response is strict JSON: it never holds a NaN or Inf token.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from ..runtime.operations import DATATYPES, DTYPE_NAMES  # the wire's types: one map
+from ..runtime.operations import DATATYPES, DTYPE_NAMES, Parameter  # the wire's types: one map; ranges: one type
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_BODY_BYTES = 64 << 20  # the default largest request body (`vaedeploy serve --max-body-bytes`)
@@ -42,33 +43,32 @@ class ProtocolError(InputError):
         self.status, self.headers = status, headers or {}
 
 
-@dataclass(frozen=True)
-class Limit:
-    """The numbers a request value may hold: integers (``integral``; an integral float such as ``2.0`` counts) or
-    finite numbers, from ``low`` to ``high`` inclusive (infinite bounds: finite numbers, nothing more);
-    ``option`` names the server option that sets a bound, for the message."""
-
-    integral: bool
-    low: float
-    high: float
-    option: str = ""
-
-    def expected(self, plural: bool = False) -> str:
-        kind = ("integers" if plural else "an integer") if self.integral else \
-            ("finite numbers" if plural else "a finite number")
-        bounds = "" if math.isinf(self.low) and math.isinf(self.high) else \
-            f" from {_number(self.low)} to {_number(self.high)}"
-        return kind + bounds + (f" (the server's {self.option})" if self.option else "")
+def expected(limit: Parameter, plural: bool = False) -> str:
+    """What a value checked against ``limit`` must be, as a message says it: integers (``integral``; an integral float
+    such as ``2.0`` counts) or finite numbers, from ``low`` to ``high`` inclusive (infinite bounds: finite numbers,
+    nothing more), and the server option that sets a bound, if one does."""
+    kind = ("integers" if plural else "an integer") if limit.integral else \
+        ("finite numbers" if plural else "a finite number")
+    bounds = "" if math.isinf(limit.low) and math.isinf(limit.high) else \
+        f" from {_number(limit.low)} to {_number(limit.high)}"
+    return kind + bounds + (f" (the server's {limit.option})" if limit.option else "")
 
 
-FINITE = Limit(False, -math.inf, math.inf)
+def bounds(name: str, integral: bool, low: float, high: float) -> Parameter:
+    """A range a request value is checked against that is no request parameter of the table (a shape's dims, a
+    datatype's numbers, a code's range): the table's ``Parameter``, without a default."""
+    return Parameter(name, integral, low, high, None)
 
 
-def datatype_limit(dtype: np.dtype) -> Limit:
+FINITE = bounds("finite", False, -math.inf, math.inf)
+DIM = bounds("dim", True, 0, INT64_MAX)  # a shape's dims: Triton's are int64
+
+
+def datatype_limit(dtype: np.dtype) -> Parameter:
     """The numbers a tensor of this datatype holds (its JSON data is checked against it before the cast)."""
     if dtype.kind == "f":
-        return Limit(False, -float(np.finfo(dtype).max), float(np.finfo(dtype).max))
-    return Limit(True, int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+        return bounds(dtype.name, False, -float(np.finfo(dtype).max), float(np.finfo(dtype).max))
+    return bounds(dtype.name, True, int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
 
 
 def _number(value) -> str:
@@ -90,7 +90,7 @@ def finite(array: np.ndarray) -> bool:
     return bool(np.isfinite(np.vdot(array, array))) or bool(np.isfinite(array).all())
 
 
-def check(where: str, value, limit: Limit):
+def check(where: str, value, limit: Parameter):
     """``value`` (a number from JSON, or a numpy array) if every number in it is what ``limit`` allows, as an ``int``
     where integral, a ``float`` otherwise, an array as it came; else a ``ProtocolError`` naming ``where``, what was
     expected and what came."""
@@ -99,27 +99,27 @@ def check(where: str, value, limit: Limit):
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if is_number and _allowed(value, limit):
         return int(value) if limit.integral else float(value)
-    raise ProtocolError(f"{where}: expected {limit.expected()}, got {_number(value) if is_number else _show(value)}")
+    raise ProtocolError(f"{where}: expected {expected(limit)}, got {_number(value) if is_number else _show(value)}")
 
 
-def _allowed(value: int | float, limit: Limit) -> bool:
+def _allowed(value: int | float, limit: Parameter) -> bool:
     if isinstance(value, float) and not (math.isfinite(value) and (value.is_integer() or not limit.integral)):
         return False
     # Python compares an int with a float exactly, so an integer of 400 digits is compared, never converted
     return limit.low <= value <= limit.high and (limit.integral or abs(value) <= sys.float_info.max)
 
 
-def _check_array(where: str, array: np.ndarray, limit: Limit) -> np.ndarray:
+def _check_array(where: str, array: np.ndarray, limit: Parameter) -> np.ndarray:
     floats = array.dtype.kind == "f"
     if floats and not finite(array):
-        raise ProtocolError(f"{where}: expected {limit.expected(plural=True)}, got NaN or Inf")
+        raise ProtocolError(f"{where}: expected {expected(limit, plural=True)}, got NaN or Inf")
     if limit.integral and floats and (fraction := array != np.trunc(array)).any():
-        raise ProtocolError(f"{where}: expected {limit.expected(plural=True)}, got non-integral values such as "
+        raise ProtocolError(f"{where}: expected {expected(limit, plural=True)}, got non-integral values such as "
                             f"{_number(array[fraction][0])}")
     if array.size and not (math.isinf(limit.low) and math.isinf(limit.high)):
         low, high = array.min().item(), array.max().item()  # Python numbers: compared with the bounds exactly
         if low < limit.low or high > limit.high:
-            raise ProtocolError(f"{where}: expected {limit.expected(plural=True)}, got values from {_number(low)} "
+            raise ProtocolError(f"{where}: expected {expected(limit, plural=True)}, got values from {_number(low)} "
                                 f"to {_number(high)}")
     return array
 
@@ -139,7 +139,7 @@ class InferRequest:
 def _shape(value, where: str) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise ProtocolError(f"{where}.shape: expected a list of non-negative integers, got {_show(value)}")
-    return tuple(check(f"{where}.shape", dim, Limit(True, 0, INT64_MAX)) for dim in value)
+    return tuple(check(f"{where}.shape", dim, DIM) for dim in value)
 
 
 def _show(value) -> str:
