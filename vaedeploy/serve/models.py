@@ -14,7 +14,9 @@ NAME.sample_codes   none (VQ only)                             codes            
 ==================  =========================================  ===================  ==========================
 
 The table is the runtime's (``vaedeploy.runtime.operations``), chosen by the manifest's latent type alone.
-``sample`` exists where the runtime can sample (every latent type but ``deterministic``). A request's rows keep the
+``sample`` exists where the runtime can sample (every latent type but ``deterministic``); its ``n`` may also come as
+a one-element INT64 input tensor ``n``, the request shape ``vaedeploy triton-repo``'s ensembles take, so client code
+moves between the two unchanged. A request's rows keep the
 noise of their own call: a request with seed s and first stream row o (``offset``, default 0) contributes seeds
 [s]*n and offsets o..o+n-1 to the batch it lands in, so its result is ``Runtime.encode(x, seed=s, offset=o)`` or
 ``Runtime.sample(n, seed=s, offset=o)`` whatever else shares the batch (equal to about 1e-7: BLAS picks kernels by
@@ -135,6 +137,9 @@ class Operation:
 
     def piece(self, inputs: dict[str, np.ndarray], parameters: dict) -> Piece:
         """The request's rows as one ``Piece``, every input checked; ``parameters`` are ``checked_parameters``."""
+        if self.samples and "n" in inputs:  # n as a tensor: the request shape a Triton ensemble takes
+            inputs = dict(inputs)
+            parameters = {**parameters, "n": self._rows(inputs.pop("n"), parameters)}
         names = [s.name for s in self.inputs]
         if sorted(inputs) != sorted(names):
             raise ProtocolError(f"{self.name}: expected input(s) {names}, got {sorted(inputs)}")
@@ -148,6 +153,18 @@ class Operation:
             raise ProtocolError(f"parameter offset: rows {offset}..{offset + rows - 1} are past 2**63")
         return Piece(arrays, rows, secrets.randbits(63) if seed is None else seed, offset,
                      parameters.get("temperature", 1.0))
+
+    def _rows(self, array: np.ndarray, parameters: dict) -> int:
+        """A sample's ``n`` given as one INT64 element (shape [1]), as ``vaedeploy triton-repo``'s ensembles take it
+        (Triton refuses an ensemble step without an input tensor; docs/serving.md)."""
+        if array.dtype != DATATYPES["INT64"] or array.shape != (1,):
+            raise ProtocolError(f"{self.name}: input 'n': expected datatype INT64 and shape [1], got "
+                                f"{DTYPE_NAMES[array.dtype]} {list(array.shape)}")
+        n = check(f"{self.name}: input 'n'", int(array[0]), self.limits["n"])
+        if parameters.get("n", n) != n:
+            raise ProtocolError(f"{self.name}: n is {n} as an input and {parameters['n']} as a parameter; expected "
+                                "one of the two")
+        return n
 
     def _tensor(self, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
         """The input as the runtime will take it, checked as the runtime checks it (``arrays.take``: shape, rows,
