@@ -5,6 +5,7 @@ triton_python_backend_utils), answers what the runtime answers.
 """
 import importlib.util
 import json
+import subprocess
 import sys
 import types
 
@@ -17,12 +18,13 @@ from tritonclient.grpc import model_config_pb2
 from vaedeploy import load
 from vaedeploy.bundle import read_graph_signature
 from vaedeploy.cli import main
-from vaedeploy.deploy.triton_repo import OLDER_MARKER, write_repository
+from vaedeploy.deploy.triton_repo import GRAPH_RUNNERS, MODEL_PY, OLDER_MARKER, write_repository
 from vaedeploy.errors import ConfigError
 from vaedeploy.owned import MARKER
 from vaedeploy.serve.app import model_config
 from vaedeploy.serve.batcher import BatchPolicy
 from vaedeploy.serve.models import operations
+from vaedeploy.serve.protocol import ProtocolError
 
 KINDS = ["vae", "ae", "vqvae", "twostage", "vae_conv_bernoulli"]
 POLICY = BatchPolicy(max_batch_size=32, preferred_batch_size=(4, 8), max_queue_delay_microseconds=100,
@@ -41,12 +43,16 @@ def read_repository(root) -> dict:
 
 @pytest.fixture(scope="module")
 def repositories(exported, tmp_path_factory):
+    """(kind, graphs) → (root, configs): each kind's repository with its graphs run by each of GRAPH_RUNNERS."""
     root = tmp_path_factory.mktemp("triton")
     made = {}
     for kind in KINDS:
-        models = write_repository(exported(kind)[1], root / kind, kind, POLICY.model_config())
-        made[kind] = (root / kind, read_repository(root / kind))
-        assert sorted(made[kind][1]) == models
+        for graphs in GRAPH_RUNNERS:
+            out = root / f"{kind}-{graphs}"
+            models = write_repository(exported(kind)[1], out, kind, POLICY.model_config(), graphs)
+            made[kind, graphs] = (out, read_repository(out))
+            assert sorted(made[kind, graphs][1]) == models
+        made[kind] = made[kind, "onnxruntime"]
     return made
 
 
@@ -55,10 +61,12 @@ def dims(tensor) -> list[int]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_graphs_batching_and_ensemble_maps(repositories, kind):
-    root, configs = repositories[kind]
+@pytest.mark.parametrize("graphs", GRAPH_RUNNERS)
+def test_graphs_batching_and_ensemble_maps(repositories, kind, graphs):
+    root, configs = repositories[kind, graphs]
     for name, config in configs.items():
-        if config.platform == "onnxruntime_onnx":
+        if (root / name / "1" / "model.onnx").is_file():
+            assert (config.platform == "onnxruntime_onnx") == (graphs == "onnxruntime"), name
             graph = read_graph_signature(root / name / "1" / "model.onnx")
             for side, specs in (("inputs", config.input), ("outputs", config.output)):
                 assert [(s["name"], s["shape"][1:], s["dtype"]) for s in graph[side]] == \
@@ -69,7 +77,7 @@ def test_graphs_batching_and_ensemble_maps(repositories, kind):
             assert config.dynamic_batching.max_queue_delay_microseconds == 100 and policy.max_queue_size == 7
             assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
         if config.backend == "python":
-            assert (root / name / "1" / "model.py").is_file() and config.instance_group[0].count == 2
+            assert (root / name / "1" / "model.py").read_text() == MODEL_PY and config.instance_group[0].count == 2
         if config.platform != "ensemble":
             continue
         available = {t.name for t in config.input}
@@ -95,9 +103,13 @@ def test_the_ensembles_are_vaedeploy_serves_models(repositories, exported, kind)
     for name in written:
         config, op = configs[name], served[name]
         batch = [-1] if config.max_batch_size else []
-        for specs, tensors in ((op.inputs, config.input), (op.outputs, config.output)):
-            assert [(s.name, f"TYPE_{s.datatype}", [-1, *s.dims]) for s in specs] == \
-                [(t.name, model_config_pb2.DataType.Name(t.data_type), batch + dims(t)) for t in tensors], name
+        # a sample's one input is its rows, n (Triton refuses an ensemble step without an input tensor)
+        inputs = [("n", "TYPE_INT64", [1])] if op.samples else \
+            [(s.name, f"TYPE_{s.datatype}", [-1, *s.dims]) for s in op.inputs]
+        assert inputs == [(t.name, model_config_pb2.DataType.Name(t.data_type), batch + dims(t))
+                          for t in config.input], name
+        assert [(s.name, f"TYPE_{s.datatype}", [-1, *s.dims]) for s in op.outputs] == \
+            [(t.name, model_config_pb2.DataType.Name(t.data_type), batch + dims(t)) for t in config.output], name
         reads = config.parameters["request_parameters"].string_value if "request_parameters" in config.parameters \
             else ""
         assert reads == ",".join(op.parameters), name
@@ -145,12 +157,17 @@ def stand_in_backend_utils() -> types.ModuleType:
 
 
 class Executor:
-    """Runs a repository's ensembles as Triton would: each step when its inputs exist, in the config's order."""
+    """Runs a repository's ensembles as Triton would: each step when its inputs exist, in the config's order; the
+    written model.py under the stand-in for Triton's module (triton_step imported afresh under it)."""
 
     def __init__(self, root, configs, monkeypatch):
         self.root, self.configs, self.models = root, configs, {}
         self.pb = stand_in_backend_utils()
         monkeypatch.setitem(sys.modules, "triton_python_backend_utils", self.pb)
+        monkeypatch.delitem(sys.modules, "vaedeploy.deploy.triton_step", raising=False)
+        step = importlib.import_module("vaedeploy.deploy.triton_step")
+        # numpy 2 is what Triton 2.51's own tensor code misreads; the stand-in hands numpy arrays over as they are
+        monkeypatch.setattr(step, "check_environment", lambda: None)
 
     def model(self, name):
         if name not in self.models:
@@ -162,17 +179,25 @@ class Executor:
                 module = importlib.util.module_from_spec(spec)
                 spec.loader.exec_module(module)
                 step = module.TritonPythonModel()
-                step.initialize({"model_config": json_format.MessageToJson(config, preserving_proto_field_name=True)})
+                step.initialize({"model_config": json_format.MessageToJson(config, preserving_proto_field_name=True),
+                                 "model_repository": str(self.root / name), "model_version": "1"})
                 self.models[name] = step
         return self.models[name]
 
     def run_model(self, name, feed: dict, parameters: dict) -> dict:
+        [outputs] = self.run_requests(name, [(feed, parameters)])
+        return outputs
+
+    def run_requests(self, name, requests: list[tuple[dict, dict]]) -> list[dict]:
+        """Each request's outputs from one execution of the model (as Triton's dynamic batcher hands them over)."""
         model = self.model(name)
         if isinstance(model, ort.InferenceSession):
-            return dict(zip([o.name for o in model.get_outputs()], model.run(None, feed)))
-        [response] = model.execute([self.pb.InferenceRequest(feed, parameters)])
-        assert response.error is None, response.error.message()
-        return {t.name(): t.as_numpy() for t in response.output_tensors}
+            return [dict(zip([o.name for o in model.get_outputs()], model.run(None, feed))) for feed, _ in requests]
+        responses = model.execute([self.pb.InferenceRequest(feed, parameters) for feed, parameters in requests])
+        assert len(responses) == len(requests)
+        for response in responses:
+            assert response.error is None, response.error.message()
+        return [{t.name(): t.as_numpy() for t in response.output_tensors} for response in responses]
 
     def infer(self, name, inputs: dict, parameters: dict) -> dict:
         config, tensors = self.configs[name], dict(inputs)
@@ -183,8 +208,9 @@ class Executor:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_ensemble_answers_what_the_runtime_answers(repositories, exported, kind, monkeypatch):
-    root, configs = repositories[kind]
+@pytest.mark.parametrize("graphs", GRAPH_RUNNERS)
+def test_each_ensemble_answers_what_the_runtime_answers(repositories, exported, kind, graphs, monkeypatch):
+    root, configs = repositories[kind, graphs]
     rt, run = load(exported(kind)[1]), Executor(root, configs, monkeypatch)
     x = np.random.default_rng(0).random((3, *rt.input_shape), dtype=np.float32)
     params = run.infer(f"{kind}.encode_params", {"x": x}, {})
@@ -195,9 +221,9 @@ def test_each_ensemble_answers_what_the_runtime_answers(repositories, exported, 
         expected["sample"] = [rt.sample(4, seed=5, temperature=0.7, offset=3)]
     latent = z[1] if isinstance(z, tuple) else z
     expected["decode"] = [rt.decode(latent)]
-    inputs = {"encode_params": {"x": x}, "encode": {"x": x}, "sample": {},
+    inputs = {"encode_params": {"x": x}, "encode": {"x": x}, "sample": {"n": np.array([4])},
               "decode": {"z_q" if kind == "vqvae" else "z": latent}}
-    parameters = {"encode": {"seed": 9, "offset": 2}, "sample": {"n": 4, "seed": 5, "temperature": 0.7, "offset": 3}}
+    parameters = {"encode": {"seed": 9, "offset": 2}, "sample": {"seed": 5, "temperature": 0.7, "offset": 3}}
     for operation, want in expected.items():
         got = run.infer(f"{kind}.{operation}", inputs[operation], parameters.get(operation, {}))
         assert len(got) == len(want), operation
@@ -211,11 +237,15 @@ def test_each_ensemble_answers_what_the_runtime_answers(repositories, exported, 
 def test_a_step_answers_a_bad_request_with_its_own_error(repositories, monkeypatch):
     root, configs = repositories["vae"]
     run = Executor(root, configs, monkeypatch)
-    step = run.model("vae.prior_noise")
-    good, bad = run.pb.InferenceRequest({}, {"n": 2, "seed": 1}), run.pb.InferenceRequest({}, {"n": 2, "seed": -1})
-    responses = step.execute([good, bad])
+    step, two = run.model("vae.prior_noise"), {"n": np.array([2])}
+    good, bad = run.pb.InferenceRequest(two, {"seed": 1}), run.pb.InferenceRequest(two, {"seed": -1})
+    twice = run.pb.InferenceRequest(two, {"n": 3})
+    responses = step.execute([good, bad, twice])
     assert responses[0].error is None and responses[0].output_tensors[0].as_numpy().shape == (2, 4)
-    assert "prior_noise" in responses[1].error.message()
+    assert responses[1].error.message() == \
+        "prior_noise: parameter seed: expected an integer from 0 to 9.22337e+18, got -1"
+    assert responses[2].error.message() == \
+        "prior_noise: n is 2 as an input and 3 as a parameter; expected one of the two"
 
 
 def test_serves_config_endpoint_is_a_valid_model_config(exported):
@@ -283,3 +313,51 @@ def test_a_repository_of_an_older_version_is_known_by_its_own_marker(exported, t
     (out / OLDER_MARKER).write_text(json.dumps({"bundle": str(bundle), "name": "vae", "models": models}))
     assert write_repository(bundle, out, "vae", POLICY.model_config()) == models
     assert (out / MARKER).is_file() and not (out / OLDER_MARKER).exists()
+
+
+# ---- the Python steps' environment, the graphs in the Python backend, the sample's n tensor ----------------------
+
+def test_a_step_refuses_numpy_2_naming_the_fix(monkeypatch):
+    """Triton 2.51's Python backend misreads tensors under numpy 2, silently: a step refuses to load there."""
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stand_in_backend_utils())
+    monkeypatch.delitem(sys.modules, "vaedeploy.deploy.triton_step", raising=False)
+    step = importlib.import_module("vaedeploy.deploy.triton_step")
+    with pytest.raises(RuntimeError, match=r"has numpy 2\.1\.0; expected numpy < 2 .* pip install 'numpy<2' into the "
+                                           "environment the model's EXECUTION_ENV_PATH names"):
+        step.check_environment("2.1.0")
+    step.check_environment("1.26.4")
+
+
+def test_a_model_py_without_vaedeploy_says_how_to_install_it(tmp_path):
+    """-S: no site-packages, so no vaedeploy (run from an empty folder, so not from the source tree either)."""
+    (tmp_path / "model.py").write_text(MODEL_PY)
+    done = subprocess.run([sys.executable, "-S", "model.py"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "ImportError: vaedeploy is not importable in Triton's Python environment (No module named 'vaedeploy'); " \
+           "expected it installed there: pip install vaedeploy 'numpy<2' into the environment" in done.stderr
+
+
+def test_python_graphs_run_the_requests_of_a_batch_as_one_call(repositories, exported, monkeypatch):
+    """--graphs python: requests Triton hands over together run as one ONNX Runtime call and come back apart."""
+    root, configs = repositories["vae", "python"]
+    rt, run = load(exported("vae")[1]), Executor(root, configs, monkeypatch)
+    z = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
+    first, second = run.run_requests("vae.decoder", [({"z": z[:2]}, {}), ({"z": z[2:]}, {})])
+    np.testing.assert_allclose(np.concatenate([first["mean"], second["mean"]]), rt.decode(z), rtol=1e-6, atol=1e-6)
+    assert first["mean"].shape == (2, 1, 8, 8) and second["logvar"].shape == (3, 1, 8, 8)
+    rt.close()
+
+
+def test_serve_takes_a_samples_n_as_the_tensor_triton_needs(exported):
+    rt = load(exported("vae")[1])
+    sample = next(op for op in operations("vae", rt) if op.name == "vae.sample")
+    assert sample.piece({"n": np.array([3])}, {"seed": 1}).rows == 3
+    assert sample.piece({}, {"n": 2}).rows == 2  # the request parameter, as before
+    with pytest.raises(ProtocolError, match=r"vae\.sample: n is 3 as an input and 2 as a parameter; expected one of"):
+        sample.piece({"n": np.array([3])}, {"n": 2})
+    with pytest.raises(ProtocolError, match=r"input 'n': expected datatype INT64 and shape \[1\], got INT32 \[1\]"):
+        sample.piece({"n": np.array([3], np.int32)}, {})
+    with pytest.raises(ProtocolError, match=r"input 'n': expected an integer from 1 to 4096 \(the server's "
+                                            r"--max-sample\), got 0"):
+        sample.piece({"n": np.array([0])}, {})
+    rt.close()

@@ -4,19 +4,23 @@ The repository serves the same V2 models as ``vaedeploy serve`` (same names, inp
 parameters), so a client moves from one to the other unchanged (docs/serving.md):
 
 - ``NAME.encoder``, ``NAME.decoder`` (and ``NAME.<prior graph>`` of a two-stage VAE): the bundle's ONNX graphs as
-  ``onnxruntime_onnx`` models, with the dynamic batching of ``vaedeploy serve``'s options;
-- Python-backend steps (``model.py`` over vaedeploy's numpy kernels, so the noise is the runtime's, bit for bit):
-  ``NAME.reparameterize`` (z = mean + exp(logvar/2)·eps), ``NAME.prior_noise`` (z ~ N(0, T²) for ``sample``; no input
-  tensor, the request parameters n, seed, temperature, offset), ``NAME.stage1_noise`` (two-stage), ``NAME.nearest``
-  (VQ's nearest code), ``NAME.image`` (a Bernoulli decoder's logits → mean image);
+  ``onnxruntime_onnx`` models (for GPU servers), or with ``graphs="python"`` (``--graphs python``) as Python-backend
+  models that run them through ONNX Runtime (for Triton servers without the onnxruntime backend), with the dynamic
+  batching of ``vaedeploy serve``'s options;
+- Python-backend steps (``model.py`` imports ``triton_step``, which computes with the runtime's own functions, so
+  the noise is the runtime's, bit for bit): ``NAME.reparameterize`` (z = mean + exp(logvar/2)·eps),
+  ``NAME.prior_noise`` (z ~ N(0, T²) for ``sample``), ``NAME.stage1_noise`` (two-stage), ``NAME.nearest`` (VQ's
+  nearest code), ``NAME.image`` (a Bernoulli decoder's logits → mean image);
 - ensembles with ``vaedeploy serve``'s names chaining them, one per operation of the runtime's table
   (``vaedeploy.runtime.operations``), whose tensors and request parameters they take: ``NAME.encode``,
-  ``NAME.encode_params``, ``NAME.decode``, ``NAME.sample``. Not those ``NOT_ENSEMBLES`` lists: ``NAME.reconstruct``
-  (an ensemble has one tensor per name, so it cannot take ``x`` and give ``x``: decode the ``mean`` of
-  ``encode_params``, or use ``vaedeploy serve``), VQ's ``NAME.decode_codes`` and ``NAME.sample_codes``.
+  ``NAME.encode_params``, ``NAME.decode``, ``NAME.sample``. A sample's rows come as a one-element INT64 tensor ``n``
+  (``SAMPLE_ROWS``), since Triton refuses an ensemble step without an input tensor; ``vaedeploy serve`` takes the
+  same tensor. Not those ``NOT_ENSEMBLES`` lists: ``NAME.reconstruct`` (an ensemble has one tensor per name, so it
+  cannot take ``x`` and give ``x``: decode the ``mean`` of ``encode_params``, or use ``vaedeploy serve``), VQ's
+  ``NAME.decode_codes`` and ``NAME.sample_codes``.
 Triton forwards an ensemble's request parameters to its steps (Triton ≥ 23.10, core PR #261), so a request's seed
-reaches the noise step. The Python steps need ``vaedeploy`` importable in Triton's Python environment (numpy and
-onnxruntime, no torch): ``pip install vaedeploy`` in the container.
+reaches the noise step. The Python steps need ``vaedeploy`` importable in Triton's Python environment (numpy < 2 and
+onnxruntime, no torch); each checks it when it loads, with a message naming the fix.
 
 Written for the latent types ``gaussian`` (with or without a two-stage prior), ``deterministic`` and ``vq`` (not its
 ``sample``: the autoregressive prior runs one graph call per code, which is ``vaedeploy serve``'s job); a
@@ -48,6 +52,9 @@ NOT_ENSEMBLES = {
     "sample_codes": "the autoregressive prior runs one graph call per code: vaedeploy serve's job",
 }
 NOT_ENSEMBLES_OF = {"vq": {"sample": NOT_ENSEMBLES["sample_codes"]}}  # by latent type, besides NOT_ENSEMBLES
+# what runs the bundle's graphs: Triton's onnxruntime backend (GPU servers, the default), or its Python backend
+# through ONNX Runtime (servers built without the onnxruntime backend, such as the one nvidia-pytriton ships)
+GRAPH_RUNNERS = {"onnxruntime": "onnxruntime_onnx models", "python": "Python-backend models over ONNX Runtime"}
 
 
 def ensembles_of(operations: dict[str, Operation], latent_type: str) -> list[str]:
@@ -107,32 +114,44 @@ def _graph_tensors(specs: list[dict]) -> list[dict]:
     return [_tensor(s["name"], DTYPE_NAMES[np.dtype(s["dtype"])], s["shape"][1:]) for s in specs]
 
 
+# A sample's rows, as a tensor: Triton refuses an ensemble step with no input tensor, so `n` comes as one INT64
+# element (vaedeploy serve takes the same tensor, or the request parameter n; docs/serving.md)
+SAMPLE_ROWS = _tensor("n", "INT64", [1])
+
+
 class _Repository:
     """The models of one bundle, as ModelConfig dicts, and the files each needs."""
 
-    def __init__(self, bundle, name: str, batching: dict):
-        self.bundle, self.name, self.batching = bundle, name, batching
+    def __init__(self, bundle, name: str, batching: dict, graphs: str):
+        self.bundle, self.name, self.batching, self.graphs = bundle, name, batching, graphs
         self.operations = operations_of(bundle)
         self.max_batch = int(batching.get("max_batch_size", 64))
         self.configs: dict[str, dict] = {}
         self.files: dict[str, dict[str, bytes | Path]] = {}  # model → {path in its version folder: content}
 
     def graph(self, role: str) -> str:
+        """The model of one of the bundle's graphs: Triton's onnxruntime backend runs it, or with ``graphs`` "python"
+        the Python backend through ONNX Runtime (``triton_step``)."""
         entry = self.bundle.graph(role)
-        model = f"{self.name}.{role}"
-        self.configs[model] = {"name": model, "platform": "onnxruntime_onnx", "max_batch_size": self.max_batch,
-                               "input": _graph_tensors(entry["inputs"]), "output": _graph_tensors(entry["outputs"]),
-                               **{k: v for k, v in self.batching.items() if k != "max_batch_size"}}
-        self.files[model] = {"model.onnx": entry["path"]}
+        inputs, outputs = _graph_tensors(entry["inputs"]), _graph_tensors(entry["outputs"])
+        if self.graphs == "python":
+            model = self.python(role, inputs, outputs, step="graph")
+        else:
+            model = f"{self.name}.{role}"
+            self.configs[model] = {"name": model, "platform": "onnxruntime_onnx", "max_batch_size": self.max_batch,
+                                   "input": inputs, "output": outputs,
+                                   **{k: v for k, v in self.batching.items() if k != "max_batch_size"}}
+            self.files[model] = {}
+        self.files[model]["model.onnx"] = entry["path"]
         return model
 
-    def python(self, step: str, inputs: list[dict], outputs: list[dict], settings: dict | None = None,
-               reads: tuple[str, ...] = (), batching: bool = True) -> str:
-        """A Python-backend step with its ``settings`` (JSON values) and the request parameters it ``reads``; without
-        ``batching`` it takes no batch axis (a sample's noise has no input whose batch Triton could read: each
-        request says its rows in ``n``)."""
-        model = f"{self.name}.{step}"
-        parameters = {k: {"string_value": json.dumps(v)} for k, v in {"step": step, **(settings or {})}.items()}
+    def python(self, part: str, inputs: list[dict], outputs: list[dict], settings: dict | None = None,
+               reads: tuple[str, ...] = (), batching: bool = True, step: str | None = None) -> str:
+        """The Python-backend model ``NAME.part`` running ``step`` of ``triton_step`` (default: the one named
+        ``part``) with its ``settings`` (JSON values) and the request parameters it ``reads``; without ``batching``
+        it takes no batch axis (a sample's noise: each request says its rows in its ``n`` tensor)."""
+        model = f"{self.name}.{part}"
+        parameters = {k: {"string_value": json.dumps(v)} for k, v in {"step": step or part, **(settings or {})}.items()}
         if reads:
             parameters["request_parameters"] = {"string_value": ",".join(reads)}
         config = {"name": model, "backend": "python", "max_batch_size": self.max_batch if batching else 0,
@@ -142,20 +161,21 @@ class _Repository:
         else:
             config["instance_group"] = self.batching.get("instance_group", [{"count": 1, "kind": "KIND_CPU"}])
         self.configs[model] = config
-        self.files[model] = {"model.py": PYTHON_STEP.encode()}
+        self.files[model] = {"model.py": MODEL_PY.encode()}
         return model
 
     def ensemble(self, operation: str, steps: list[tuple]) -> None:
         """The ensemble of one operation of the table, whose tensors and request parameters it takes (named in its
         config as ``vaedeploy serve``'s /config does); ``steps``: (model, {step input: ensemble tensor}, {step output:
-        ensemble tensor}). An operation without inputs (a sample: each request says its rows in ``n``) is not
-        batched."""
+        ensemble tensor}). An operation without inputs (a sample) is not batched and takes its rows as the tensor
+        ``SAMPLE_ROWS``: Triton refuses an ensemble step without an input tensor."""
         op = self.operations[operation]
         batching, reads = bool(op.inputs), op.parameters
         model = f"{self.name}.{operation}"
+        inputs = _table_tensors(op.inputs, batching) if batching else [SAMPLE_ROWS]
         self.configs[model] = {
             "name": model, "platform": "ensemble", "max_batch_size": self.max_batch if batching else 0,
-            "input": _table_tensors(op.inputs, batching), "output": _table_tensors(op.outputs, batching),
+            "input": inputs, "output": _table_tensors(op.outputs, batching),
             "ensemble_scheduling": {"step": [{"model_name": m, "model_version": -1, "input_map": i, "output_map": o}
                                              for m, i, o in steps]}}
         if reads:
@@ -176,16 +196,19 @@ def _image_step(repo: _Repository, decoder: str, source: str, target: str) -> li
             (image, {first: f"{target}_logits"}, {"x": target})]
 
 
-def build(bundle, name: str, batching: dict) -> _Repository:
+def build(bundle, name: str, batching: dict, graphs: str = "onnxruntime") -> _Repository:
     """The models of a loaded bundle served as ``name`` with ``batching`` (``BatchPolicy.model_config``): one
-    ensemble per operation of ``ensembles_of``, over the graphs and Python steps it chains."""
+    ensemble per operation of ``ensembles_of``, over the graphs (run by ``graphs``: one of ``GRAPH_RUNNERS``) and
+    Python steps it chains."""
+    if graphs not in GRAPH_RUNNERS:
+        raise ConfigError(f"graphs: expected one of {', '.join(GRAPH_RUNNERS)}, got {graphs!r}")
     latent = bundle.latent
     kind = latent["type"]
     if kind == "hierarchical":
         raise ConfigError(f"{bundle.root}: triton-repo writes gaussian, deterministic and vq bundles; a hierarchical "
                           "one needs a noise input per layer and a concatenation step that are not written yet: "
                           "serve it with `vaedeploy serve`")
-    repo = _Repository(bundle, name, batching)
+    repo = _Repository(bundle, name, batching, graphs)
     steps = _steps(repo, kind)
     for operation in ensembles_of(repo.operations, kind):
         repo.ensemble(operation, steps[operation])
@@ -220,15 +243,16 @@ def _steps(repo: _Repository, kind: str) -> dict[str, list[tuple]]:
     reads = repo.operations["sample"].parameters
     prior = latent.get("prior")
     if prior is None:
-        draw = repo.python("prior_noise", [], [_tensor("z", "FP32", [-1, d])], {"dim": d}, reads, batching=False)
-        steps["sample"] = [(draw, {}, {"z": "z"}), *_image_step(repo, decoder, "z", "x")]
+        draw = repo.python("prior_noise", [SAMPLE_ROWS], [_tensor("z", "FP32", [-1, d])], {"dim": d}, reads,
+                           batching=False)
+        steps["sample"] = [(draw, {"n": "n"}, {"z": "z"}), *_image_step(repo, decoder, "z", "x")]
         return steps
     u_dim, stage2 = int(prior["dim"]), repo.graph(prior["graph"])
-    draw = repo.python("prior_noise", [], [_tensor("z", "FP32", [-1, u_dim])], {"dim": u_dim}, reads,
+    draw = repo.python("prior_noise", [SAMPLE_ROWS], [_tensor("z", "FP32", [-1, u_dim])], {"dim": u_dim}, reads,
                        batching=False)
     stage1 = repo.python("stage1_noise", [_tensor("mean", "FP32", [d]), _tensor("log_gamma", "FP32", [d])],
                          [_tensor("z", "FP32", [d])], {"base": STAGE1_NOISE_OFFSET}, reads)
-    steps["sample"] = [(draw, {}, {"z": "u"}), (stage2, {"u": "u"}, {"mean": "mean", "log_gamma": "log_gamma"}),
+    steps["sample"] = [(draw, {"n": "n"}, {"z": "u"}), (stage2, {"u": "u"}, {"mean": "mean", "log_gamma": "log_gamma"}),
                        (stage1, {"mean": "mean", "log_gamma": "log_gamma"}, {"z": "z"}),
                        *_image_step(repo, decoder, "z", "x")]
     return steps
@@ -257,7 +281,7 @@ REPOSITORY = owned.Kind(tool="triton-repo", what="a repository written by `vaede
                         noun="repository", error=ConfigError, legacy=older_repository)
 
 
-def write_repository(bundle_dir, out, name: str, batching: dict) -> list[str]:
+def write_repository(bundle_dir, out, name: str, batching: dict, graphs: str = "onnxruntime") -> list[str]:
     """Write the repository of the bundle at ``bundle_dir`` served as ``name`` into ``out``; returns its models.
 
     ``out`` follows vaedeploy's ownership rule (``vaedeploy.owned``): absent, empty, or an earlier output holding
@@ -266,9 +290,10 @@ def write_repository(bundle_dir, out, name: str, batching: dict) -> list[str]:
     Args:
         batching: ``max_batch_size``, ``dynamic_batching`` and ``instance_group`` as Triton's ModelConfig JSON
             fields (``vaedeploy.serve.batcher.BatchPolicy.model_config()`` gives them from serve's options).
+        graphs: what runs the bundle's graphs (``GRAPH_RUNNERS``).
     """
     bundle = load_bundle(bundle_dir)
-    repo = build(bundle, name, batching)
+    repo = build(bundle, name, batching, graphs)
     details = {"bundle": str(Path(bundle_dir).resolve()), "name": name, "models": sorted(repo.configs)}
     with owned.Staging(Path(out), REPOSITORY, details) as staging:
         for model, config in repo.configs.items():
@@ -283,83 +308,15 @@ def write_repository(bundle_dir, out, name: str, batching: dict) -> list[str]:
     return sorted(repo.configs)
 
 
-# ---- the Python-backend step, written as each step's model.py -------------------------------------------------
+# ---- the model.py of every Python-backend model --------------------------------------------------------------------
 
-PYTHON_STEP = '''"""A vaedeploy step for Triton's Python backend, written by `vaedeploy triton-repo`: the noise and
-nearest-code steps of vaedeploy's runtime over its numpy kernels (so a seed gives the noise `vaedeploy serve` gives).
-The step and its settings are this model's config parameters; each request's own parameters (n, seed, temperature,
-offset) come with it, forwarded by the ensemble. Needs `vaedeploy` importable (pip install vaedeploy: numpy and
-onnxruntime).
-"""
-import json
-import secrets
-from pathlib import Path
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-from vaedeploy.kernels import reparameterize_numpy, standard_normal_numpy, vq_nearest_numpy
-
-
-def _parameter(request, name, default):
-    value = json.loads(request.parameters() or "{}").get(name, default)
-    if name == "seed" and value is None:
-        return secrets.randbits(63)
-    return value
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        settings = {k: json.loads(v["string_value"]) for k, v in config.get("parameters", {}).items()
-                    if k != "request_parameters"}
-        self.step, self.settings = settings.pop("step"), settings
-        self.outputs = [o["name"] for o in config["output"]]
-        if self.step == "nearest":
-            self.codebook = np.load(Path(__file__).with_name("codebook.npy"), allow_pickle=False)
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                arrays = getattr(self, "_" + self.step)(request)
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(a)) for n, a in zip(self.outputs, arrays)]))
-            except Exception as e:  # one request's bad parameter is its own error, not the batch's
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"{self.step}: {e}")))
-        return responses
-
-    def _input(self, request, name):
-        return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
-
-    def _reparameterize(self, request):
-        mean, logvar = self._input(request, "mean"), self._input(request, "logvar")
-        seed, offset = _parameter(request, "seed", None), _parameter(request, "offset", 0)
-        return (reparameterize_numpy(mean, logvar, seed, offset * mean.shape[1]),)
-
-    def _prior_noise(self, request):
-        n, d = int(_parameter(request, "n", 1)), self.settings["dim"]
-        seed, offset = _parameter(request, "seed", None), _parameter(request, "offset", 0)
-        t = np.float32(_parameter(request, "temperature", 1.0))
-        return (standard_normal_numpy((n, d), seed, offset * d) * t,)
-
-    def _stage1_noise(self, request):
-        mean, log_gamma = self._input(request, "mean"), self._input(request, "log_gamma")
-        n, d = mean.shape
-        seed, offset = _parameter(request, "seed", None), _parameter(request, "offset", 0)
-        t = np.float32(_parameter(request, "temperature", 1.0))
-        eps = standard_normal_numpy((n, d), seed, self.settings["base"] + offset * d)
-        return (mean + t * np.exp(0.5 * log_gamma) * eps,)
-
-    def _nearest(self, request):
-        z_e = self._input(request, "z_e")
-        n, d, h, w = z_e.shape
-        rows = np.ascontiguousarray(z_e.transpose(0, 2, 3, 1)).reshape(-1, d)
-        index, quantized = vq_nearest_numpy(rows, self.codebook)
-        z_q = quantized.reshape(n, h, w, d).transpose(0, 3, 1, 2)
-        return index.reshape(n, h, w).astype(np.int64), z_q
-
-    def _image(self, request):
-        logits = self._input(request, self.settings["input"])
-        return (np.exp(-np.logaddexp(np.float32(0), -logits)),)
+# The step itself is vaedeploy's (``triton_step``); this file only says how to fix an environment without vaedeploy.
+MODEL_PY = '''"""A step of a Triton repository written by `vaedeploy triton-repo`: vaedeploy.deploy.triton_step runs it,
+with the runtime's own noise, nearest-code and graph functions; this model's config parameters name the step."""
+try:
+    from vaedeploy.deploy.triton_step import TritonPythonModel  # noqa: F401
+except ImportError as error:
+    raise ImportError(f"vaedeploy is not importable in Triton's Python environment ({error}); expected it installed "
+                      "there: pip install vaedeploy 'numpy<2' into the environment the model's EXECUTION_ENV_PATH "
+                      "names, or whose bin/ is first on the server's PATH (docs/serving.md)") from error
 '''

@@ -9,13 +9,10 @@ from pathlib import Path
 
 from ..argtypes import COUNT, POSITIVE, POSITIVE_INT, comma_list, tcp_port
 from ..errors import ConfigError
+from ..runtime.backends import SERVER_SESSION_CONFIG as SESSION_CONFIG  # noqa: F401 - the server's session options
 from .batcher import BatchPolicy
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a bundle's name; its models are NAME.operation
-# ONNX Runtime's intra-op threads spin after each run by default, waiting for the next one: right for one caller
-# timing calls back to back, wrong for a server, whose event loop, other models and clients need those cores between
-# batches (docs/serving.md has the measurements). Sessions run sequentially, so there is no inter-op pool to set.
-SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 
 def add_batching_arguments(parser) -> None:
@@ -125,6 +122,9 @@ def add_triton_repo_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="the model repository to write (absent, empty, or one this "
                                                       "command wrote)")
     parser.add_argument("--name", help="the name the bundle is served as (default: its directory's name)")
+    parser.add_argument("--graphs", choices=["onnxruntime", "python"], default="onnxruntime",
+                        help="what runs the bundle's graphs: Triton's onnxruntime backend (default; GPU servers) or "
+                             "its Python backend through ONNX Runtime (servers without the onnxruntime backend)")
     add_batching_arguments(parser)
 
 
@@ -132,6 +132,6 @@ def triton_repo(args) -> int:
     from ..deploy.triton_repo import write_repository
 
     name = bundle_names([args.bundle], [args.name] if args.name else [])[0]
-    models = write_repository(args.bundle, args.out, name, policy_from_args(args).model_config())
+    models = write_repository(args.bundle, args.out, name, policy_from_args(args).model_config(), args.graphs)
     print(f"wrote a Triton model repository for {args.bundle} to {args.out}: {', '.join(models)}")
     return 0

@@ -22,6 +22,11 @@ BACKENDS = {
 CPU_ORDER = ("onnxruntime", "openvino", "torch")
 AUTO_ORDER = ("onnxruntime", "torch")  # what `vaedeploy bench` measures when no backend is named
 CUDA_AUTO_ORDER = ("tensorrt", "torch", "onnxruntime")
+# ONNX Runtime's intra-op threads spin after each run by default, waiting for the next one: right for one caller
+# timing calls back to back, wrong for a server (vaedeploy serve, a Triton repository's Python-backend graphs), whose
+# event loop, other models and clients need those cores between batches (docs/serving.md has the measurements).
+# Sessions run sequentially, so there is no inter-op pool to set.
+SERVER_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 WHY_ON_CUDA = {
     "tensorrt": "TensorRT engines per bucket",
     "torch": "the whole call in one CUDA graph per bucket",
