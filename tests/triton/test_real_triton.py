@@ -7,7 +7,8 @@ from it the numbers `vaedeploy serve` gives for the same request and seed.
 - the default (``onnxruntime_onnx`` graphs, for GPU servers): loaded too; the one failure allowed is this build's
   missing onnxruntime backend library, for the graph models and the ensembles that need them;
 - every ensemble (encode with a seed and offset, encode_params, decode, sample with n, seed, temperature and offset)
-  answers the same request with what ``vaedeploy serve`` answers, through both clients.
+  answers the same request with what ``vaedeploy serve`` answers, through both clients (and so does vaedeploy serve's
+  own gRPC service).
 Skips where the server cannot be installed (no PyPI, no libpython3.11), with a sentence; fails under CI=true.
 """
 import re
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonserver import Triton, Unavailable, unavailable
+from tritonserver import Triton, Unavailable, free_port, unavailable
 
 from vaedeploy.bundle import load_bundle
 from vaedeploy.deploy.triton_repo import ensembles_of, write_repository
@@ -48,9 +49,11 @@ def triton(exported, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(serve, exported):
-    """vaedeploy serve over the same bundles, with the same batching."""
-    bundles = [exported(kind)[1] for kind in KINDS]
-    return serve(bundles, *(a for kind in KINDS for a in ("--name", kind)), "--max-batch-size", "8")
+    """vaedeploy serve over the same bundles, with the same batching, on HTTP and gRPC: (server, its gRPC address)."""
+    bundles, grpc_port = [exported(kind)[1] for kind in KINDS], free_port()
+    server = serve(bundles, *(a for kind in KINDS for a in ("--name", kind)), "--max-batch-size", "8",
+                   "--grpc-port", grpc_port)
+    return server, f"127.0.0.1:{grpc_port}"
 
 
 def test_the_python_repository_loads_with_no_unavailable_model(triton):
@@ -106,7 +109,9 @@ def infer(client_module, url: str, model: str, inputs: dict, parameters: dict, o
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_ensemble_answers_what_vaedeploy_serve_answers(triton, served, exported, kind):
     """encode with seed and offset, encode_params, decode, sample with n, seed, temperature and offset: Triton over
-    HTTP and gRPC against vaedeploy serve over HTTP, the same request and seed."""
+    HTTP and gRPC, and vaedeploy serve over gRPC, against vaedeploy serve over HTTP, the same request and seed."""
+    server, served_grpc = served
+    others = {("triton", "http"): triton.http, ("triton", "grpc"): triton.grpc, ("vaedeploy", "grpc"): served_grpc}
     bundle = load_bundle(exported(kind)[1])
     table = operations_of(bundle)
     names = ensembles_of(table, bundle.latent["type"])
@@ -114,10 +119,9 @@ def test_every_ensemble_answers_what_vaedeploy_serve_answers(triton, served, exp
     for name in names:
         op = table[name]
         inputs, parameters = request_of(op)
-        want = infer(httpclient, served.url, f"{kind}.{name}", inputs, parameters, op.outputs)
-        for protocol, module in CLIENTS.items():
-            url = triton.http if protocol == "http" else triton.grpc
-            got = infer(module, url, f"{kind}.{name}", inputs, parameters, op.outputs)
+        want = infer(httpclient, server.url, f"{kind}.{name}", inputs, parameters, op.outputs)
+        for (system, protocol), url in others.items():
+            got = infer(CLIENTS[protocol], url, f"{kind}.{name}", inputs, parameters, op.outputs)
             for tensor, a, b in zip(op.outputs, got, want):
-                assert a.dtype == b.dtype and a.shape == b.shape, (kind, name, protocol, tensor.name)
-                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=f"{kind}.{name} {protocol}")
+                assert a.dtype == b.dtype and a.shape == b.shape, (kind, name, system, protocol, tensor.name)
+                np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6, err_msg=f"{kind}.{name} {system} {protocol}")
