@@ -108,10 +108,10 @@ def kinds_server(serve, exported):
                  "--max-body-bytes", str(1 << 20), "--grpc-port", "0")
 
 
-def expected_call(rt, model: str, array, seed):
+def expected_call(rt, model: str, array, seed, offset: int = 0):
     operation = model.split(".")[1]
     if operation == "encode":
-        z = rt.encode(array, seed=seed)
+        z = rt.encode(array, seed=seed, offset=offset)
         return list(z) if isinstance(z, tuple) else [z]
     if operation == "encode_params":
         return list(rt.encode_params(array))
@@ -120,8 +120,8 @@ def expected_call(rt, model: str, array, seed):
     if operation == "reconstruct":
         return [rt.reconstruct(array)]
     if operation == "sample":
-        return [rt.sample(3, seed=seed, temperature=0.8)]
-    return [rt.sample_codes(3, seed=seed, temperature=0.8)]
+        return [rt.sample(3, seed=seed, temperature=0.8, offset=offset)]
+    return [rt.sample_codes(3, seed=seed, temperature=0.8, offset=offset)]
 
 
 def test_every_model_of_every_kind_answers_what_its_runtime_call_gives(kinds_server, exported, protocol):
@@ -149,10 +149,10 @@ def test_every_model_of_every_kind_answers_what_its_runtime_call_gives(kinds_ser
                     rng.standard_normal(shape).astype(np.float32) if spec["name"] != "x" else images(3, 2)
                 inputs.append(array)
             out_names = [o["name"] for o in metadata["outputs"]]
-            expected = expected_call(rt, name, array, 11)
+            seeded = "seed" in config.get("parameters", {}).get("request_parameters", {}).get("string_value", "")
+            expected = expected_call(rt, name, array, 11, offset=5 if seeded else 0)
             for binary in (True, False):
-                params = {"seed": 11} if "seed" in config.get("parameters", {}).get("request_parameters", {}).get(
-                    "string_value", "") else {}
+                params = {"seed": 11, "offset": 5} if seeded else {}
                 if name.endswith(("sample", "sample_codes")):
                     params.update(n=3, temperature=0.8)
                 result = c.infer(name, [tensor(s["name"], a, binary, protocol=protocol)
