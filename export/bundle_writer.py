@@ -114,7 +114,8 @@ def export_bundle(
         kind: the model kind written in the manifest (``custom`` for a user's modules).
         input_spec: shape, dtype, value range and preprocessing of x; default the example's shape, float32.
         exporter, opset: ``dynamo`` (default) or ``legacy``; ONNX opset, default 18.
-        precisions: ``fp32`` always, plus ``fp16`` for half-precision variants validated on their own.
+        precisions: ``fp32`` always, plus ``fp16`` (half-precision graphs) and ``bf16`` (the fp32 graph computed in
+            bfloat16 by the backend), each validated on its own.
         max_batch: the largest batch a graph is validated at; the runtime splits larger batches.
         extra_graphs: more graphs (``GraphSpec``), exported, validated and listed like the others.
         extra_arrays: name → array written as ``name.npy`` (no pickle) and checksummed.
@@ -238,6 +239,10 @@ def _export_graphs(spec: ExportSpec, staging: Staging, facts: dict, exporter: st
         first_set = next(iter(graph.input_sets.values()))
         example_inputs = tuple(torch.from_numpy(a[:2].copy()) for a in first_set)
         for precision in precisions:
+            if precision == "bf16":  # the fp32 graph, lowered to bf16 by the backend that runs it (OpenVINO, torch)
+                graphs[graph.role][precision] = dict(graphs[graph.role]["fp32"])
+                files[graph.role][precision] = files[graph.role]["fp32"]
+                continue
             file = f"{graph.role}.onnx" if precision == "fp32" else f"{graph.role}.{precision}.onnx"
             module = graph.module if precision == "fp32" else HalfPrecision(graph.module)
             entry = export_graph(

@@ -5,7 +5,9 @@ Layout (docs/bundle.md)::
     manifest.json      format version, kind, input / latent / likelihood specs, graphs, sha256 of every file
     encoder.onnx       x → (mean, logvar) for Gaussian latents, x → z for deterministic ones, x → z_e for VQ
     decoder.onnx       z → likelihood parameters
-    *.fp16.onnx        half-precision variants (fp16 compute, fp32 inputs and outputs), when exported
+    *.fp16.onnx        half-precision variants (fp16 compute, fp32 inputs and outputs), when exported; a bf16
+                       variant names the fp32 file (ONNX's Conv and Gemm take no bfloat16: the backend that runs
+                       bf16 lowers the fp32 graph itself) and carries its own validation
     NAME.npy           arrays a kind needs beside its graphs (``manifest["arrays"]``: a VQ codebook, ...)
     model.safetensors  the weights, with ``manifest["model"]`` the kind and config, for the torch backend
     validation.json    ONNX Runtime against PyTorch, per graph, precision and batch size
@@ -35,7 +37,7 @@ from .io import open_regular, read_json, read_npy, show
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")
 BATCH_AXIS = "batch"  # the name of every graph's dynamic leading axis
 LIKELIHOOD_OUTPUTS = {"gaussian": 2, "bernoulli": 1, "identity": 1}  # how many parameters each kind's decoder gives
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -17,8 +17,9 @@ def add_parser(subparsers) -> None:
     export.add_argument("--out", required=True, help="bundle directory to write (absent, empty, or a bundle)")
     export.add_argument("--exporter", default="dynamo", choices=["dynamo", "legacy"],
                         help="torch.onnx exporter (default dynamo; legacy is recorded in the manifest)")
-    export.add_argument("--precision", action="append", choices=["fp32", "fp16"], default=["fp32"],
-                        help="fp16 adds half-precision graphs beside the fp32 master (repeatable)")
+    export.add_argument("--precision", action="append", choices=["fp32", "fp16", "bf16"], default=["fp32"],
+                        help="fp16 adds half-precision graphs beside the fp32 master, bf16 the fp32 graph validated "
+                             "in bfloat16 for openvino and torch (repeatable)")
     export.add_argument("--opset", type=POSITIVE_INT, default=18,
                         help="ONNX opset (dynamo: 18 up to this torch's newest; default 18)")
     export.add_argument("--max-batch", type=BATCH_LIMIT, default=1024, help="largest batch validated (default 1024)")

@@ -14,6 +14,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 from vaedeploy.export.validate import (
+    PSNR_CAP,
     TOLERANCES,
     VQ_AGREEMENT,
     batch_sizes,
@@ -64,13 +65,15 @@ def _uniform(low, high, rows_=MAX_BATCH, width=16):
     return np.random.default_rng(0).uniform(low, high, (rows_, width)).astype(np.float32)
 
 
-def test_errors_are_max_abs_and_relative_l2_of_the_difference():
+def test_errors_are_max_abs_relative_l2_and_psnr_of_the_difference():
     expected = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
     actual = np.array([[3.0, 4.5], [0.0, -0.5]], np.float32)
     err = errors(actual, expected)
     assert err["max_abs"] == 0.5
     assert err["rel_l2"] == pytest.approx(math.sqrt(0.5) / 5.0, rel=1e-12)
-    assert errors(np.zeros(0), np.zeros(0)) == {"max_abs": 0.0, "rel_l2": 0.0}
+    # over the expected output's range, 4: mean squared error 0.5 / 4
+    assert err["psnr_db"] == pytest.approx(10 * math.log10(4.0 ** 2 / (0.5 / 4)), rel=1e-12)
+    assert errors(np.zeros(0), np.zeros(0)) == {"max_abs": 0.0, "rel_l2": 0.0, "psnr_db": PSNR_CAP}
 
 
 def test_batch_sizes_and_rows_cycle_through_the_validation_inputs():
@@ -85,7 +88,7 @@ def test_a_graph_within_both_tolerances_passes_and_reports_its_errors(tmp_path):
     report = validate(tmp_path, x, Offset(0.0))
     assert report["passed"] and report["failures"] == [] and report["batch_sizes"] == [1, 2, 7, MAX_BATCH]
     assert [c["batch"] for c in report["checks"]] == [1, 2, 7, MAX_BATCH]
-    assert report["worst"] == {"decoder.fp32.y": {"max_abs": 0.0, "rel_l2": 0.0}}
+    assert report["worst"] == {"decoder.fp32.y": {"max_abs": 0.0, "rel_l2": 0.0, "psnr_db": PSNR_CAP}}
     assert summary(report)["passed"] and "checks" not in summary(report)
 
 

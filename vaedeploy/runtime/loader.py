@@ -27,7 +27,8 @@ def load(bundle, backend: str = "auto", device: str = "cpu", precision: str = "f
             onnxruntime-gpu;
             ``Runtime.backend_reason`` and ``describe()`` say why.
         device: ``cpu`` or ``cuda[:N]``; CUDA is checked here, so a machine without it fails at load, not in a call.
-        precision: ``fp32`` (default) or ``fp16`` when the bundle has half-precision graphs.
+        precision: ``fp32`` (default), ``fp16`` when the bundle has half-precision graphs, ``bf16`` where it was
+            validated in bfloat16 (openvino and torch lower the fp32 graph; onnxruntime refuses it).
         verify: check every file's sha256 and every graph against its manifest entry (default True); a graph
             onnxruntime runs is checked as its session read it, so each graph file is read once for its sha256 and
             once more, by its session or (a graph no session runs) by the check.

@@ -19,7 +19,7 @@ class Runner:
     Args:
         bundle: the loaded ``Bundle``.
         role: the graph's role in the manifest (``encoder``, ``decoder``, ``prior``, ...).
-        precision: ``fp32`` or ``fp16`` (the graph variant; inputs and outputs stay float32).
+        precision: ``fp32``, ``fp16`` or ``bf16`` (the graph variant; inputs and outputs stay float32).
         device: ``cpu`` or ``cuda[:N]``.
         outputs: the output names ``run`` returns, in order (default: all of the graph's).
     """

@@ -232,6 +232,9 @@ class Backend:
     def __init__(self, bundle, precision: str, device: str, buckets: tuple[int, ...] | None = None,
                  cuda_graphs: bool = False, session_config: dict[str, str] | None = None):
         providers(device)  # refuse a device this onnxruntime cannot serve before any session is made
+        if precision == "bf16":
+            raise ConfigError("precision 'bf16' needs a backend that lowers the fp32 graph to bfloat16 (openvino or "
+                              "torch); ONNX Runtime has no bfloat16 Conv or Gemm kernels, got backend 'onnxruntime'")
         self.options = session_options(config=session_config)  # one for every session; refuses non-string entries
         self.bundle, self.precision, self.device = bundle, precision, device
         cuda = device.startswith("cuda")

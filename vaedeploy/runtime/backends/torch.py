@@ -1,8 +1,8 @@
 """PyTorch backend: the model rebuilt from the bundle's weights and config; torch tensors in and out.
 
 The only part of the runtime that imports torch and the model classes. The model is built once per runtime (the
-runners of its graphs share it) and freed by ``close``. fp16 builds it in half precision behind float32 inputs and
-outputs, like the bundle's fp16 graphs.
+runners of its graphs share it) and freed by ``close``. fp16 and bf16 build it in that precision behind float32
+inputs and outputs, like the bundle's fp16 graphs and its validated bf16 variant.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from ...io import load_tensors
 from ...models import build_model
 from ..arrays import TorchArrays
 from .base import Runner
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # the runtime's precision → torch's
 
 
 class TorchRunner(Runner):
@@ -25,7 +27,7 @@ class TorchRunner(Runner):
         self._model = model  # the backend's loader of the shared model
         names = [spec["name"] for spec in self.graph["outputs"]]
         self.indices = [names.index(o) for o in self.output_names]
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.dtype = DTYPES[precision]
         self.module = None
 
     def activate_impl(self) -> None:
@@ -77,8 +79,7 @@ class Backend:
             except RuntimeError as e:
                 raise BundleError(f"{path}: does not fit the {self.doc['kind']} model of manifest.json "
                                   f"({str(e).splitlines()[0]})") from None
-            dtype = torch.float16 if self.precision == "fp16" else torch.float32
-            self._built = model.eval().to(self.device, dtype)
+            self._built = model.eval().to(self.device, DTYPES[self.precision])
         return self._built
 
     def runner(self, role: str, outputs: list[str] | None = None) -> TorchRunner:
