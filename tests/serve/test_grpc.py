@@ -96,6 +96,14 @@ def test_a_bad_request_gets_tritons_status_and_one_sentence_and_the_server_keeps
     assert sample(stub).shape == (1, 1, 8, 8)
 
 
+def test_tritons_own_parameters_are_ignored_as_triton_ignores_them(stub, exported):
+    # perf_analyzer sends triton_enable_empty_final_response with every gRPC request (read by decoupled models only)
+    parameters = {"n": 2, "seed": 9, "triton_enable_empty_final_response": True}
+    answer = stub.ModelInfer(request("vae.sample", None, parameters=parameters), timeout=TIMEOUT)
+    got = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(answer.outputs[0].shape)
+    np.testing.assert_allclose(got, load(exported("vae")[1]).sample(2, seed=9), rtol=1e-6, atol=1e-6)
+
+
 def test_typed_contents_and_raw_contents_give_the_same_answer(stub, exported):
     x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
     raw = stub.ModelInfer(request("vae.reconstruct", x.shape, raw=x.tobytes()), timeout=TIMEOUT)

@@ -44,6 +44,7 @@ from ..runtime.operations import PARAMETERS as RUNTIME_PARAMETERS
 from .protocol import DATATYPES, DTYPE_NAMES, INT64_MAX, ProtocolError, bounds, check, finite
 
 SCHEDULE_PARAMETERS = ("priority", "timeout")  # Triton's schedule-policy parameters, read by the batcher
+TRITON_RESERVED = "triton_"  # the prefix of request parameters Triton reserves for itself (tritonclient's word)
 # The longest queueing time a request or the batching options may name, µs (an hour): threading's waits overflow
 # past about 292 years, and an hour in a queue is already a mistake.
 MAX_WAIT_US = 3_600_000_000
@@ -129,7 +130,10 @@ class Operation:
             raise ProtocolError(f"{self.name}: unknown output(s) {unknown}; expected some of {self.output_names}")
 
     def checked_parameters(self, parameters: dict) -> dict:
-        """The request's parameters, each checked against the table (``PARAMETERS``); else a ``ProtocolError``."""
+        """The request's parameters, each checked against the table (``PARAMETERS``); else a ``ProtocolError``.
+        Names beginning ``triton_`` are Triton's own, for its server (perf_analyzer sends
+        ``triton_enable_empty_final_response``, which only decoupled models read): ignored, as Triton's models do."""
+        parameters = {k: v for k, v in parameters.items() if not k.startswith(TRITON_RESERVED)}
         if unknown := sorted(set(parameters) - set(self.limits)):
             raise ProtocolError(f"{self.name}: unknown request parameter(s) {unknown}; expected some of: "
                                 f"{', '.join(self.limits)}")
