@@ -75,3 +75,23 @@ def damage(data, doc, values):
         else:
             parent[path[-1]] = data.draw(values)
     return doc
+
+
+# ---- the bundles the `exported` fixture (conftest.py) makes: a dynamo export costs seconds per graph ----------
+def _bundle_runs() -> dict:
+    """name → (kind, model config, exporter, precisions): every registered kind with its example config (so a new
+    kind is exported and served by construction), fp16 where a kind's graphs need care in half precision, the legacy
+    exporter for one, and a conv Bernoulli VAE."""
+    from vaedeploy.models import MODELS
+
+    runs = {kind: (kind, dict(cls.example_config), "dynamo", ("fp32",)) for kind, cls in MODELS.items()}
+    for kind in ("vae", "vqvae", "biva"):
+        runs[kind] = (*runs[kind][:3], ("fp32", "fp16"))
+    runs["ae"] = (*runs["ae"][:2], "legacy", ("fp32",))
+    runs["vae_conv_bernoulli"] = ("vae", {"hidden": [16], "latent_dim": 3, "backbone": "conv", "channels": [4, 8],
+                                          "likelihood": "bernoulli"}, "dynamo", ("fp32",))
+    return runs
+
+
+BUNDLE_RUNS = _bundle_runs()
+BUNDLE_MAX_BATCH = 64

@@ -2,8 +2,7 @@
 what ONNX Runtime gives on the same inputs (the same graphs, another compiler), seeds and splitting included."""
 import numpy as np
 import pytest
-from conftest import BUNDLE_MAX_BATCH, BUNDLE_RUNS
-from helpers import images
+from helpers import BUNDLE_MAX_BATCH, BUNDLE_RUNS, images
 
 from vaedeploy import load
 from vaedeploy.bundle import load_bundle
