@@ -5,6 +5,7 @@ parametrised over tritonclient's HTTP and gRPC clients."""
 import http.client
 import signal
 import socket
+import threading
 import time
 
 import grpc
@@ -187,20 +188,42 @@ def test_a_busy_grpc_port_is_refused_in_one_line(exported, capsys):
     assert f"127.0.0.1:{port}: cannot listen for gRPC" in err and "Traceback" not in err
 
 
-def test_sigterm_lets_the_grpc_calls_in_flight_finish(serve, exported):
+def test_sigterm_stops_new_calls_at_once_and_lets_the_calls_in_flight_finish(serve, exported):
+    # an HTTP request and two gRPC calls wait for a batch (2 s delay); SIGTERM: a new gRPC call is refused at once,
+    # while uvicorn still waits for the HTTP request, and every request in flight gets its answer
     bundle = exported("vae")[1]
-    server = serve([bundle], "--name", "vae", "--grpc-port", "0", "--max-queue-delay-us", "400000",
+    server = serve([bundle], "--name", "vae", "--grpc-port", "0", "--max-queue-delay-us", "2000000",
                    "--preferred-batch-size", "64")
     channel = grpc.insecure_channel(server.grpc_url)
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
     calls = [stub.ModelInfer.future(request("vae.sample", None, parameters={"n": 2, "seed": s}), timeout=TIMEOUT)
-             for s in range(3)]
+             for s in range(2)]
+    http_answer = []
+    body = b'{"parameters": {"n": 2, "seed": 2}}'
+    waiting = threading.Thread(target=lambda: http_answer.append(post(server, "/v2/models/vae.sample/infer", body)))
+    waiting.start()
     assert wait_until(lambda: queued(server) == 3)
     server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelInfer(request("vae.sample", None, parameters={"n": 1}), timeout=1)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     rt = load(bundle)
     for seed, call in enumerate(calls):
         answer = call.result(timeout=TIMEOUT)
         got = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(answer.outputs[0].shape)
         np.testing.assert_allclose(got, rt.sample(2, seed=seed), rtol=1e-6, atol=1e-6)
+    waiting.join(TIMEOUT)
+    assert http_answer and http_answer[0][0] == 200
     assert server.process.wait(TIMEOUT) in (0, -signal.SIGTERM) and "Traceback" not in server.stderr()
     channel.close()
+
+
+def post(server, path: str, body: bytes) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
+    try:
+        conn.request("POST", path, body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()

@@ -108,12 +108,15 @@ class InferenceServer:
         self.urls: list[str] = []  # where it listens, for that line
         self.grpc = None  # the gRPC front end (``grpc_service.bind``), started and stopped with the batchers
         self.shutdown_timeout = 30.0  # seconds the gRPC requests in flight may take to finish at shutdown
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._grpc_stopped: asyncio.Future | None = None  # the gRPC service's stop, once begun
         self.app = self._app()
 
     # ---- lifecycle ---------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
+        self._loop = asyncio.get_running_loop()
         for batcher in self.batchers.values():
             batcher.start()
         if self.grpc is not None:
@@ -128,8 +131,9 @@ class InferenceServer:
             yield
         finally:
             self.ready = False
-            if self.grpc is not None:  # HTTP has drained; gRPC's requests in flight get the same time
-                await self.grpc.stop(self.shutdown_timeout)
+            if self.grpc is not None:  # begun at the signal; its calls in flight may still be finishing
+                self._stop_grpc()
+                await self._grpc_stopped
             await asyncio.gather(*(b.close() for b in self.batchers.values()))
             for runtime in self.runtimes:
                 runtime.close()
@@ -190,6 +194,17 @@ class InferenceServer:
             return JSONResponse(self._model(request).metadata())
         except ProtocolError as e:
             return _error(str(e), e.status)
+
+    def stop_accepting(self) -> None:
+        """The shutdown's first step (SIGTERM or Ctrl-C, from the signal handler): unready at once, and the gRPC
+        service takes no new calls, as uvicorn's listener closes; the calls in flight get ``shutdown_timeout``."""
+        self.ready = False
+        if self.grpc is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop_grpc)  # the way into the loop that a signal handler may take
+
+    def _stop_grpc(self) -> None:
+        if self._grpc_stopped is None:
+            self._grpc_stopped = asyncio.ensure_future(self.grpc.stop(self.shutdown_timeout))
 
     def config(self, model: Operation) -> dict:
         return model_config(model, self.policy)
@@ -462,7 +477,7 @@ class Uvicorn(uvicorn.Server):
         await super().serve(sockets)
 
     def handle_exit(self, sig, frame) -> None:
-        self.inference_server.ready = False
+        self.inference_server.stop_accepting()
         super().handle_exit(sig, frame)
 
 
