@@ -8,14 +8,22 @@ the provider's own normal noise; ``decode``: the decoder's mean image; ``sample`
 ``reconstruct``: the decoder at the encoder's mean):
 
 - ``vaedeploy``: the runtime (``vaedeploy.load(bundle, backend="onnxruntime")``), its Philox noise and checks;
+  ``vaedeploy auto``: ``backend="auto"`` as it chooses on this CPU (docs/cpu.md); ``vaedeploy openvino``,
+  ``vaedeploy torch``: the runtime on those backends, and ``… bf16`` at ``precision="bf16"`` where the bundle was
+  validated for it (export ``--precision bf16``);
 - ``ort session.run``: a session with the runtime's options called raw (the runtime's wrapper costs its time over
   this one); ``ort default``: ``InferenceSession(path).run`` with onnxruntime's default options, what a user writes
   first;
 - ``pytorch eager``: the modules the graphs were exported from, rebuilt from the bundle's weights, under
-  ``inference_mode`` with one torch thread per physical core; ``torch.compile``: the same modules compiled (default
-  mode; compiled for every batch size before timing starts);
-- ``openvino``: the bundle's ONNX graphs compiled by OpenVINO for the CPU with its latency hint, when
+  ``inference_mode`` with one torch thread per physical core; ``pytorch bf16 autocast``: the same under
+  ``torch.autocast("cpu", bfloat16)``; ``torch.compile``: the same modules compiled (default mode; compiled for
+  every batch size before timing starts);
+- ``openvino``: the bundle's ONNX graphs compiled by OpenVINO for the CPU with its latency hint and its default
+  precision (bf16 on a CPU with AMX, f32 elsewhere), ``openvino f32`` and ``openvino bf16`` with the hint set, when
   ``pip install openvino`` is present (``pip install "vaedeploy[peers]"``).
+
+Beside the times, the document's ``errors`` hold each provider's error against PyTorch eager fp32 on ``decode`` and
+``reconstruct`` of the same 16 rows (max-abs and PSNR over the reference's range).
 
 Cases, windows, the stability rule, the floor and the JSON are `vaedeploy bench`'s own (``vaedeploy.bench``); the
 result goes to ``benchmarks/results/bench_peers.json`` and ``bench_peers_latency.png``.
@@ -79,7 +87,9 @@ def onnxruntime_graphs(rt, tuned: bool) -> Graphs:
                   lambda z: decoder.run(decoder_output, {z_name: z})[0], _numpy_normal())
 
 
-def torch_graphs(rt, compiled: bool, batches: list[int]) -> Graphs:
+def torch_graphs(rt, compiled: bool, batches: list[int], autocast: bool = False) -> Graphs:
+    import contextlib
+
     import torch
 
     from vaedeploy.runtime.backends.onnxruntime import physical_cores
@@ -92,14 +102,18 @@ def torch_graphs(rt, compiled: bool, batches: list[int]) -> Graphs:
     def first(out):
         return out[0] if isinstance(out, (tuple, list)) else out
 
+    def context():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+
     def run_encoder(x):
-        with torch.inference_mode():
+        with torch.inference_mode(), context():
             out = encoder(x)
-            return out if isinstance(out, (tuple, list)) else (out,)
+            out = out if isinstance(out, (tuple, list)) else (out,)
+            return [o.float() for o in out]
 
     def run_decoder(z):
-        with torch.inference_mode():
-            return first(decoder(z))
+        with torch.inference_mode(), context():
+            return first(decoder(z)).float()
 
     graphs = Graphs(run_encoder, run_decoder, lambda shape: torch.randn(shape), torch.from_numpy)
     if compiled:  # compile every shape before timing: torch.compile recompiles per batch size at first
@@ -109,7 +123,7 @@ def torch_graphs(rt, compiled: bool, batches: list[int]) -> Graphs:
     return graphs
 
 
-def openvino_graphs(rt) -> Graphs | None:
+def openvino_graphs(rt, hint: str | None = None) -> Graphs | None:
     try:
         import openvino as ov
     except ImportError:
@@ -117,7 +131,8 @@ def openvino_graphs(rt) -> Graphs | None:
     from vaedeploy.runtime.backends.onnxruntime import physical_cores
 
     core = ov.Core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": physical_cores()}
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": physical_cores(),
+              **({"INFERENCE_PRECISION_HINT": hint} if hint else {})}
     encoder = core.compile_model(str(rt.bundle.graph("encoder")["path"]), "CPU", config)
     decoder = core.compile_model(str(rt.bundle.graph("decoder")["path"]), "CPU", config)
     encode_request, decode_request = encoder.create_infer_request(), decoder.create_infer_request()
@@ -169,15 +184,56 @@ def runtime_call(rt, op: str, batch: int, pool: list):
     return lambda i: method(pool[i % size])
 
 
+def runtimes_of(path: Path) -> dict:
+    """vaedeploy's runtimes beside the onnxruntime one: auto, each other installed CPU backend, and bf16 on those
+    that run it where the bundle was validated for it."""
+    from vaedeploy import load
+    from vaedeploy.runtime.backends import installed
+
+    made = {"vaedeploy auto": load(path)}
+    bf16 = all("bf16" in variants for variants in made["vaedeploy auto"].bundle.manifest["graphs"].values())
+    for backend in ("openvino", "torch"):
+        if installed(backend):
+            made[f"vaedeploy {backend}"] = load(path, backend=backend)
+            if bf16:
+                made[f"vaedeploy {backend} bf16"] = load(path, backend=backend, precision="bf16")
+    return made
+
+
 def providers_of(rt, batches: list[int]) -> dict:
-    """name → the provider's graphs (None: vaedeploy's runtime itself), built once (torch.compile compiles here)."""
-    providers = {"vaedeploy": None, "ort session.run": onnxruntime_graphs(rt, tuned=True),
+    """name → the provider: its graphs, or a vaedeploy runtime (``rt`` itself for ``vaedeploy``), built once
+    (torch.compile compiles here)."""
+    providers = {"vaedeploy": rt, **runtimes_of(rt.bundle.root),
+                 "ort session.run": onnxruntime_graphs(rt, tuned=True),
                  "ort default": onnxruntime_graphs(rt, tuned=False),
                  "pytorch eager": torch_graphs(rt, compiled=False, batches=batches),
+                 "pytorch bf16 autocast": torch_graphs(rt, compiled=False, batches=batches, autocast=True),
                  "torch.compile": torch_graphs(rt, compiled=True, batches=batches)}
-    if (ov := openvino_graphs(rt)) is not None:
-        providers["openvino"] = ov
+    for name, hint in (("openvino", None), ("openvino f32", "f32"), ("openvino bf16", "bf16")):
+        if (ov := openvino_graphs(rt, hint)) is not None:
+            providers[name] = ov
     return providers
+
+
+def call_of(provider, rt, op: str, batch: int, pool: list):
+    """``call(i)`` of ``op`` on a provider: a vaedeploy runtime's own call, or a peer's graphs doing the same work."""
+    return peer_call(provider, rt, op, batch, pool) if isinstance(provider, Graphs) else \
+        runtime_call(provider, op, batch, pool)
+
+
+def errors_of(rt, inputs, providers: dict, rows: int = 16) -> dict:
+    """provider → op → its max-abs error and PSNR against PyTorch eager fp32 on the same ``rows`` of decode and
+    reconstruct (the ops with no noise of their own)."""
+    from vaedeploy.export.validate import errors
+
+    found = {}
+    for op, pool in (("decode", inputs.latents_of(rows)), ("reconstruct", inputs.images_of(rows))):
+        expected = np.asarray(call_of(providers["pytorch eager"], rt, op, rows, pool)(0))
+        for name, provider in providers.items():
+            got = np.asarray(call_of(provider, rt, op, rows, pool)(0), dtype=np.float32)
+            measured = errors(got, expected)
+            found.setdefault(name, {})[op] = {k: measured[k] for k in ("max_abs", "psnr_db")}
+    return found
 
 
 def cases(entries: list[tuple], batches: list[int], ops: list[str], rates: dict) -> list:
@@ -193,12 +249,11 @@ def cases(entries: list[tuple], batches: list[int], ops: list[str], rates: dict)
             for batch in batches:
                 op_floor = floor.floor(floor.op_cost(rt, op, batch), rates)
                 pool = inputs.latents_of(batch) if op == "decode" else inputs.images_of(batch)
-                for name, graphs in providers.items():
-                    call = (runtime_call(rt, op, batch, pool) if graphs is None
-                            else peer_call(graphs, rt, op, batch, pool))
+                for name, provider in providers.items():
+                    call = call_of(provider, rt, op, batch, pool)
                     key = {"bundle": Path(path).resolve().name, "backend": name, "device": "cpu",
-                           "precision": "fp32", "op": op, "batch": batch, "copies": None, "cuda_graphs": None,
-                           "floor": op_floor}
+                           "precision": "bf16" if "bf16" in name else "fp32", "op": op, "batch": batch,
+                           "copies": None, "cuda_graphs": None, "floor": op_floor}
                     made.append(Case(key, host_timed(call), batch))
     return made
 
@@ -215,28 +270,34 @@ def measure(bundles: list[Path], batches: list[int], ops: list[str], budget_s: f
 
     env = environment()
     rates = floor.measure_rates()
-    entries, described = [], []
+    entries, described, errors, chosen = [], [], {}, {}
     try:
         for path in bundles:
             rt = load(path, backend="onnxruntime")
             images, source = local.load_images(rt, None)
-            entries.append((path, rt, local.Inputs(rt, images), providers_of(rt, batches)))
+            inputs, providers = local.Inputs(rt, images), providers_of(rt, batches)
+            entries.append((path, rt, inputs, providers))
             described.append(local.describe(local.Bundle(Path(path), Path(path).resolve().name, None, source), rt))
+            errors[Path(path).resolve().name] = errors_of(rt, inputs, providers)
+            chosen[Path(path).resolve().name] = providers["vaedeploy auto"].backend_reason
         rows, settings = [], None
         for repeat in range(repeats):
             made = cases(entries, batches, ops, rates)
             settings = Settings.fitted(len(made), budget_s / repeats)
             rows += [{**row, "repeat": repeat} for row in measure_cases(made, settings)]
     finally:
-        for _, rt, _, _ in entries:
-            rt.close()
+        for _, _, _, providers in entries:
+            for provider in providers.values():  # vaedeploy's onnxruntime runtime among them
+                if not isinstance(provider, Graphs):
+                    provider.close()
     providers = list(entries[0][3])
     if "openvino" not in providers:
         notes = [*notes, "openvino: not installed (pip install openvino), so not measured"]
     env["load_average_at_end"] = environment()["load_average_at_start"]
     return {"benchmark": "vaedeploy bench peers", "schema_version": SCHEMA_VERSION, "environment": env,
             "settings": vars(settings), "rates": rates, "bundles": described, "server": None,
-            "providers": providers, "notes": list(notes), "rows": annotate(rows)}
+            "providers": providers, "notes": list(notes), "errors": errors, "auto": chosen,
+            "rows": annotate(rows)}
 
 
 def main(argv=None) -> int:

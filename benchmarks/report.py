@@ -247,6 +247,62 @@ def peers(doc: dict) -> str:
                           lines) + "\n\n" + _caption(doc)
 
 
+def _is_ours(provider: str) -> bool:
+    return provider.startswith("vaedeploy")
+
+
+def cpu_peers(doc: dict) -> str:
+    """Every provider of benchmarks/peers.py (vaedeploy's backends and precisions, and the peers): its error against
+    PyTorch eager fp32 on decode and reconstruct, and its p50 in every case (docs/cpu.md)."""
+    index, order = _rows_by(doc)
+    (bundle,) = doc["errors"]
+    lines = []
+    for provider in doc["providers"]:
+        errors = doc["errors"][bundle][provider]
+        cells = [f"{errors[op]['max_abs']:.1e} / {errors[op]['psnr_db']:.0f}" for op in ("decode", "reconstruct")]
+        lines.append([provider, *cells, *(_p50(index[case][provider]) for case in order)])
+    headers = ["provider", "decode error vs fp32: max abs / PSNR dB", "reconstruct error",
+               *(f"{op} {batch}" for _, op, batch in order)]
+    return markdown_table(headers, lines) + f"\n\nauto chose: {doc['auto'][bundle]}.\n\n" + _caption(doc)
+
+
+FP32_PEERS = ("ort session.run", "ort default", "pytorch eager", "torch.compile", "openvino f32")
+RECONSTRUCT_GOAL, FP32_GOAL, OVERHEAD_GOAL_US = 1.1, 1.1, 3.0
+
+
+def cpu_goals(doc: dict) -> str:
+    """Issue 30's goals on this run: auto against the fastest peer (at an error no larger) and against the fastest
+    fp32 peer, reconstruct at the largest batch against encode + decode, and the wrapper's batch-1 overhead."""
+    index, order = _rows_by(doc)
+    (bundle,) = doc["errors"]
+    errors = doc["errors"][bundle]
+    lines = []
+    for case in order:
+        rows = index[case]
+        ours = rows["vaedeploy auto"]
+        # a peer counts where its error is no larger than auto's (a faster, less exact peer is another trade)
+        peers = [p for p in rows if not _is_ours(p)
+                 and errors[p]["decode"]["max_abs"] <= errors["vaedeploy auto"]["decode"]["max_abs"] * 1.5 + 1e-6]
+        fastest = min(peers, key=lambda p: rows[p]["p50_ms"])
+        fp32 = min((p for p in FP32_PEERS if p in rows), key=lambda p: rows[p]["p50_ms"])
+        ratio = ours["p50_ms"] / rows[fp32]["p50_ms"]
+        lines.append([case[1], case[2], _p50(ours), f"{fastest} {_p50(rows[fastest])}",
+                      _verdict(ours, rows[fastest]), f"{fp32}: {ratio:.2f}× "
+                      f"{'**met**' if ratio <= FP32_GOAL else 'not met'}"])
+    table = markdown_table(["op", "batch", "vaedeploy auto p50 ms", "fastest peer at no larger error",
+                            "auto vs it", f"vs the fastest fp32 peer (goal ≤ {FP32_GOAL}×)"], lines)
+    largest = max(case[2] for case in order)
+    p50 = {(case[1], case[2]): index[case]["vaedeploy auto"]["p50_ms"] for case in order}
+    chained = p50[("reconstruct", largest)] / (p50[("encode", largest)] + p50[("decode", largest)])
+    overhead = (index[(bundle, "decode", 1)]["vaedeploy"]["p50_ms"]
+                - index[(bundle, "decode", 1)]["ort session.run"]["p50_ms"]) * 1e3
+    facts = (f"reconstruct at batch {largest:,}: {chained:.2f}× encode + decode run alone (goal ≤ {RECONSTRUCT_GOAL}×: "
+             f"{'**met**' if chained <= RECONSTRUCT_GOAL else 'not met'}; encode draws its noise too). The wrapper "
+             f"at batch 1: decode {overhead:+.1f} µs over its own session called raw (goal < {OVERHEAD_GOAL_US:g} µs: "
+             f"{'**met**' if overhead < OVERHEAD_GOAL_US else 'not met'}).")
+    return table + "\n\n" + facts + "\n\n" + _caption(doc)
+
+
 def concurrency(doc: dict) -> str:
     """Callers at once in one process: p50 latency and items/s per op, batch and concurrency."""
     from vaedeploy.bench.output import by_case
@@ -432,7 +488,8 @@ def gpu_goals(docs: dict) -> str:
 
 
 TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae": vq_vs_vae, "bench": bench,
-          "noise": noise, "peers": peers, "runtime_overhead": runtime_overhead, "performance": performance,
+          "noise": noise, "peers": peers, "cpu_peers": cpu_peers, "cpu_goals": cpu_goals,
+          "runtime_overhead": runtime_overhead, "performance": performance,
           "concurrency": concurrency, "threads": threads, "serving": serving, "serve_tables": serve_tables,
           "serve_cpu": serve_cpu, "serve_spinning": serve_spinning, "gpu_steps": gpu_steps, "gpu_goals": gpu_goals}
 

@@ -43,6 +43,7 @@ def test_every_case_has_a_row_with_figures_and_the_floor(result):
 def test_the_result_names_the_machine_the_versions_and_the_bundles(result):
     env = result["environment"]
     assert env["cpu"] and env["cpu_cores_available"] >= 1 and env["load_average_at_start"] is not None
+    assert isinstance(env["cpu_flags"], list)
     assert {"vaedeploy", "numpy", "onnxruntime", "torch", "onnx-tool"} <= set(env["versions"])
     assert env["command"] and env["date"] and env["gpu"] is None
     for bundle in result["bundles"]:

@@ -31,3 +31,15 @@ def test_raw_onnxruntime_and_eager_compute_what_the_runtime_does(exported, name)
                 assert np.asarray(peers.peer_call(graphs, rt, "sample", 4, images)(0)).shape == (4, *rt.input_shape)
             else:
                 np.testing.assert_allclose(z, rt.encode(images[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_each_providers_error_is_against_eager_fp32_and_bf16_autocast_shows_its_loss(exported):
+    with load(exported("vae")[1], backend="onnxruntime") as rt:
+        inputs = local.Inputs(rt, local.load_images(rt, None)[0])
+        providers = {"vaedeploy": rt, "pytorch eager": peers.torch_graphs(rt, compiled=False, batches=[16]),
+                     "pytorch bf16 autocast": peers.torch_graphs(rt, compiled=False, batches=[16], autocast=True)}
+        found = peers.errors_of(rt, inputs, providers)
+    for op in ("decode", "reconstruct"):
+        assert found["pytorch eager"][op]["max_abs"] == 0  # the reference itself
+        assert 0 < found["vaedeploy"][op]["max_abs"] < 1e-4 < found["pytorch bf16 autocast"][op]["max_abs"]
+        assert found["pytorch bf16 autocast"][op]["psnr_db"] < found["vaedeploy"][op]["psnr_db"]

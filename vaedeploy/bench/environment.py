@@ -67,11 +67,13 @@ def gpu_facts() -> dict | None:
 def environment(gpu: bool = False) -> dict:
     """The machine and versions a figure was measured with (``gpu``: look the GPU up, which imports torch)."""
     from ..runtime.backends.onnxruntime import physical_cores
+    from ..runtime.calibrate import cpu_facts
 
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "cpu": cpu_name(),
+        "cpu_flags": cpu_facts()["flags"],  # the vector, bf16 and fp16 units the backends' kernels can use
         "cpu_cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_physical_cores": physical_cores(),
         "load_average_at_start": _load(),
