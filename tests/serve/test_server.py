@@ -18,7 +18,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
-from v2clients import GrpcClient
+from v2clients import GrpcClient, get
 
 from vaedeploy import load
 
@@ -82,16 +82,6 @@ def post(server, path: str, body: bytes, headers: dict | None = None) -> tuple[i
         conn.request("POST", path, body, headers or {})
         response = conn.getresponse()
         return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
-
-
-def get(server, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=TIMEOUT)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
     finally:
         conn.close()
 

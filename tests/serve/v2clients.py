@@ -1,4 +1,6 @@
-"""tritonclient's gRPC client shaped like its HTTP one, so one test runs over both protocols (tests/serve)."""
+"""tritonclient's gRPC client shaped like its HTTP one, so one test runs over both protocols, and a plain GET of a
+server's endpoint (tests/serve)."""
+import http.client
 import queue
 import re
 
@@ -52,3 +54,14 @@ def message_json(message) -> dict:
 
     return numbers(json_format.MessageToDict(message, preserving_proto_field_name=True,
                                                   always_print_fields_with_no_presence=True))
+
+
+def get(server, path: str, timeout: float = 30) -> tuple[int, bytes]:
+    """(status, body) of ``GET path`` on a ``vaedeploy serve`` of the tests (``conftest.Server``)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
