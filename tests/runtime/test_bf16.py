@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import images
+from helpers import edit_manifest, images
 
 from vaedeploy import load
 from vaedeploy.errors import ConfigError
@@ -60,3 +60,37 @@ def test_auto_at_bf16_leaves_onnxruntime_out_and_says_so(bf16_bundle, tmp_path):
         assert rt.backend in ("openvino", "torch") and rt.precision == "bf16"
         record = calibrate.read_json(next((bundle / "calibration").glob("[0-9a-f]*.json")))
         assert "onnxruntime cannot run bf16 graphs" in record["skipped"] and "onnxruntime" not in record["times_s"]
+
+
+def bf16_validated_at(bundle, psnr_db: float) -> None:
+    """Set the PSNR the manifest records for every bf16 output (the one-epoch test model's decoder log-variance
+    reaches only about 35 dB in bfloat16)."""
+    def change(manifest):
+        for key, worst in manifest["validation"]["worst"].items():
+            if ".bf16." in key:
+                worst["psnr_db"] = psnr_db
+
+    edit_manifest(bundle, change)
+
+
+def test_precision_auto_measures_each_validated_precision_on_each_backend(bf16_bundle, tmp_path):
+    bundle = shutil.copytree(bf16_bundle, tmp_path / "vae")
+    bf16_validated_at(bundle, 45.0)
+    with load(bundle, precision="auto") as rt:
+        record = calibrate.read_json(next((bundle / "calibration").glob("[0-9a-f]*.json")))
+        assert set(record["times_s"]) >= {"onnxruntime fp32", "openvino fp32", "openvino bf16"}
+        assert (rt.backend, rt.precision) == (record["chosen"], record["precision"])
+        assert rt.backend_reason.startswith(f"auto on the CPU: {rt.backend} at {rt.precision}, ")
+
+
+def test_precision_auto_leaves_out_a_precision_validated_below_40_db(bf16_bundle, tmp_path):
+    bundle = shutil.copytree(bf16_bundle, tmp_path / "vae")
+    bf16_validated_at(bundle, 45.0)
+    edit_manifest(bundle, lambda m: m["validation"]["worst"]["decoder.bf16.mean"].update(psnr_db=31.0))
+    with load(bundle, precision="auto") as rt:
+        assert rt.precision == "fp32" and "bf16 was validated at 31 dB PSNR, below 40" in rt.backend_reason
+
+
+def test_precision_auto_needs_backend_auto_on_the_cpu(bf16_bundle):
+    with pytest.raises(ConfigError, match="precision 'auto' is measured with backend 'auto' on the CPU"):
+        load(bf16_bundle, backend="openvino", precision="auto")

@@ -7,6 +7,11 @@ at ``min(64, max_batch)`` rows, interleaved in ``ROUNDS`` rounds (the median of 
 the backend whose geometric mean over the two sizes is least. A backend must beat the first of ``ORDER`` that can
 run the bundle by ``MARGIN`` to be chosen over it: within the noise of a short measurement, the torch-free core stays.
 
+``precision="auto"`` (with ``backend="auto"``: asking for it is the permission to lower the precision) measures
+every (backend, precision) pair of fp32 and each lower precision the bundle was validated for at a PSNR of at least
+``MIN_PSNR_DB`` on every graph output (the manifest's ``validation.worst``), with fp32 on the first backend as the
+default the others must beat by ``MARGIN``.
+
 The result is cached in the bundle's ``calibration/`` folder (a folder this module owns by ``owned``'s rule: its
 marker lists every file it wrote), one JSON file per key: the CPU's model and flags, its physical cores, the
 versions of vaedeploy and of each candidate's package, the bundle's manifest (which names every graph by sha256) and
@@ -36,6 +41,7 @@ ROUNDS = 3
 CALLS = 20  # per backend, size and round, fewer where a call is slow (SECONDS)
 SECONDS = 0.2  # the most a backend, size and round is timed for, after its first call
 MARGIN = 0.9  # another backend is chosen over the default only when it takes at most this share of its time
+MIN_PSNR_DB = 40.0  # precision="auto" lowers the precision only where every graph was validated at this PSNR or more
 # the flags that decide which kernels a backend can use: vector width, and the bf16 / fp16 units
 FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
 FOLDER = "calibration"
@@ -76,22 +82,40 @@ def calibration_key(bundle, precision: str, candidates: list[str]) -> dict:
             "precision": precision}
 
 
-def candidates(bundle, precision: str) -> tuple[list[str], list[str]]:
-    """The backends that can run ``bundle`` at ``precision`` here, in ``ORDER``, and a sentence for each that
-    cannot."""
+def precisions_of(bundle, precision: str) -> tuple[list[str], list[str]]:
+    """The precisions to measure: ``precision`` itself, or for ``auto`` fp32 and each lower precision every graph
+    was validated for at a PSNR of at least ``MIN_PSNR_DB`` on every output; and a sentence for each left out."""
+    if precision != "auto":
+        return [precision], []
+    worst = bundle.manifest.get("validation", {}).get("worst", {})
+    common = set.intersection(*(set(v) for v in bundle.manifest["graphs"].values()))
+    chosen, skipped = ["fp32"], []
+    for lower in ("fp16", "bf16"):
+        psnr = [v.get("psnr_db", -math.inf) for k, v in worst.items() if k.split(".")[1:2] == [lower]]
+        if lower not in common:
+            continue
+        if psnr and min(psnr) >= MIN_PSNR_DB:
+            chosen.append(lower)
+        else:
+            skipped.append(f"{lower} was validated at {min(psnr, default=-math.inf):.0f} dB PSNR, below "
+                           f"{MIN_PSNR_DB:g}")
+    return chosen, skipped
+
+
+def candidates(bundle, precisions: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (backend, precision) pairs that can run ``bundle`` here, backends in ``ORDER`` and precisions in the
+    order given, and a sentence for each backend left out."""
     usable, skipped = [], []
     for name in ORDER:
         if not installed(name):
             skipped.append(f"{name} is not installed")
         elif name == "torch" and not bundle.manifest.get("model"):
             skipped.append("torch needs the model's weights, which this bundle does not have")
-        elif precision not in _variants(bundle, name):
-            skipped.append(f"{name} cannot run {precision} graphs")
+        elif not (runs := [p for p in precisions if p in _variants(bundle, name)]):
+            skipped.append(f"{name} cannot run {'/'.join(precisions)} graphs")
         else:
-            usable.append(name)
+            usable += [(name, p) for p in runs]
     return usable, skipped
-
-
 def _variants(bundle, name: str) -> set[str]:
     """The precisions ``name`` can run this bundle at: the graphs' variants, bf16 but on ONNX Runtime (ONNX's Conv
     and Gemm take no bfloat16, so no bf16 graph exists to give it)."""
@@ -99,20 +123,21 @@ def _variants(bundle, name: str) -> set[str]:
     return variants - {"bf16"} if name == "onnxruntime" else variants
 
 
-def measure(bundle, names: list[str], precision: str) -> dict[str, dict[int, float]]:
-    """backend → batch → the median seconds of ``decode`` over ``ROUNDS`` interleaved rounds."""
+def measure(bundle, configs: dict[str, tuple[str, str]]) -> dict[str, dict[int, float]]:
+    """label → batch → the median seconds of ``decode`` over ``ROUNDS`` interleaved rounds, for ``configs``: label →
+    (backend, precision)."""
     from .latents import runtime_class
     from .operations import operations_of
 
     sizes = sorted({1, min(64, bundle.max_batch)})
     runtimes = {}
     try:
-        for name in names:
-            runtimes[name] = runtime_class(bundle)(bundle, name, "cpu", precision, backend_reason="calibrating")
+        for label, (name, precision) in configs.items():
+            runtimes[label] = runtime_class(bundle)(bundle, name, "cpu", precision, backend_reason="calibrating")
         (latents,) = operations_of(bundle)["decode"].inputs
         rng = np.random.default_rng(0)
         inputs = {n: rng.standard_normal((n, *latents.dims), dtype=np.float32) for n in sizes}
-        rounds = {name: {n: [] for n in sizes} for name in names}
+        rounds = {label: {n: [] for n in sizes} for label in configs}
         for _ in range(ROUNDS):
             for name, rt in runtimes.items():
                 for n, z in inputs.items():
@@ -135,7 +160,7 @@ def _median_call(rt, z) -> float:
 
 
 def pick(times: dict[str, dict[int, float]], default: str) -> str:
-    """The backend of least geometric mean time, where it takes at most ``MARGIN`` of ``default``'s."""
+    """The label of least geometric mean time, where it takes at most ``MARGIN`` of ``default``'s."""
     score = {name: math.exp(np.mean([math.log(t) for t in by_size.values()])) for name, by_size in times.items()}
     best = min(score, key=score.get)
     return best if score[best] <= MARGIN * score[default] else default
@@ -148,35 +173,43 @@ def _said(times: dict[str, dict[int, float]]) -> str:
     return f"decode ms at batch {'/'.join(str(n) for n in sizes)}: {shown}"
 
 
-def choose(bundle, precision: str) -> tuple[str, str, dict]:
-    """The backend ``auto`` runs ``bundle`` on here, the sentence saying why, and the calibration record (cached in
-    the bundle's ``calibration/`` when it can be written)."""
-    if precision not in PRECISIONS:  # refused before any measurement, as the runtime refuses it
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    for role in bundle.manifest["graphs"]:
-        bundle.graph(role, precision)  # a precision the bundle has no graphs for is refused, naming the graph
-    names, skipped = candidates(bundle, precision)
-    if not names:
+def choose(bundle, precision: str) -> tuple[str, str, str, dict]:
+    """The backend and precision ``auto`` runs ``bundle`` at here (``precision`` itself, or for ``auto`` the measured
+    choice among the validated ones), the sentence saying why, and the calibration record (cached in the bundle's
+    ``calibration/`` when it can be written)."""
+    if precision not in (*PRECISIONS, "auto"):  # refused before any measurement, as the runtime refuses it
+        raise ConfigError(f"precision must be one of {PRECISIONS} or 'auto', got {precision!r}")
+    if precision != "auto":
+        for role in bundle.manifest["graphs"]:
+            bundle.graph(role, precision)  # a precision the bundle has no graphs for is refused, naming the graph
+    precisions, skipped = precisions_of(bundle, precision)
+    pairs, left_out = candidates(bundle, precisions)
+    skipped += left_out
+    if not pairs:
         raise MissingDependency(f"no CPU backend can run this bundle at {precision}: {'; '.join(skipped)}")
-    key = calibration_key(bundle, precision, names)
+    # a label per pair: the backend alone where the precision is fixed
+    configs = {(name if precision != "auto" else f"{name} {p}"): (name, p) for name, p in pairs}
+    key = calibration_key(bundle, precision, sorted({name for name, _ in pairs}))
     path = bundle.root / FOLDER / f"{hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]}.json"
     record = _cached(path, key)
     where = f"calibrated earlier, read from {path}"
     if record is None:
-        times = measure(bundle, names, precision) if len(names) > 1 else {}
-        chosen = pick(times, names[0]) if times else names[0]
+        times = measure(bundle, configs) if len(configs) > 1 else {}
+        label = pick(times, next(iter(configs))) if times else next(iter(configs))
         record = {"key": key, "times_s": {n: {str(b): t for b, t in ts.items()} for n, ts in times.items()},
-                  "chosen": chosen, "skipped": skipped}
+                  "chosen": configs[label][0], "precision": configs[label][1], "skipped": skipped}
         where = f"calibrated now, {_store(path, record)}"
     times = {n: {int(b): t for b, t in ts.items()} for n, ts in record["times_s"].items()}
-    chosen = record["chosen"]
+    chosen, chosen_precision = record["chosen"], record["precision"]
+    said = chosen if precision != "auto" else f"{chosen} at {chosen_precision}"
     if not times:
         why = f"the only CPU backend that can run it ({'; '.join(skipped)})"
     else:
-        verdict = "measured fastest" if chosen != names[0] else f"the default, no other measured {1 / MARGIN:.2g}× " \
-                                                                   "faster"
-        why = f"{verdict} on {key['cpu']} ({_said(times)}; {where})"
-    return chosen, f"auto on the CPU: {chosen}, {why}", record
+        default = next(iter(configs.values()))
+        verdict = "measured fastest" if (chosen, chosen_precision) != default else \
+            f"the default, no other measured {1 / MARGIN:.2g}× faster"
+        why = f"{verdict} on {key['cpu']} ({_said(times)}{''.join(f'; {s}' for s in skipped)}; {where})"
+    return chosen, chosen_precision, f"auto on the CPU: {said}, {why}", record
 
 
 def _cached(path: Path, key: dict) -> dict | None:
@@ -184,7 +217,8 @@ def _cached(path: Path, key: dict) -> dict | None:
         record = read_json(path, "a calibration record")
     except (OSError, VaedeployError):
         return None
-    ok = isinstance(record, dict) and record.get("key") == key and record.get("chosen") in ORDER
+    ok = isinstance(record, dict) and record.get("key") == key and record.get("chosen") in ORDER \
+        and record.get("precision") in PRECISIONS
     return record if ok else None
 
 
