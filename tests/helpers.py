@@ -7,6 +7,7 @@ no fixture reaches, and plain functions read the same at every call site. Test f
 tests/ has no ``__init__.py``, so pytest puts tests/ (the directory of its conftest.py) on ``sys.path``.
 """
 import json
+import shutil
 
 import numpy as np
 from hypothesis import strategies as st
@@ -95,3 +96,9 @@ def _bundle_runs() -> dict:
 
 BUNDLE_RUNS = _bundle_runs()
 BUNDLE_MAX_BATCH = 64
+
+
+def uncalibrated_copy(bundle, to):
+    """A copy of a bundle without the calibration/ folder ``backend="auto"`` leaves in it (other tests load the shared
+    bundles with the default backend), so a test of auto starts from no measurement."""
+    return shutil.copytree(bundle, to, ignore=shutil.ignore_patterns("calibration"))

@@ -1,9 +1,8 @@
 """backend="auto" on the CPU: measured on the bundle, cached in the bundle's calibration/ folder by key, said why."""
-import shutil
 
 import numpy as np
 import pytest
-from helpers import images
+from helpers import images, uncalibrated_copy
 
 from vaedeploy import load
 from vaedeploy.owned import MARKER
@@ -13,7 +12,7 @@ from vaedeploy.runtime import calibrate
 @pytest.fixture
 def bundle(exported, tmp_path):
     """A copy of the vae bundle of its own (calibration writes into the bundle)."""
-    return shutil.copytree(exported("vae")[1], tmp_path / "vae")
+    return uncalibrated_copy(exported("vae")[1], tmp_path / "vae")
 
 
 def test_auto_measures_the_installed_backends_keeps_one_and_says_why(bundle):
@@ -73,7 +72,7 @@ def test_a_bundle_with_a_calibration_folder_can_be_exported_again(exported, tmp_
     from vaedeploy.export import export_run
 
     run, bundle = exported("ae")
-    out = shutil.copytree(bundle, tmp_path / "ae")
+    out = uncalibrated_copy(bundle, tmp_path / "ae")
     load(out).close()
     assert (out / "calibration" / MARKER).is_file()
     export_run(run, out, max_batch=8)

@@ -1,11 +1,10 @@
 """precision="bf16": validated at export as the module computed in bfloat16 (error and PSNR per graph), run by the
 backends that lower the fp32 graph (openvino, torch), refused by ONNX Runtime, and chosen among by auto."""
 import json
-import shutil
 
 import numpy as np
 import pytest
-from helpers import edit_manifest, images
+from helpers import edit_manifest, images, uncalibrated_copy
 
 from vaedeploy import load
 from vaedeploy.errors import ConfigError
@@ -55,7 +54,7 @@ def test_bf16_runs_close_to_fp32_on_the_backends_that_lower_it(bf16_bundle, back
 
 
 def test_auto_at_bf16_leaves_onnxruntime_out_and_says_so(bf16_bundle, tmp_path):
-    bundle = shutil.copytree(bf16_bundle, tmp_path / "vae")
+    bundle = uncalibrated_copy(bf16_bundle, tmp_path / "vae")
     with load(bundle, precision="bf16") as rt:
         assert rt.backend in ("openvino", "torch") and rt.precision == "bf16"
         record = calibrate.read_json(next((bundle / "calibration").glob("[0-9a-f]*.json")))
@@ -74,7 +73,7 @@ def bf16_validated_at(bundle, psnr_db: float) -> None:
 
 
 def test_precision_auto_measures_each_validated_precision_on_each_backend(bf16_bundle, tmp_path):
-    bundle = shutil.copytree(bf16_bundle, tmp_path / "vae")
+    bundle = uncalibrated_copy(bf16_bundle, tmp_path / "vae")
     bf16_validated_at(bundle, 45.0)
     with load(bundle, precision="auto") as rt:
         record = calibrate.read_json(next((bundle / "calibration").glob("[0-9a-f]*.json")))
@@ -84,7 +83,7 @@ def test_precision_auto_measures_each_validated_precision_on_each_backend(bf16_b
 
 
 def test_precision_auto_leaves_out_a_precision_validated_below_40_db(bf16_bundle, tmp_path):
-    bundle = shutil.copytree(bf16_bundle, tmp_path / "vae")
+    bundle = uncalibrated_copy(bf16_bundle, tmp_path / "vae")
     bf16_validated_at(bundle, 45.0)
     edit_manifest(bundle, lambda m: m["validation"]["worst"]["decoder.bf16.mean"].update(psnr_db=31.0))
     with load(bundle, precision="auto") as rt:
