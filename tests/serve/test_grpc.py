@@ -114,6 +114,22 @@ def test_typed_contents_and_raw_contents_give_the_same_answer(stub, exported):
     np.testing.assert_allclose(got, load(exported("vae")[1]).reconstruct(x), rtol=1e-6, atol=1e-6)
 
 
+def test_requests_and_answers_over_a_mebibyte_are_read_and_written_off_the_event_loop(serve, exported):
+    server = serve([exported("vae")[1]], "--name", "vae", "--grpc-port", "0", "--max-sample", "8192")
+    channel = grpc.insecure_channel(server.grpc_url)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    x = np.random.default_rng(1).random((4200, 1, 8, 8), dtype=np.float32)  # 1.07 MiB as typed contents
+    answer = stub.ModelInfer(request("vae.reconstruct", x.shape, fp32_contents=x.ravel().tolist()), timeout=TIMEOUT)
+    got = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(answer.outputs[0].shape)
+    rt = load(exported("vae")[1])
+    np.testing.assert_allclose(got, rt.reconstruct(x), rtol=1e-6, atol=1e-6)
+    answer = stub.ModelInfer(request("vae.sample", None, parameters={"n": 5000, "seed": 3}), timeout=TIMEOUT)
+    assert len(answer.raw_output_contents[0]) == 5000 * 64 * 4  # 1.22 MiB written in a thread
+    got = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(answer.outputs[0].shape)
+    np.testing.assert_allclose(got, rt.sample(5000, seed=3), rtol=1e-6, atol=1e-6)
+    channel.close()
+
+
 def test_the_metadata_calls_answer_and_an_unknown_model_is_not_found(server, stub):
     assert stub.ServerLive(service_pb2.ServerLiveRequest()).live
     assert stub.ServerReady(service_pb2.ServerReadyRequest()).ready

@@ -41,14 +41,13 @@ from ..errors import ConfigError, InputError, VaedeployError
 from .batcher import BatchPolicy, DynamicBatcher
 from .metrics import Metrics
 from .models import MAX_SAMPLE, Operation, describe, operations
-from .protocol import HEADER_LENGTH, MAX_BODY_BYTES, ProtocolError, parse_request, write_response
+from .protocol import HEADER_LENGTH, MAX_BODY_BYTES, OFF_LOOP_BYTES, ProtocolError, parse_request, write_response
 
 log = logging.getLogger("vaedeploy.serve")
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository(index)", "schedule_policy",
               "parameters", "statistics"]
 INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 HEADER_BYTES = HEADER_LENGTH.encode()
-OFF_LOOP_BYTES = 1 << 20  # bodies (or JSON outputs) larger than this are parsed (or written) in a thread
 CLIENT_GONE = 499  # nginx's "client closed request": written to no one
 # A request still waiting after this long starts watching its connection for a disconnect. Watching from arrival cost
 # one task per request, about 30 µs of the event loop's time each (docs/serving.md); most requests are answered
@@ -163,9 +162,9 @@ class InferenceServer:
                          exception_handlers={HTTPException: http_error, Exception: fault})
 
     def _model(self, request: Request) -> Operation:
-        return self._lookup(request.path_params["name"], request.path_params.get("version", "1"))
+        return self.lookup(request.path_params["name"], request.path_params.get("version", "1"))
 
-    def _lookup(self, name: str, version: str) -> Operation:
+    def lookup(self, name: str, version: str) -> Operation:
         model = self.models.get(name)
         if model is None:
             raise ProtocolError(f"unknown model {name!r}; this server has {sorted(self.models)}", 404)
@@ -211,7 +210,7 @@ class InferenceServer:
 
     def statistics(self, name: str = "", version: str = "") -> dict:
         """Triton's statistics of one model (all when ``name`` is empty): ``{"model_stats": [...]}``."""
-        models = [self._lookup(name, version or "1")] if name else self.models.values()
+        models = [self.lookup(name, version or "1")] if name else self.models.values()
         return {"model_stats": [self.metrics.model(m.name).statistics.as_json() for m in models]}
 
     async def model_statistics(self, request: Request) -> Response:
@@ -294,7 +293,7 @@ class InferenceServer:
         """(status, body, headers) of one infer request; every failure is a JSON error with its status."""
         model, queued, started = None, False, time.monotonic()  # once queued, the batcher counts its failures
         try:
-            model = self._lookup(name, version)
+            model = self.lookup(name, version)
             headers = {k: v for k, v in scope["headers"] if k in (b"content-length", HEADER_BYTES)}
             body = await self._body(receive, headers.get(b"content-length"))
             started = time.monotonic()  # the request has arrived

@@ -28,7 +28,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from .. import __version__
 from ..errors import ConfigError
-from .protocol import DATATYPES, DIM, DTYPE_NAMES, ProtocolError, check, values_tensor
+from .protocol import DATATYPES, DIM, DTYPE_NAMES, OFF_LOOP_BYTES, ProtocolError, check, values_tensor
 
 # Triton's gRPC status for each HTTP status this server answers with
 CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
@@ -110,7 +110,7 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _model(self, name: str, version: str, context):
         try:
-            return self.server._lookup(name, version or "1")
+            return self.server.lookup(name, version or "1")
         except ProtocolError as e:
             await context.abort(CODES[e.status], str(e))
 
@@ -154,8 +154,11 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
         server, name = self.server, request.model_name
         model, queued, started = None, False, time.monotonic()  # once queued, the batcher counts its failures
         try:
-            model = server._lookup(name, request.model_version or "1")
-            inputs, parameters, requested = read_request(request)
+            model = server.lookup(name, request.model_version or "1")
+            if request.ByteSize() > OFF_LOOP_BYTES:  # typed contents of that size take a while to read
+                inputs, parameters, requested = await asyncio.to_thread(read_request, request)
+            else:
+                inputs, parameters, requested = read_request(request)
             batcher, job = server.queue(model, inputs, parameters, requested)
             queued = True
             try:
@@ -165,7 +168,11 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
                 server.metrics.model(model.name).statistics.failed(int((time.monotonic() - started) * 1e9))
                 raise
             resolved = time.monotonic()
-            response = write_response(model.name, request.id, dict(zip(model.output_names, outputs)), requested)
+            named = dict(zip(model.output_names, outputs))
+            if sum(a.nbytes for a in outputs) > OFF_LOOP_BYTES:  # a large copy is made off the event loop
+                response = await asyncio.to_thread(write_response, model.name, request.id, named, requested)
+            else:
+                response = write_response(model.name, request.id, named, requested)
             server.succeeded(model, job, started, resolved)
             return response
         except Exception as e:

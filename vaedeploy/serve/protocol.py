@@ -31,6 +31,7 @@ from ..runtime.operations import DATATYPES, DTYPE_NAMES, Parameter  # the wire's
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_BODY_BYTES = 64 << 20  # the default largest request body (`vaedeploy serve --max-body-bytes`)
+OFF_LOOP_BYTES = 1 << 20  # a server reads (or writes) larger requests (or responses) in a thread, off its event loop
 
 INT64_MAX = int(np.iinfo(np.int64).max)  # Triton's shapes and integer parameters are int64
 
