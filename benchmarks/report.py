@@ -398,6 +398,26 @@ def serve_tables(doc: dict) -> str:
     return table(doc).rstrip() + f"\n\n{_serve_caption(doc)}."
 
 
+def serve_perf_analyzer(doc: dict) -> str:
+    """docs/serving.md's perf_analyzer table: vaedeploy serve and a real Triton side by side (benchmarks/serve.py
+    --perf-analyzer), with the goals' verdicts and the machine."""
+    from benchmarks.serve import perf_table
+
+    loads = [r["loadavg_1min"] for r in doc["rows"]]
+    verdicts = "; ".join(
+        f"{protocol}: {'met' if g['met'] else 'not met'} ({g['points'] - len(g['missed_at'])} of {g['points']} "
+        f"points at Triton's throughput with a p99 no worse; p99/p50 at 1 client "
+        f"{', '.join(f'{t:.1f}' for t in g['p99_over_p50_at_1']) or '–'})"
+        for protocol, g in doc["goals"].items() if g["points"])
+    machine = doc["machine"]
+    return (perf_table(doc) + f"\n\nGoals (vaedeploy ≥ Triton's throughput, p99 no worse; p99 ≤ 2× p50 at 1 client): "
+            f"{verdicts}. {machine['cpu']}, {machine['cpu_cores_available']} cores shared with other engineers' "
+            f"work (1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run: noisy figures), "
+            f"onnxruntime {machine['versions']['onnxruntime']}, {doc['date'][:10]}; one perf_analyzer measurement "
+            f"per point ({doc['settings']['measurement_interval_ms']} ms windows until 3 agree within "
+            f"{doc['settings']['stability_percentage']}%, at most {doc['settings']['max_trials']}).")
+
+
 def serve_cpu(doc: dict) -> str:
     """Where each request's CPU goes at the goal point: the server's event loop, its model threads, the load
     generator; and the largest loop + client cost at which the model's costs would still allow the goal's ratio."""
@@ -491,7 +511,8 @@ TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae":
           "noise": noise, "peers": peers, "cpu_peers": cpu_peers, "cpu_goals": cpu_goals,
           "runtime_overhead": runtime_overhead, "performance": performance,
           "concurrency": concurrency, "threads": threads, "serving": serving, "serve_tables": serve_tables,
-          "serve_cpu": serve_cpu, "serve_spinning": serve_spinning, "gpu_steps": gpu_steps, "gpu_goals": gpu_goals}
+          "serve_cpu": serve_cpu, "serve_perf_analyzer": serve_perf_analyzer, "serve_spinning": serve_spinning,
+          "gpu_steps": gpu_steps, "gpu_goals": gpu_goals}
 
 
 def _results(name: str):

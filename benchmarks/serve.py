@@ -31,6 +31,17 @@ give at that batch size, and its CPU time per call. The same calls on a runtime 
 (intra-op threads spinning between calls, what ``vaedeploy.load`` keeps) show what the server's setting costs and
 saves.
 Goal (issue 16), at 64 clients on the conv VAE: batched ≥ 2× unbatched throughput, with p99 no worse.
+
+    python benchmarks/serve.py --perf-analyzer --demo DEMO_BUNDLE   # results/serve_perf_analyzer.json + .png
+
+measures with NVIDIA's perf_analyzer (tritonclient 2.51.0's binary) instead of this process: batch-1 ``decode``
+requests of the demo VAE at concurrency 1 to 64, without and with a 500 µs queue delay, against ``vaedeploy serve``
+(HTTP, and gRPC where the server has it) and a real Triton Inference Server 2.51.0 (nvidia-pytriton's Python-backend
+build, installed by tests/triton/tritonserver.py) serving ``vaedeploy triton-repo --graphs python``'s repository of
+the same bundle with the same batching; one perf_analyzer measurement per point, the systems in rotating order.
+Throughput and p50/p99 are perf_analyzer's own; so is the server-side split where a server has the statistics
+extension. Goals (issue 31): vaedeploy's throughput at least Triton's and its p99 no worse at every point, on each
+protocol, and its p99 at concurrency 1 within 2× of its p50.
 """
 from __future__ import annotations
 
@@ -433,6 +444,205 @@ def plot(doc: dict, path: Path) -> None:
     print(f"wrote {path}")
 
 
+# ---- perf_analyzer side by side: vaedeploy serve against a real Triton (issue 31) ------------------------------
+
+PA_NAME = "serve_perf_analyzer"
+PA_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
+PA_DELAYS_US = (0, 500)  # without and with a queue delay, the same on both servers
+PA_OPERATION = "decode"  # batch-1 requests of one latent row: mostly the serving path, the model's work small
+PA_SYSTEMS = ("vaedeploy", "triton")
+PA_COLUMNS = {"Inferences/Second": "throughput_ips", "p50 latency": "p50_us", "p90 latency": "p90_us",
+              "p99 latency": "p99_us", "Avg latency": "mean_us", "Client Send": "client_send_us",
+              "Network+Server Send/Recv": "network_server_us", "Server Queue": "server_queue_us",
+              "Server Compute Input": "server_compute_input_us", "Server Compute Infer": "server_compute_infer_us",
+              "Server Compute Output": "server_compute_output_us", "Client Recv": "client_recv_us"}
+
+
+def pa_model(delay_us: int) -> str:
+    """The name the bundle is served as, on both servers, at one queue delay."""
+    return f"demo_d{delay_us}"
+
+
+def perf_analyzer_run(args) -> None:
+    """Every (system, protocol) at every queue delay and concurrency, one perf_analyzer measurement each; each
+    server alone on the machine while it is measured, its protocols in turn point by point."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "triton"))
+    from tritonserver import install_perf_analyzer  # the tests' installer: one recipe
+
+    from vaedeploy.deploy.triton_repo import write_repository
+    from vaedeploy.serve.batcher import BatchPolicy
+
+    perf, perf_env = install_perf_analyzer()
+    bundle, work = Path(args.demo).resolve(), Path(tempfile.mkdtemp(prefix="vaedeploy-perf-"))
+    repositories = []
+    for delay in PA_DELAYS_US:
+        policy = BatchPolicy(max_batch_size=64, max_queue_delay_microseconds=delay).model_config()
+        repositories.append(work / f"repository-{delay}")
+        write_repository(bundle, repositories[-1], pa_model(delay), policy, graphs="python")
+    grpc = "--grpc-port" in subprocess.run([sys.executable, "-m", "vaedeploy.cli", "serve", "--help"],
+                                           capture_output=True, text=True).stdout
+    rows = []
+    for delay, repository in zip(PA_DELAYS_US, repositories):
+        for system in PA_SYSTEMS:
+            # one server at a time, alone on the machine: with vaedeploy serve or a second repository running beside
+            # it, Triton's Python-backend requests stalled for 500 ms at a time here (docs/serving.md)
+            server, endpoints = pa_server(system, bundle, repository, delay, grpc, work)
+            try:
+                for clients in PA_CONCURRENCY:
+                    for protocol, url in endpoints.items():
+                        row = perf_point(perf, perf_env, url, protocol, pa_model(delay), clients, args, work)
+                        rows.append({"kind": "perf_analyzer", "system": system, "protocol": protocol,
+                                     "queue_delay_us": delay, "concurrency": clients, **row})
+                        print(f"{system:9} {protocol:4} delay {delay:4} us c={clients:<3} "
+                              f"{row.get('throughput_ips') or 0:8.0f} inf/s  p50 {(row.get('p50_us') or 0) / 1e3:6.2f}"
+                              f" ms  p99 {(row.get('p99_us') or 0) / 1e3:6.2f} ms  {row.get('error', '')}", flush=True)
+            finally:
+                server()
+    meta = {"settings": {"operation": PA_OPERATION, "concurrency": list(PA_CONCURRENCY),
+                         "queue_delays_us": list(PA_DELAYS_US), "max_batch_size": 64,
+                         "measurement_interval_ms": args.pa_window_ms, "stability_percentage": args.pa_stability,
+                         "max_trials": args.pa_trials, "bundle": {"path": str(bundle),
+                                                                  "manifest": _manifest_summary(str(bundle))},
+                         "triton": "Triton Inference Server 2.51.0 (nvidia-pytriton 0.7.0), Python backend, "
+                                   "vaedeploy triton-repo --graphs python",
+                         "perf_analyzer": "tritonclient 2.51.0's bin/perf_analyzer", "grpc_on_vaedeploy": grpc,
+                         "note": args.note},
+            "goals": perf_goals(rows)}
+    path = write_rows(PA_NAME, rows, meta=meta)
+    print(f"wrote {path}")
+    plot_perf(json.loads(path.read_text()), RESULTS_DIR / f"{PA_NAME}.png")
+
+
+def pa_server(system: str, bundle: Path, repository: Path, delay: int, grpc: bool, work: Path):
+    """Start ``system`` serving the bundle at one queue delay: (a function that stops it, protocol → address)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "triton"))
+    from tritonserver import Triton, free_port
+
+    if system == "triton":
+        triton = Triton([repository], work / f"tritonserver-{delay}.log")
+        return triton.stop, {"http": triton.http, "grpc": triton.grpc}
+    grpc_port = free_port() if grpc else None
+    process, port = start([sys.executable, "-m", "vaedeploy.cli", "serve", str(bundle), "--name", pa_model(delay),
+                           "--port", "0", "--max-batch-size", "64", "--max-queue-delay-us", str(delay),
+                           *(["--grpc-port", str(grpc_port)] if grpc else [])], r"127\.0\.0\.1:(\d+)/v2")
+    endpoints = {"http": f"127.0.0.1:{port}", **({"grpc": f"127.0.0.1:{grpc_port}"} if grpc else {})}
+    return (lambda: stop(process)), endpoints
+
+
+def perf_point(perf: Path, env: dict, url: str, protocol: str, model: str, clients: int, args, work: Path) -> dict:
+    """One perf_analyzer measurement of ``model``'s decode at ``clients`` concurrent batch-1 requests: its own CSV's
+    throughput, latency percentiles and (where the server has the statistics extension) server-side split, in µs."""
+    csv = work / f"{model}-{protocol}-{clients}-{time.monotonic_ns()}.csv"
+    command = [perf, "-m", f"{model}.{PA_OPERATION}", "-u", url, "-i", protocol, "-b", "1",
+               "--concurrency-range", f"{clients}:{clients}", "-p", str(args.pa_window_ms), "-r", str(args.pa_trials),
+               "-s", str(args.pa_stability), "-f", csv]
+    load = os.getloadavg()[0]
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env, timeout=300)
+    row = {"loadavg_1min": round(load, 2)}
+    if not csv.is_file():
+        tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+        return {**row, "error": f"exit {done.returncode}: {tail[0]}"}
+    header, values = csv.read_text().splitlines()[:2]
+    figures = dict(zip(header.split(","), values.split(",")))
+    row.update({key: float(figures[column]) for column, key in PA_COLUMNS.items() if column in figures})
+    if done.returncode != 0:  # perf_analyzer writes the last trial even when it did not settle
+        row["unstable"] = True
+    return row
+
+
+def pa_row(rows, system: str, protocol: str, delay: int, clients: int) -> dict | None:
+    return next((r for r in rows if r["system"] == system and r["protocol"] == protocol
+                 and r["queue_delay_us"] == delay and r["concurrency"] == clients), None)
+
+
+def perf_goals(rows) -> dict:
+    """Issue 31's goals on each protocol: vaedeploy's throughput at least Triton's and its p99 no worse at every
+    delay and concurrency, and its p99 at concurrency 1 within 2× of its p50."""
+    goals = {}
+    for protocol in ("http", "grpc"):
+        points, misses = 0, []
+        for delay in PA_DELAYS_US:
+            for clients in PA_CONCURRENCY:
+                ours, theirs = pa_row(rows, "vaedeploy", protocol, delay, clients), \
+                    pa_row(rows, "triton", protocol, delay, clients)
+                if not ours or not theirs or "throughput_ips" not in ours or "throughput_ips" not in theirs:
+                    continue
+                points += 1
+                if ours["throughput_ips"] < theirs["throughput_ips"] or ours["p99_us"] > theirs["p99_us"]:
+                    misses.append({"queue_delay_us": delay, "concurrency": clients})
+        tails = [r["p99_us"] / r["p50_us"] for r in rows if r["system"] == "vaedeploy" and r["protocol"] == protocol
+                 and r["concurrency"] == 1 and "p50_us" in r]
+        goals[protocol] = {"points": points, "missed_at": misses, "p99_over_p50_at_1": tails,
+                           "met": points > 0 and not misses and all(t <= 2 for t in tails)}
+    return goals
+
+
+def perf_table(doc: dict) -> str:
+    """Throughput and p50/p99 of every point, vaedeploy serve and Triton side by side (report.py's table)."""
+    rows, lines = doc["rows"], []
+    columns = [(s, p) for s in PA_SYSTEMS for p in ("http", "grpc") if any(r["system"] == s and r["protocol"] == p
+                                                                            for r in rows)]
+    for delay in doc["settings"]["queue_delays_us"]:
+        for clients in doc["settings"]["concurrency"]:
+            line = [delay, clients]
+            for system, protocol in columns:
+                r = pa_row(rows, system, protocol, delay, clients) or {}
+                line += [f"{r['throughput_ips']:.0f}" if "throughput_ips" in r else _failure(r),
+                         f"{r['p50_us'] / 1e3:.2f}" if "p50_us" in r else "–",
+                         f"{r['p99_us'] / 1e3:.2f}{' (unstable)' if r.get('unstable') else ''}" if "p99_us" in r
+                         else "–"]
+            lines.append(line)
+    head = ["queue delay µs", "clients"]
+    for system, protocol in columns:
+        head += [f"{system} {protocol} inf/s", "p50 ms", "p99 ms"]
+    return markdown_table(head, lines)
+
+
+def _failure(row: dict) -> str:
+    """What a point without figures says: perf_analyzer found no three windows that agreed, or another error."""
+    error = row.get("error", "")
+    return "no stable figure" if "stable measurement" in error else error or "–"
+
+
+def plot_perf(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, settings = doc["rows"], doc["settings"]
+    delays = settings["queue_delays_us"]
+    fig, axes = plt.subplots(len(delays), 2, figsize=(10, 3.4 * len(delays)), sharex=True, squeeze=False)
+    styles = {("vaedeploy", "http"): "o-", ("vaedeploy", "grpc"): "s-", ("triton", "http"): "o--",
+              ("triton", "grpc"): "s--"}
+    for delay, (left, right) in zip(delays, axes):
+        for (system, protocol), style in styles.items():
+            points = [pa_row(rows, system, protocol, delay, c) for c in settings["concurrency"]]
+            points = [(r["concurrency"], r) for r in points if r and "throughput_ips" in r]
+            if not points:
+                continue
+            xs = [c for c, _ in points]
+            left.plot(xs, [r["throughput_ips"] for _, r in points], style, label=f"{system} {protocol}")
+            right.plot(xs, [r["p99_us"] / 1e3 for _, r in points], style, label=f"{system} {protocol}")
+        left.set_ylabel("inferences / s")
+        right.set_ylabel("p99 latency, ms")
+        right.set_yscale("log")
+        for ax in (left, right):
+            ax.set_xscale("log", base=2)
+            ax.grid(alpha=0.3)
+            ax.set_title(f"decode, batch-1 requests, queue delay {delay} µs", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("concurrency (perf_analyzer)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"perf_analyzer: vaedeploy serve against Triton 2.51 (Python backend) on "
+                 f"{doc['machine']['cpu_cores_available']} shared cores of {doc['machine']['cpu']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo", help="the demo VAE's bundle (vaedeploy demo, or train vae --data digits)")
@@ -443,9 +653,21 @@ def main() -> None:
     parser.add_argument("--ceiling-seconds", type=float, default=0.5, help="timing per ceiling point (default 0.5)")
     parser.add_argument("--note", default="", help="a sentence stored with the results (e.g. who shared the machine)")
     parser.add_argument("--table", action="store_true", help="print the table of the committed results and exit")
+    parser.add_argument("--perf-analyzer", action="store_true",
+                        help="perf_analyzer against vaedeploy serve and a real Triton over the --demo bundle (writes "
+                             f"results/{PA_NAME}.json + .png)")
+    parser.add_argument("--pa-window-ms", type=int, default=2000, help="perf_analyzer's window (default 2000)")
+    parser.add_argument("--pa-trials", type=int, default=6, help="perf_analyzer's most windows (default 6)")
+    parser.add_argument("--pa-stability", type=int, default=50,
+                        help="perf_analyzer's stability threshold, percent (default 50: the cores are shared)")
     args = parser.parse_args()
     if args.table:
         print(table(json.loads((RESULTS_DIR / f"{NAME}.json").read_text())))
+        return
+    if args.perf_analyzer:
+        if not args.demo:
+            parser.error("--perf-analyzer needs the --demo bundle")
+        perf_analyzer_run(args)
         return
     if not (args.demo and args.conv):
         parser.error("--demo and --conv bundles are needed to measure (or --table)")
