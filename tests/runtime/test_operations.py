@@ -12,7 +12,7 @@ import pytest
 
 from vaedeploy import load
 from vaedeploy.bench import floor, local
-from vaedeploy.deploy.triton_repo import NOT_ENSEMBLES, NOT_ENSEMBLES_OF, build, ensembles_of
+from vaedeploy.deploy.triton_repo import NOT_ENSEMBLES, NOT_ENSEMBLES_OF, SAMPLE_ROWS, build, ensembles_of
 from vaedeploy.runtime import base, latents, noise
 from vaedeploy.runtime.operations import DOCS_TYPES, PARAMETERS, docs_table, operations_of, render_docs
 from vaedeploy.serve import models
@@ -87,7 +87,9 @@ def test_the_triton_ensembles_are_the_table_less_what_it_leaves_out(runtimes, ki
     for name in ensembles:
         config, op = repo.configs[f"b.{name}"], ops[name]
         batch = [] if op.inputs else [-1]  # a sample is not batched: its batch axis is a dim
-        assert [(t["name"], t["dims"]) for t in config["input"]] == [(t.name, [*batch, *t.dims]) for t in op.inputs]
+        # a sample takes its rows as the tensor n (SAMPLE_ROWS): Triton refuses an ensemble step without an input
+        inputs = [(t.name, [*batch, *t.dims]) for t in op.inputs] or [(SAMPLE_ROWS["name"], SAMPLE_ROWS["dims"])]
+        assert [(t["name"], t["dims"]) for t in config["input"]] == inputs
         assert [(t["name"], t["dims"]) for t in config["output"]] == [(t.name, [*batch, *t.dims]) for t in op.outputs]
         reads = config.get("parameters", {}).get("request_parameters", {}).get("string_value", "")
         assert reads == ",".join(op.parameters)
