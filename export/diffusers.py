@@ -25,14 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from vaedeploy.kernels.limits import LOGVAR_MAX, LOGVAR_MIN
 
 from vaedeploy.errors import ConfigError, FileFormatError, MissingDependency
 from vaedeploy.io import read_json
 
 SUPPORTED = ("AutoencoderKL", "AutoencoderTiny", "VQModel")
 IMAGE_RANGE = (-1.0, 1.0)  # what every supported class takes and gives
-# diffusers' DiagonalGaussianDistribution clamps the encoder's logvar to this range before it is used
-LOGVAR_RANGE = (-30.0, 20.0)
+# diffusers' DiagonalGaussianDistribution clamps the encoder's logvar to [-30, 20], the range the runtime's kernels
+# clamp to as well (kernels/limits.py); the graph clamps it, so encode_params gives diffusers' posterior
+LOGVAR_RANGE = (LOGVAR_MIN, LOGVAR_MAX)
 # the files a hub download fetches: a model folder's, or a pipeline's vae/ subfolder (never a pipeline's other weights)
 HUB_FILES = ["config.json", "diffusion_pytorch_model*.safetensors", "vae/config.json",
              "vae/diffusion_pytorch_model*.safetensors"]
