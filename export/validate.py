@@ -4,7 +4,8 @@ Each graph is run at batch sizes 1, 2, 7, 64 and the bundle's maximum, on each i
 the real encodings of that data, N(0, I) latents), in every precision exported. Every output is compared with the
 float32 PyTorch module: max-abs error and relative L2 error ``‖ort − torch‖ / ‖torch‖``, both within the tolerance of
 the graph's precision, and the PSNR over the range of PyTorch's output (reported: what a user reads of an image's
-loss). A NaN or Inf where PyTorch is finite fails too (NaN never compares as within tolerance).
+loss). A NaN or Inf where PyTorch is finite fails too (NaN never compares as within tolerance), and the failure names
+the first node of the graph whose output is not finite (``overflow.py``: an fp16 overflow).
 
 bf16 has no graph of its own (ONNX's Conv and Gemm take no bfloat16; OpenVINO and PyTorch lower the fp32 graph), so
 its variant is validated as the graph's module computed in bfloat16 throughout (``Bf16Module``: weights and
@@ -26,6 +27,8 @@ from vaedeploy.kernels import vq_nearest_numpy
 
 from vaedeploy.errors import JobFailed
 from vaedeploy.models.spec import ExportSpec, GraphSpec
+
+from .overflow import first_overflow
 
 BATCH_SIZES = (1, 2, 7, 64)
 # fp16 keeps 11 significant bits: about 1e-3 relative per value, more after a few layers. A graph may set its own
@@ -92,6 +95,18 @@ def cpu_session(path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _trace_overflow(check: dict, path: Path, feed: dict, traced: list) -> None:
+    """Name the first node that goes non-finite (``overflow.first_overflow``: an fp16 graph's overflow, SDXL's
+    failure) in ``check`` when an output of it holds NaN or Inf, once per graph and precision (``traced``); bf16 runs
+    no graph of its own, so it has no node to name."""
+    if traced or check["precision"] == "bf16" or all(math.isfinite(o["max_abs"]) or "note" in o
+                                                     for o in check["outputs"].values()):
+        return
+    overflow = first_overflow(path, feed)
+    check["overflow"] = str(overflow) if overflow else "ONNX Runtime names no node whose output is not finite"
+    traced.append(check)
+
+
 def validate_graphs(graphs: list[GraphSpec], files: dict[str, dict[str, str]], root, max_batch: int) -> dict:
     """Run every graph (its files: role → precision → ONNX file in ``root``) at every batch size and precision on
     each of its input sets; return the report (``passed`` is the verdict)."""
@@ -105,6 +120,7 @@ def validate_graphs(graphs: list[GraphSpec], files: dict[str, dict[str, str]], r
             if precision == "bf16":
                 session = Bf16Module(module, case.input_names, output_names)
             tolerance = case.tolerances.get(precision, TOLERANCES[precision])
+            traced = []  # the first check of this graph and precision with a non-finite output, traced to its node
             for label, arrays in case.input_sets.items():
                 for b in sizes:
                     inputs = [np.ascontiguousarray(a[:b]) for a in arrays]
@@ -124,6 +140,7 @@ def validate_graphs(graphs: list[GraphSpec], files: dict[str, dict[str, str]], r
                         outputs[name] = err
                     checks.append({"graph": case.role, "precision": precision, "inputs": label, "batch": b,
                                    "outputs": outputs, "passed": all(o["passed"] for o in outputs.values())})
+                    _trace_overflow(checks[-1], root / file, dict(zip(case.input_names, inputs)), traced)
                 if sizes[-1] > 1:
                     apart.append(_rows_on_their_own(case, session, output_names, arrays, sizes[-1], precision,
                                                      label, tolerance))
@@ -132,6 +149,7 @@ def validate_graphs(graphs: list[GraphSpec], files: dict[str, dict[str, str]], r
                    "batches), " if c in apart else "")
                 + ", ".join(f"{n} max_abs={o['max_abs']:.3g} rel_l2={o['rel_l2']:.3g}"
                             for n, o in c["outputs"].items() if not o["passed"])
+                + (f"; NaN or Inf in the output: {c['overflow']}" if "overflow" in c else "")
                 for c in [*checks, *apart] if not c["passed"]]
     worst = {}
     for c in checks:

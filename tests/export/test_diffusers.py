@@ -11,8 +11,10 @@ import torch
 from vaedeploy.export import diffusers as imported
 from vaedeploy.export.onnx_export import HalfPrecision, export_graph
 from vaedeploy.export.overflow import first_overflow
+from vaedeploy.export.validate import validate_graphs
 
 from vaedeploy.errors import ConfigError
+from vaedeploy.models.spec import GraphSpec
 
 BLOCKS = {"down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2,
           "block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 16}
@@ -163,3 +165,10 @@ def test_an_fp16_overflow_built_on_purpose_is_traced_to_its_first_node(tmp_path)
                                     "decoder.conv_in")
     # the same graph on latents that keep it in range (zeros: the scaled convolution gives its bias) has none
     assert first_overflow(tmp_path / "decoder.fp16.onnx", {"z": np.zeros_like(feed["z"])}) is None
+    # and validation, which export and import run on every graph and precision, fails naming graph, precision, node
+    spec = GraphSpec("decoder", decoder, ["z"], {"encodings": [z.numpy()]}, ["x"])
+    report = validate_graphs([spec], {"decoder": {"fp16": "decoder.fp16.onnx"}}, tmp_path, 2)
+    assert not report["passed"]
+    assert report["failures"][0].startswith("decoder fp16 on encodings at batch 1: x max_abs=nan")
+    assert (f"; NaN or Inf in the output: the first node that overflows is '{overflow.node}' (Conv in module "
+            "decoder.conv_in") in report["failures"][0]
