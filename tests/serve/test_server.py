@@ -1,6 +1,7 @@
 """`vaedeploy serve` under Triton's own clients (tritonclient.http, binary and JSON; tritonclient.grpc, raw and typed
 contents): every model of every latent type against the runtime, concurrent clients with mixed sizes and seeds,
-overload, disconnects, bad input, shutdown. Each test that uses a client runs over both protocols (``protocol``).
+overload, disconnects, bad input, shutdown. The tests of answers run over both protocols (``protocol``); overload,
+disconnects, bad input and shutdown over gRPC have their own cases in test_grpc.py.
 
 Results of differently batched calls agree to about 1e-7, not bit for bit (BLAS picks kernels by batch size), so a
 response is compared with the direct runtime call to 1e-6.
