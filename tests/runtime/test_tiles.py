@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vaedeploy.errors import ConfigError, InputError
+from vaedeploy.errors import InputError
 from vaedeploy.runtime.arrays import NumpyArrays, TorchArrays
 from vaedeploy.runtime.tiles import AUTO_TILE, Tiling, choose, tiled
 
@@ -147,7 +147,7 @@ def test_tiles_run_one_at_a_time():
 
 @pytest.mark.parametrize("tile, scale", [((6, 8), 2), ((8, 2), 2), ((8, 8), Fraction(1, 8)), ((9, 8), 1)])
 def test_a_tile_whose_overlap_is_not_whole_rows_is_refused(tile, scale):
-    with pytest.raises(ConfigError, match=r"tile: expected sides whose overlap of 0.25 is a whole number"):
+    with pytest.raises(InputError, match=r"tile: expected sides whose overlap of 0.25 is a whole number"):
         Tiling(tile, scale)
 
 

@@ -36,7 +36,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 
 OVERLAP = 0.25  # diffusers' tile_overlap_factor
 AUTO_TILE = 512  # pixels: the sample_size of Stable Diffusion's VAE, the tile diffusers' enable_tiling() uses for it
@@ -57,7 +57,7 @@ class Tiling:
             out = t * self.scale
             if out.denominator != 1 or (t * self.overlap) % 1 or (out * Fraction(self.overlap)) % 1 \
                     or int(min(t, out) * self.overlap) < 1:
-                raise ConfigError(f"tile: expected sides whose overlap of {self.overlap:g} is a whole number of rows "
+                raise InputError(f"tile: expected sides whose overlap of {self.overlap:g} is a whole number of rows "
                                   f"of both input and output (scale {self.scale}), got {self.tile[0]}×{self.tile[1]}")
 
     @property
