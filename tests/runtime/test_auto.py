@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from helpers import images, uncalibrated_copy
+from helpers import edit_manifest, images, uncalibrated_copy
 
 from vaedeploy import load
 from vaedeploy.owned import MARKER
@@ -77,3 +77,10 @@ def test_a_bundle_with_a_calibration_folder_can_be_exported_again(exported, tmp_
     assert (out / "calibration" / MARKER).is_file()
     export_run(run, out, max_batch=8)
     assert not (out / "calibration").exists()  # the bundle's own folder, replaced with the bundle
+
+
+def test_a_backend_that_cannot_load_the_bundle_is_left_out_with_its_sentence(bundle):
+    edit_manifest(bundle, lambda m: m["graphs"]["decoder"]["fp32"].update(module="no.such.module"))  # torch's alone
+    with load(bundle) as rt:
+        assert rt.backend != "torch"
+        assert "torch cannot run it (" in rt.backend_reason and "graphs.decoder.fp32.module" in rt.backend_reason

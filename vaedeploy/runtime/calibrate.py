@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import owned
-from ..bundle import PRECISIONS
+from ..bundle import PRECISIONS, BundleError
 from ..errors import ConfigError, MissingDependency, VaedeployError
 from ..io import read_json, write_json
 from .backends import CPU_ORDER as ORDER
@@ -123,21 +123,24 @@ def _variants(bundle, name: str) -> set[str]:
     return variants - {"bf16"} if name == "onnxruntime" else variants
 
 
-def measure(bundle, configs: dict[str, tuple[str, str]]) -> dict[str, dict[int, float]]:
+def measure(bundle, configs: dict[str, tuple[str, str]]) -> tuple[dict[str, dict[int, float]], dict[str, str]]:
     """label → batch → the median seconds of ``decode`` over ``ROUNDS`` interleaved rounds, for ``configs``: label →
-    (backend, precision)."""
+    (backend, precision); and label → why, for each that could not load the bundle (its backend's sentence)."""
     from .latents import runtime_class
     from .operations import operations_of
 
     sizes = sorted({1, min(64, bundle.max_batch)})
-    runtimes = {}
+    runtimes, failed = {}, {}
     try:
         for label, (name, precision) in configs.items():
-            runtimes[label] = runtime_class(bundle)(bundle, name, "cpu", precision, backend_reason="calibrating")
+            try:
+                runtimes[label] = runtime_class(bundle)(bundle, name, "cpu", precision, backend_reason="calibrating")
+            except VaedeployError as e:  # e.g. a damaged part of the manifest only this backend reads
+                failed[label] = str(e)
         (latents,) = operations_of(bundle)["decode"].inputs
         rng = np.random.default_rng(0)
         inputs = {n: rng.standard_normal((n, *latents.dims), dtype=np.float32) for n in sizes}
-        rounds = {label: {n: [] for n in sizes} for label in configs}
+        rounds = {label: {n: [] for n in sizes} for label in runtimes}
         for _ in range(ROUNDS):
             for name, rt in runtimes.items():
                 for n, z in inputs.items():
@@ -145,7 +148,8 @@ def measure(bundle, configs: dict[str, tuple[str, str]]) -> dict[str, dict[int, 
     finally:
         for rt in runtimes.values():
             rt.close()
-    return {name: {n: float(np.median(times)) for n, times in by_size.items()} for name, by_size in rounds.items()}
+    return {name: {n: float(np.median(times)) for n, times in by_size.items()} for name, by_size in rounds.items()}, \
+        failed
 
 
 def _median_call(rt, z) -> float:
@@ -194,18 +198,22 @@ def choose(bundle, precision: str) -> tuple[str, str, str, dict]:
     record = _cached(path, key)
     where = f"calibrated earlier, read from {path}"
     if record is None:
-        times = measure(bundle, configs) if len(configs) > 1 else {}
-        label = pick(times, next(iter(configs))) if times else next(iter(configs))
+        times, failed = measure(bundle, configs) if len(configs) > 1 else ({}, {})
+        if failed and not times:  # none could load it: the first one's sentence says why
+            raise BundleError(next(iter(failed.values())))
+        skipped += [f"{label} cannot run it ({why})" for label, why in failed.items()]
+        default = next(iter(times), next(iter(configs)))  # the first that loaded
+        label = pick(times, default) if times else default
         record = {"key": key, "times_s": {n: {str(b): t for b, t in ts.items()} for n, ts in times.items()},
                   "chosen": configs[label][0], "precision": configs[label][1], "skipped": skipped}
         where = f"calibrated now, {_store(path, record)}"
     times = {n: {int(b): t for b, t in ts.items()} for n, ts in record["times_s"].items()}
-    chosen, chosen_precision = record["chosen"], record["precision"]
+    chosen, chosen_precision, skipped = record["chosen"], record["precision"], record["skipped"]
     said = chosen if precision != "auto" else f"{chosen} at {chosen_precision}"
     if not times:
         why = f"the only CPU backend that can run it ({'; '.join(skipped)})"
     else:
-        default = next(iter(configs.values()))
+        default = configs[next(iter(times))]
         verdict = "measured fastest" if (chosen, chosen_precision) != default else \
             f"the default, no other measured {1 / MARGIN:.2g}× faster"
         why = f"{verdict} on {key['cpu']} ({_said(times)}{''.join(f'; {s}' for s in skipped)}; {where})"
@@ -218,7 +226,8 @@ def _cached(path: Path, key: dict) -> dict | None:
     except (OSError, VaedeployError):
         return None
     ok = isinstance(record, dict) and record.get("key") == key and record.get("chosen") in ORDER \
-        and record.get("precision") in PRECISIONS
+        and record.get("precision") in PRECISIONS and isinstance(record.get("skipped"), list) \
+        and isinstance(record.get("times_s"), dict)
     return record if ok else None
 
 

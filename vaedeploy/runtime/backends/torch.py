@@ -32,8 +32,13 @@ class TorchRunner(Runner):
 
     def activate_impl(self) -> None:
         module = self._model()
-        for name in self.graph.get("module", self.role).split("."):  # the module the graph was exported from
-            module = getattr(module, name)
+        path = self.graph.get("module", self.role)  # the module the graph was exported from
+        try:
+            for name in path.split("."):
+                module = getattr(module, name)
+        except (AttributeError, TypeError):  # not a string, or no such module
+            raise BundleError(f"{self.graph['path'].parent / 'manifest.json'}: graphs.{self.role}.{self.precision}."
+                              f"module: expected the path of a module of the bundle's model, got {path!r}") from None
         self.module = module
 
     def deactivate_impl(self) -> None:
