@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vaedeploy import __version__
-from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, MAX_BATCH, PRECISIONS, check_manifest, sha256_file
+from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, MAX_BATCH, PRECISIONS, ImageSizes, check_manifest, sha256_file
 from vaedeploy.errors import ConfigError
 from vaedeploy.io import atomic_write_bytes, save_tensors, write_json
 from vaedeploy.models.spec import ExportSpec, GraphSpec, encoder_decoder_spec
@@ -63,7 +63,7 @@ def _latent_spec(latent: str | dict, encoder: nn.Module, example: torch.Tensor) 
         raise ConfigError(f"a {spec['type']} encoder must return {len(ENCODER_OUTPUTS[spec['type']])} tensor(s) "
                           f"shaped N×latent_dim ({ENCODER_OUTPUTS[spec['type']]}), got shapes "
                           f"{[list(o.shape) for o in out]}")
-    spec["dim"] = int(out[0].shape[1])
+    spec["shape"] = [int(out[0].shape[1])]
     return spec
 
 
@@ -191,12 +191,16 @@ def write_bundle(
     out = Path(out)
     precisions = tuple(dict.fromkeys(("fp32", *precisions)))
     _check_options(precisions, max_batch, exporter, opset)
+    if spec.size is not None:
+        input_spec = {**input_spec, "size": spec.size.manifest()}
     facts = {"format_version": FORMAT_VERSION, "kind": kind, "input": input_spec, "latent": spec.latent,
              "likelihood": spec.likelihood, "vaedeploy_version": __version__}
     with Staging(out, BUNDLE, check=functools.partial(check_target, force=force)) as staging:
         graphs, files = _export_graphs(spec, staging, facts, exporter, opset, precisions)
         tmp = staging.root
-        report = validate_graphs(spec.graphs, files, tmp, max_batch)
+        sizes = ImageSizes.of(input_spec)
+        report = validate_graphs(spec.graphs, files, tmp, max_batch,
+                                 sizes.validation_sizes() if sizes is not None else ())
         if check := LATENT_CHECKS.get(spec.latent["type"]):
             result = check(spec, files, tmp, max_batch)
             report["extra"][result["name"]] = result
@@ -248,6 +252,7 @@ def _export_graphs(spec: ExportSpec, staging: Staging, facts: dict, exporter: st
             entry = export_graph(
                 module, example_inputs, graph.input_names, graph.output_names, staging.path(file), exporter=exporter,
                 opset=opset, metadata={**facts, "role": graph.role, "precision": precision, "exporter": exporter},
+                spatial=graph.spatial, size=spec.size,
             )
             entry["module"] = graph.module_path or graph.role  # what the torch backend runs for this graph
             graphs.setdefault(graph.role, {})[precision] = entry

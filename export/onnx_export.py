@@ -1,5 +1,10 @@
 """One module → one checked ONNX graph with a dynamic batch axis and the bundle's facts in its metadata_props.
 
+A model that takes any image size (``models.spec.SpatialSize``) has its spatial axes exported dynamic as well: an
+image's H and W as ``multiple`` × a symbol, a latent's as ``multiple / downsample`` × the same symbol (what
+``torch.export`` needs to see that a stride-f network divides them exactly), then named ``bundle.IMAGE_AXES`` and
+``bundle.LATENT_AXES`` on the graph's inputs and outputs, the names the manifest's entries hold.
+
 The dynamo exporter (``torch.onnx.export(..., dynamo=True)``) at opset 18 is the default;
 the legacy TorchScript exporter is used only when asked (``exporter="legacy"``) and the choice is recorded in the
 manifest, never taken silently. The example batch must have at least 2 rows: an example of size 0 or 1 makes the
@@ -18,8 +23,9 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from vaedeploy.bundle import BATCH_AXIS
+from vaedeploy.bundle import BATCH_AXIS, IMAGE_AXES, LATENT_AXES
 from vaedeploy.errors import ConfigError, VaedeployError
+from vaedeploy.models.spec import SpatialSize
 
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSET = 18
@@ -70,17 +76,48 @@ class HalfPrecision(nn.Module):
         return tuple(o.float() for o in outputs)
 
 
-def _dynamic_shapes(module: nn.Module, n_inputs: int, batch) -> tuple:
-    """The batch axis of every input, nested the way ``torch.export`` reads the signature: one entry per named
-    positional parameter, and the inputs that land in ``*args`` (noise of each layer, ``HalfPrecision``) as one tuple.
-    """
+AXES = {"image": IMAGE_AXES, "latent": LATENT_AXES}  # the names of a spatial tensor's last two axes
+
+
+def _dynamic_shapes(module: nn.Module, axes: list[dict]) -> tuple:
+    """Each input's dynamic axes (``axes``, one dict per input), nested the way ``torch.export`` reads the
+    signature: one entry per named positional parameter, and the inputs that land in ``*args`` (noise of each
+    layer, ``HalfPrecision``) as one tuple."""
     shapes: list = []
     for parameter in inspect.signature(module.forward).parameters.values():
         if parameter.kind is parameter.VAR_POSITIONAL:
-            return (*shapes, tuple({0: batch} for _ in range(n_inputs - len(shapes))))
-        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD) and len(shapes) < n_inputs:
-            shapes.append({0: batch})
+            return (*shapes, tuple(axes[len(shapes):]))
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD) and len(shapes) < len(axes):
+            shapes.append(axes[len(shapes)])
     return tuple(shapes)
+
+
+def _input_axes(input_names: list[str], spatial: dict[str, str], size: SpatialSize | None) -> list[dict]:
+    """``torch.export`` dims of each input: the batch, and where ``spatial`` names the input, H and W as a step times
+    one symbol per direction (the image's step is ``size.multiple``, a latent's ``multiple / downsample``)."""
+    batch = torch.export.Dim(BATCH_AXIS, min=1, max=2**20)
+    units = None
+    if size is not None:
+        units = [torch.export.Dim(f"{axis}_units", min=low // size.multiple, max=high // size.multiple)
+                 for axis, low, high in zip(IMAGE_AXES, size.low, size.high)]
+    axes = []
+    for name in input_names:
+        if name not in spatial or units is None:
+            axes.append({0: batch})
+            continue
+        step = size.multiple if spatial[name] == "image" else size.multiple // size.downsample
+        axes.append({0: batch, **{i: unit if step == 1 else step * unit for i, unit in zip((2, 3), units)}})
+    return axes
+
+
+def _name_axes(graph: onnx.GraphProto, spatial: dict[str, str]) -> None:
+    """Name the spatial axes of the graph's inputs and outputs as the manifest does (``AXES``), whatever the
+    exporter called its symbols."""
+    for value in (*graph.input, *graph.output):
+        if value.name in spatial:
+            dims = value.type.tensor_type.shape.dim
+            for i, name in zip((2, 3), AXES[spatial[value.name]]):
+                dims[i].dim_param = name
 
 
 def _name_outputs(graph: onnx.GraphProto, names: list[str]) -> None:
@@ -119,22 +156,25 @@ def _value_specs(values) -> list[dict]:
     return specs
 
 
-def _export(module, example, input_names, output_names, path: Path, exporter: str, opset: int) -> onnx.ModelProto:
-    """The ONNX model of ``module(*example)`` with a dynamic batch axis and the given input and output names."""
+def _export(module, example, input_names, output_names, path: Path, exporter: str, opset: int,
+            spatial: dict[str, str], size: SpatialSize | None) -> onnx.ModelProto:
+    """The ONNX model of ``module(*example)`` with a dynamic batch axis (and spatial axes where ``spatial`` and
+    ``size`` say) and the given input and output names."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and torchvision notices say nothing about us
         if exporter == "dynamo":
             # the exporter logs that torchvision's ops are not registered on every export; no graph of ours uses them
             logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-            batch = torch.export.Dim(BATCH_AXIS, min=1, max=2**20)
+            axes = _input_axes(input_names, spatial, size)
             program = torch.onnx.export(
                 module, example, input_names=input_names, opset_version=opset,
-                dynamo=True, dynamic_shapes=_dynamic_shapes(module, len(example), batch), verbose=False,
+                dynamo=True, dynamic_shapes=_dynamic_shapes(module, axes), verbose=False,
             )
             model = program.model_proto
             _name_outputs(model.graph, list(output_names))
         else:
-            axes = {name: {0: BATCH_AXIS} for name in [*input_names, *output_names]}
+            axes = {name: {0: BATCH_AXIS, **(dict(zip((2, 3), AXES[spatial[name]])) if name in spatial else {})}
+                    for name in [*input_names, *output_names]}
             torch.onnx.export(module, example, str(path), input_names=input_names, output_names=output_names,
                               opset_version=opset, dynamo=False, dynamic_axes=axes)
             model = onnx.load(str(path))
@@ -151,10 +191,13 @@ def export_graph(
     exporter: str = "dynamo",
     opset: int = DEFAULT_OPSET,
     metadata: dict | None = None,
+    spatial: dict[str, str] | None = None,
+    size: SpatialSize | None = None,
 ) -> dict:
     """Export ``module(*example)`` to ``path`` and return its manifest entry (file name, inputs, outputs, ...).
 
-    Every input and output gets the dynamic leading axis ``batch``. ``metadata`` (JSON-able values) goes into the
+    Every input and output gets the dynamic leading axis ``batch``; with ``size``, those ``spatial`` names
+    (``GraphSpec.spatial``) get dynamic H and W axes too. ``metadata`` (JSON-able values) goes into the
     graph's ``metadata_props``. The graph passes ``onnx.checker`` (full check) and strict shape inference, and may
     hold no random operation; otherwise ``ExportError`` names the graph and what failed.
     """
@@ -165,7 +208,8 @@ def export_graph(
                           f"axis), got batch sizes {[t.shape[0] for t in example]}")
     module = module.eval()
     try:
-        model = _export(module, example, input_names, output_names, path, exporter, opset)
+        spatial = spatial if size is not None else {}
+        model = _export(module, example, input_names, output_names, path, exporter, opset, spatial, size)
     except VaedeployError:
         raise
     except Exception as e:  # the exporters raise many types (torch._dynamo, torch.export, onnxscript) for one cause
@@ -175,6 +219,7 @@ def export_graph(
     if random_ops:
         raise ExportError(f"{path.name}: the graph holds random operations {random_ops}; draw noise outside the "
                           "module (the runtime passes it in)")
+    _name_axes(model.graph, spatial)
     del model.metadata_props[:]
     for key, value in (metadata or {}).items():
         model.metadata_props.add(key=key, value=value if isinstance(value, str) else json.dumps(value))
@@ -188,7 +233,9 @@ def export_graph(
         "file": path.name,
         "inputs": _value_specs(model.graph.input),
         "outputs": _value_specs(model.graph.output),
-        "dynamic_axes": {v.name: {"0": BATCH_AXIS} for v in [*model.graph.input, *model.graph.output]},
+        "dynamic_axes": {v.name: {"0": BATCH_AXIS, **({str(i): a for i, a in zip((2, 3), AXES[spatial[v.name]])}
+                                                      if v.name in spatial else {})}
+                         for v in [*model.graph.input, *model.graph.output]},
         "opset": _opset(model),  # what the graph declares, which is what a runtime reads
         "exporter": exporter,
         "ir_version": model.ir_version,

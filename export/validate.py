@@ -11,6 +11,10 @@ bf16 has no graph of its own (ONNX's Conv and Gemm take no bfloat16; OpenVINO an
 its variant is validated as the graph's module computed in bfloat16 throughout (``Bf16Module``: weights and
 activations), the most it loses; a backend that keeps some sums in float32, as OpenVINO's AMX kernels do, loses less.
 
+A graph that takes any image size (``GraphSpec.at_size``) is also run at every size of ``sizes`` (the bundle's
+reference size, both corners of its ``input.size`` range and two non-square sizes: ``bundle.ImageSizes``) at batch
+sizes 1 and 2, on the inputs ``at_size`` makes, against PyTorch as above; the report and the manifest list the sizes.
+
 Each graph must also treat rows on their own: the runtime splits large batches and a server joins requests, so the
 largest batch is run again in two pieces (its first row, then the rest) and must give the same outputs within the
 same tolerance. A module that mixes rows (``x - x.mean(0)``, batch statistics) fails here rather than in production.
@@ -107,10 +111,31 @@ def _trace_overflow(check: dict, path: Path, feed: dict, traced: list) -> None:
     traced.append(check)
 
 
-def validate_graphs(graphs: list[GraphSpec], files: dict[str, dict[str, str]], root, max_batch: int) -> dict:
+def _compare(case: GraphSpec, session, output_names, inputs, tolerance) -> dict:
+    """Each output of the graph against the PyTorch module on ``inputs``: max-abs and relative L2 error, passed."""
+    with torch.no_grad():
+        expected = case.module(*(torch.from_numpy(a) for a in inputs))
+    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+    actual = session.run(output_names, dict(zip(case.input_names, inputs)))
+    outputs = {}
+    for name, a, e in zip(output_names, actual, expected):
+        e = e.numpy()
+        if a.shape != e.shape:
+            outputs[name] = {"max_abs": math.inf, "rel_l2": math.inf, "passed": False,
+                             "note": f"shape {list(a.shape)}, PyTorch gives {list(e.shape)}"}
+            continue
+        err = errors(a, e)
+        err["passed"] = all(err[k] <= tolerance[k] for k in tolerance)  # False for NaN
+        outputs[name] = err
+    return outputs
+
+
+def validate_graphs(graphs: list[GraphSpec], files: dict[str, dict[str, str]], root, max_batch: int,
+                    sizes=()) -> dict:
     """Run every graph (its files: role → precision → ONNX file in ``root``) at every batch size and precision on
-    each of its input sets; return the report (``passed`` is the verdict)."""
-    root, sizes = Path(root), batch_sizes(max_batch)
+    each of its input sets, and a graph that takes any image size at each (H, W) of ``sizes`` too; return the report
+    (``passed`` is the verdict)."""
+    root, batches = Path(root), batch_sizes(max_batch)
     checks, apart = [], []  # against PyTorch; the largest batch against its rows run apart (ONNX Runtime both)
     for case in graphs:
         module = case.module.eval()
@@ -122,28 +147,23 @@ def validate_graphs(graphs: list[GraphSpec], files: dict[str, dict[str, str]], r
             tolerance = case.tolerances.get(precision, TOLERANCES[precision])
             traced = []  # the first check of this graph and precision with a non-finite output, traced to its node
             for label, arrays in case.input_sets.items():
-                for b in sizes:
+                for b in batches:
                     inputs = [np.ascontiguousarray(a[:b]) for a in arrays]
-                    with torch.no_grad():
-                        expected = module(*(torch.from_numpy(a) for a in inputs))
-                    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-                    actual = session.run(output_names, dict(zip(case.input_names, inputs)))
-                    outputs = {}
-                    for name, a, e in zip(output_names, actual, expected):
-                        e = e.numpy()
-                        if a.shape != e.shape:
-                            outputs[name] = {"max_abs": math.inf, "rel_l2": math.inf, "passed": False,
-                                             "note": f"shape {list(a.shape)}, PyTorch gives {list(e.shape)}"}
-                            continue
-                        err = errors(a, e)
-                        err["passed"] = all(err[k] <= tolerance[k] for k in tolerance)  # False for NaN
-                        outputs[name] = err
+                    outputs = _compare(case, session, output_names, inputs, tolerance)
                     checks.append({"graph": case.role, "precision": precision, "inputs": label, "batch": b,
                                    "outputs": outputs, "passed": all(o["passed"] for o in outputs.values())})
                     _trace_overflow(checks[-1], root / file, dict(zip(case.input_names, inputs)), traced)
-                if sizes[-1] > 1:
-                    apart.append(_rows_on_their_own(case, session, output_names, arrays, sizes[-1], precision,
+                if batches[-1] > 1:
+                    apart.append(_rows_on_their_own(case, session, output_names, arrays, batches[-1], precision,
                                                      label, tolerance))
+            for h, w in sizes if case.at_size is not None else ():
+                arrays = case.at_size(h, w)
+                for b in (1, 2):
+                    inputs = [np.ascontiguousarray(a[:b]) for a in arrays]
+                    outputs = _compare(case, session, output_names, inputs, tolerance)
+                    checks.append({"graph": case.role, "precision": precision, "inputs": f"size {h}×{w}", "batch": b,
+                                   "outputs": outputs, "passed": all(o["passed"] for o in outputs.values())})
+                    _trace_overflow(checks[-1], root / file, dict(zip(case.input_names, inputs)), traced)
     failures = [f"{c['graph']} {c['precision']} on {c['inputs']} at batch {c['batch']}: "
                 + ("rows depend on the rest of the batch (each row must be computed on its own: the runtime splits "
                    "batches), " if c in apart else "")
@@ -164,7 +184,8 @@ def validate_graphs(graphs: list[GraphSpec], files: dict[str, dict[str, str]], r
         "reference": "PyTorch float32 modules (CPU)",
         "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider (bf16: PyTorch {torch.__version__}, the module "
                    "in bfloat16)",
-        "batch_sizes": sizes,
+        "batch_sizes": batches,
+        "sizes": [list(size) for size in sizes],  # the (H, W) each graph that takes any size was validated at
         "tolerances": TOLERANCES,
         "worst": worst,
         "failures": failures,
@@ -192,7 +213,7 @@ def _rows_on_their_own(case: GraphSpec, session, output_names, arrays, b: int, p
 
 def summary(report: dict) -> dict:
     """The part of the report that goes into the manifest."""
-    return {k: report[k] for k in ("passed", "runtime", "batch_sizes", "tolerances", "worst", "extra")}
+    return {k: report[k] for k in ("passed", "runtime", "batch_sizes", "sizes", "tolerances", "worst", "extra")}
 
 
 def vq_index_agreement(spec: ExportSpec, files: dict[str, dict[str, str]], root, max_batch: int) -> dict:

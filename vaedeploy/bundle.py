@@ -23,6 +23,7 @@ sha256, that no path leaves the bundle, and that each ONNX graph is what its man
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -35,10 +36,13 @@ from . import owned
 from .errors import BundleError, ConfigError, VaedeployError
 from .io import open_regular, read_json, read_npy, show
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: latent.shape, input.size, latent.downsample and latent.scaling; 1 still loads (``upgrade``)
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "bf16")
 BATCH_AXIS = "batch"  # the name of every graph's dynamic leading axis
+# the names of the dynamic spatial axes: an image's, and a spatial latent's (H / downsample, W / downsample)
+IMAGE_AXES = ("height", "width")
+LATENT_AXES = ("latent_height", "latent_width")
 LIKELIHOOD_OUTPUTS = {"gaussian": 2, "bernoulli": 1, "identity": 1}  # how many parameters each kind's decoder gives
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Every name a manifest gives (kind, graph roles, tensor, array and file names) becomes part of a path or a model
@@ -156,41 +160,165 @@ class _Fields:
 
 
 def tensor(name: str, dims, dtype: str = "float32") -> dict:
-    """The spec of one graph input or output: the dynamic batch axis, then ``dims``."""
-    return {"name": name, "shape": [BATCH_AXIS, *(int(d) for d in dims)], "dtype": dtype}
+    """The spec of one graph input or output: the dynamic batch axis, then ``dims`` (sizes, or the names of dynamic
+    axes: ``IMAGE_AXES``, ``LATENT_AXES``)."""
+    return {"name": name, "shape": [BATCH_AXIS, *(d if isinstance(d, str) else int(d) for d in dims)],
+            "dtype": dtype}
 
 
 Signature = tuple[list[dict], list[dict]]  # (inputs, outputs) of one graph, as ``tensor`` specs
 
 
+@dataclass(frozen=True)
+class ImageSizes:
+    """The image sizes a bundle with ``input.size`` takes: H and W multiples of ``multiple`` from ``low`` to ``high``
+    (each an (H, W) pair, inclusive); ``reference`` is ``input.shape``'s (H, W), the size ``sample`` draws at by
+    default."""
+
+    low: tuple[int, int]
+    high: tuple[int, int]
+    multiple: int
+    reference: tuple[int, int]
+
+    @classmethod
+    def of(cls, input_spec: dict) -> "ImageSizes | None":
+        """The sizes of a checked manifest's ``input`` entry; None for a fixed size (no ``input.size``)."""
+        size = input_spec.get("size")
+        if size is None:
+            return None
+        return cls(tuple(size["min"]), tuple(size["max"]), int(size["multiple"]), tuple(input_spec["shape"][1:]))
+
+    def __str__(self) -> str:
+        return (f"H and W multiples of {self.multiple} from {self.low[0]}×{self.low[1]} to "
+                f"{self.high[0]}×{self.high[1]}")
+
+    def refusal(self, size) -> str | None:
+        """What is wrong with an (H, W) pair, in words (``None`` when this bundle takes it)."""
+        if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in size)):
+            return f"(H, W), two integers, with {self}"
+        h, w = (int(v) for v in size)
+        if h % self.multiple or w % self.multiple or not (self.low[0] <= h <= self.high[0]) \
+                or not (self.low[1] <= w <= self.high[1]):
+            return str(self)
+        return None
+
+    def validation_sizes(self) -> list[tuple[int, int]]:
+        """The sizes export validates the graphs at: the reference, both corners of the range and two non-square
+        sizes (the tall and the wide extreme), each once."""
+        (h0, w0), (h1, w1) = self.low, self.high
+        sizes = [self.reference, self.low, self.high, (h0, w1), (h1, w0)]
+        return list(dict.fromkeys(sizes))
+
+
+def _check_size(m: dict, f: _Fields) -> ImageSizes | None:
+    """``input.size`` (optional): ``{"min": [H, W], "max": [H, W], "multiple": m}``, the range ``input.shape``'s
+    reference H, W lies in."""
+    size, shape = m["input"].get("size"), m["input"]["shape"]
+    if size is None:
+        return None
+    size = f.obj(size, "input.size")
+    if len(shape) != 3:
+        f.fail("input.shape", "[C, H, W] where input.size makes H and W dynamic", shape)
+    multiple = f.integer(f.key(size, "multiple", "input.size"), "input.size.multiple")
+    bounds = []
+    for key in ("min", "max"):
+        pair = f.listed(f.key(size, key, "input.size"), f"input.size.{key}", 2)
+        if len(pair) != 2 or any(f.integer(v, f"input.size.{key}") % multiple for v in pair):
+            f.fail(f"input.size.{key}", f"[H, W], multiples of input.size.multiple ({multiple})", pair)
+        bounds.append(pair)
+    for i, axis in enumerate(("an H", "a W")):
+        if not bounds[0][i] <= shape[1 + i] <= bounds[1][i] or shape[1 + i] % multiple:
+            f.fail("input.shape", f"{axis} that input.size takes ({bounds[0][i]} to {bounds[1][i]}, a multiple of "
+                   f"{multiple})", shape)
+    return ImageSizes.of(m["input"])
+
+
+def _latent_shape(m: dict, f: _Fields, spatial: bool) -> list[int]:
+    """``latent.shape``: ``[d]``, or ``[c, h, w]`` where ``spatial``; a spatial shape follows the image through
+    ``latent.downsample`` (h = H / downsample at the reference size, and any size's H a multiple of it)."""
+    shape = f.listed(f.key(m["latent"], "shape", "latent"), "latent.shape", 1)
+    if len(shape) not in ((1, 3) if spatial else (1,)):
+        f.fail("latent.shape", "[d] or [c, h, w]" if spatial else "[d]", shape)
+    shape = [f.integer(s, "latent.shape") for s in shape]
+    sizes = ImageSizes.of(m["input"])
+    if len(shape) == 1:
+        if sizes is not None:
+            f.fail("input.size", "none: a vector latent fixes the image size", m["input"]["size"])
+        return shape
+    factor = f.integer(f.key(m["latent"], "downsample", "latent"), "latent.downsample")
+    image = m["input"]["shape"]
+    if len(image) != 3 or [image[1], image[2]] != [shape[1] * factor, shape[2] * factor]:
+        f.fail("latent.shape", f"[c, H / {factor}, W / {factor}] of the input shape {image}", shape)
+    if sizes is not None and sizes.multiple % factor:
+        f.fail("input.size.multiple", f"a multiple of latent.downsample ({factor})", sizes.multiple)
+    return shape
+
+
+def _check_scaling(latent: dict, f: _Fields) -> None:
+    """``latent.scaling`` (optional): ``{"scaling_factor": s > 0, "shift_factor": t}``, diffusers' two numbers."""
+    if "scaling" not in latent:
+        return
+    scaling = f.obj(latent["scaling"], "latent.scaling")
+    factor = f.key(scaling, "scaling_factor", "latent.scaling")
+    shift = f.key(scaling, "shift_factor", "latent.scaling")
+    for field, value, positive in (("scaling_factor", factor, True), ("shift_factor", shift, False)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (positive and value <= 0):
+            f.fail(f"latent.scaling.{field}", "a finite number" + (" > 0" if positive else ""), value)
+
+
+def _image(m: dict) -> list:
+    """An image tensor's dims after the batch: ``input.shape``, its H and W named where ``input.size`` makes them
+    dynamic."""
+    shape = m["input"]["shape"]
+    return [shape[0], *IMAGE_AXES] if "size" in m["input"] else list(shape)
+
+
+def _latent(m: dict, shape: list[int]) -> list:
+    """A latent tensor's dims after the batch: ``shape``, its h and w named where the image's are dynamic."""
+    return [shape[0], *LATENT_AXES] if len(shape) == 3 and "size" in m["input"] else list(shape)
+
+
 def _gaussian(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
     latent = m["latent"]
-    d = f.integer(f.key(latent, "dim", "latent"), "latent.dim")
-    graphs = {"encoder": ([tensor("x", m["input"]["shape"])], [tensor("mean", [d]), tensor("logvar", [d])]),
-              "decoder": ([tensor("z", [d])], image())}
+    z = _latent(m, _latent_shape(m, f, spatial=True))
+    _check_scaling(latent, f)
+    graphs = {"encoder": ([tensor("x", _image(m))], [tensor("mean", z), tensor("logvar", z)]),
+              "decoder": ([tensor("z", z)], image())}
     if "prior" in latent:  # a learned prior over z: a two-stage VAE's stage-2 decoder u → (mean, log γ)
         prior = f.obj(latent["prior"], "latent.prior")
         if f.key(prior, "type", "latent.prior") != "two_stage":
             f.fail("latent.prior.type", "'two_stage'", prior["type"])
+        if len(z) != 1:
+            f.fail("latent.prior", "none: a two-stage prior is over vector latents", prior)
         u = f.integer(f.key(prior, "dim", "latent.prior"), "latent.prior.dim")
         graphs[f.name(f.key(prior, "graph", "latent.prior"), "latent.prior.graph")] = (
-            [tensor("u", [u])], [tensor("mean", [d]), tensor("log_gamma", [d])])
+            [tensor("u", [u])], [tensor("mean", z), tensor("log_gamma", z)])
     return graphs
 
 
 def _deterministic(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
-    d = f.integer(f.key(m["latent"], "dim", "latent"), "latent.dim")
-    return {"encoder": ([tensor("x", m["input"]["shape"])], [tensor("z", [d])]),
-            "decoder": ([tensor("z", [d])], image())}
+    z = _latent(m, _latent_shape(m, f, spatial=True))
+    _check_scaling(m["latent"], f)
+    return {"encoder": ([tensor("x", _image(m))], [tensor("z", z)]),
+            "decoder": ([tensor("z", z)], image())}
+
+
+def _fixed_size(m: dict, f: _Fields) -> None:
+    """Latent types whose graphs hold the image's size (a prior over a fixed number of codes or layers of fixed
+    width) take no ``input.size``."""
+    if "size" in m["input"]:
+        f.fail("input.size", f"none: a {m['latent']['type']} latent fixes the image size", m["input"]["size"])
 
 
 def _vq(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
     latent = m["latent"]
-    d = f.integer(f.key(latent, "dim", "latent"), "latent.dim")
-    grid = f.listed(f.key(latent, "grid", "latent"), "latent.grid", 2)
-    if len(grid) != 2:
-        f.fail("latent.grid", "[h, w]", grid)
-    h, w = (f.integer(g, "latent.grid") for g in grid)
+    _fixed_size(m, f)
+    shape = f.listed(f.key(latent, "shape", "latent"), "latent.shape", 3)
+    if len(shape) != 3:
+        f.fail("latent.shape", "[D, h, w]", shape)
+    d, h, w = (f.integer(s, "latent.shape") for s in shape)
     codes = f.integer(f.key(latent, "num_codes", "latent"), "latent.num_codes", minimum=2)
     f.one_of(f.key(latent, "codebook", "latent"), m.get("arrays", {}), "latent.codebook")
     prior = f.obj(f.key(latent, "prior", "latent"), "latent.prior")
@@ -198,7 +326,7 @@ def _vq(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
         f.fail("latent.prior.type", "'autoregressive'", prior["type"])
     length = f.integer(f.key(prior, "length", "latent.prior"), "latent.prior.length")
     if length != h * w:
-        f.fail("latent.prior.length", f"the grid's {h}×{w} = {h * w} positions", length)
+        f.fail("latent.prior.length", f"the latent's {h}×{w} = {h * w} positions", length)
     start = f.integer(f.key(prior, "start_token", "latent.prior"), "latent.prior.start_token", minimum=0)
     if start > codes:
         f.fail("latent.prior.start_token", f"a token in [0, {codes}]", start)
@@ -210,6 +338,7 @@ def _vq(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
 
 def _hierarchical(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
     latent = m["latent"]
+    _fixed_size(m, f)
     layers = f.listed(f.key(latent, "layers", "latent"), "latent.layers", 2)
     dims, names = [], {}
     for i, layer in enumerate(layers):
@@ -217,8 +346,8 @@ def _hierarchical(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
         dims.append(f.integer(f.key(layer, "dim", f"latent.layers[{i}]"), f"latent.layers[{i}].dim"))
         for k in ("noise", "z", "mean", "logvar"):
             names.setdefault(k, []).append(f.name(f.key(layer, k, f"latent.layers[{i}]"), f"latent.layers[{i}].{k}"))
-    if f.integer(f.key(latent, "dim", "latent"), "latent.dim") != sum(dims):
-        f.fail("latent.dim", f"the sum of the layers' sizes, {sum(dims)}", latent["dim"])
+    if _latent_shape(m, f, spatial=False) != [sum(dims)]:
+        f.fail("latent.shape", f"[the sum of the layers' sizes], [{sum(dims)}]", latent["shape"])
     roles = f.obj(f.key(latent, "graphs", "latent"), "latent.graphs")
     encode, decode, sample = (f.name(f.key(roles, k, "latent.graphs"), f"latent.graphs.{k}")
                               for k in ("encode", "decode", "sample"))
@@ -269,8 +398,26 @@ def _same_signature(entry: dict, expected: Signature) -> str | None:
     return None
 
 
-def check_manifest(manifest, where) -> None:
-    """Check a manifest document against the schema; raise ``BundleError`` naming ``where`` and the field.
+def _upgrade(m: dict, f: _Fields) -> dict:
+    """A format-1 manifest in format 2's form, in memory (the file is not touched): ``latent.dim`` (with a VQ
+    latent's ``grid``) becomes ``latent.shape``. Format 1 had no ``input.size``, ``latent.downsample`` or
+    ``latent.scaling``: every format-1 bundle has a fixed image size and unscaled latents."""
+    latent = dict(f.obj(f.key(m, "latent", "the manifest"), "latent"))
+    shape = [f.integer(f.key(latent, "dim", "latent"), "latent.dim")]
+    if latent.get("type") == "vq":
+        grid = f.listed(f.key(latent, "grid", "latent"), "latent.grid", 2)
+        if len(grid) != 2:
+            f.fail("latent.grid", "[h, w]", grid)
+        shape += [f.integer(g, "latent.grid") for g in grid]
+        del latent["grid"]
+    del latent["dim"]
+    latent["shape"] = shape
+    return {**m, "format_version": FORMAT_VERSION, "latent": latent}
+
+
+def check_manifest(manifest, where) -> dict:
+    """Check a manifest document against the schema and return it in the current format's form (a format-1
+    manifest upgraded in memory, ``_upgrade``); raise ``BundleError`` naming ``where`` and the field.
 
     The writer calls this before a bundle is written and ``load_bundle`` before one is used, so both agree on
     what a bundle is.
@@ -282,6 +429,8 @@ def check_manifest(manifest, where) -> None:
     if version > FORMAT_VERSION:
         raise BundleError(f"{where}: bundle format {version} is newer than this vaedeploy reads ({FORMAT_VERSION}); "
                           "upgrade vaedeploy")
+    if version == 1:
+        m = _upgrade(m, f)
     for key in ("kind", "input", "latent", "likelihood", "graphs", "files", "max_batch", "validation"):
         f.key(m, key, "the manifest")
     f.name(m["kind"], "kind")
@@ -290,6 +439,7 @@ def check_manifest(manifest, where) -> None:
     shape = f.listed(f.key(f.obj(m["input"], "input"), "shape", "input"), "input.shape", 1)
     for s in shape:
         f.integer(s, "input.shape")
+    _check_size(m, f)
     files = f.obj(m["files"], "files")
     for name, digest in files.items():
         f.name(name, "files")
@@ -315,7 +465,7 @@ def check_manifest(manifest, where) -> None:
         f.name(name, "likelihood.outputs")
 
     def image() -> list[dict]:  # a decoder's outputs: every likelihood parameter shaped like the input
-        return [tensor(name, shape) for name in outputs]
+        return [tensor(name, _image(m)) for name in outputs]
 
     latent_type = f.one_of(f.key(f.obj(m["latent"], "latent"), "type", "latent"), LATENT_TYPES, "latent.type")
     expected = LATENT_TYPES[latent_type](m, f, image)
@@ -335,7 +485,8 @@ def check_manifest(manifest, where) -> None:
             f.one_of(entry["file"], files, f"{field}.file")
             if role in expected and (difference := _same_signature(entry, expected[role])):
                 raise BundleError(f"{where}: {field}: the graph has {difference} (from the {latent_type} latent "
-                                  f"of size {m['latent'].get('dim')} and inputs {shape})")
+                                  f"shaped {m['latent'].get('shape')} and inputs {_image(m)})")
+    return m
 
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -385,7 +536,23 @@ class Bundle:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """One image's shape at the reference size (``input.shape``)."""
         return tuple(self.manifest["input"]["shape"])
+
+    @property
+    def sizes(self) -> ImageSizes | None:
+        """The image sizes the graphs take (``input.size``); None where the size is fixed."""
+        return ImageSizes.of(self.manifest["input"])
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """One latent's shape at the reference size (``latent.shape``): (d,) or (c, h, w)."""
+        return tuple(self.latent["shape"])
+
+    @property
+    def downsample(self) -> int | None:
+        """H / h of a spatial latent (``latent.downsample``); None for vector latents and VQ grids."""
+        return self.latent.get("downsample")
 
     @property
     def max_batch(self) -> int:
@@ -450,8 +617,7 @@ def load_bundle(root: str | os.PathLike, verify: bool = True, graphs: bool = Tru
     its entry says (``vaedeploy.load`` passes ``graphs=False`` and checks them once its sessions have read them, so
     that no graph is read twice)."""
     root = Path(root)
-    manifest = read_manifest(root)
-    check_manifest(manifest, root / MANIFEST)
+    manifest = check_manifest(read_manifest(root), root / MANIFEST)
     for name, expected in manifest["files"].items():
         path = _inside(root, name)
         if not path.is_file():

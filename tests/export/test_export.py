@@ -88,7 +88,7 @@ def test_the_users_own_modules_export_validate_and_run(tmp_path):
     out = export_bundle(encoder, decoder, latent="gaussian", example=torch.rand(10, 3, 4), out=tmp_path / "mine",
                         max_batch=16)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["kind"] == "custom" and manifest["latent"] == {"type": "gaussian", "dim": 3}
+    assert manifest["kind"] == "custom" and manifest["latent"] == {"type": "gaussian", "shape": [3]}
     assert manifest["model"] is None and manifest["validation"]["batch_sizes"] == [1, 2, 7, 16]
     rt = load(out, backend="onnxruntime")
     z = np.random.default_rng(1).standard_normal((40, 3), dtype=np.float32)  # above max_batch: split

@@ -77,7 +77,7 @@ def test_each_kind_exports_its_graphs_validated_at_every_batch_size(exported, ki
         assert manifest["validation"]["extra"]["vq_index_agreement"]["worst"] >= 0.99
     if kind == "biva":
         layers = manifest["latent"]["layers"]
-        assert [layer["dim"] for layer in layers] == [4, 3, 2] and manifest["latent"]["dim"] == 9
+        assert [layer["dim"] for layer in layers] == [4, 3, 2] and manifest["latent"]["shape"] == [9]
         assert [i["name"] for i in manifest["graphs"]["encoder"]["fp32"]["inputs"]] == ["x", "eps_1", "eps_2", "eps_3"]
         assert [i["name"] for i in manifest["graphs"]["decoder"]["fp32"]["inputs"]] == ["eps_1", "eps_2", "eps_3"]
     if kind == "twostage":

@@ -193,11 +193,12 @@ def test_a_bucket_is_recorded_once_for_each_op_it_runs(exported):
     rt._buckets.recorder.record = lambda call, what: recorded.append(what) or record(call, what)
     for n in (1, 2, 3, 4, 3, 1, 9):
         rt.decode(np.zeros((n, 4), np.float32))
-    assert recorded == ["decode at bucket 1", "decode at bucket 2", "decode at bucket 4"]
+    assert recorded == ["decode at bucket 1 (rows of 4)", "decode at bucket 2 (rows of 4)",
+                        "decode at bucket 4 (rows of 4)"]
     runs = {size: entry["runs"] for size, entry in rt.describe()["buckets"]["recorded"]["decode"].items()}
     assert runs == {1: 3, 2: 1, 4: 5}  # 9 rows: 4 + 4 + 1
     rt.reconstruct(images(3))
-    assert recorded[-1] == "reconstruct at bucket 4"
+    assert recorded[-1] == "reconstruct at bucket 4 (rows of 1×8×8)"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -209,7 +210,8 @@ def test_warmup_records_every_op_for_every_bucket_largest_first(exported, backen
     rt._buckets.recorder.record = lambda call, what: recorded.append(what) or record(call, what)
     described = rt.warmup()
     ops = ["encode_params", "encode", "decode", "reconstruct", "sample"]
-    assert recorded == [f"{op} at bucket {size}" for op in ops for size in (4, 2, 1)]
+    rows = {"encode_params": "1×8×8", "encode": "1×8×8", "decode": "4", "reconstruct": "1×8×8", "sample": "4"}
+    assert recorded == [f"{op} at bucket {size} (rows of {rows[op]})" for op in ops for size in (4, 2, 1)]
     assert {op: sorted(sizes) for op, sizes in described["buckets"]["recorded"].items()} == \
         {op: [1, 2, 4] for op in ops}
     assert described["buckets"]["static_input_bytes"] == 7 * 4 * (3 * 64 + 4)  # 1+2+4 rows of 3 image ops + decode
@@ -300,15 +302,15 @@ def test_onnxruntime_with_buckets_runs_through_iobinding_with_fixed_buffers_per_
     assert isinstance(encoder, BoundRunner) and not isinstance(direct.runners["encoder"], BoundRunner)
     x = images(3)
     close(rt.encode(x, seed=1), direct.encode(x, seed=1))
-    binding = encoder.bindings[4]
+    binding = encoder.bindings[(4, (1, 8, 8))]  # (rows, the input's per-row shape)
     buffers = binding.inputs + binding.outputs
     close(rt.encode(images(4, seed=2), seed=1), direct.encode(images(4, seed=2), seed=1))
-    assert encoder.bindings[4] is binding and [id(b) for b in binding.inputs + binding.outputs] == \
+    assert encoder.bindings[(4, (1, 8, 8))] is binding and [id(b) for b in binding.inputs + binding.outputs] == \
         [id(b) for b in buffers], "a bucket's binding keeps its buffers: fixed addresses for a CUDA graph"
     close(binding.inputs[0], images(4, seed=2))  # the call's rows were copied into the bound input
     # a size that is no bucket (a direct call with per-row seeds) binds fresh buffers and keeps nothing
     close(rt.encode(images(3), seed=np.array([1, 1, 1]), offset=np.arange(3)), direct.encode(images(3), seed=1))
-    assert sorted(encoder.bindings) == [4]
+    assert sorted(encoder.bindings) == [(4, (1, 8, 8))]
     assert encoder.infer({"x": images(2)})["mean"].shape == (2, 4)
 
 
@@ -325,7 +327,7 @@ def test_describe_and_repr_say_what_runs(exported):
     assert described["backend_reason"] == "asked for" and described["cuda_graphs"] is False
     assert described["execution"] == "batch buckets, each call on static buffers run directly (no graphs)"
     assert described["buckets"]["recorded"] == {"decode": {4: {"recorded_seconds": pytest.approx(0, abs=0.1),
-                                                                "runs": 1}}}
+                                                                "runs": 1, "shapes": [[[4]]]}}}
     assert described["buckets"]["graph_pool_bytes"] is None
     assert repr(rt).endswith("buckets=1..16 (3), direct calls: 1 made)")
 

@@ -39,7 +39,7 @@ def point_encoder_at_decoder_file(m):
 CASES = [  # (what the independent check found, the edit, what the error names)
     ("max_batch 0", lambda m: m.update(max_batch=0), r"max_batch: expected an integer ≥ 1, got 0"),
     ("max_batch negative", lambda m: m.update(max_batch=-3), r"max_batch: expected an integer ≥ 1, got -3"),
-    ("latent.dim not the decoder's input", lambda m: m["latent"].update(dim=5),
+    ("latent.shape not the decoder's input", lambda m: m["latent"].update(shape=[5]),
      r"graphs.encoder.fp32: the graph has output 'mean' shaped \['batch', 4\], expected \['batch', 5\]"),
     ("encoder and decoder swapped", swap_graphs, r"graphs.encoder.fp32: the graph has inputs named \['z'\]"),
     ("an entry naming the other graph's file", point_encoder_at_decoder_file,

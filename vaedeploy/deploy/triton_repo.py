@@ -218,12 +218,12 @@ def build(bundle, name: str, batching: dict, graphs: str = "onnxruntime") -> _Re
 def _steps(repo: _Repository, kind: str) -> dict[str, list[tuple]]:
     """Each ensemble's steps, by operation, for a bundle of latent type ``kind``."""
     bundle, latent = repo.bundle, repo.bundle.latent
-    d = int(latent["dim"])
+    d = bundle.latent_shape[0]
     encoder, decoder = repo.graph("encoder"), repo.graph("decoder")
     enc_outputs = [o["name"] for o in bundle.graph("encoder")["outputs"]]
     steps = {"encode_params": [(encoder, {"x": "x"}, {o: o for o in enc_outputs})]}
     if kind == "vq":
-        grid = [int(g) for g in latent["grid"]]
+        grid = list(bundle.latent_shape[1:])
         codes, z_q = _tensor("codes", "INT64", grid), _tensor("z_q", "FP32", [d, *grid])
         nearest = repo.python("nearest", [_tensor("z_e", "FP32", [d, *grid])], [codes, z_q],
                               {"codebook": latent["codebook"]})

@@ -64,6 +64,6 @@ class AE(Model):
 
     def export_spec(self, data, max_batch: int) -> ExportSpec:
         """encoder x → z, decoder z → likelihood; ``encode`` is the code itself."""
-        latent = {"type": "deterministic", "dim": self.config.latent_dim}
+        latent = {"type": "deterministic", "shape": [self.config.latent_dim]}
         return encoder_decoder_spec(self.encoder, self.decoder, latent, self.decoder.likelihood.spec(), data,
                                     max_batch)

@@ -297,7 +297,7 @@ class BIVA(Model):
                       likelihood["outputs"], module_path="decoder.x_decoder"),
         ]
         # z is every layer's sample concatenated (bottom first); each layer's noise is N(0, I) of its size
-        latent = {"type": "hierarchical", "dim": sum(dims), "layers": layers,
+        latent = {"type": "hierarchical", "shape": [sum(dims)], "layers": layers,
                   "graphs": {"encode": "encoder", "decode": "latent_decoder", "sample": "decoder"}}
         return ExportSpec(latent, likelihood, graphs)
 

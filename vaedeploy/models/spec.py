@@ -11,6 +11,7 @@ draws, so a graph is checked where it will run and where sampling takes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +33,11 @@ class GraphSpec:
         module_path: attribute path of the module inside the model (``stage2.decoder``), what the torch backend
             runs; default the role.
         tolerances: precision → ``{"max_abs", "rel_l2"}`` where this graph needs its own; default export's.
+        spatial: for a model that takes any image size (``ExportSpec.size``), tensor name → ``"image"`` or
+            ``"latent"`` for every input and output whose last two axes follow the image's H, W (H, W or H / f,
+            W / f): those axes are exported dynamic and named ``bundle.IMAGE_AXES`` or ``bundle.LATENT_AXES``.
+        at_size: (H, W) → one array per input, a few rows at that image size: what validation runs the graph on at
+            each size besides the reference one.
     """
 
     role: str
@@ -41,17 +47,36 @@ class GraphSpec:
     output_names: list[str]
     module_path: str = ""
     tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+    spatial: dict[str, str] = field(default_factory=dict)
+    at_size: Callable[[int, int], list[np.ndarray]] | None = None
+
+
+@dataclass(frozen=True)
+class SpatialSize:
+    """The image sizes a fully convolutional model's graphs take: H and W multiples of ``multiple`` from ``low`` to
+    ``high`` ((H, W) pairs, inclusive), latents ``downsample`` times smaller (``multiple`` is a multiple of it)."""
+
+    low: tuple[int, int]
+    high: tuple[int, int]
+    multiple: int
+    downsample: int
+
+    def manifest(self) -> dict:
+        """The manifest's ``input.size``."""
+        return {"min": list(self.low), "max": list(self.high), "multiple": self.multiple}
 
 
 @dataclass
 class ExportSpec:
     """Everything a bundle holds of one model: the manifest's ``latent`` and ``likelihood`` entries, its graphs and
-    the arrays beside them (``name.npy``, e.g. a VQ codebook)."""
+    the arrays beside them (``name.npy``, e.g. a VQ codebook); ``size`` where the graphs take any image size in a
+    range (None: the data's size only)."""
 
     latent: dict
     likelihood: dict
     graphs: list[GraphSpec]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    size: SpatialSize | None = None
 
 
 def validation_rows(x: np.ndarray, n: int) -> np.ndarray:
@@ -75,7 +100,7 @@ def encoder_decoder_spec(encoder: nn.Module, decoder: nn.Module, latent: dict, l
     graphs = [
         GraphSpec("encoder", encoder, ["x"], {"data": [x]}, outputs),
         GraphSpec("decoder", decoder, ["z"], {"encodings": [validation_rows(code.numpy(), max_batch)],
-                                             "normal": [normal_draws((max_batch, latent["dim"]))]},
+                                             "normal": [normal_draws((max_batch, *latent["shape"]))]},
                   list(likelihood["outputs"])),
         *extra_graphs,
     ]

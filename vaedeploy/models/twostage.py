@@ -155,7 +155,7 @@ class TwoStage(VAE):
         stage2 = GraphSpec("stage2_decoder", self.stage2.decoder, ["u"],
                            {"encodings": [u_means], "normal": [normal_draws((max_batch, u_dim), NORMAL_SEED + 1)]},
                            ["mean", "log_gamma"], module_path="stage2.decoder")
-        latent = {"type": "gaussian", "dim": self.config.latent_dim,
+        latent = {"type": "gaussian", "shape": [self.config.latent_dim],
                   "prior": {"type": "two_stage", "graph": "stage2_decoder", "dim": u_dim}}
         return encoder_decoder_spec(self.encoder, self.decoder, latent, self.decoder.likelihood.spec(), data,
                                     max_batch, extra_graphs=(stage2,))

@@ -138,7 +138,7 @@ class VAE(Model):
 
     def export_spec(self, data, max_batch: int) -> ExportSpec:
         """encoder x → (mean, logvar), decoder z → likelihood; the runtime draws z = mean + exp(logvar/2)·eps."""
-        latent = {"type": "gaussian", "dim": self.config.latent_dim}
+        latent = {"type": "gaussian", "shape": [self.config.latent_dim]}
         return encoder_decoder_spec(self.encoder, self.export_decoder(), latent, self.decoder.likelihood.spec(),
                                     data, max_batch)
 

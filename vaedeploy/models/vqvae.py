@@ -391,7 +391,7 @@ class VQVAE(Model):
             GraphSpec("prior", self.prior, ["tokens"], {"encodings": [tokens], "random_codes": [random_tokens]},
                       ["logits"]),
         ]
-        latent = {"type": "vq", "dim": dim, "grid": [h, w], "num_codes": num_codes, "codebook": "codebook",
+        latent = {"type": "vq", "shape": [dim, h, w], "num_codes": num_codes, "codebook": "codebook",
                   "prior": {"type": "autoregressive", "graph": "prior", "length": length,
                             "start_token": self.prior.start_token}}
         return ExportSpec(latent, likelihood, graphs, arrays={"codebook": codebook.numpy()})

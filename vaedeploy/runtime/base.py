@@ -11,6 +11,15 @@ The API methods name the op and ``_call`` runs its plan: directly in slices (``_
 buckets, through the bucket machinery, which records the whole plan once per bucket (one CUDA graph on CUDA). So
 the latent types are written once for every way of running them.
 
+Sizes (docs/runtime.md, "Image sizes"): a bundle with ``input.size`` takes images of any H, W it declares (multiples
+of ``input.size.multiple`` in its range) and spatial latents of the matching h, w = H / f, W / f; ``sample`` draws at
+``size=(H, W)`` (default the reference ``input.shape``). Every other bundle takes its one shape. A call of one size
+runs its slices at that size; sessions and modules are the same at every size.
+
+Latent scaling (``latent.scaling``, diffusers' rule): ``encode`` returns (z - shift) · scale, ``decode`` takes latents
+in that space, ``encode_params`` returns the graph's own mean and log-variance and ``sample`` draws N(0, I) in the
+graph's space (``latents.GaussianRuntime``).
+
 What a call accepts (docs/runtime.md): images within the bundle's declared ``input.range`` (a finite input far outside
 it would run the graphs into NaN), latents of any finite value, ``n`` rows up to 2**63 − 1, a temperature in
 [0, ``MAX_TEMPERATURE``]; numpy integer and float scalars wherever Python ones are. Latents have no declared range,
@@ -27,7 +36,7 @@ import numpy as np
 
 from ..bundle import PRECISIONS, Bundle, BundleError
 from ..errors import ConfigError, InputError
-from .arrays import FINITE, Values
+from .arrays import FINITE, Values, shape_text
 from .backends import backend_class
 from .buckets import Buckets, DirectCalls, Plan, bucket_sizes
 from .noise import Noise
@@ -61,9 +70,12 @@ class Runtime:
     """A loaded bundle on one backend and device. Build it with ``vaedeploy.load``; ``close()`` (or ``with``) frees it.
 
     Attributes: ``backend`` (the backend that runs, also when ``auto`` chose it) and ``backend_reason`` (why),
-    ``device``, ``precision``, ``kind``, ``latent_type``, ``latent_dim``, ``input_shape``, ``max_batch`` (larger
-    batches are split and reassembled in order), ``buckets`` (the batch bucket sizes, or None), ``cuda_graphs``,
-    ``runners`` (role → the backend's runner of that graph, with its last call's time), ``plans`` (op → ``Plan``).
+    ``device``, ``precision``, ``kind``, ``latent_type``, ``input_shape`` and ``latent_shape`` (one image's and one
+    latent's shape at the reference size), ``latent_dim`` (``latent_shape[0]``: d, or a spatial latent's channels),
+    ``sizes`` (the image sizes it takes, ``bundle.ImageSizes``; None: ``input_shape`` only), ``downsample`` (H / h of a
+    spatial latent, else None), ``max_batch`` (larger batches are split and reassembled in order), ``buckets`` (the
+    batch bucket sizes, or None), ``cuda_graphs``, ``runners`` (role → the backend's runner of that graph, with its last
+    call's time), ``plans`` (op → ``Plan``).
 
     Args (beyond the bundle, backend, device and precision ``load`` resolved):
         backend_reason: why this backend runs (``asked for``, or ``auto``'s sentence).
@@ -86,8 +98,9 @@ class Runtime:
         if self.latent_type not in self.LATENT_TYPES:
             raise ConfigError(f"{bundle.root}: {type(self).__name__} serves {' and '.join(self.LATENT_TYPES)} "
                               f"latents, the bundle has {self.latent_type!r}")
-        self.latent_dim = int(bundle.latent["dim"])
-        self.input_shape = bundle.input_shape
+        self.latent_shape, self.input_shape = bundle.latent_shape, bundle.input_shape
+        self.latent_dim = self.latent_shape[0]
+        self.sizes, self.downsample = bundle.sizes, bundle.downsample
         self.input_values = input_values(bundle)
         self.max_batch = bundle.max_batch
         self.likelihood = bundle.manifest["likelihood"]["kind"]
@@ -175,7 +188,7 @@ class Runtime:
                               "default)")
         for op, plan in self.plans.items():
             if plan.recordable:
-                self._buckets.warm(op, plan)
+                self._buckets.warm(op, plan, self.latent_shape if plan.sized else None)
         return self.describe()
 
     def __enter__(self) -> "Runtime":
@@ -190,6 +203,56 @@ class Runtime:
         if self.closed:
             raise InputError(f"{self!r} is closed; load the bundle again")
         return self.arrays.take(x, trailing, name, values)
+
+    def _take_images(self, x, name: str = "x"):
+        """Images at the reference size, or at any size the bundle takes (``sizes``), and the way back."""
+        return self._take(x, self._image_dims(x, name), name, self.input_values)
+
+    def _take_latents(self, z, name: str = "z"):
+        """Latents of the reference shape, or of a spatial latent's shape at any size the bundle takes."""
+        return self._take(z, self._latent_dims(z, name), name)
+
+    def _image_dims(self, x, name: str) -> tuple:
+        """The per-row shape x must have: ``input_shape``, or x's own (C, H, W) where the bundle takes that size."""
+        shape = getattr(x, "shape", None)
+        if self.sizes is None or shape is None:  # a non-array is refused by ``take``, naming its type
+            return self.input_shape
+        c = self.input_shape[0]
+        why = str(self.sizes) if len(shape) != 4 or shape[1] != c else self.sizes.refusal(tuple(shape[2:]))
+        if why:
+            raise InputError(f"{name}: expected shape N×{c}×H×W with {why}, got {shape_text(shape)}")
+        return tuple(shape[1:])
+
+    def _latent_dims(self, z, name: str) -> tuple:
+        """The per-row shape latents z must have: ``latent_shape``, or for a spatial latent of a bundle that takes
+        any size, z's own (c, h, w) where (h·f, w·f) is a size it takes."""
+        shape = getattr(z, "shape", None)
+        if self.sizes is None or len(self.latent_shape) != 3 or shape is None:
+            return self.latent_shape
+        c, f = self.latent_shape[0], self.downsample
+        taken = len(shape) == 4 and shape[1] == c and not self.sizes.refusal((shape[2] * f, shape[3] * f))
+        if not taken:
+            raise InputError(f"{name}: expected shape N×{c}×h×w with h = H/{f}, w = W/{f} and {self.sizes}, got "
+                             f"{shape_text(shape)}")
+        return tuple(shape[1:])
+
+    def latent_shape_at(self, size=None) -> tuple:
+        """One latent's shape for images of ``size`` (H, W) (None: the reference size); an ``InputError`` for a
+        size this bundle does not take."""
+        if size is None:
+            return self.latent_shape
+        reference = self.input_shape[1:]
+        if self.sizes is None:
+            if (tuple(size) if isinstance(size, (tuple, list)) else size) != tuple(reference):
+                raise InputError(f"size: expected {shape_text(reference)}, the one image size of this bundle (it "
+                                 f"declares no input.size), got {size!r}")
+            return self.latent_shape
+        if why := self.sizes.refusal(size):
+            raise InputError(f"size: expected {why}, got {size!r}")
+        if len(self.latent_shape) == 1:
+            return self.latent_shape
+        f = self.downsample
+        return self.latent_shape[0], int(size[0]) // f, int(size[1]) // f
 
     def _finite_decoded(self, images, z):
         """``images``, unless they hold NaN or Inf (one cheap pass: ``arrays.finite``); the sentence, which reads z
@@ -206,31 +269,33 @@ class Runtime:
         return self._plans()
 
     def _plans(self) -> dict[str, Plan]:
-        image, latent = ((self.input_shape, "float32"),), (((self.latent_dim,), "float32"),)
+        image, latent = ((self.input_shape, "float32"),), ((self.latent_shape, "float32"),)
         return {"encode_params": Plan(self._encode_params_rows, image),
                 "encode": Plan(self._encode_rows, image, noise=True),
                 "decode": Plan(self._decode_rows, latent),
                 "reconstruct": Plan(self._reconstruct_rows, image)}
 
-    def _call(self, op: str, *inputs, noise: Noise | None = None, temperature=None, out=None) -> tuple:
-        """Op ``op``'s plan over every row of ``inputs`` (or of ``noise``): through the batch buckets where this
-        runtime has them and the plan can be recorded with this noise, else directly in slices (``_map``)."""
+    def _call(self, op: str, *inputs, noise: Noise | None = None, temperature=None, shape=None, out=None) -> tuple:
+        """Op ``op``'s plan over every row of ``inputs`` (or of ``noise``, at one latent ``shape`` for a sized plan):
+        through the batch buckets where this runtime has them and the plan can be recorded with this noise, else
+        directly in slices (``_map``)."""
         plan = self.plans[op]
         if self._buckets is None:
-            return self._map(plan, inputs, noise, temperature, out)
+            return self._map(plan, inputs, noise, temperature, shape, out)
         if plan.recordable and (noise is None or noise.is_one_stream):
-            return self._buckets.call(op, plan, inputs, noise, temperature, out)
+            return self._buckets.call(op, plan, inputs, noise, temperature, out, shape)
         # per-row seeds (one stream per row, which no kernel launch takes) and ops read on the host run directly,
         # one call at a time with the buckets' calls, and copied out: a bound runner's outputs are its buffers
         with self._buckets.lock:
-            return self._map(plan, inputs, noise, temperature, out, gather=True)
+            return self._map(plan, inputs, noise, temperature, shape, out, gather=True)
 
-    def _map(self, plan: Plan, inputs: tuple, noise=None, temperature=None, out=None, gather=False) -> tuple:
+    def _map(self, plan: Plan, inputs: tuple, noise=None, temperature=None, shape=None, out=None,
+             gather=False) -> tuple:
         """``plan.rows`` on slices of at most ``max_batch`` rows of every input (the noise slices like one); each of
         its outputs gathered in order into one array of all the rows, the first into ``out`` when given (and always
         when ``gather``)."""
         arrays = (*inputs, noise) if plan.noise else inputs
-        extra = (temperature,) if plan.temperature else ()
+        extra = plan.extra(temperature, shape)
         n = len(arrays[0])
         if n <= self.max_batch and out is None and not gather:  # the hot path: no slicing
             return plan.rows(*arrays, *extra)
@@ -277,43 +342,49 @@ class Runtime:
     # ---- the API -----------------------------------------------------------------------------------------------
 
     def encode_params(self, x) -> tuple:
-        """The encoder's outputs for images x (N × input shape): ``(mean, logvar)``, or ``(z,)`` for an AE."""
-        x, back = self._take(x, self.input_shape, "x", self.input_values)
+        """The encoder's outputs for images x (N × input shape): ``(mean, logvar)``, or ``(z,)`` for an AE; never
+        scaled (the graph's own)."""
+        x, back = self._take_images(x)
         return tuple(back(p) for p in self._call("encode_params", x))
 
     def encode(self, x, seed=None, offset=0, *, out=None):
-        """A latent z (N × latent_dim) per image: a draw from q(z|x), or the code itself for deterministic latents.
+        """A latent z (N × latent shape) per image: a draw from q(z|x), or the code itself for deterministic
+        latents; scaled where the bundle declares ``latent.scaling`` ((z - shift) · scale).
 
         ``seed`` fixes the draw (None draws a fresh seed); row r uses row ``offset + r`` of the seed's noise
         stream, so rows encoded in separate calls draw what one call would. Per-row ``seed`` and ``offset`` arrays
-        (N values each) give every row its own stream (``noise.py``). ``out``: a preallocated result (N × latent_dim
-        float32, in this runtime's arrays) that is filled and returned instead of a new array.
+        (N values each) give every row its own stream (``noise.py``). ``out``: a preallocated result (N × latent
+        shape float32, in this runtime's arrays) that is filled and returned instead of a new array.
         """
-        x, back = self._take(x, self.input_shape, "x", self.input_values)
+        x, back = self._take_images(x)
         z = self._call("encode", x, noise=Noise.of(seed, offset, len(x)), out=out)[0]
         return z if out is not None else back(z)
 
     def decode(self, z, *, out=None):
-        """The mean image (N × input shape) of p(x|z) for latents z (N × latent_dim); ``out`` as for ``encode``."""
-        z, back = self._take(z, (self.latent_dim,), "z")
+        """The mean image (N × input shape) of p(x|z) for latents z (N × latent shape, in ``encode``'s space: scaled
+        where the bundle declares ``latent.scaling``); ``out`` as for ``encode``."""
+        z, back = self._take_latents(z)
         images = self._finite_decoded(self._call("decode", z, out=out)[0], z)
         return images if out is not None else back(images)
 
     def reconstruct(self, x, *, out=None):
         """decode(the encoder's most likely code): the posterior mean for Gaussian latents."""
-        x, back = self._take(x, self.input_shape, "x", self.input_values)
+        x, back = self._take_images(x)
         images = self._call("reconstruct", x, out=out)[0]
         return images if out is not None else back(images)
 
-    def sample(self, n: int, seed=None, temperature: float = 1.0, offset=0, *, out=None):
+    def sample(self, n: int, seed=None, temperature: float = 1.0, offset=0, size=None, *, out=None):
         """n images from the bundle's prior at ``temperature``; row r uses row ``offset + r`` of ``seed``'s stream
-        (per-row arrays as for ``encode``). Drawn and decoded ``max_batch`` rows at a time (a bucket at a time on a
-        runtime with buckets); ``out`` as for ``encode``."""
+        (per-row arrays as for ``encode``), one counter per latent element in C order, at any ``size``. ``size``:
+        (H, W) of the images, one the bundle takes (default the reference ``input.shape``). Drawn and decoded
+        ``max_batch`` rows at a time (a bucket at a time on a runtime with buckets); ``out`` as for ``encode``."""
         n, temperature = self._check_sample(n, temperature)
         if "sample" not in self.plans:
             raise InputError(f"sample: a {self.kind} bundle has no prior over its {self.latent_type} latents; "
                              "expected a bundle with gaussian latents or a learned prior")
-        images = self._call("sample", noise=Noise.of(seed, offset, n), temperature=temperature, out=out)[0]
+        shape = self.latent_shape_at(size)
+        images = self._call("sample", noise=Noise.of(seed, offset, n), temperature=temperature,
+                            shape=shape if self.plans["sample"].sized else None, out=out)[0]
         images = self._finite_sampled(images, temperature)
         return images if out is not None else self.arrays.output(images)
 

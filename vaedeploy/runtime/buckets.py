@@ -1,13 +1,13 @@
 """Batch buckets: a call of n rows runs the smallest bucket ≥ n on static buffers, through one recording per op and
 bucket.
 
-A runtime with buckets (``load(..., buckets=...)``; on CUDA by default) keeps, for each op it has run and each bucket
-size, a ``Slot``: static input buffers of the bucket's rows and a ``Recording`` of the op's ``Plan`` on them. A call
-copies its rows into the first rows of the static inputs (the rows after them keep what an earlier call left: every
-op is row-wise, so they never change the caller's rows), writes its seed, first row and temperature into device
-scalars (``noise.DeviceNoise``), runs the recording, and copies its n rows out of the outputs, into ``out`` when the
-caller gave one. Calls above the largest bucket run in slices of the largest bucket. A slot is made once: a bucket is
-never recorded again for an op it has.
+A runtime with buckets (``load(..., buckets=...)``; on CUDA by default) keeps, for each op it has run, each bucket size
+and each per-row shape (an image size, for a bundle that takes any: the key is (op, batch, H, W)), a ``Slot``: static
+input buffers of the bucket's rows and a ``Recording`` of the op's ``Plan`` on them. A call copies its rows into the
+first rows of the static inputs (the rows after them keep what an earlier call left: every op is row-wise, so they never
+change the caller's rows), writes its seed, first row and temperature into device scalars (``noise.DeviceNoise``), runs
+the recording, and copies its n rows out of the outputs, into ``out`` when the caller gave one. Calls above the largest
+bucket run in slices of the largest bucket. A slot is made once: a bucket is never recorded again for an op it has.
 
 What a recording is comes from the recorder the runtime was built with, so this module knows nothing of CUDA:
 
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import ConfigError
+from .arrays import shape_text
 from .noise import DeviceNoise, Noise
 
 
@@ -54,10 +55,11 @@ def bucket_sizes(buckets, max_batch: int) -> tuple[int, ...]:
 class Plan:
     """What one op runs on the rows of one slice: ``rows(*inputs[, noise][, temperature]) -> tuple of outputs``.
 
-    ``inputs`` are each input's trailing shape and dtype (for the static buffers of ``warmup``); ``noise`` and
-    ``temperature`` say whether the op draws noise and takes a temperature. ``rows`` must depend on nothing but its
-    arguments and the runtime's fixed state: a recording replays what it did once. ``recordable`` is False for an
-    op that reads results on the host as it runs (the VQ prior's autoregressive loop): it always runs directly.
+    ``inputs`` are each input's trailing shape and dtype at the reference size (for the static buffers of ``warmup``);
+    ``noise`` and ``temperature`` say whether the op draws noise and takes a temperature; ``sized`` whether ``rows``
+    also takes the latent shape of one row (a sample at any image size), last. ``rows`` must depend on nothing but its
+    arguments and the runtime's fixed state: a recording replays what it did once. ``recordable`` is False for an op
+    that reads results on the host as it runs (the VQ prior's autoregressive loop): it always runs directly.
     """
 
     rows: Callable
@@ -65,6 +67,12 @@ class Plan:
     noise: bool = False
     temperature: bool = False
     recordable: bool = True
+    sized: bool = False
+
+    def extra(self, temperature, shape) -> tuple:
+        """The arguments ``rows`` takes after its inputs and noise: the temperature and the latent shape, where it
+        takes them."""
+        return ((temperature,) if self.temperature else ()) + ((shape,) if self.sized else ())
 
 
 @dataclass
@@ -116,6 +124,7 @@ class Slot:
     inputs: tuple
     recording: Recording
     runs: int = 0
+    shapes: tuple = ()  # the per-row shape of each input (and a sized plan's latent shape)
 
 
 class Buckets:
@@ -132,7 +141,7 @@ class Buckets:
         self.arrays, self.sizes, self.recorder = arrays, sizes, recorder
         self.order = order or HostOrder()
         self.lock = threading.Lock()
-        self.slots: dict[tuple[str, int], Slot] = {}
+        self.slots: dict[tuple[str, int, tuple], Slot] = {}  # (op, bucket, per-row shapes) → its slot
         self.noise = DeviceNoise(arrays)
         self.temperature = arrays.scalar(1.0, "float32")
         self._temperature = 1.0  # what ``temperature`` holds, so an unchanged one is not written again
@@ -144,16 +153,18 @@ class Buckets:
                 return size
         raise ValueError(f"{n} rows are above the largest bucket {self.sizes[-1]}; the caller splits them")
 
-    def call(self, op: str, plan: Plan, inputs: tuple, noise: Noise | None, temperature, out=None) -> tuple:
-        """``plan`` over every row of ``inputs`` (and ``noise``): slices of at most the largest bucket, each through
-        its bucket's slot; the outputs gathered into arrays of all the rows (the first into ``out`` when given)."""
+    def call(self, op: str, plan: Plan, inputs: tuple, noise: Noise | None, temperature, out=None,
+             shape=None) -> tuple:
+        """``plan`` over every row of ``inputs`` (and ``noise``, at latent ``shape`` for a sized plan): slices of at
+        most the largest bucket, each through the slot of its bucket and shapes; the outputs gathered into arrays of
+        all the rows (the first into ``out`` when given)."""
         n = len(inputs[0]) if inputs else len(noise)
         with self.lock:
             self.order.begin()
             results = None
             for start in range(0, n, self.sizes[-1]):
                 stop = min(n, start + self.sizes[-1])
-                slot = self._slot(op, plan, inputs, self.bucket(stop - start))
+                slot = self._slot(op, plan, inputs, self.bucket(stop - start), shape)
                 outputs = self._run(slot, plan, [a[start:stop] for a in inputs],
                                     noise[start:stop] if plan.noise else None, temperature)
                 if results is None:
@@ -162,24 +173,27 @@ class Buckets:
                     whole[start:stop] = part[:stop - start]
         return tuple(results)
 
-    def warm(self, op: str, plan: Plan) -> None:
-        """Record ``plan`` for every bucket now, the largest first (the shared pool then grows once, to the largest)."""
+    def warm(self, op: str, plan: Plan, shape=None) -> None:
+        """Record ``plan`` for every bucket now at the reference size (``plan.inputs``; ``shape`` for a sized plan),
+        the largest first (the shared pool then grows once, to the largest)."""
         with self.lock:
             self.order.begin()
             for size in reversed(self.sizes):
-                self._slot(op, plan, [self.arrays.new((1, *shape), dtype) for shape, dtype in plan.inputs], size)
+                self._slot(op, plan, [self.arrays.new((1, *dims), dtype) for dims, dtype in plan.inputs], size, shape)
 
-    def _slot(self, op: str, plan: Plan, inputs, size: int) -> Slot:
-        slot = self.slots.get((op, size))
+    def _slot(self, op: str, plan: Plan, inputs, size: int, shape=None) -> Slot:
+        shapes = tuple(tuple(a.shape[1:]) for a in inputs) + ((tuple(shape),) if plan.sized else ())
+        slot = self.slots.get((op, size, shapes))
         if slot is None:
             statics = tuple(self.arrays.zeros((size, *a.shape[1:]), a) for a in inputs)
-            extra = ((self.noise.rows(size),) if plan.noise else ()) + ((self.temperature,) if plan.temperature else ())
+            extra = ((self.noise.rows(size),) if plan.noise else ()) + plan.extra(self.temperature, shape)
 
             def call():
                 with self.arrays.inference():
                     return plan.rows(*statics, *extra)
 
-            slot = self.slots[(op, size)] = Slot(size, statics, self.recorder.record(call, f"{op} at bucket {size}"))
+            what = f"{op} at bucket {size}" + (f" (rows of {' and '.join(map(shape_text, shapes))})" if shapes else "")
+            slot = self.slots[(op, size, shapes)] = Slot(size, statics, self.recorder.record(call, what), shapes=shapes)
         return slot
 
     def _result(self, out, n: int, like):
@@ -198,11 +212,15 @@ class Buckets:
         return slot.recording.run()
 
     def describe(self) -> dict:
-        """Which (op, bucket) pairs are recorded, how long each took and how often it ran, and the memory held."""
+        """Which (op, bucket) pairs are recorded, how long their recordings took (at every shape together), how often
+        they ran, at which per-row shapes, and the memory held."""
         ops: dict[str, dict] = {}
         static_bytes = 0
-        for (op, size), slot in sorted(self.slots.items()):
-            ops.setdefault(op, {})[size] = {"recorded_seconds": round(slot.recording.seconds, 6), "runs": slot.runs}
+        for (op, size, _), slot in sorted(self.slots.items()):
+            entry = ops.setdefault(op, {}).setdefault(size, {"recorded_seconds": 0.0, "runs": 0, "shapes": []})
+            entry["recorded_seconds"] = round(entry["recorded_seconds"] + slot.recording.seconds, 6)
+            entry["runs"] += slot.runs
+            entry["shapes"].append([list(s) for s in slot.shapes])
             static_bytes += sum(a.nbytes for a in slot.inputs)
         return {"sizes": list(self.sizes), "recorded": ops, "static_input_bytes": static_bytes,
                 "graph_pool_bytes": self.recorder.pool_bytes}

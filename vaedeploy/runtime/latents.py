@@ -1,9 +1,12 @@
 """The runtime of each latent type the bundle schema defines (``vaedeploy.bundle.LATENT_TYPES``), driven by the
 manifest's ``latent`` entry alone: no kind's name and no training code is needed to serve a bundle.
 
-- ``gaussian`` / ``deterministic``: encoder x → (mean, logvar) or z; ``encode`` draws z = mean + exp(logvar/2)·eps
-  with the kernels' seeded noise; ``sample`` decodes z ~ N(0, T² I). A ``two_stage`` prior samples u ~ N(0, T² I) →
-  stage-2 decoder (mean, log γ) → z = mean + T·exp(log γ / 2)·eps → decoder.
+- ``gaussian`` / ``deterministic``: encoder x → (mean, logvar) or z; ``encode`` draws z = mean + exp(logvar/2)·eps with
+  the kernels' seeded noise; ``sample`` decodes z ~ N(0, T² I). A latent of shape [d] or [c, h, w] (spatial, at any size
+  the bundle takes): the noise of a row is one stream of d or c·h·w elements in C order. With ``latent.scaling`` (s, t),
+  ``encode`` returns (z - t)·s and ``decode`` takes that space (z / s + t reaches the graph); ``encode_params``,
+  ``reconstruct`` and ``sample`` run in the graph's own space. A ``two_stage`` prior samples u ~ N(0, T² I) → stage-2
+  decoder (mean, log γ) → z = mean + T·exp(log γ / 2)·eps → decoder.
 - ``vq``: encode is x → z_e (encoder graph) → nearest codebook row (the kernels, outside every graph) → (indices
   N×h×w, z_q N×D×h×w); decode takes indices (integers) or z_q (floats); sample runs the ``prior`` graph
   autoregressively and draws each code by inverse CDF from the kernels' seeded uniforms (in numpy on every backend,
@@ -13,6 +16,8 @@ manifest's ``latent`` entry alone: no kind's name and no training code is needed
   from that z to x. Zero noise gives each layer's posterior mean.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -36,12 +41,17 @@ class GaussianRuntime(Runtime):
 
     def __init__(self, bundle, backend: str, device: str, precision: str, **options):
         super().__init__(bundle, backend, device, precision, **options)
+        scaling = bundle.latent.get("scaling")
+        # (scaling_factor, shift_factor) as diffusers defines them, or None: latents in the graph's own space
+        self.scaling = None if scaling is None else (float(scaling["scaling_factor"]), float(scaling["shift_factor"]))
         self._encoder = self._runner("encoder")
 
     def _plans(self) -> dict[str, Plan]:
         plans = super()._plans()
+        if self.scaling is not None:
+            plans["decode"] = Plan(self._decode_scaled_rows, plans["decode"].inputs)
         if self.latent_type == "gaussian":
-            plans["sample"] = Plan(self._sample_rows, noise=True, temperature=True)
+            plans["sample"] = Plan(self._sample_rows, noise=True, temperature=True, sized=True)
         return plans
 
     def _encode_params_rows(self, x) -> tuple:
@@ -50,16 +60,29 @@ class GaussianRuntime(Runtime):
     def _encode_rows(self, x, noise: Noise) -> tuple:
         params = self._encoder.run(x)
         if self.latent_type == "deterministic":
-            return (params[0],)
-        return (self.arrays.reparameterize(*params, *noise.stream(self.latent_dim)),)
+            return (self._scaled(params[0]),)
+        width = math.prod(params[0].shape[1:])  # the latent elements of one row at this call's size
+        return (self._scaled(self.arrays.reparameterize(*params, *noise.stream(width))),)
+
+    def _scaled(self, z):
+        """z in ``encode``'s space: (z - shift) · scale where the bundle declares a scaling."""
+        if self.scaling is None:
+            return z
+        scale, shift = self.scaling
+        return (z - shift) * scale
+
+    def _decode_scaled_rows(self, z) -> tuple:
+        """``decode`` of latents in ``encode``'s space: z / scale + shift is what the decoder graph takes."""
+        scale, shift = self.scaling
+        return self._decode_rows(z / scale + shift)
 
     def _reconstruct_rows(self, x) -> tuple:
         return self._decode_rows(self._encoder.run(x)[0])
 
-    def _sample_rows(self, noise: Noise, temperature) -> tuple:
-        """The images of ``len(noise)`` rows from z ~ N(0, T² I); ``temperature`` a float, or the device scalar of a
-        recorded call."""
-        return self._decode_rows(self.arrays.normal((len(noise), self.latent_dim), *noise.stream(self.latent_dim))
+    def _sample_rows(self, noise: Noise, temperature, shape: tuple) -> tuple:
+        """The images of ``len(noise)`` rows from z ~ N(0, T² I) of one latent ``shape``; ``temperature`` a float, or
+        the device scalar of a recorded call."""
+        return self._decode_rows(self.arrays.normal((len(noise), *shape), *noise.stream(math.prod(shape)))
                                  * temperature)
 
 
@@ -72,8 +95,9 @@ class TwoStageRuntime(GaussianRuntime):
         self.stage2_dim = int(prior["dim"])
         self._stage2 = self._runner(prior["graph"], ["mean", "log_gamma"])
 
-    def _sample_rows(self, noise: Noise, temperature) -> tuple:
-        """u ~ N(0, T² I) → z ~ N(mean(u), T²·γ(u)) → the stage-1 decoder's mean image, as ``TwoStage.sample``."""
+    def _sample_rows(self, noise: Noise, temperature, shape: tuple) -> tuple:
+        """u ~ N(0, T² I) → z ~ N(mean(u), T²·γ(u)) → the stage-1 decoder's mean image, as ``TwoStage.sample``
+        (vector latents: ``shape`` is the bundle's one)."""
         t, arrays, n = temperature, self.arrays, len(noise)
         u = arrays.normal((n, self.stage2_dim), *noise.stream(self.stage2_dim))
         mean, log_gamma = self._stage2.run(u * t)
@@ -104,8 +128,7 @@ class VQRuntime(Runtime):
     def __init__(self, bundle, backend: str, device: str, precision: str, **options):
         super().__init__(bundle, backend, device, precision, **options)
         latent = bundle.latent
-        self.grid, self.num_codes = tuple(int(s) for s in latent["grid"]), int(latent["num_codes"])
-        self.latent_shape = (self.latent_dim, *self.grid)
+        self.grid, self.num_codes = self.latent_shape[1:], int(latent["num_codes"])
         codebook = bundle.array(latent["codebook"])
         if codebook.dtype != np.float32 or codebook.shape != (self.num_codes, self.latent_dim):
             raise BundleError(f"{bundle.root}: expected a float32 {self.num_codes}×{self.latent_dim} codebook, got "

@@ -9,7 +9,11 @@ repository's ensembles (``deploy/triton_repo.py``), the explorer page's spec (``
 docs/serving.md (``docs_table``) are all derived from it, so a latent type's operations are written here once.
 
 A tensor's shape is its batch axis ``"N"`` followed by its per-row dims: integers read from the manifest, or letters
-where the docs table leaves them symbolic (so spatial axes of any size can be named the same way later).
+for axes of any size: ``"H"``, ``"W"`` for an image's and ``"h"``, ``"w"`` for a spatial latent's where the bundle takes
+any image size (``input.size``), and the docs table's symbols. ``Tensor.v2_shape`` is the one place that turns every
+letter into the Open Inference Protocol's -1. A spatial ``sample`` reads the request parameters ``height`` and
+``width`` (the image's H and W; bounds, multiple and default the bundle's): its ``Operation.bounds`` hold them, and
+its ``run`` takes ``size=(height, width)``.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..bundle import IMAGE_AXES, LATENT_AXES, ImageSizes
 from .base import MAX_TEMPERATURE
 from .noise import STREAM_LIMIT
 
@@ -35,8 +40,9 @@ DTYPE_NAMES = {dtype: name for name, dtype in DATATYPES.items()}
 
 @dataclass(frozen=True)
 class Parameter:
-    """A request parameter: integers (``integral``) or finite numbers from ``low`` to ``high`` inclusive, its
-    ``default`` (None: a fresh seed per request), and the server option that sets its upper bound, if one does."""
+    """A request parameter: integers (``integral``) or finite numbers from ``low`` to ``high`` inclusive (integers
+    also a multiple of ``multiple``), its ``default`` (None: a fresh seed per request), and the server option that
+    sets its upper bound, if one does."""
 
     name: str
     integral: bool
@@ -44,10 +50,12 @@ class Parameter:
     high: float
     default: float | None
     option: str = ""
+    multiple: int = 1
 
     def as_dict(self) -> dict:
+        multiple = {"multiple": self.multiple} if self.multiple > 1 else {}
         return {"name": self.name, "type": "integer" if self.integral else "number", "low": self.low,
-                "high": self.high, "default": self.default}
+                "high": self.high, "default": self.default, **multiple}
 
 
 # Every request parameter an operation may read, with the runtime's own bounds (seeds and stream rows below 2**63,
@@ -57,9 +65,20 @@ PARAMETERS = {p.name: p for p in (
     Parameter("seed", True, 0, STREAM_LIMIT - 1, None),
     Parameter("offset", True, 0, STREAM_LIMIT - 1, 0),
     Parameter("temperature", False, 0.0, MAX_TEMPERATURE, 1.0),
+    # an image's size for a spatial sample: each bundle's own bounds are its Operation.bounds (``size_parameters``)
+    Parameter("height", True, 1, 2**31 - 1, None),
+    Parameter("width", True, 1, 2**31 - 1, None),
 )}
 NOISE = ("seed", "offset")
 SAMPLING = ("n", "seed", "temperature", "offset")
+SIZE = ("height", "width")
+SYMBOLS = {IMAGE_AXES[0]: "H", IMAGE_AXES[1]: "W", LATENT_AXES[0]: "h", LATENT_AXES[1]: "w"}  # manifest → table
+
+
+def size_parameters(sizes: ImageSizes) -> tuple[Parameter, ...]:
+    """``height`` and ``width`` of a bundle that takes any image size: its range, multiple and reference size."""
+    return tuple(Parameter(name, True, low, high, reference, multiple=sizes.multiple)
+                 for name, low, high, reference in zip(SIZE, sizes.low, sizes.high, sizes.reference))
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,11 @@ class Tensor:
         return self.shape[1:]
 
     @property
+    def v2_shape(self) -> list[int]:
+        """The shape as the Open Inference Protocol writes it: -1 for the batch and every axis of any size."""
+        return [-1 if isinstance(d, str) else int(d) for d in self.shape]
+
+    @property
     def datatype(self) -> str:
         """Its V2 datatype name (``FP32``, ``INT64``)."""
         return DTYPE_NAMES[np.dtype(self.dtype)]
@@ -89,14 +113,16 @@ class Tensor:
 
 
 # a call of the runtime for a batch: (runtime, inputs, rows, seed, offset, temperature) → the outputs, in order;
-# seed and offset may be one per row (the server's batches mix requests)
+# seed and offset may be one per row (the server's batches mix requests); an op whose parameters include SIZE is
+# also given size=(height, width)
 Run = Callable[..., tuple]
 
 
 @dataclass(frozen=True)
 class Operation:
     """One operation of a bundle: tensors, request parameters (names in ``PARAMETERS``), graph roles run in order
-    (a VQ prior once per code) and the function that runs it (``Run``)."""
+    (a VQ prior once per code), the function that runs it (``Run``) and, for parameters whose bounds are the
+    bundle's own (a spatial sample's ``height`` and ``width``), those bounds."""
 
     name: str
     inputs: tuple[Tensor, ...]
@@ -104,12 +130,17 @@ class Operation:
     parameters: tuple[str, ...]
     graphs: tuple[str, ...]
     run: Run
+    bounds: tuple[Parameter, ...] = ()
+
+    def parameter(self, name: str) -> Parameter:
+        """The parameter ``name`` as this operation takes it: the bundle's bounds where it has them."""
+        return next((p for p in self.bounds if p.name == name), PARAMETERS[name])
 
     def as_dict(self) -> dict:
         """The JSON form the explorer page reads."""
         return {"name": self.name, "inputs": [t.as_dict() for t in self.inputs],
                 "outputs": [t.as_dict() for t in self.outputs],
-                "parameters": [PARAMETERS[p].as_dict() for p in self.parameters], "graphs": list(self.graphs)}
+                "parameters": [self.parameter(p).as_dict() for p in self.parameters], "graphs": list(self.graphs)}
 
 
 # ---- running each operation on a runtime --------------------------------------------------------------------------
@@ -135,8 +166,8 @@ def _reconstruct(rt, inputs, rows, seed, offset, temperature):
     return (rt.reconstruct(inputs[0]),)
 
 
-def _sample(rt, inputs, rows, seed, offset, temperature):
-    return (rt.sample(rows, seed=seed, temperature=temperature, offset=offset),)
+def _sample(rt, inputs, rows, seed, offset, temperature, size=None):
+    return (rt.sample(rows, seed=seed, temperature=temperature, offset=offset, size=size),)
 
 
 def _sample_codes(rt, inputs, rows, seed, offset, temperature):
@@ -147,16 +178,18 @@ def _sample_codes(rt, inputs, rows, seed, offset, temperature):
 
 @dataclass(frozen=True)
 class Shapes:
-    """What a latent type's table needs to know of a bundle: the image's dims, the latent's (d, or VQ's grid and
-    codebook size), the encoder's outputs, and the graph roles of decoding and of drawing a sample."""
+    """What a latent type's table needs to know of a bundle: the image's dims, the latent's (its dims, or VQ's
+    vector size, grid and codebook size), the encoder's outputs, the graph roles of decoding and of drawing a sample,
+    and a spatial sample's size parameters."""
 
     image: tuple
-    dim: int | str
+    latent: tuple
     params: tuple[Tensor, ...]
     decoder: tuple[str, ...]
     sampler: tuple[str, ...] | None  # the graphs before the decoder in sample; None: no sample
     grid: tuple = ()
     num_codes: int | str = 0
+    size: tuple[Parameter, ...] = ()  # height and width where sample takes any image size
 
 
 def table(latent_type: str, shapes: Shapes) -> dict[str, Operation]:
@@ -167,13 +200,13 @@ def table(latent_type: str, shapes: Shapes) -> dict[str, Operation]:
     if latent_type == "vq":
         high = shapes.num_codes - 1 if isinstance(shapes.num_codes, int) else f"{shapes.num_codes}-1"
         codes = Tensor("codes", "int64", (BATCH, *shapes.grid), 0, high)
-        z_q = Tensor("z_q", "float32", (BATCH, shapes.dim, *shapes.grid))
+        z_q = Tensor("z_q", "float32", (BATCH, *shapes.latent))
         ops += [Operation("encode", (x,), (codes, z_q), (), encoder, _encode_plain),
                 Operation("encode_params", (x,), shapes.params, (), encoder, _encode_params),
                 Operation("decode", (z_q,), (x,), (), shapes.decoder, _decode),
                 Operation("decode_codes", (codes,), (x,), (), shapes.decoder, _decode)]
     else:
-        z = Tensor("z", "float32", (BATCH, shapes.dim))
+        z = Tensor("z", "float32", (BATCH, *shapes.latent))
         noisy = latent_type != "deterministic"
         ops += [Operation("encode", (x,), (z,), NOISE if noisy else (), encoder,
                           _encode_noisy if noisy else _encode_plain),
@@ -183,19 +216,27 @@ def table(latent_type: str, shapes: Shapes) -> dict[str, Operation]:
     if shapes.sampler is not None:
         # a hierarchical bundle's sampling graph gives the image itself; every other type decodes what it drew
         decoded = () if latent_type == "hierarchical" else shapes.decoder
-        ops.append(Operation("sample", (), (x,), SAMPLING, shapes.sampler + decoded, _sample))
+        sizes = tuple(p.name for p in shapes.size)
+        ops.append(Operation("sample", (), (x,), SAMPLING + sizes, shapes.sampler + decoded, _sample, shapes.size))
     if latent_type == "vq":
         ops.append(Operation("sample_codes", (), (codes,), SAMPLING, shapes.sampler, _sample_codes))
     return {op.name: op for op in ops}
 
 
+def _dims(shape) -> tuple:
+    """A manifest tensor's dims after the batch, with the table's letters for axes of any size."""
+    return tuple(SYMBOLS[s] if isinstance(s, str) else int(s) for s in shape[1:])
+
+
 def _shapes(bundle) -> Shapes:
     """The ``Shapes`` of a loaded bundle, from its manifest as the runtime reads it."""
     latent = bundle.latent
-    kind, dim = latent["type"], int(latent["dim"])
+    kind, dim = latent["type"], int(bundle.latent_shape[0])
     prior = latent.get("prior")
-    params = tuple(Tensor(o["name"], "float32", (BATCH, *(int(s) for s in o["shape"][1:])))
+    params = tuple(Tensor(o["name"], "float32", (BATCH, *_dims(o["shape"])))
                    for o in bundle.graph("encoder")["outputs"])
+    decoder_input = bundle.graph(latent["graphs"]["decode"] if kind == "hierarchical" else "decoder")["inputs"][0]
+    image = _dims(bundle.graph("encoder")["inputs"][0]["shape"])
     decoder = ("decoder",)
     if kind == "hierarchical":  # every layer's posterior, concatenated: N×Σd each
         params = tuple(Tensor(name, "float32", (BATCH, dim)) for name in ("mean", "logvar"))
@@ -208,9 +249,11 @@ def _shapes(bundle) -> Shapes:
     else:
         sampler = None  # a deterministic latent has no prior to sample from
     if kind == "vq":
-        return Shapes(tuple(bundle.input_shape), dim, params, decoder, sampler, tuple(int(g) for g in latent["grid"]),
+        return Shapes(image, bundle.latent_shape, params, decoder, sampler, bundle.latent_shape[1:],
                       int(latent["num_codes"]))
-    return Shapes(tuple(bundle.input_shape), dim, params, decoder, sampler)
+    sizes = bundle.sizes
+    size = size_parameters(sizes) if sizes is not None and sampler is not None and kind == "gaussian" else ()
+    return Shapes(image, _dims(decoder_input["shape"]), params, decoder, sampler, size=size)
 
 
 def operations_of(runtime_or_bundle) -> dict[str, Operation]:
@@ -223,16 +266,19 @@ def operations_of(runtime_or_bundle) -> dict[str, Operation]:
 
 _IMAGE = ("C", "H", "W")
 _PARAMS = tuple(Tensor(name, "float32", (BATCH, "d")) for name in ("mean", "logvar"))
+_SPATIAL = tuple(Tensor(name, "float32", (BATCH, "c", "h", "w")) for name in ("mean", "logvar"))
 # the latent types as docs/serving.md names them, with symbolic shapes
 DOCS_TYPES = {
-    "gaussian": ("gaussian", Shapes(_IMAGE, "d", _PARAMS, ("decoder",), ())),
-    "gaussian, two-stage prior": ("gaussian", Shapes(_IMAGE, "d", _PARAMS, ("decoder",), ("prior.graph",))),
-    "deterministic": ("deterministic", Shapes(_IMAGE, "d", (Tensor("z", "float32", (BATCH, "d")),), ("decoder",),
-                                              None)),
-    "vq": ("vq", Shapes(_IMAGE, "D", (Tensor("z_e", "float32", (BATCH, "D", "h", "w")),), ("decoder",),
+    "gaussian": ("gaussian", Shapes(_IMAGE, ("d",), _PARAMS, ("decoder",), ())),
+    "gaussian, spatial, any size": ("gaussian", Shapes(_IMAGE, ("c", "h", "w"), _SPATIAL, ("decoder",), (),
+                                                       size=tuple(PARAMETERS[p] for p in SIZE))),
+    "gaussian, two-stage prior": ("gaussian", Shapes(_IMAGE, ("d",), _PARAMS, ("decoder",), ("prior.graph",))),
+    "deterministic": ("deterministic", Shapes(_IMAGE, ("d",), (Tensor("z", "float32", (BATCH, "d")),),
+                                              ("decoder",), None)),
+    "vq": ("vq", Shapes(_IMAGE, ("D", "h", "w"), (Tensor("z_e", "float32", (BATCH, "D", "h", "w")),), ("decoder",),
                         ("prior.graph ×L",), ("h", "w"), "K")),
-    "hierarchical": ("hierarchical", Shapes(_IMAGE, "Σd", tuple(Tensor(t.name, "float32", (BATCH, "Σd"))
-                                                               for t in _PARAMS), ("graphs.decode",),
+    "hierarchical": ("hierarchical", Shapes(_IMAGE, ("Σd",), tuple(Tensor(t.name, "float32", (BATCH, "Σd"))
+                                                                  for t in _PARAMS), ("graphs.decode",),
                                             ("graphs.sample",))),
 }
 DOCS_BEGIN = "<!-- generated from vaedeploy.runtime.operations.docs_table -->"

@@ -13,13 +13,14 @@ A runner's ``signature()`` is its graph's inputs and outputs as its session has 
 the graph against its manifest entry with it, so loading reads each graph file once for its session (and once for
 its sha256).
 
-With batch buckets, and always on CUDA, a session runs through IOBinding (``BoundRunner``): inputs and outputs are
-bound by address in the runtime's arrays, numpy on the CPU and torch CUDA tensors on CUDA (so ``device="cuda"``
-needs torch), one binding with fixed buffers per bucket. On CUDA with ``cuda_graphs`` the sessions use ONNX
-Runtime's own CUDA graphs (``enable_cuda_graph``, one ``gpu_graph_id`` per bucket): ONNX Runtime synchronizes its
-stream at the end of a run, so a session cannot run inside a graph the runtime captures, and the noise kernels run
-between the sessions' graphs. The IOBinding code is the same on both devices and tested on the CPU; **its CUDA part
-has not yet run** (the GPU machines of this project have no onnxruntime-gpu).
+With batch buckets, and always on CUDA, a session runs through IOBinding (``BoundRunner``): inputs and outputs are bound
+by address in the runtime's arrays, numpy on the CPU and torch CUDA tensors on CUDA (so ``device="cuda"`` needs torch),
+one binding with fixed buffers per bucket and per-row shape (a bundle that takes any image size binds each size it is
+called at, its outputs' spatial axes derived from the inputs' through ``latent.downsample``). On CUDA with
+``cuda_graphs`` the sessions use ONNX Runtime's own CUDA graphs (``enable_cuda_graph``, one ``gpu_graph_id`` per
+bucket): ONNX Runtime synchronizes its stream at the end of a run, so a session cannot run inside a graph the runtime
+captures, and the noise kernels run between the sessions' graphs. The IOBinding code is the same on both devices and
+tested on the CPU; **its CUDA part has not yet run** (the GPU machines of this project have no onnxruntime-gpu).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ...bundle import graph_signature
+from ...bundle import IMAGE_AXES, LATENT_AXES, graph_signature
 from ...errors import BundleError, ConfigError, MissingDependency
 from ..arrays import NumpyArrays, TorchArrays
 from .base import Runner
@@ -147,22 +148,23 @@ class _Binding:
     """One IOBinding of a session for n rows: input buffers the call's inputs are copied into, preallocated output
     buffers, bound by address, and the run options naming the CUDA graph of this size (None: no graph option)."""
 
-    def __init__(self, session, arrays, graph: dict, output_names: list[str], n: int, graph_id: int | None):
+    def __init__(self, session, arrays, graph: dict, output_names: list[str], n: int, graph_id: int | None,
+                 axes: dict[str, int]):
         device = arrays.device  # "cpu" for numpy, a torch.device for tensors
         self.place = ("cpu", 0) if isinstance(device, str) else (device.type, device.index or 0)
         self.arrays, self.io = arrays, session.io_binding()
         outputs = {spec["name"]: spec for spec in graph["outputs"]}
-        self.inputs = [self._bind(self.io.bind_input, spec, n, graph) for spec in graph["inputs"]]
-        self.outputs = [self._bind(self.io.bind_output, outputs[name], n, graph) for name in output_names]
+        self.inputs = [self._bind(self.io.bind_input, spec, n, graph, axes) for spec in graph["inputs"]]
+        self.outputs = [self._bind(self.io.bind_output, outputs[name], n, graph, axes) for name in output_names]
         self.options = ort.RunOptions()
         if graph_id is not None:
             self.options.add_run_config_entry("gpu_graph_id", str(graph_id))
 
-    def _bind(self, bind, spec: dict, n: int, graph: dict):
-        dims = spec["shape"][1:]
+    def _bind(self, bind, spec: dict, n: int, graph: dict, axes: dict[str, int]):
+        dims = [axes.get(d, d) for d in spec["shape"][1:]]
         if not all(isinstance(d, int) for d in dims):
             raise BundleError(f"{graph['file']}: {spec['name']} has shape {spec['shape']}; IOBinding needs every axis "
-                              "but the batch fixed")
+                              "but the batch fixed, or an image or latent axis of the call's size")
         buffer = self.arrays.new((n, *dims), spec["dtype"])
         bind(spec["name"], *self.place, np.dtype(spec["dtype"]), [n, *dims], self.arrays.data_ptr(buffer))
         return buffer
@@ -193,8 +195,9 @@ class BoundRunner(OnnxRuntimeRunner):
                  options: ort.SessionOptions | None = None):
         super().__init__(bundle, role, precision, device, outputs, options)
         self.arrays, self.sizes, self.graph_ids, self.stream = arrays, set(sizes), graph_ids, stream
+        self.downsample = bundle.downsample
         self.providers = providers(device, stream.handle if stream is not None else None, bool(graph_ids))
-        self.bindings: dict[int, _Binding] = {}
+        self.bindings: dict[tuple, _Binding] = {}  # (rows, each input's per-row shape) → its binding
 
     def session_error(self, error: Exception) -> Exception:
         if not self.graph_ids:
@@ -208,13 +211,30 @@ class BoundRunner(OnnxRuntimeRunner):
 
     def run_impl(self, inputs: tuple) -> list:
         n = len(inputs[0])
-        binding = self.bindings.get(n)
+        key = (n, *(tuple(x.shape[1:]) for x in inputs))
+        binding = self.bindings.get(key)
         if binding is None:
+            # ONNX Runtime's CUDA graph of a bucket is its first size's; other sizes of the bucket run without one
+            first = n in self.sizes and not any(k[0] == n for k in self.bindings)
             binding = _Binding(self.session, self.arrays, self.graph, self.output_names, n,
-                               self.graph_ids.get(n, -1) if self.graph_ids else None)
+                               (self.graph_ids.get(n, -1) if first else -1) if self.graph_ids else None,
+                               self._axes(inputs))
             if n in self.sizes:
-                self.bindings[n] = binding
+                self.bindings[key] = binding
         return binding.run(self.session, inputs, self.stream)
+
+    def _axes(self, inputs: tuple) -> dict[str, int]:
+        """The size of every named spatial axis in this call: the inputs' own, and the other side's (an image's
+        H = h · downsample of its latent's, and back) for the outputs."""
+        axes = {d: int(size) for spec, x in zip(self.graph["inputs"], inputs)
+                for d, size in zip(spec["shape"][1:], x.shape[1:]) if isinstance(d, str)}
+        f = self.downsample
+        for image, latent in zip(IMAGE_AXES, LATENT_AXES) if f else ():
+            if image in axes:
+                axes.setdefault(latent, axes[image] // f)
+            elif latent in axes:
+                axes[image] = axes[latent] * f
+        return axes
 
 
 class Backend:
