@@ -22,6 +22,9 @@ SERVING = Path(__file__).resolve().parents[2] / "docs" / "serving.md"
 # a bundle of each latent type (and the two-stage prior): kind → (latent type, the docs table's label)
 KINDS = {"vae": ("gaussian", "gaussian"), "twostage": ("gaussian", "gaussian, two-stage prior"),
          "ae": ("deterministic", "deterministic"), "vqvae": ("vq", "vq"), "biva": ("hierarchical", "hierarchical")}
+# a bundle of spatial latents that takes any image size: the table and the docs have it; each consumer's own tests
+# cover it as that consumer learns spatial latents
+SPATIAL = {"klconv": ("gaussian", "gaussian, spatial, any size")}
 ALL_OPS = ("encode", "encode_params", "decode", "decode_codes", "reconstruct", "sample", "sample_codes")
 
 
@@ -39,11 +42,11 @@ def runtimes(exported):
         runtime.close()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, *SPATIAL])
 def test_the_table_is_the_latent_types(runtimes, kind):
     runtime = runtimes(kind)
     ops = operations_of(runtime)
-    assert runtime.latent_type == KINDS[kind][0]
+    assert runtime.latent_type == {**KINDS, **SPATIAL}[kind][0]
     expected = {"gaussian": ["encode", "encode_params", "decode", "reconstruct", "sample"],
                 "deterministic": ["encode", "encode_params", "decode", "reconstruct"],
                 "hierarchical": ["encode", "encode_params", "decode", "reconstruct", "sample"],
@@ -110,10 +113,10 @@ def test_the_explorer_spec_lists_the_tables_ops(runtimes, digits, kind):
     assert listed == json.loads(json.dumps([op.as_dict() for op in ops.values()])), "the page reads the table"
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, *SPATIAL])
 def test_the_docs_table_lists_the_tables_ops(runtimes, kind):
     runtime = runtimes(kind)
-    label = KINDS[kind][1]
+    label = {**KINDS, **SPATIAL}[kind][1]
     rows = [line.split(" | ")[1].strip("`").removeprefix("NAME.") for line in docs_table().splitlines()
             if line.startswith(f"| {label} | ")]
     assert rows == list(operations_of(runtime))
@@ -125,7 +128,7 @@ def test_the_docs_table_is_current():
         "docs/serving.md's table of operations is stale; rerun: .venv/bin/python -c 'from pathlib import Path; "
         "from vaedeploy.runtime.operations import render_docs as r; p = Path(\"docs/serving.md\"); "
         "p.write_text(r(p.read_text()))'")
-    assert set(DOCS_TYPES) == {label for _, label in KINDS.values()}
+    assert set(DOCS_TYPES) == {label for _, label in (*KINDS.values(), *SPATIAL.values())}
 
 
 def test_one_table_of_request_parameters_with_the_runtimes_limits():
