@@ -38,6 +38,21 @@ def test_one_static_profile_per_bucket_and_spans_with_ranges(machine, bundle_cop
     assert decoder_shapes == [((lo, *dims), (b, *dims), (b, *dims)) for lo, b in ((1, 1), (2, 4), (5, 8))]
 
 
+def test_a_bundle_of_any_size_gets_profiles_over_batch_height_and_width(machine, bundle_copy):
+    """klconv on digits: images any multiple of 4 from 8×8 to 32×32 (reference 8×8), latents 2×H/4×W/4."""
+    bundle = bundle_copy("klconv")
+    assert trt_build.axis_ranges(load_bundle(bundle)) == {
+        "height": [8, 8, 32], "width": [8, 8, 32], "latent_height": [2, 2, 8], "latent_width": [2, 2, 8]}
+    result = build(bundle, buckets=[1, 4], ranges=True)
+    shapes = {args[0]: [] for args in calls(machine.trt, "IOptimizationProfile.set_shape")}
+    for name, *shape in calls(machine.trt, "IOptimizationProfile.set_shape"):
+        shapes[name].append(tuple(shape))
+    assert shapes == {"x": [((1, 1, 8, 8), (1, 1, 8, 8), (1, 1, 32, 32)), ((2, 1, 8, 8), (4, 1, 8, 8), (4, 1, 32, 32))],
+                      "z": [((1, 2, 2, 2), (1, 2, 2, 2), (1, 2, 8, 8)), ((2, 2, 2, 2), (4, 2, 2, 2), (4, 2, 8, 8))]}
+    record = json.loads(engine_files(result["cache"], "decoder", "fp32")[1].read_text())
+    assert record["key"]["axes"]["latent_height"] == [2, 2, 8]  # a changed range is a changed key: rebuilt
+
+
 def test_the_default_buckets_are_the_runtimes_up_to_max_batch(machine, bundle_copy):
     # written out by hand: the powers of two up to --max-batch, and --max-batch itself
     assert build(bundle_copy(), max_batch=6)["buckets"] == [1, 2, 4, 6]

@@ -5,8 +5,10 @@ a fake of exactly the calls made here (tests/trt/fake_tensorrt.py). **Never run 
 
 For each graph at the asked precision: TensorRT's ONNX parser fills a network; one optimization profile per bucket
 (min = opt = max = the bucket, so each bucket's engine path is static), or with ``ranges`` one per span between
-buckets (opt = the bucket); the builder optimization level and the workspace pool limit as asked; a timing cache kept
-beside the plans and reused by every later build on the same TensorRT and GPU. What differs between TensorRT 10, 11
+buckets (opt = the bucket); where the bundle takes any image size (``input.size``), every profile also spans its
+image and latent axes over (batch, H, W): min and max the manifest's range, opt the reference size
+(``axis_ranges``); the builder optimization level and the workspace pool limit as asked; a timing cache kept beside
+the plans and reused by every later build on the same TensorRT and GPU. What differs between TensorRT 10, 11
 and TensorRT-RTX is the table ``FLAVOURS``; everything else here is the same call in all three.
 
 The cache (the bundle's ``engines/``, or ``cache``) holds per graph and precision a plan and a JSON record of what
@@ -38,7 +40,17 @@ from pathlib import Path
 import numpy as np
 
 from vaedeploy import __version__, owned
-from vaedeploy.bundle import ENGINE_CACHE, ENGINE_RECORD_FORMAT, ENGINES, PRECISIONS, Bundle, engine_files, load_bundle
+from vaedeploy.bundle import (
+    ENGINE_CACHE,
+    ENGINE_RECORD_FORMAT,
+    ENGINES,
+    IMAGE_AXES,
+    LATENT_AXES,
+    PRECISIONS,
+    Bundle,
+    engine_files,
+    load_bundle,
+)
 from vaedeploy.errors import BundleError, ConfigError, DataError, FileFormatError, JobFailed, MissingDependency
 from vaedeploy.io import atomic_write_bytes, read_json, write_json
 from vaedeploy.runtime.backends.tensorrt import deserialize, tensorrt_logger
@@ -107,6 +119,26 @@ class Settings:
         """Batch [min, opt, max] of each optimization profile: one per bucket, static, or the span up to it."""
         starts = (1, *(b + 1 for b in self.buckets[:-1])) if self.ranges else self.buckets
         return [[start, b, b] for start, b in zip(starts, self.buckets)]
+
+
+def axis_ranges(bundle: Bundle) -> dict[str, list[int]]:
+    """[min, opt, max] of each named spatial axis of the bundle's graphs (``bundle.IMAGE_AXES``, ``LATENT_AXES``):
+    the manifest's ``input.size`` range, the reference size as opt, a latent's over ``latent.downsample``; empty for
+    a bundle of one size."""
+    sizes = bundle.sizes
+    if sizes is None:
+        return {}
+    ranges = {}
+    for i, (image, latent) in enumerate(zip(IMAGE_AXES, LATENT_AXES)):
+        ranges[image] = [sizes.low[i], sizes.reference[i], sizes.high[i]]
+        if bundle.downsample:
+            ranges[latent] = [v // bundle.downsample for v in ranges[image]]
+    return ranges
+
+
+def _dims(spec: dict, ranges: dict[str, list[int]], k: int) -> tuple:
+    """A tensor's dims after the batch at point ``k`` (0 min, 1 opt, 2 max) of its named axes' ranges."""
+    return tuple(ranges[d][k] if isinstance(d, str) else d for d in spec["shape"][1:])
 
 
 def settings(bundle: Bundle, buckets=None, max_batch=None, precision="fp32", opt_level=3, workspace_mib=None,
@@ -217,9 +249,10 @@ class _Build:
         builder = {"typing": typing, "opt_level": self.settings.opt_level, "workspace_mib": self.settings.workspace_mib,
                    "tf32": precision != "fp32" or not self.flavour.tf32_flag,
                    "user_allocation": self.flavour.user_allocation_flag}
+        sizes = axis_ranges(self.bundle)
         return {"graph": {"file": file, "precision": graph_precision, "sha256": self.bundle.manifest["files"][file]},
-                "profiles": self.settings.profiles, "builder": builder, "tensorrt": self.machine,
-                "gpu": {"compute_capability": self.gpu["compute_capability"]}}
+                "profiles": self.settings.profiles, **({"axes": sizes} if sizes else {}), "builder": builder,
+                "tensorrt": self.machine, "gpu": {"compute_capability": self.gpu["compute_capability"]}}
 
     def stale(self, plan: Path, record_path: Path, key: dict) -> str | None:
         """Why the cached plan cannot serve ``key`` (None: it can)."""
@@ -285,11 +318,12 @@ class _Build:
             config.clear_flag(trt.BuilderFlag.TF32)  # on by default; fp32 engines must meet export's fp32 tolerance
         if flavour.user_allocation_flag:
             config.set_flag(trt.BuilderFlag.REQUIRE_USER_ALLOCATION)
+        ranges = axis_ranges(self.bundle)
         for lo, opt, hi in chosen.profiles:
             profile = builder.create_optimization_profile()
             for spec in graph["inputs"]:
-                dims = tuple(spec["shape"][1:])
-                profile.set_shape(spec["name"], (lo, *dims), (opt, *dims), (hi, *dims))
+                shapes = ((rows, *_dims(spec, ranges, k)) for k, rows in enumerate((lo, opt, hi)))
+                profile.set_shape(spec["name"], *shapes)
             if config.add_optimization_profile(profile) < 0:
                 raise ConfigError(f"{graph['path']}: TensorRT refused the profile of batches {lo}..{hi} "
                                   f"({self.logger.last()})")
@@ -378,7 +412,7 @@ def _inputs(bundle: Bundle, graph: dict, n: int, images: np.ndarray) -> dict[str
     rng = np.random.default_rng(0)
     feed = {}
     for spec in graph["inputs"]:
-        dims = tuple(spec["shape"][1:])
+        dims = _dims(spec, axis_ranges(bundle), 1)  # spatial axes at the reference size
         if spec["dtype"] == "int64":
             prior = bundle.latent["prior"]
             tokens = rng.integers(0, bundle.latent["num_codes"], (n, *dims))
