@@ -27,7 +27,8 @@ def inputs_of(op, rt, rows: int) -> list:
         elif tensor.name == "z_q":
             made.append(rt.encode(images(rows, seed=rows))[1])
         else:
-            made.append(np.random.default_rng(rows).standard_normal((rows, *tensor.dims), dtype=np.float32))
+            # latents at the reference size: a spatial latent's dims are symbols ("h", "w")
+            made.append(np.random.default_rng(rows).standard_normal((rows, *rt.latent_shape), dtype=np.float32))
     return made
 
 

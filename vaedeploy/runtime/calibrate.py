@@ -127,7 +127,6 @@ def measure(bundle, configs: dict[str, tuple[str, str]]) -> tuple[dict[str, dict
     """label → batch → the median seconds of ``decode`` over ``ROUNDS`` interleaved rounds, for ``configs``: label →
     (backend, precision); and label → why, for each that could not load the bundle (its backend's sentence)."""
     from .latents import runtime_class
-    from .operations import operations_of
 
     sizes = sorted({1, min(64, bundle.max_batch)})
     runtimes, failed = {}, {}
@@ -137,9 +136,8 @@ def measure(bundle, configs: dict[str, tuple[str, str]]) -> tuple[dict[str, dict
                 runtimes[label] = runtime_class(bundle)(bundle, name, "cpu", precision, backend_reason="calibrating")
             except VaedeployError as e:  # e.g. a damaged part of the manifest only this backend reads
                 failed[label] = str(e)
-        (latents,) = operations_of(bundle)["decode"].inputs
         rng = np.random.default_rng(0)
-        inputs = {n: rng.standard_normal((n, *latents.dims), dtype=np.float32) for n in sizes}
+        inputs = {n: rng.standard_normal((n, *bundle.latent_shape), dtype=np.float32) for n in sizes}  # reference size
         rounds = {label: {n: [] for n in sizes} for label in runtimes}
         for _ in range(ROUNDS):
             for name, rt in runtimes.items():
