@@ -19,6 +19,7 @@ import stat
 import tempfile
 import zipfile
 from pathlib import Path
+from tokenize import TokenError
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -143,7 +144,7 @@ def read_npy(f: BinaryIO, where: str, available: int, error: type[VaedeployError
         if version not in _NPY_HEADERS:
             raise ValueError(f"format version {version[0]}.{version[1]}, expected 1.0 or 2.0")
         shape, fortran, dtype = _NPY_HEADERS[version](f)
-    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as e:  # the header is a Python literal
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError, TokenError) as e:  # the header is a Python literal
         raise error(f"{where}: not a .npy array ({e})") from None
     if any(d < 0 for d in shape):
         raise error(f"{where}: not a .npy array (its header declares the shape {shape})")
@@ -151,9 +152,12 @@ def read_npy(f: BinaryIO, where: str, available: int, error: type[VaedeployError
         raise error(f"{where}: holds an array of dtype {dtype}; expected a numeric array (integers, floats or "
                     "booleans: an object array would be a pickle, which is never loaded)")
     size = math.prod(shape) * dtype.itemsize
-    if size > MAX_ARRAY_BYTES:
-        raise error(f"{where}: declares a {'×'.join(map(str, shape))} {dtype} array of {size:,} bytes; expected at "
-                    f"most {MAX_ARRAY_BYTES:,} bytes (vaedeploy.io.MAX_ARRAY_BYTES)")
+    # an empty array's other dims count too: numpy refuses to allocate a shape whose nonzero dims overflow
+    extent = math.prod(max(d, 1) for d in shape) * dtype.itemsize
+    if extent > MAX_ARRAY_BYTES:
+        raise error(f"{where}: declares a {'×'.join(map(str, shape))} {dtype} array "
+                    f"{'of' if size else 'whose nonzero dims span'} {extent:,} bytes; expected at most "
+                    f"{MAX_ARRAY_BYTES:,} bytes (vaedeploy.io.MAX_ARRAY_BYTES)")
     held = available - (f.tell() - start)
     if size > held:
         raise error(f"{where}: declares {size:,} bytes of array data but holds {held:,}; the file is truncated")
