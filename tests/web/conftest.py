@@ -122,6 +122,28 @@ class View:
 
 
 @pytest.fixture
+def open_site(browser):
+    """(site directory, bundle directory) → a ready View of a `vaedeploy web` output the test wrote itself (served
+    cross-origin isolated from 127.0.0.1); closed after the test."""
+    from vaedeploy.web import make_server
+
+    opened = []
+
+    def open_(site: Path, bundle: Path) -> View:
+        server = make_server(site, port=0, isolated=True, quiet=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        context = browser.new_context(viewport={"width": 1100, "height": 760})
+        opened.append((server, context))
+        return View(context.new_page(), site, bundle).open(f"http://127.0.0.1:{server.server_address[1]}/")
+
+    yield open_
+    for server, context in opened:
+        context.close()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
 def open_page(browser, served):
     """(bundle name, query="", isolated=True) → a ready View of that bundle's explorer; closed after the test."""
     contexts = []

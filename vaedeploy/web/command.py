@@ -11,6 +11,8 @@ def add_parser(subparsers) -> None:
     web.add_argument("--out", required=True, help="new or empty directory, or a previous output")
     web.add_argument("--data", help="training data for the pad's principal directions: digits, mnist5k or .npy/.npz "
                                     "(default: the data the bundle's manifest names)")
+    web.add_argument("--latents", metavar="FILE.npy", help="a spatial bundle's latent (c×h×w or 1×c×h×w floats) "
+                                                            "to write beside the page and decode when it opens")
     web.add_argument("--serve", action="store_true", help="serve the page on 127.0.0.1 with COOP/COEP headers")
     web.add_argument("--port", type=number(int, 1), default=8080)
     web.set_defaults(func=run)
@@ -19,7 +21,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from . import serve, write_site
 
-    out = write_site(args.bundle, args.out, data=args.data)
+    out = write_site(args.bundle, args.out, data=args.data, latents=args.latents)
     print(f"wrote the latent explorer for {args.bundle} to {out}")
     if args.serve:
         serve(out, port=args.port)

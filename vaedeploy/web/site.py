@@ -1,5 +1,6 @@
-"""Writing the explorer directory: the built page, the bundle files it decodes with, and explorer.json (the pad or
-code grid, and the bundle's operations from the runtime's table, ``vaedeploy.runtime.operations``).
+"""Writing the explorer directory: the built page, the bundle files it decodes with, and explorer.json (the pad, the
+code grid or a spatial latent file, and the bundle's operations from the runtime's table,
+``vaedeploy.runtime.operations``).
 
 The directory follows vaedeploy's one ownership rule (``vaedeploy.owned``): staged beside its target (every error
 writing names the output path, not the installed file read) and swapped into place; an earlier output is replaced
@@ -8,6 +9,7 @@ them, so nothing a user put there is ever deleted; a failure leaves the target a
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from .. import __version__, load, owned
 from ..bundle import MANIFEST
-from ..errors import VaedeployError
+from ..errors import InputError, VaedeployError
 from ..io import read_json
 from ..runtime.operations import operations_of
 
@@ -24,6 +26,7 @@ SPEC = "explorer.json"
 PAGE = Path(__file__).resolve().parent / "page"
 PAD_POINTS = 500  # encoded training images drawn on the pad as dots
 PAD_SIGMAS = 3.0  # the pad spans ± this many standard deviations along each axis
+LATENTS = "latents.npy"  # --latents, as the page fetches it
 
 
 class WebError(VaedeployError, ValueError):
@@ -100,13 +103,50 @@ def _pad(runtime, dataset) -> dict:
             "source": source}
 
 
-def explorer_spec(runtime, dataset=None) -> dict:
+def spatial(runtime) -> bool:
+    """Whether the page shows the bundle's latent as a c×h×w image (a drop zone and sizes) rather than a pad or a
+    code grid."""
+    return len(runtime.latent_shape) == 3 and runtime.latent_type != "vq"
+
+
+def read_latents(runtime, path) -> np.ndarray:
+    """The one latent in the .npy at ``path`` as 1×c×h×w float32 (the file holds c×h×w or 1×c×h×w floats at a size
+    the bundle takes), in ``decode``'s space; a ``WebError`` in the page's own words otherwise."""
+    if not spatial(runtime):
+        raise WebError(f"--latents: expected a bundle with spatial latents (c×h×w), got a {runtime.latent_type} "
+                       f"latent of shape {tuple(runtime.latent_shape)} in {runtime.bundle.root}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise WebError(f"{path}: expected a .npy file holding one latent, got one numpy cannot read ({e})") from None
+    came = f"{z.dtype} {tuple(z.shape)}"
+    z = z[0] if z.ndim == 4 and len(z) == 1 else z
+    c, f = runtime.latent_shape[0], runtime.downsample
+    try:
+        taken = z.ndim == 3 and z.shape[0] == c and np.issubdtype(z.dtype, np.floating) \
+            and runtime.latent_shape_at((int(z.shape[1]) * f, int(z.shape[2]) * f)) is not None
+    except InputError:
+        taken = False
+    if not taken:
+        sizes = runtime.sizes or f"{'×'.join(map(str, runtime.input_shape[1:]))}, the one image size of this bundle"
+        raise WebError(f"{path}: expected a float32 latent of shape (1, {c}, h, w) or ({c}, h, w) with "
+                       f"(h·{f}, w·{f}) one of this bundle's sizes ({sizes}), got {came}")
+    z = z.astype(np.float32)
+    if not np.isfinite(z).all():
+        raise WebError(f"{path}: expected finite latent values, got NaN or Inf")
+    return z[None]
+
+
+def explorer_spec(runtime, dataset=None, latents: np.ndarray | None = None) -> dict:
     """What the page needs beyond the manifest: the bundle's operations (the runtime's table, which the page offers
-    from) and the pad (latents) or the first code grid (VQ)."""
+    from) and the pad (vector latents), the first code grid (VQ) or, for a spatial latent, the name of the
+    ``latents`` file to decode first (when given)."""
     spec = {"generator": GENERATOR, "vaedeploy_version": __version__, "bundle": str(runtime.bundle.root),
             "data": None if dataset is None else dataset.spec(),
             "operations": [op.as_dict() for op in operations_of(runtime).values()]}
-    if runtime.latent_type == "vq":
+    if spatial(runtime):
+        spec["latents"] = None if latents is None else LATENTS
+    elif runtime.latent_type == "vq":
         if dataset is None:
             spec["codes"] = [0] * int(np.prod(runtime.grid))
         else:  # the codes of the first training image, so the grid starts on something recognisable
@@ -144,8 +184,8 @@ SITE = owned.Kind(tool="web", what="a previous `vaedeploy web` output", noun="pa
                   legacy=older_site)
 
 
-def _stage(staging: owned.Staging, runtime, spec: dict) -> None:
-    """The whole output into ``staging``: the page, the bundle files it fetches, explorer.json."""
+def _stage(staging: owned.Staging, runtime, spec: dict, latents: np.ndarray | None) -> None:
+    """The whole output into ``staging``: the page, the bundle files it fetches, the latents, explorer.json."""
     written = []
     for name in page_files():
         staging.copy(name, PAGE / name)
@@ -153,11 +193,16 @@ def _stage(staging: owned.Staging, runtime, spec: dict) -> None:
     for name in _bundle_files(runtime.bundle):
         staging.copy(f"bundle/{name}", runtime.bundle.path(name))
         written.append(f"bundle/{name}")
+    if latents is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(latents, "<f4"), allow_pickle=False)
+        staging.write_bytes(LATENTS, buffer.getvalue())
+        written.append(LATENTS)
     spec = dict(spec, files=sorted([*written, SPEC]))
     staging.write_bytes(SPEC, (json.dumps(spec) + "\n").encode())
 
 
-def write_site(bundle, out, data: str | None = None) -> Path:
+def write_site(bundle, out, data: str | None = None, latents=None) -> Path:
     """Write the explorer for ``bundle`` into ``out`` and return ``out``.
 
     Args:
@@ -166,14 +211,17 @@ def write_site(bundle, out, data: str | None = None) -> Path:
             (replaced; anything else is refused, naming what would be lost).
         data: the training data whose encodings give the pad's axes: a built-in name (digits, mnist5k) or a
             .npy/.npz path; default the data named in the bundle's manifest, if any. Needed for latents of more
-            than two dimensions and for deterministic ones.
+            than two dimensions and for deterministic ones; a spatial latent needs none.
+        latents: a .npy of one spatial latent (c×h×w or 1×c×h×w, in ``decode``'s space, at a size the bundle
+            takes), written beside the page as latents.npy and decoded when the page opens.
     """
     out = Path(out)
     page_files()  # fail before any work when the page is not built
     owned.check_target(out, SITE)
     runtime = load(bundle, backend="onnxruntime")
-    spec = explorer_spec(runtime, _dataset(runtime, data))
+    z = None if latents is None else read_latents(runtime, latents)
+    spec = explorer_spec(runtime, None if spatial(runtime) else _dataset(runtime, data), z)
     with owned.Staging(out, SITE) as staging:
-        _stage(staging, runtime, spec)
+        _stage(staging, runtime, spec, z)
         staging.commit()
     return out

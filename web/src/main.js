@@ -2,13 +2,15 @@
 // axes, written by `vaedeploy web`), decodes on onnxruntime-web, and exposes `window.explorer` for the browser tests.
 import * as ort from "onnxruntime-web";
 import { Model } from "./model.js";
+import { parseNpy } from "./npy.js";
 import * as philox from "./philox.js";
 
 const $ = (id) => document.getElementById(id);
 const LABEL_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
                        "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
 
-const state = { z: null, codes: null, pad: null, image: null, backend: null, threads: 1, decodeMs: [], frames: 0 };
+const state = { z: null, latentShape: null, codes: null, pad: null, image: null, backend: null, threads: 1,
+                decodeMs: [], frames: 0 };
 let model, explorerSpec;
 
 function setStatus(text, kind) {
@@ -60,9 +62,10 @@ async function loadModel() {
 
 // ---- drawing -------------------------------------------------------------------------------------------------
 
-/** The mean image as pixels: channels-first floats clamped to [0, 1], grey for one channel, RGB for three. */
+/** The mean image as pixels: channels-first floats clamped to [0, 1], grey for one channel, RGB for three; at the
+ * size of the decode that made it (a spatial bundle's images have the latent's size times its downsampling). */
 function drawImage(image) {
-  const [c, h, w] = model.imageShape;
+  const [c, h, w] = model.imageDims;
   const canvas = $("image");
   canvas.width = w;
   canvas.height = h;
@@ -104,7 +107,7 @@ function drawPad() {
 }
 
 function drawCodes() {
-  const [h, w] = model.latent.grid;
+  const [h, w] = model.grid;
   const grid = $("codes");
   grid.style.gridTemplateColumns = `repeat(${w}, 2.6em)`;
   grid.replaceChildren(...state.codes.map((code, p) => {
@@ -125,7 +128,8 @@ function showStats() {
     ? `${recent.at(-1).toFixed(2)} ms last (session.run ${model.lastRunMs.toFixed(2)} ms), ${mean.toFixed(2)} ms ` +
       `mean of the last ${recent.length} (${state.frames} frames)`
     : "–";
-  $("z").textContent = state.z ? Array.from(state.z, (v) => v.toFixed(3)).join(", ") : "–";
+  // the pad's z only: a spatial latent has thousands of elements
+  $("z").textContent = state.z && model.can.view === "pad" ? Array.from(state.z, (v) => v.toFixed(3)).join(", ") : "–";
 }
 
 // ---- one decode at a time: pointer moves faster than frames replace the waiting request --------------------------
@@ -201,8 +205,44 @@ function decodeLatent(z) {
   return schedule(() => model.decodeLatent(latent));
 }
 
+/** Decode a spatial latent from a .npy file's bytes (dropped, chosen or --latents); a file that is not a latent
+ * of this bundle gets one sentence in the latent note, and nothing is decoded. */
+function loadLatents(buffer, name) {
+  let shape, npy;
+  try {
+    npy = parseNpy(buffer, name);
+    shape = model.checkLatent(npy, name);
+  } catch (error) {
+    $("latent-note").textContent = error.message;
+    return Promise.resolve();
+  }
+  $("latent-note").textContent = `${name}: a ${shape.join("×")} latent, decoded to ` +
+    `${shape[1] * model.downsample}×${shape[2] * model.downsample}`;
+  state.z = npy.data;
+  state.latentShape = shape;
+  return schedule(() => model.decodeSpatial(npy.data, shape));
+}
+
+async function loadLatentFile(file) {
+  return loadLatents(await file.arrayBuffer(), file.name);
+}
+
+/** Runtime.sample(1, seed, size=(H, W)) at the size in the H and W fields. */
+function sampleSpatial(seed) {
+  const size = [Number($("height").value), Number($("width").value)];
+  model.latentShapeAt(size); // a size the bundle does not take throws its sentence, shown beside the button
+  $("sample-note").textContent = `seed ${seed} at ${size.join("×")}: ${model.can.says.split("; ").at(-1)}`;
+  return schedule(async () => {
+    const result = await model.sampleSpatial(seed, size);
+    state.z = result.z;
+    state.latentShape = result.shape;
+    return result.image;
+  });
+}
+
 function sample() {
   const seed = philox.toUint63($("seed").value, "seed"); // a bad seed throws a sentence, shown beside the button
+  if (model.can.view === "spatial") return sampleSpatial(seed);
   $("sample-note").textContent = `seed ${seed}: ${model.can.says.split("; ").at(-1)}`;
   return schedule(async () => {
     const result = await model.sample(seed);
@@ -245,6 +285,37 @@ function wireControls() {
     }
   });
   $("seed").addEventListener("keydown", (event) => event.key === "Enter" && $("sample").click());
+  $("latent-file").addEventListener("change", (event) => event.target.files[0] &&
+    loadLatentFile(event.target.files[0]));
+  // a .npy dropped anywhere on the page: the browser would otherwise open the file in place of the page
+  document.addEventListener("dragover", (event) => event.preventDefault());
+  document.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer.files[0];
+    if (file && model.can.view === "spatial") loadLatentFile(file);
+  });
+}
+
+/** The spatial view's first frame: the --latents file when `vaedeploy web` wrote one, else a sample at the reference
+ * size (zeros for a latent without a prior). */
+async function startSpatial() {
+  const [h, w] = model.sizes.reference;
+  for (const [id, value] of [["height", h], ["width", w]]) {
+    Object.assign($(id), { value, min: model.sizes.low[id === "height" ? 0 : 1],
+                           max: model.sizes.high[id === "height" ? 0 : 1], step: model.sizes.multiple });
+  }
+  $("size-note").textContent = `sizes: ${model.sizes.text}`;
+  if (explorerSpec.latents) {
+    const response = await fetch(explorerSpec.latents);
+    if (!response.ok) {
+      throw new Error(`${explorerSpec.latents}: HTTP ${response.status}; expected the --latents of vaedeploy web`);
+    }
+    return loadLatents(await response.arrayBuffer(), explorerSpec.latents);
+  }
+  if (model.can.sample) return sample();
+  const shape = model.latentShapeAt([h, w]);
+  state.latentShape = shape;
+  return schedule(() => model.decodeSpatial(new Float32Array(shape[0] * shape[1] * shape[2]), shape));
 }
 
 async function main() {
@@ -254,7 +325,9 @@ async function main() {
   let note;
   [model, note] = await loadModel();
   const { manifest, can } = model;
-  $("model").textContent = `${manifest.kind} bundle: ${manifest.latent.type} latent of ${model.dim} dimensions, ` +
+  const latentText = model.can.view === "spatial" ? `${model.latentShape.join("×")} (at the reference size)`
+    : `of ${model.dim} dimensions`;
+  $("model").textContent = `${manifest.kind} bundle: ${manifest.latent.type} latent ${latentText}, ` +
     `${manifest.likelihood.kind} decoder, input ${manifest.input.shape.join("×")}`;
   $("backend").textContent = `${state.backend} (onnxruntime-web ${ort.env.versions.web})` + (note ? `: ${note}` : "");
   $("threads").textContent = self.crossOriginIsolated
@@ -265,13 +338,17 @@ async function main() {
   if (!can.sample) $("sample-note").textContent = can.says.split("; ").at(-1);
   $("pad-section").hidden = can.view !== "pad";
   $("codes-section").hidden = can.view !== "codes";
+  $("spatial-section").hidden = can.view !== "spatial";
   for (const element of document.querySelectorAll(".pad-only")) element.hidden = can.view !== "pad";
+  for (const element of document.querySelectorAll(".spatial-only")) element.hidden = can.view !== "spatial";
   wireControls();
   if (can.view === "pad") {
     const { points, source } = explorerSpec.pad;
     $("pad-note").textContent = `The pad spans ${source}.` +
       (points.length ? ` Dots: ${points.length} encoded training images, coloured by label.` : "");
     await padTo(0, 0);
+  } else if (can.view === "spatial") {
+    await startSpatial();
   } else {
     await setCodes(explorerSpec.codes);
   }
@@ -281,7 +358,7 @@ async function main() {
 const ready = main().catch((error) => fail(error));
 
 window.explorer = {
-  ready, state, philox, padTo, decodeLatent, setCodes, sample,
+  ready, state, philox, padTo, decodeLatent, setCodes, sample, loadLatents,
   idle: async () => { while (running) await running; },
   get model() { return model; },
   get spec() { return explorerSpec; },

@@ -20,7 +20,29 @@ function graphEntry(manifest, role) {
   return entry;
 }
 
+const DTYPE_NAMES = { "<f4": "float32", "<i8": "int64" }; // numpy's names, as site.py's sentence gives them
 const LATENT_TYPES = ["gaussian", "deterministic", "hierarchical", "vq"];
+
+/** latent.shape as format 2 writes it: a format-1 manifest's `dim` (and a VQ latent's `grid`) read as
+ * bundle.py _upgrade reads them, so bundles of either format open. */
+export function latentShape(latent) {
+  if (latent.shape) return latent.shape.map(Number);
+  return [Number(latent.dim), ...(latent.type === "vq" ? latent.grid.map(Number) : [])];
+}
+
+/** The image sizes a spatial bundle takes: input.size (H and W multiples of `multiple` from min to max), or its
+ * one reference size; `refusal([H, W])` says in words what is wrong with a size, as bundle.py Sizes.refusal. */
+export function imageSizes(manifest) {
+  const reference = manifest.input.shape.slice(1).map(Number);
+  const size = manifest.input.size;
+  const low = size ? size.min.map(Number) : reference, high = size ? size.max.map(Number) : reference;
+  const multiple = size ? Number(size.multiple) : 1;
+  const text = size ? `H and W multiples of ${multiple} from ${low[0]}×${low[1]} to ${high[0]}×${high[1]}`
+                    : `${reference[0]}×${reference[1]}, the one image size of this bundle`;
+  const refusal = ([h, w]) => ([h, w].every((v, k) => Number.isInteger(v) && v % multiple === 0 && v >= low[k] &&
+                                 v <= high[k]) ? null : text);
+  return { reference, low, high, multiple, text, refusal };
+}
 
 /** What the page does with a bundle: the decode graph, the pad or the code grid, and how `sample` draws. Whether
  * there is a `sample` at all is the bundle's table of operations (explorer.json's `operations`, written from
@@ -32,6 +54,13 @@ export function capabilities(manifest, operations) {
   if (!LATENT_TYPES.includes(type)) {
     throw new Error(`manifest.json: latent type ${JSON.stringify(type)} is not one this page supports ` +
                     `(${LATENT_TYPES.join(", ")})`);
+  }
+  if (latentShape(latent).length === 3 && type !== "vq") {
+    const sample = operations.some((op) => op.name === "sample") ? "spatial" : null;
+    return { decode: "decoder", view: "spatial", sample,
+             says: `a ${latentShape(latent).join("×")} spatial latent (at the reference size) from a dropped .npy ` +
+                   "or --latents; " + (sample ? "sample z ~ N(0, I) at a chosen size"
+                     : `no sample: a ${type} latent has no prior (the Python runtime refuses it too)`) };
   }
   if (!operations.some((op) => op.name === "sample")) {
     const view = type === "vq" ? "codes" : "pad";
@@ -93,7 +122,7 @@ export class Model {
     if (manifest.latent.type === "vq") {
       const name = manifest.arrays[manifest.latent.codebook];
       codebook = parseNpy(await (await fetchOk(root + name)).arrayBuffer(), name);
-      const expected = [manifest.latent.num_codes, manifest.latent.dim];
+      const expected = [manifest.latent.num_codes, latentShape(manifest.latent)[0]];
       if (codebook.dtype !== "<f4" || String(codebook.shape) !== String(expected)) {
         throw new Error(`${name}: expected a float32 ${expected.join("×")} codebook, got ${codebook.dtype} ` +
                         `${codebook.shape.join("×")}`);
@@ -105,8 +134,15 @@ export class Model {
   constructor(ort, manifest, can, sessions, codebook) {
     Object.assign(this, { ort, manifest, can, sessions, codebook });
     this.latent = manifest.latent;
-    this.dim = Number(manifest.latent.dim);
+    this.latentShape = latentShape(manifest.latent);
+    this.dim = this.latentShape[0];
+    this.grid = this.latentShape.slice(1);
     this.imageShape = manifest.input.shape;
+    this.sizes = imageSizes(manifest);
+    this.downsample = Number(manifest.latent.downsample ?? 1);
+    const scaling = manifest.latent.scaling;
+    // latents.py GaussianRuntime.scaling: (scaling_factor, shift_factor), or none (the graph's own space)
+    this.scaling = scaling ? [f32(scaling.scaling_factor), f32(scaling.shift_factor)] : null;
     this.bernoulli = manifest.likelihood.kind === "bernoulli";
     this.imageOutput = manifest.likelihood.outputs[0];
     this.decodeInput = graphEntry(manifest, can.decode).inputs[0].name;
@@ -128,6 +164,7 @@ export class Model {
   async image(input, dims) {
     const out = await this.run(this.can.decode, { [this.decodeInput]: this.tensor(input, dims) }, [this.imageOutput]);
     const params = out[this.imageOutput].data;
+    this.imageDims = out[this.imageOutput].dims.slice(1); // [C, H, W] of this decode (a spatial one's own size)
     // api.py _image: exp(-logaddexp(0, -x)) in float32, which is the sigmoid
     return this.bernoulli ? params.map((v) => f32(1 / (1 + Math.exp(-v)))) : Float32Array.from(params);
   }
@@ -137,9 +174,46 @@ export class Model {
     return this.image(Float32Array.from(z), [1, this.dim]);
   }
 
+  /** The latent shape [c, h, w] at image size [H, W], or an Error naming the sizes this bundle takes. */
+  latentShapeAt([h, w]) {
+    const why = this.sizes.refusal([h, w]);
+    if (why) throw new Error(`size: expected ${why}, got ${h}×${w}`);
+    return [this.dim, h / this.downsample, w / this.downsample];
+  }
+
+  /** A .npy latent's [c, h, w] (shape (c, h, w) or (1, c, h, w), float32), or an Error in one sentence naming what
+   * the bundle takes and what came, as site.py's check of --latents says it. */
+  checkLatent(npy, name) {
+    const shape = npy.shape.length === 4 && npy.shape[0] === 1 ? npy.shape.slice(1) : npy.shape;
+    const [c, h, w] = shape, f = this.downsample;
+    if (npy.dtype !== "<f4" || shape.length !== 3 || c !== this.dim || this.sizes.refusal([h * f, w * f])) {
+      throw new Error(`${name}: expected a float32 latent of shape (1, ${this.dim}, h, w) or (${this.dim}, h, w) ` +
+                      `with (h·${f}, w·${f}) one of this bundle's sizes (${this.sizes.text}), got ` +
+                      `${DTYPE_NAMES[npy.dtype]} (${npy.shape.join(", ")})`);
+    }
+    return shape;
+  }
+
+  /** decode(z) of one spatial latent [c, h, w] in encode's space: z / scale + shift is what the decoder graph
+   * takes, each operation in float32 as latents.py _decode_scaled_rows computes it. */
+  decodeSpatial(z, shape) {
+    const unscaled = this.scaling
+      ? Float32Array.from(z, (v) => f32(f32(v / this.scaling[0]) + this.scaling[1]))
+      : Float32Array.from(z);
+    return this.image(unscaled, [1, ...shape]);
+  }
+
+  /** Runtime.sample(1, seed, size=[H, W]) of a spatial bundle: z ~ N(0, I) in the graph's own space (no scaling),
+   * one Philox counter per latent element in C order from offset 0, decoded. */
+  async sampleSpatial(seed, size) {
+    const shape = this.latentShapeAt(size);
+    const z = standardNormal(seed, 0n, shape[0] * shape[1] * shape[2]);
+    return { z, shape, image: await this.image(z, [1, ...shape]) };
+  }
+
   /** decode(codes) for one grid of code indices (row-major h×w): z_q[c, p] = codebook[codes[p], c]. */
   decodeCodes(codes) {
-    const [h, w] = this.latent.grid;
+    const [h, w] = this.grid;
     const d = this.dim;
     const zq = new Float32Array(d * h * w);
     codes.forEach((code, p) => {
