@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import vaedeploy
 from vaedeploy.errors import InputError
 from vaedeploy.runtime.arrays import NumpyArrays, TorchArrays
 from vaedeploy.runtime.tiles import AUTO_TILE, Tiling, choose, tiled
@@ -221,3 +222,85 @@ def test_tiled_encode_equals_diffusers_enable_tiling(vae, height, width, seed):
         mean, logvar = tiled(run, x, Tiling(tile, Fraction(1, 2)), TorchArrays("cpu"))
     np.testing.assert_allclose(mean.numpy(), posterior.mean.numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(logvar.numpy(), posterior.logvar.numpy(), rtol=0, atol=1e-6)
+
+
+# ---- decode(z, tile=...) and encode(x, tile=...) of a spatial bundle ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def spatial(tmp_path_factory):
+    """A KL-conv bundle (f = 4, sizes 8…32, scaled latents) exported untrained, and its model: what the runtime's
+    tiled calls are checked against, tile by tile through tiles.tiled on the PyTorch modules."""
+    from vaedeploy.export import write_bundle
+
+    from vaedeploy.models.klconv import KLConv, KLConvConfig
+
+    torch.manual_seed(0)
+    model = KLConv(KLConvConfig(input_shape=(1, 16, 16), latent_channels=2, channels=(4, 8), max_size=32,
+                                scaling_factor=0.5, shift_factor=0.25)).eval()
+    data = np.random.default_rng(0).uniform(0, 1, (4, 1, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        spec = model.export_spec(data, 2)
+    bundle = write_bundle(spec, out=tmp_path_factory.mktemp("tiles") / "klconv", kind="klconv", max_batch=2,
+                          input_spec={"shape": [1, 16, 16], "dtype": "float32", "range": [0.0, 1.0]})
+    return vaedeploy.load(bundle, backend="onnxruntime"), model
+
+
+def test_runtime_decode_tiles_an_image_larger_than_the_graphs_take(spatial):
+    rt, model = spatial
+    z = np.random.default_rng(3).normal(size=(3, 2, 12, 10)).astype(np.float32)  # a 48×40 image: beyond 32×32
+
+    def run(tile):  # the model's mean image of the unscaled latents, as decode takes scaled ones
+        with torch.no_grad():
+            return (model.decoder(torch.from_numpy(tile / np.float32(0.5) + np.float32(0.25)))[0].numpy(),)
+
+    got = rt.decode(z, tile=(16, 16))
+    assert got.shape == (3, 1, 48, 40)
+    np.testing.assert_allclose(got, tiled(run, z, Tiling((4, 4), 4), NUMPY)[0], rtol=1e-5, atol=1e-5)
+    out = np.empty_like(got)
+    assert rt.decode(z, tile=(16, 16), out=out) is out and np.array_equal(out, got)
+    with pytest.raises(InputError, match=r"z: expected shape N×2×h×w"):
+        rt.decode(z)  # whole, the image is beyond what the graphs take
+
+
+def test_runtime_encode_tiles_the_posterior_then_draws_one_latent(spatial):
+    from vaedeploy.kernels import standard_normal_numpy
+
+    rt, model = spatial
+    x = np.random.default_rng(4).uniform(0, 1, (2, 1, 40, 48)).astype(np.float32)
+
+    def run(tile):
+        with torch.no_grad():
+            return tuple(p.numpy() for p in model.encoder(torch.from_numpy(tile)))
+
+    mean, logvar = tiled(run, x, Tiling((16, 16), Fraction(1, 4)), NUMPY)
+    eps = standard_normal_numpy(mean.shape, 7, 0)
+    expected = (mean + np.exp(logvar / 2) * eps - np.float32(0.25)) * np.float32(0.5)
+    np.testing.assert_allclose(rt.encode(x, seed=7, tile=(16, 16)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_runtime_auto_tiles_at_the_largest_size_the_graphs_take(spatial):
+    rt, _ = spatial
+    z = np.random.default_rng(5).normal(size=(1, 2, 12, 12)).astype(np.float32)
+    np.testing.assert_array_equal(rt.decode(z, tile="auto"), rt.decode(z, tile=(32, 32)))
+    small = z[:, :, :8, :8]  # 32×32: within one tile, run whole
+    np.testing.assert_array_equal(rt.decode(small, tile="auto"), rt.decode(small))
+
+
+@pytest.mark.parametrize("tile, match", [
+    ((10, 16), r"tile: expected \(th, tw\) with H and W multiples of 4 from 8×8 to 32×32, got \(10, 16\)"),
+    ((64, 64), r"tile: expected \(th, tw\) with H and W multiples of 4 from 8×8 to 32×32"),
+    ((12, 16), r"tile: expected sides that are multiples of 16 pixels \(the overlap, 0.25 of a tile, a whole number "
+               r"of latent rows\), got \(12, 16\)"),
+    ("big", r"tile: expected None, 'auto' or \(height, width\) in pixels"),
+])
+def test_runtime_refuses_a_tile_the_bundle_cannot_run(spatial, tile, match):
+    rt, _ = spatial
+    with pytest.raises(InputError, match=match):
+        rt.decode(np.zeros((1, 2, 12, 12), np.float32), tile=tile)
+
+
+def test_a_bundle_of_vector_latents_takes_no_tile(exported):
+    rt = vaedeploy.load(exported("vae")[1])
+    with pytest.raises(InputError, match=r"tile: expected None for a gaussian bundle of latent shape \d+; tiles need "
+                                         r"spatial gaussian or deterministic latents"):
+        rt.decode(np.zeros((1, *rt.latent_shape), np.float32), tile=(16, 16))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+from fractions import Fraction
 from functools import cached_property
 
 import numpy as np
@@ -40,6 +41,7 @@ from .arrays import FINITE, Values, shape_text
 from .backends import backend_class
 from .buckets import Buckets, DirectCalls, Plan, bucket_sizes
 from .noise import Noise
+from .tiles import OVERLAP, Tiling, choose, tiled
 
 EXECUTION = {  # what a runtime's calls run through, as describe() says it
     None: "direct: each call runs the backend in slices of at most max_batch rows",
@@ -347,25 +349,80 @@ class Runtime:
         x, back = self._take_images(x)
         return tuple(back(p) for p in self._call("encode_params", x))
 
-    def encode(self, x, seed=None, offset=0, *, out=None):
+    def encode(self, x, seed=None, offset=0, *, tile=None, out=None):
         """A latent z (N × latent shape) per image: a draw from q(z|x), or the code itself for deterministic
         latents; scaled where the bundle declares ``latent.scaling`` ((z - shift) · scale).
 
         ``seed`` fixes the draw (None draws a fresh seed); row r uses row ``offset + r`` of the seed's noise
         stream, so rows encoded in separate calls draw what one call would. Per-row ``seed`` and ``offset`` arrays
         (N values each) give every row its own stream (``noise.py``). ``out``: a preallocated result (N × latent
-        shape float32, in this runtime's arrays) that is filled and returned instead of a new array.
+        shape float32, in this runtime's arrays) that is filled and returned instead of a new array. ``tile``: None,
+        (th, tw) pixels or ``"auto"``: an image larger than the tile is encoded tile by tile, the posterior's
+        parameters blended as diffusers' ``tiled_encode`` blends them, then drawn from as one latent (``_tiling``).
         """
+        tiling = self._tiling(tile, x, "x", latent=False)
+        if tiling is not None:
+            x, back = self._take(x, tuple(x.shape[1:]), "x", self.input_values)
+            params = tiled(lambda t: self._call("encode_params", t), x, tiling, self.arrays)
+            return self._into(self._encode_from_params(params, Noise.of(seed, offset, len(x))), out, back)
         x, back = self._take_images(x)
         z = self._call("encode", x, noise=Noise.of(seed, offset, len(x)), out=out)[0]
         return z if out is not None else back(z)
 
-    def decode(self, z, *, out=None):
+    def decode(self, z, *, tile=None, out=None):
         """The mean image (N × input shape) of p(x|z) for latents z (N × latent shape, in ``encode``'s space: scaled
-        where the bundle declares ``latent.scaling``); ``out`` as for ``encode``."""
+        where the bundle declares ``latent.scaling``); ``out`` as for ``encode``. ``tile``: None, (th, tw) pixels or
+        ``"auto"``: an image larger than the tile is decoded tile by tile and blended as diffusers' ``tiled_decode``
+        blends (``_tiling``)."""
+        tiling = self._tiling(tile, z, "z", latent=True)
+        if tiling is not None:
+            z, back = self._take(z, tuple(z.shape[1:]), "z")
+            images = tiled(lambda t: self._call("decode", t), z, tiling, self.arrays)[0]
+            return self._into(self._finite_decoded(images, z), out, back)
         z, back = self._take_latents(z)
         images = self._finite_decoded(self._call("decode", z, out=out)[0], z)
         return images if out is not None else back(images)
+
+    def _tiling(self, tile, x, name: str, latent: bool) -> Tiling | None:
+        """The tiles (in x's units: latent rows for decode, pixels for encode) of a call with ``tile=`` on x, or None
+        to run it whole (``tile=None``, or an image within one tile: diffusers' rule, ``tiles.choose``).
+
+        Tiles take any size of spatial latents (gaussian or deterministic) of a bundle with ``input.size``; the tile
+        is a size the bundle takes, and the image any multiple of ``input.size.multiple``, larger than the largest
+        the graphs take too: the graphs only ever see a tile or a smaller one at the image's far edges.
+        """
+        if tile is None:
+            return None
+        if self.sizes is None or len(self.latent_shape) != 3 or not hasattr(self, "_encode_from_params"):
+            raise InputError(f"tile: expected None for a {self.latent_type} bundle of latent shape "
+                             f"{shape_text(self.latent_shape)}; tiles need spatial gaussian or deterministic latents "
+                             "of a bundle that takes any image size (input.size)")
+        f, shape = self.downsample, getattr(x, "shape", None)
+        channels = self.latent_shape[0] if latent else self.input_shape[0]
+        scale = f if latent else 1
+        if shape is None or len(shape) != 4 or shape[1] != channels or shape[2] * scale % self.sizes.multiple \
+                or shape[3] * scale % self.sizes.multiple:
+            what = f"N×{channels}×h×w latents with h·{f}, w·{f}" if latent else f"N×{channels}×H×W images with H, W"
+            raise InputError(f"{name}: expected {what} multiples of {self.sizes.multiple} for a tiled call, got "
+                             f"{shape_text(shape) if shape is not None else type(x).__name__}")
+        if tile != "auto" and isinstance(tile, (tuple, list)) and (why := self.sizes.refusal(tile)):
+            raise InputError(f"tile: expected (th, tw) with {why}, got {tile!r}")
+        pixels = choose(tile, (shape[2] * scale, shape[3] * scale), self.sizes.high)
+        if pixels is None:
+            return None
+        try:
+            return Tiling(tuple(p // f for p in pixels), f) if latent else Tiling(pixels, Fraction(1, f))
+        except InputError:  # said in pixels, the tile's units here
+            raise InputError(f"tile: expected sides that are multiples of {round(f / OVERLAP)} pixels (the overlap, "
+                             f"{OVERLAP:g} of a tile, a whole number of latent rows), got {tile!r}") from None
+
+    def _into(self, result, out, back):
+        """A tiled call's result, copied into the caller's ``out`` where one is given, else in the caller's type."""
+        if out is None:
+            return back(result)
+        out = self.arrays.take_out(out, tuple(result.shape), result)
+        out[...] = result
+        return out
 
     def reconstruct(self, x, *, out=None):
         """decode(the encoder's most likely code): the posterior mean for Gaussian latents."""

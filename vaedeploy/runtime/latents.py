@@ -58,11 +58,14 @@ class GaussianRuntime(Runtime):
         return tuple(self._encoder.run(x))
 
     def _encode_rows(self, x, noise: Noise) -> tuple:
-        params = self._encoder.run(x)
+        return (self._encode_from_params(self._encoder.run(x), noise),)
+
+    def _encode_from_params(self, params: tuple, noise: Noise):
+        """z from the encoder's outputs (a tiled encode's blended ones too): the draw, scaled."""
         if self.latent_type == "deterministic":
-            return (self._scaled(params[0]),)
+            return self._scaled(params[0])
         width = math.prod(params[0].shape[1:])  # the latent elements of one row at this call's size
-        return (self._scaled(self.arrays.reparameterize(*params, *noise.stream(width))),)
+        return self._scaled(self.arrays.reparameterize(*params, *noise.stream(width)))
 
     def _scaled(self, z):
         """z in ``encode``'s space: (z - shift) · scale where the bundle declares a scaling."""
