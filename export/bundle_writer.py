@@ -184,7 +184,8 @@ def write_bundle(
     """Export every graph of ``spec``, validate them, and write the bundle ``out`` atomically; return ``out``.
 
     ``model`` (``{"kind", "config", "state_dict"}`` of a vaedeploy model) lets the torch backend rebuild it. The
-    latent type's own checks (``validate.LATENT_CHECKS``: the VQ index agreement) join the validation report. The
+    latent type's own checks (``validate.LATENT_CHECKS``: the VQ index agreement) and the spec's (``spec.checks``)
+    join the validation report. The
     manifest is checked against the bundle schema (``vaedeploy.bundle.check_manifest``) before the bundle takes the
     place of whatever was at ``out``.
     """
@@ -201,7 +202,8 @@ def write_bundle(
         sizes = ImageSizes.of(input_spec)
         report = validate_graphs(spec.graphs, files, tmp, max_batch,
                                  sizes.validation_sizes() if sizes is not None else ())
-        if check := LATENT_CHECKS.get(spec.latent["type"]):
+        latent_checks = [LATENT_CHECKS[spec.latent["type"]]] if spec.latent["type"] in LATENT_CHECKS else []
+        for check in [*latent_checks, *spec.checks]:
             result = check(spec, files, tmp, max_batch)
             report["extra"][result["name"]] = result
             report["failures"] += result["failures"]

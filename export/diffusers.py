@@ -229,3 +229,138 @@ def psnr(actual: np.ndarray, expected: np.ndarray, value_range: float = IMAGE_RA
     if math.isnan(mse):
         return math.nan
     return math.inf if mse == 0 else 10 * math.log10(value_range ** 2 / mse)
+
+
+# ---- the bundle ----------------------------------------------------------------------------------------------------
+
+DEFAULT_SIZES = (256, 512)
+DEFAULT_MAX_BATCH = 4  # full-size VAEs at 512×512: validation runs every batch size up to this at the first size
+# An imported graph is a deep network of large convolutions: ONNX Runtime's and PyTorch's float32 sums differ by more
+# than our small models' 1e-4 (measured: about 2e-4 on SD-VAE's decoder at 256×256), fp16 by a few 1e-2 in [-1, 1].
+TOLERANCES = {"fp32": {"max_abs": 2e-3, "rel_l2": 1e-4}, "fp16": {"max_abs": 0.15, "rel_l2": 2e-2}}
+LATENT_TYPES = {"AutoencoderKL": "gaussian", "AutoencoderTiny": "deterministic", "VQModel": "vq"}
+IDENTITY = {"kind": "identity", "outputs": ["x"]}  # the decoder returns the image itself
+
+
+def check_sizes(sizes, factor: int) -> tuple[int, ...]:
+    """``sizes`` (image sides to validate, the first the bundle's reference) as a tuple of multiples of ``factor``."""
+    sizes = tuple(sizes)
+    if len(set(sizes)) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < factor or s % factor
+                                  for s in sizes):
+        raise ConfigError(f"sizes: expected at least two image sides, positive multiples of the model's downsampling "
+                          f"factor {factor} (the bundle takes every size between the smallest and the largest), got "
+                          f"{list(sizes)}")
+    return sizes
+
+
+def export_spec(vae: nn.Module, sizes=DEFAULT_SIZES, max_batch: int = DEFAULT_MAX_BATCH):
+    """The ``ExportSpec`` of a supported autoencoder: its encoder and decoder over any H, W from the smallest to the
+    largest of ``sizes`` (multiples of the downsampling factor), validated on photographs at the first size (every
+    batch size up to ``max_batch``), on their encodings and on prior draws, and at the range's corners and two
+    non-square sizes on photographs and their encodings."""
+    from vaedeploy.models.spec import ExportSpec, GraphSpec, SpatialSize
+
+    name = check_supported(vae)
+    if name == "VQModel":
+        raise ConfigError("VQModel: a bundle of VQ latents at any image size is not written yet (the bundle's vq "
+                          "latent type holds one grid size and a learned prior); AutoencoderKL and AutoencoderTiny "
+                          "are")
+    factor = downsample(vae)
+    sizes = check_sizes(sizes, factor)
+    encoder, decoder = modules(vae)
+    reference = sizes[0]
+    size = SpatialSize((min(sizes),) * 2, (max(sizes),) * 2, factor, factor)
+    x = photographs(reference, reference, max(2, max_batch))  # export traces 2 rows, whatever the batch limit
+    code = _code(encoder, x)
+    latent = {"type": LATENT_TYPES[name], "shape": list(code.shape[1:]), "downsample": factor}
+    if scale := scaling(vae):
+        latent["scaling"] = scale
+    outputs = ["mean", "logvar"] if latent["type"] == "gaussian" else ["z"]
+    tolerances = {p: dict(t) for p, t in TOLERANCES.items()}
+    graphs = [
+        GraphSpec("encoder", encoder, ["x"], {"photographs": [x]}, outputs, tolerances=tolerances,
+                  spatial={"x": "image", **{o: "latent" for o in outputs}},
+                  at_size=lambda h, w: [photographs(h, w, 2)]),
+        GraphSpec("decoder", decoder, ["z"], {"encodings": [code], "prior": [_prior(code.shape, latent)]},
+                  list(IDENTITY["outputs"]), tolerances=tolerances, spatial={"z": "latent", "x": "image"},
+                  at_size=lambda h, w: [_code(encoder, photographs(h, w, 2))]),
+    ]
+    return ExportSpec(latent, IDENTITY, graphs, size=size, checks=(round_trip_check,))
+
+
+# The round trip photograph → encoder graph → decoder graph, against PyTorch float32's, must reach this PSNR (dB,
+# images in [-1, 1]) in each precision: fp32 graphs differ from PyTorch by float rounding only (above 80 dB on the
+# tiny test models), fp16 ones by half precision's 11 bits through every layer.
+# bf16 keeps 8 significant bits, three fewer than fp16.
+PSNR_FLOOR = {"fp32": 60.0, "fp16": 35.0, "bf16": 25.0}
+
+
+def round_trip_check(spec, files: dict, root, max_batch: int) -> dict:
+    """The check an imported bundle adds to its validation (``ExportSpec.checks``): photographs at the range's
+    corners and two non-square sizes through the encoder graph and the decoder graph of each precision (posterior
+    mean or code, no noise), their PSNR against the PyTorch modules' round trip, at least ``PSNR_FLOOR``."""
+    from .validate import PSNR_CAP, Bf16Module, cpu_session
+
+    cases = {g.role: g for g in spec.graphs}
+    encoder, decoder = cases["encoder"].module, cases["decoder"].module
+    (h0, w0), (h1, w1) = spec.size.low, spec.size.high
+    sizes = list(dict.fromkeys([(h0, w0), (h1, w1), (h0, w1), (h1, w0)]))
+    results, failures = {}, []
+    for precision in files["encoder"]:
+        graphs = [Bf16Module(cases[role].module, cases[role].input_names, cases[role].output_names)
+                  if precision == "bf16" else cpu_session(Path(root) / files[role][precision])  # as validation does
+                  for role in ("encoder", "decoder")]
+        for h, w in sizes:
+            x = photographs(h, w, 2)
+            with torch.no_grad():
+                expected = decoder(torch.from_numpy(_code(encoder, x))).numpy()
+            got = graphs[1].run(None, {"z": graphs[0].run(None, {"x": x})[0]})[0]
+            value = min(psnr(got, expected), PSNR_CAP)
+            results[f"{precision}@{h}x{w}"] = value
+            if not value >= PSNR_FLOOR[precision]:  # NaN fails too
+                failures.append(f"round trip of photographs through the {precision} graphs at {h}×{w}: PSNR "
+                                f"{value:.1f} dB against PyTorch float32, below {PSNR_FLOOR[precision]:g} dB")
+    return {"name": "round_trip_psnr", "passed": not failures, "thresholds": PSNR_FLOOR,
+            "worst": min(results.values()), "by_precision_and_size": results, "failures": failures}
+
+
+def _code(encoder: nn.Module, x: np.ndarray) -> np.ndarray:
+    """The encoder's most likely latents of images ``x``: the posterior mean, or the deterministic code."""
+    with torch.no_grad():
+        out = encoder(torch.from_numpy(x))
+    return np.ascontiguousarray((out[0] if isinstance(out, tuple) else out).numpy())
+
+
+def _prior(shape: tuple, latent: dict) -> np.ndarray:
+    """N(0, I) draws taken to the decoder's own space the way ``decode`` takes scaled latents there (z / s + t), so
+    the decoder is validated where the runtime's ``decode`` of N(0, I) latents runs it."""
+    from vaedeploy.models.spec import normal_draws
+
+    eps = normal_draws(shape)
+    scale = latent.get("scaling")
+    if scale is None:
+        return eps
+    return (eps / np.float32(scale["scaling_factor"]) + np.float32(scale["shift_factor"])).astype(np.float32)
+
+
+def input_spec(vae: nn.Module, reference: int, source: str) -> dict:
+    """The manifest's ``input``: 3 × reference × reference float32 images in [-1, 1], and where they came from."""
+    return {"shape": [int(vae.config.in_channels), reference, reference], "dtype": "float32",
+            "range": list(IMAGE_RANGE), "preprocessing": "diffusers: RGB scaled to [-1, 1]",
+            "source": {"diffusers": type(vae).__name__, "from": source}}
+
+
+def from_diffusers(vae, *, out, precisions=("fp32",), sizes=DEFAULT_SIZES, max_batch: int = DEFAULT_MAX_BATCH,
+                   force: bool = False, source: str | None = None):
+    """Import a diffusers autoencoder (a model, or a folder or hub id ``load_vae`` reads) into the validated bundle
+    ``out`` and return its path: the graphs over any size from the smallest to the largest of ``sizes``, each
+    precision validated against PyTorch float32 on photographs (``export_spec``)."""
+    from .bundle_writer import write_bundle
+
+    if not isinstance(vae, nn.Module):
+        source, vae = str(vae), load_vae(vae)
+    spec = export_spec(vae, sizes, max_batch)
+    reference = check_sizes(sizes, 1)[0]
+    return write_bundle(spec, out=out, kind=f"diffusers.{type(vae).__name__}",
+                        input_spec=input_spec(vae, reference, source or "a module"), precisions=tuple(precisions),
+                        max_batch=max_batch, force=force)

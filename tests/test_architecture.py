@@ -17,6 +17,7 @@ LAYERS = [
     (5, ("vaedeploy.export",)),
     (6, ("vaedeploy.deploy",)),  # TensorRT builds and Triton repositories: export's pieces and the runtime's
     (9, ("vaedeploy.cli", "vaedeploy.argtypes", "vaedeploy.run_commands", "vaedeploy.bundle_commands", "vaedeploy.demo",
+         "vaedeploy.import_command",
          "vaedeploy.web", "vaedeploy.serve", "vaedeploy.bench")),
 ]
 RUNTIME_USERS = 6  # the lowest layer that may import the runtime

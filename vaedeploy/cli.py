@@ -14,6 +14,7 @@ from .errors import JobFailed, VaedeployError
 COMMANDS = (
     "vaedeploy.run_commands",  # train, eval, plot
     "vaedeploy.bundle_commands",  # export, build
+    "vaedeploy.import_command",  # import diffusers
     "vaedeploy.demo",
     "vaedeploy.web.command",
     "vaedeploy.serve.command",  # serve, triton-repo

@@ -1,18 +1,24 @@
 """diffusers' autoencoders in vaedeploy (export/diffusers.py, export/overflow.py): tiny models of each class saved
 with ``save_pretrained`` to a temp folder (no network), loaded back, their exported modules against diffusers' own
 encode and decode, the photographs they are validated on, and an fp16 overflow built on purpose."""
+import contextlib
+import io
 import json
+import re
 
 import diffusers
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from vaedeploy.export import diffusers as imported
 from vaedeploy.export.onnx_export import HalfPrecision, export_graph
 from vaedeploy.export.overflow import first_overflow
 from vaedeploy.export.validate import validate_graphs
 
+import vaedeploy
 from vaedeploy.errors import ConfigError
 from vaedeploy.models.spec import GraphSpec
 
@@ -172,3 +178,120 @@ def test_an_fp16_overflow_built_on_purpose_is_traced_to_its_first_node(tmp_path)
     assert report["failures"][0].startswith("decoder fp16 on encodings at batch 1: x max_abs=nan")
     assert (f"; NaN or Inf in the output: the first node that overflows is '{overflow.node}' (Conv in module "
             "decoder.conv_in") in report["failures"][0]
+
+
+# ---- import into bundles -------------------------------------------------------------------------------------------
+
+SIZES = (16, 32)  # the tiny models' sample_size (diffusers' tile) and twice it: 16×16 … 32×32, non-square between
+
+
+@pytest.fixture(scope="module")
+def bundles(saved, tmp_path_factory):
+    """name → a bundle imported from the saved folder: SD-style in fp32 and fp16 from Python, TAESD-style in fp32
+    through the command (what it printed under "printed")."""
+    from vaedeploy.cli import main
+
+    root = tmp_path_factory.mktemp("imported")
+    made = {"sd": imported.from_diffusers(saved["sd"], out=root / "sd", sizes=SIZES, max_batch=2,
+                                         precisions=("fp32", "fp16"))}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["import", "diffusers", str(saved["taesd"]), "--out", str(root / "taesd"), "--sizes", "16,32",
+                     "--max-batch", "2"]) == 0
+    return {**made, "taesd": root / "taesd", "printed": printed.getvalue()}
+
+
+def test_import_writes_a_bundle_of_any_size_validated_on_photographs(bundles):
+    manifest = json.loads((bundles["sd"] / "manifest.json").read_text())
+    assert manifest["kind"] == "diffusers.AutoencoderKL"
+    assert manifest["input"]["size"] == {"min": [16, 16], "max": [32, 32], "multiple": 2}
+    assert manifest["input"]["range"] == [-1.0, 1.0]
+    assert manifest["latent"] == {"type": "gaussian", "shape": [4, 8, 8], "downsample": 2,
+                                  "scaling": {"scaling_factor": 0.18215, "shift_factor": 0.0}}
+    assert {p for g in manifest["graphs"].values() for p in g} == {"fp32", "fp16"}
+    report = json.loads((bundles["sd"] / "validation.json").read_text())
+    assert report["passed"] and [16, 32] in report["sizes"] and [32, 16] in report["sizes"]
+    assert {c["inputs"] for c in report["checks"]} >= {"photographs", "encodings", "prior", "size 32×16"}
+    round_trip = manifest["validation"]["extra"]["round_trip_psnr"]
+    assert round_trip["passed"] and set(round_trip["by_precision_and_size"]) == {
+        f"{p}@{s}" for p in ("fp32", "fp16") for s in ("16x16", "32x32", "16x32", "32x16")}
+    assert all(v >= imported.PSNR_FLOOR[k.split("@")[0]] for k, v in round_trip["by_precision_and_size"].items())
+
+
+def test_a_round_trip_below_its_psnr_floor_fails(bundles, monkeypatch):
+    """The floor is a real check: asked for more than fp32 graphs give, it fails and names the precision and size
+    (an import then fails, as for any check of validation's)."""
+    monkeypatch.setitem(imported.PSNR_FLOOR, "fp32", 1000.0)  # above the cap of the PSNR of equal images
+    spec = imported.export_spec(tiny("taesd"), SIZES, 2)
+    files = {role: {"fp32": f"{role}.onnx"} for role in ("encoder", "decoder")}
+    result = imported.round_trip_check(spec, files, bundles["taesd"], 2)
+    assert not result["passed"] and len(result["failures"]) == 4
+    assert re.fullmatch(r"round trip of photographs through the fp32 graphs at 16×16: PSNR [\d.]+ dB against "
+                        r"PyTorch float32, below 1000 dB", result["failures"][0])
+
+
+@settings(max_examples=4, deadline=None)
+@given(height=st.sampled_from([16, 20, 32]), width=st.sampled_from([16, 24, 32]), n=st.integers(1, 3))
+def test_the_bundle_round_trip_agrees_with_diffusers_own_vae(bundles, height, width, n):
+    vae, x = tiny("sd"), imported.photographs(height, width, n)
+    with torch.no_grad():
+        posterior = vae.encode(torch.from_numpy(x)).latent_dist
+        expected = vae(torch.from_numpy(x)).sample.numpy()  # decode(the posterior's mode)
+    for precision, least in (("fp32", 60.0), ("fp16", 35.0)):
+        with vaedeploy.load(bundles["sd"], precision=precision) as rt:
+            mean, _ = rt.encode_params(x)
+            got = rt.reconstruct(x)
+            assert imported.psnr(got, expected) > least
+            z = rt.encode(x, seed=1)  # scaled: decode takes it back to the graph's space
+            with torch.no_grad():
+                drawn = vae.decode(torch.from_numpy(z) / 0.18215).sample.numpy()
+            assert imported.psnr(rt.decode(z), drawn) > least
+    np.testing.assert_allclose(mean, posterior.mean.numpy(), rtol=0, atol=5e-2)
+
+
+def test_tiled_decode_agrees_with_diffusers_enable_tiling(bundles):
+    vae = tiny("sd")
+    vae.enable_tiling()  # tiles of its sample_size, 16 pixels, as tile=(16, 16) asks
+    z = np.random.default_rng(2).normal(size=(2, 4, 20, 12)).astype(np.float32)  # 40×24: beyond the bundle's 32
+    with torch.no_grad():
+        expected = vae.decode(torch.from_numpy(z) / 0.18215).sample.numpy()
+    with vaedeploy.load(bundles["sd"]) as rt:
+        got = rt.decode(z, tile=(16, 16))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_taesd_imports_with_deterministic_latents(bundles):
+    vae, x = tiny("taesd"), imported.photographs(24, 16, 2)
+    manifest = json.loads((bundles["taesd"] / "manifest.json").read_text())
+    assert manifest["latent"] == {"type": "deterministic", "shape": [4, 8, 8], "downsample": 2}
+    with torch.no_grad():
+        latents = vae.encode(torch.from_numpy(x)).latents
+        images = vae.decode(latents).sample.numpy()
+    with vaedeploy.load(bundles["taesd"]) as rt:
+        np.testing.assert_allclose(rt.encode(x), latents.numpy(), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(rt.decode(latents.numpy()), images, rtol=0, atol=1e-5)
+        with pytest.raises(vaedeploy.errors.InputError, match="has no prior"):
+            rt.sample(1)
+
+
+def test_the_import_command_writes_the_bundle_and_refuses_in_one_line(bundles, tmp_path, capsys):
+    from vaedeploy.cli import main
+
+    assert bundles["printed"].startswith(f"imported diffusers.AutoencoderTiny to {bundles['taesd']}: deterministic "
+                                         "latents of 4 channels at 1/2 of the image")
+    (tmp_path / "wan").mkdir()
+    (tmp_path / "wan" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKLWan"}))
+    assert main(["import", "diffusers", str(tmp_path / "wan"), "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip().endswith("the config names 'AutoencoderKLWan'")
+
+
+@pytest.mark.parametrize("sizes", [(16,), (16, 16), (16, 33), (0, 16), ()])
+def test_sizes_are_two_or_more_multiples_of_the_downsampling(sizes):
+    with pytest.raises(ConfigError, match=r"sizes: expected at least two image sides, positive multiples of the "
+                                          r"model's downsampling factor 2"):
+        imported.export_spec(tiny("sd"), sizes)
+
+
+def test_a_vqmodel_is_refused_until_vq_bundles_take_any_size():
+    with pytest.raises(ConfigError, match=r"^VQModel: a bundle of VQ latents at any image size is not written yet"):
+        imported.export_spec(tiny("vqgan"))

@@ -70,13 +70,16 @@ class SpatialSize:
 class ExportSpec:
     """Everything a bundle holds of one model: the manifest's ``latent`` and ``likelihood`` entries, its graphs and
     the arrays beside them (``name.npy``, e.g. a VQ codebook); ``size`` where the graphs take any image size in a
-    range (None: the data's size only)."""
+    range (None: the data's size only); ``checks`` of the model's own (an imported model's round trip)."""
 
     latent: dict
     likelihood: dict
     graphs: list[GraphSpec]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     size: SpatialSize | None = None
+    # checks of this model beyond per-output errors, run like a latent type's (``export.validate.LATENT_CHECKS``):
+    # (spec, files, root, max_batch) → {"name", "passed", "failures", ...}, kept in the report's ``extra``
+    checks: tuple[Callable, ...] = ()
 
 
 def validation_rows(x: np.ndarray, n: int) -> np.ndarray:
