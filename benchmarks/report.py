@@ -507,12 +507,31 @@ def gpu_goals(docs: dict) -> str:
     return markdown_table(["goal", "value", "threshold", "met", "device", "driver, CUDA", "versions", "date"], lines)
 
 
+def diffusers_vae(doc: dict) -> str:
+    """benchmarks/diffusers_vae.py: the full-size architectures through vaedeploy and diffusers eager, p50 per case."""
+    env = doc["machine"]
+    cases: dict[tuple, dict] = {}
+    for row in doc["rows"]:
+        cases.setdefault((row["model"], row["op"], row["size"]), {})[row["provider"]] = row
+    table = [[model, op, f"{size}×{size}", _ms(p["vaedeploy"]["p50_ms"]), _ms(p["diffusers eager"]["p50_ms"]),
+              f"{p['diffusers eager']['p50_ms'] / p['vaedeploy']['p50_ms']:.2f}×"]
+             for (model, op, size), p in cases.items()]
+    caption = (f"Measured by `{env['command']}` on {env['date']}: {env['cpu']} ({', '.join(env['cpu_flags'])}), "
+               f"{env['cpu_cores_available']} cores (load average {env['load_average_at_start'][0]:g} at the start), "
+               f"torch {env['versions'].get('torch')} on {env['torch_threads']} threads, onnxruntime "
+               f"{env['versions'].get('onnxruntime')}; random weights; batch 1, p50 in ms of {doc['iters']} calls "
+               "each, interleaved.")
+    return caption + "\n\n" + markdown_table(["model", "op", "image", "vaedeploy (ms)", "diffusers eager (ms)",
+                                             "speed-up"], table)
+
+
 TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae": vq_vs_vae, "bench": bench,
           "noise": noise, "peers": peers, "cpu_peers": cpu_peers, "cpu_goals": cpu_goals,
           "runtime_overhead": runtime_overhead, "performance": performance,
           "concurrency": concurrency, "threads": threads, "serving": serving, "serve_tables": serve_tables,
           "serve_cpu": serve_cpu, "serve_perf_analyzer": serve_perf_analyzer, "serve_spinning": serve_spinning,
-          "gpu_steps": gpu_steps, "gpu_goals": gpu_goals}
+          "gpu_steps": gpu_steps, "gpu_goals": gpu_goals,
+          "diffusers_vae": diffusers_vae}
 
 
 def _results(name: str):
