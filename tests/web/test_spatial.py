@@ -134,3 +134,12 @@ def test_vaedeploy_web_refuses_latents_for_a_vector_bundle_in_one_line(exported,
     err = capsys.readouterr().err.strip()
     assert "--latents: expected a bundle with spatial latents" in err and "\n" not in err
     assert not (tmp_path / "site").exists()
+
+
+def test_vaedeploy_web_refuses_a_damaged_latents_file_in_one_line(exported, tmp_path, capsys):
+    (tmp_path / "z.npy").write_bytes(_npy_bytes(np.zeros((2, 2, 2), np.float32))[:20])  # cut inside the header
+    assert main(["web", str(exported(KIND)[1]), "--out", str(tmp_path / "site"), "--latents",
+                 str(tmp_path / "z.npy")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{tmp_path / 'z.npy'}: not a .npy array" in err and "\n" not in err
+    assert not (tmp_path / "site").exists()

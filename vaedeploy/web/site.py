@@ -18,7 +18,7 @@ import numpy as np
 from .. import __version__, load, owned
 from ..bundle import MANIFEST
 from ..errors import InputError, VaedeployError
-from ..io import read_json
+from ..io import read_json, read_npy
 from ..runtime.operations import operations_of
 
 GENERATOR = "vaedeploy web"
@@ -116,9 +116,10 @@ def read_latents(runtime, path) -> np.ndarray:
         raise WebError(f"--latents: expected a bundle with spatial latents (c×h×w), got a {runtime.latent_type} "
                        f"latent of shape {tuple(runtime.latent_shape)} in {runtime.bundle.root}")
     try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise WebError(f"{path}: expected a .npy file holding one latent, got one numpy cannot read ({e})") from None
+        with open(path, "rb") as f:  # the house's checked reader: never a pickle, a damaged header is a sentence
+            z = read_npy(f, str(path), Path(path).stat().st_size, error=WebError)
+    except OSError as e:
+        raise WebError(f"{path}: expected a readable .npy file of one latent, got {e.strerror or e}") from None
     came = f"{z.dtype} {tuple(z.shape)}"
     z = z[0] if z.ndim == 4 and len(z) == 1 else z
     c, f = runtime.latent_shape[0], runtime.downsample
