@@ -143,3 +143,25 @@ def test_vaedeploy_web_refuses_a_damaged_latents_file_in_one_line(exported, tmp_
     err = capsys.readouterr().err.strip()
     assert f"{tmp_path / 'z.npy'}: not a .npy array" in err and "\n" not in err
     assert not (tmp_path / "site").exists()
+
+
+def test_a_taesd_bundle_imported_from_diffusers_decodes_like_the_runtime(open_site, tmp_path, measured):
+    """Issue 29's live-preview case: a tiny AutoencoderTiny (TAESD) through `vaedeploy import diffusers`'s
+    from_diffusers, its deterministic latent decoded in the page (RGB, no sample: TAESD has no prior)."""
+    diffusers = pytest.importorskip("diffusers")
+    import torch
+    from vaedeploy.export.diffusers import from_diffusers
+
+    torch.manual_seed(0)
+    diffusers.AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                              num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1),
+                              latent_channels=4).eval().save_pretrained(tmp_path / "taesd")
+    bundle = tmp_path / "bundle"
+    from_diffusers(tmp_path / "taesd", out=bundle, sizes=(16, 32), max_batch=2)
+    runtime = load(bundle, backend="onnxruntime")
+    z = np.random.default_rng(8).standard_normal((1, *runtime.latent_shape_at((16, 32))), dtype=np.float32)
+    np.save(tmp_path / "z.npy", z)
+    view = open_site(write_site(bundle, tmp_path / "site", latents=tmp_path / "z.npy"), bundle)
+    assert view.page.is_disabled("#sample")
+    assert "ms last" in view.page.inner_text("#decode-time")
+    _check(view, view.state(), runtime.decode(z), measured, "decode taesd (--latents)")
