@@ -16,6 +16,23 @@ _INTEGERS = comma_list(POSITIVE_INT, "positive integers separated by commas", un
 _NAMES = comma_list(str, "names separated by commas", unique=True)
 
 
+def _size(text: str) -> tuple[int, int]:
+    """An image size: ``N`` (N×N) or ``HxW``, positive integers."""
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(text)
+    return (int(parts[0]), int(parts[-1]))
+
+
+def _tile(text: str):
+    """A tiling: ``none`` (whole), ``auto`` (the runtime's tile) or ``HxW`` pixels."""
+    return None if text == "none" else text if text == "auto" else _size(text)
+
+
+_SIZES = comma_list(_size, "image sizes N or HxW separated by commas, e.g. 64,256x384", unique=True)
+_TILES = comma_list(_tile, "tilings none, auto or HxW separated by commas, e.g. none,auto", unique=True)
+
+
 def _parameter(text: str) -> tuple[str, object]:
     import json
 
@@ -44,6 +61,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                   "decode_codes, sample_codes; default: all the bundle has)")
     bench.add_argument("--batch-sizes", type=_INTEGERS, default=_INTEGERS(DEFAULT_BATCHES),
                        help=f"rows per call (default {DEFAULT_BATCHES})")
+    bench.add_argument("--sizes", type=_SIZES,
+                       help="image sizes N or HxW, e.g. 64,256,512 (a bundle that takes any size; default: its "
+                            "reference size)")
+    bench.add_argument("--tile", type=_TILES, default=[None],
+                       help="how decode and encode_params of a bundle that takes any size run: none (whole), auto "
+                            "or HxW pixels, a comma list to compare them (default none)")
+    bench.add_argument("--memory", action="store_true",
+                       help="also the peak memory of each case: the peak RSS growth of its first call, in a process "
+                            "of its own (Linux)")
     bench.add_argument("--concurrency", type=_INTEGERS, default=[1],
                        help="callers at once, e.g. 1,8,64 (default 1: serial latency)")
     bench.add_argument("--budget-s", type=POSITIVE, default=60.0,
@@ -96,7 +122,7 @@ def run(args) -> int:
                              precision=args.precision, **common)
     else:
         doc = measure_bundles(args.bundles, backends=args.backends, device=args.device, precision=args.precision,
-                              ops=args.ops, **common)
+                              ops=args.ops, sizes=args.sizes, tiling=args.tile, peak_memory=args.memory, **common)
     print(output.summary(doc))
     print(output.table(doc["rows"]))
     if args.out:

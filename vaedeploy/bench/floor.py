@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import BATCH_AXIS, IMAGE_AXES, LATENT_AXES
 from ..errors import MissingDependency
 from ..runtime.operations import operations_of
 
@@ -60,16 +61,18 @@ def _model(path: str):
     return _onnx_tool().Model(path)
 
 
-def graph_cost(path: Path, inputs: list[dict], batch: int) -> GraphCost:
+def graph_cost(path: Path, inputs: list[dict], batch: int, axes: dict | None = None) -> GraphCost:
     """FLOPs and least bytes of the graph at ``path`` for one call at ``batch`` rows.
 
     Args:
         path: the ONNX file.
-        inputs: the graph's inputs as the manifest lists them (``name``, ``shape`` with a named batch axis,
-            ``dtype``).
+        inputs: the graph's inputs as the manifest lists them (``name``, ``shape`` with a named batch axis and, for
+            a bundle of any image size, named spatial axes; ``dtype``).
         batch: the rows of the call.
+        axes: the size of every other named axis (``size_axes``).
     """
-    feeds = {spec["name"]: np.zeros([batch if isinstance(s, str) else int(s) for s in spec["shape"]],
+    named = {**(axes or {}), BATCH_AXIS: batch}
+    feeds = {spec["name"]: np.zeros([named[s] if isinstance(s, str) else int(s) for s in spec["shape"]],
                                     _DTYPES[spec["dtype"]]) for spec in inputs}
     graph = _model(str(path)).graph
     graph.shape_infer(feeds)
@@ -114,12 +117,20 @@ def op_graphs(runtime, op: str) -> list[str] | None:
     return None if operation is None else list(operation.graphs)
 
 
-def op_cost(runtime, op: str, batch: int) -> list[GraphCost]:
-    """The cost of every graph one call of ``op`` at ``batch`` rows runs."""
-    costs = []
+def size_axes(bundle, size: tuple[int, int] | None) -> dict:
+    """The named spatial axes of a bundle's graphs at an image ``size`` (H, W): the image's and the latent's
+    (over ``latent.downsample``); its reference size where ``size`` is None."""
+    height, width = size or bundle.input_shape[1:]
+    factor = bundle.downsample or 1
+    return dict(zip((*IMAGE_AXES, *LATENT_AXES), (height, width, height // factor, width // factor)))
+
+
+def op_cost(runtime, op: str, batch: int, size: tuple[int, int] | None = None) -> list[GraphCost]:
+    """The cost of every graph one call of ``op`` at ``batch`` rows (of images of ``size``) runs."""
+    costs, axes = [], size_axes(runtime.bundle, size)
     for role in op_graphs(runtime, op) or []:
         graph = runtime.bundle.graph(role, runtime.precision)
-        costs.append(graph_cost(graph["path"], graph["inputs"], batch))
+        costs.append(graph_cost(graph["path"], graph["inputs"], batch, axes))
     return costs
 
 

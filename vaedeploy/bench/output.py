@@ -15,8 +15,8 @@ from ..errors import ConfigError
 from ..io import atomic_write_bytes, read_json, show, write_json
 
 SCHEMA_VERSION = 1
-IDENTITY = ("bundle", "url", "model", "backend", "device", "precision", "op", "batch", "concurrency", "copies",
-            "cuda_graphs", "binary")
+IDENTITY = ("bundle", "url", "model", "backend", "device", "precision", "op", "batch", "size", "tile", "concurrency",
+            "copies", "cuda_graphs", "binary")
 ROW_FIGURES = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "cv")
 MAX_RESULT_BYTES = 256 << 20  # a result is kilobytes per row; a run of many thousand rows stays far below this
 
@@ -32,13 +32,14 @@ ROW = ({"batch": (int,), "concurrency": (int,), "windows": (int,), "stable": (bo
        {**{k: (str, _NONE) for k in ("bundle", "url", "model", "backend", "device", "precision", "op")},
         **{k: (bool, _NONE) for k in ("copies", "cuda_graphs", "binary")},
         **{f"{prefix}{k}": _NUMBER for prefix in ("", "device_", "enqueue_") for k in ROW_FIGURES},
+        "size": (list, _NONE), "tile": (str, _NONE), "peak_rss_growth_bytes": (int, _NONE),
         "floor": (dict, _NONE), "x_floor": (*_NUMBER, _NONE), "note": (str,), "first_error": (str,)})
 FLOOR = ({}, {"floor_ms": (*_NUMBER, _NONE), "bound": (str, _NONE)})
 OVERHEAD_BOUND = 10.0  # a batch-1 row this many times its floor is bound by per-call work, not the graph's
 
 
 def identity(row: dict) -> tuple:
-    return tuple(row.get(k) for k in IDENTITY)
+    return tuple(tuple(v) if isinstance(v := row.get(k), list) else v for k in IDENTITY)
 
 
 def annotate(rows: list[dict]) -> list[dict]:
@@ -153,6 +154,10 @@ def _ms(value) -> str:
     return f"{value:.4f}" if value < 0.01 else f"{value:.3f}" if value < 100 else f"{value:.0f}"
 
 
+def _mib(value) -> str:
+    return "–" if value is None else f"{value / 2**20:.1f}"
+
+
 def _rate(value: float) -> str:
     return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k" if value >= 1e4 else f"{value:.0f}"
 
@@ -173,8 +178,12 @@ def _columns(rows: list[dict]) -> list[tuple[str, callable]]:
         columns.append(("op", lambda r: r["op"]))
     if present("repeat") and len({r["repeat"] for r in rows}) > 1:
         columns.append(("run", lambda r: str(r["repeat"])))
-    columns += [("batch", lambda r: str(r["batch"])), ("conc", lambda r: str(r["concurrency"])),
-                ("p50 ms", lambda r: _ms(r.get("p50_ms"))), ("p90", lambda r: _ms(r.get("p90_ms"))),
+    columns.append(("batch", lambda r: str(r["batch"])))
+    if present("size"):
+        columns += [("size", lambda r: "x".join(map(str, r["size"])) if r.get("size") else "–"),
+                    ("tile", lambda r: r.get("tile") or "–")]
+    columns.append(("conc", lambda r: str(r["concurrency"])))
+    columns += [("p50 ms", lambda r: _ms(r.get("p50_ms"))), ("p90", lambda r: _ms(r.get("p90_ms"))),
                 ("p99", lambda r: _ms(r.get("p99_ms"))), ("cv", lambda r: f"{r['cv']:.2f}" if "cv" in r else "–"),
                 ("items/s", lambda r: _rate(r["items_per_s"]))]
     if present("device_p50_ms"):
@@ -182,6 +191,8 @@ def _columns(rows: list[dict]) -> list[tuple[str, callable]]:
                     ("enqueue p50", lambda r: _ms(r.get("enqueue_p50_ms")))]
     if any(r.get("errors") for r in rows):
         columns.append(("errors", lambda r: str(r["errors"])))
+    if present("peak_rss_growth_bytes"):
+        columns.append(("peak MiB", lambda r: _mib(r.get("peak_rss_growth_bytes"))))
     columns += [("floor ms", lambda r: _ms((r.get("floor") or {}).get("floor_ms"))),
                 ("× floor", lambda r: f"{r['x_floor']:.1f}×" if r.get("x_floor") else "–"),
                 ("bound", lambda r: (r.get("floor") or {}).get("bound", "–")),

@@ -67,12 +67,28 @@ def _backends(backends: list[str] | None, device: str) -> list[str]:
     return found
 
 
+def check_sizes(path: Path, sizes: list | None, tiling: list) -> None:
+    """Refuse, in one sentence, sizes or tiles for a bundle of one fixed size, and sizes outside a bundle's range."""
+    from ..bundle import load_bundle
+
+    ranges = load_bundle(path).sizes
+    if ranges is None and (sizes or any(tile is not None for tile in tiling)):
+        option = "--sizes" if sizes else "--tile"
+        raise ConfigError(f"{option}: expected a bundle that takes any image size (input.size), got {path}, whose "
+                          "images have one fixed size")
+    for size in sizes or ():
+        if why := ranges.refusal(size):
+            raise ConfigError(f"--sizes: expected {why} for {path}, got {size[0]}x{size[1]}")
+
+
 def measure_bundles(bundles: list[Path], *, backends: list[str] | None = None, device: str = "cpu",
                     precision: str = "fp32", ops: list[str] | None = None, batches: list[int] = (1, 8, 64, 512),
                     concurrencies: list[int] = (1,), budget_s: float = 60.0, window_s: float | None = None,
                     tolerance: float = 0.10, max_windows: int = 10, repeats: int = 1, data: str | None = None,
-                    notes: list[str] = ()) -> dict:
-    """Measure bundles in this process: every backend × op × batch × concurrency, interleaved; the JSON document.
+                    notes: list[str] = (), sizes: list[tuple[int, int]] | None = None, tiling: list = (None,),
+                    peak_memory: bool = False) -> dict:
+    """Measure bundles in this process: every backend × op × batch × size × tiling × concurrency, interleaved; the
+    JSON document.
 
     Args:
         bundles: bundle directories (labelled by their directory names).
@@ -87,6 +103,9 @@ def measure_bundles(bundles: list[Path], *, backends: list[str] | None = None, d
         repeats: how many times to run every case, for the spread.
         data: the images to feed (default: the data set each bundle's manifest names).
         notes: lines kept in the result (the machine's state, why the run was made).
+        sizes: image sizes (H, W) to measure a bundle that takes any size at (default: its reference size).
+        tiling: how decode and encode_params of such a bundle run: None (whole), ``"auto"`` or (th, tw) pixels.
+        peak_memory: also the peak RSS growth of each case's first call, a process per case (``memory.py``).
     """
     if unknown := sorted(set(ops or ()) - set(OPS)):
         raise ConfigError(f"--ops: expected some of {', '.join(OPS)}, got {', '.join(unknown)}")
@@ -99,6 +118,7 @@ def measure_bundles(bundles: list[Path], *, backends: list[str] | None = None, d
     runtimes, entries = [], []
     try:
         for path in bundles:
+            check_sizes(path, sizes, tiling)
             loaded = [(variant, load(path, backend=variant["backend"], device=device, precision=precision,
                                      **({"cuda_graphs": variant["cuda_graphs"]} if "cuda_graphs" in variant else {})))
                       for variant in variants(_backends(backends, device), device)]
@@ -110,7 +130,7 @@ def measure_bundles(bundles: list[Path], *, backends: list[str] | None = None, d
         def make_cases():
             return [case for bundle, loaded in entries for variant, rt in loaded
                     for case in bundle_cases(bundle, rt, variant, list(ops or OPS), list(batches),
-                                             list(concurrencies), rates)]
+                                             list(concurrencies), rates, sizes, list(tiling), peak_memory)]
 
         rows, settings = _measure(make_cases, _given(window_s, tolerance, max_windows), budget_s, repeats)
         described = [describe(bundle, loaded[0][1]) for bundle, loaded in entries]
