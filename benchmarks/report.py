@@ -183,6 +183,22 @@ def bench(doc: dict) -> str:
     return markdown_table(headers, lines) + "\n\n" + _caption(doc)
 
 
+def sizes(doc: dict) -> str:
+    """`vaedeploy bench --sizes` of a bundle that takes any image size: per op, batch, size and tiling, the floor
+    (its FLOPs and bound), p50 with its multiple of the floor, and the peak RSS growth of the case's first call."""
+    from vaedeploy.bench.output import by_case
+
+    lines = []
+    for row in by_case(doc["rows"]):
+        peak = row.get("peak_rss_growth_bytes")
+        lines.append([row["op"], row["batch"], "×".join(map(str, row["size"])), row["tile"],
+                      f"{_ms(row['floor']['floor_ms'])} ({row['floor']['bound']})",
+                      f"{row['floor']['flops'] / 1e9:.3g}", f"{_p50(row)}, {row['x_floor']:.1f}×",
+                      "–" if peak is None else f"{peak / 2**20:.1f}"])
+    headers = ["op", "batch", "size", "tile", "floor ms (bound)", "GFLOP", "p50 ms, × floor", "peak MiB"]
+    return markdown_table(headers, lines) + "\n\n" + _caption(doc)
+
+
 NOISE_GOAL = 1.5
 NOISE_RUNS = (("bench_noise_numpy.json", "numpy only (no numba, or VAEDEPLOY_NUMBA=0)"),
               ("bench_noise.json", "numba installed (vaedeploy[fast])"))
@@ -526,7 +542,7 @@ def diffusers_vae(doc: dict) -> str:
 
 
 TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae": vq_vs_vae, "bench": bench,
-          "noise": noise, "peers": peers, "cpu_peers": cpu_peers, "cpu_goals": cpu_goals,
+          "sizes": sizes, "noise": noise, "peers": peers, "cpu_peers": cpu_peers, "cpu_goals": cpu_goals,
           "runtime_overhead": runtime_overhead, "performance": performance,
           "concurrency": concurrency, "threads": threads, "serving": serving, "serve_tables": serve_tables,
           "serve_cpu": serve_cpu, "serve_perf_analyzer": serve_perf_analyzer, "serve_spinning": serve_spinning,
