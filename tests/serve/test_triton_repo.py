@@ -256,6 +256,15 @@ def test_serves_config_endpoint_is_a_valid_model_config(exported):
     rt.close()
 
 
+def test_a_bundle_of_any_image_size_is_refused_in_a_sentence(exported, tmp_path, capsys):
+    # not written yet (issue 28): -1 spatial dims, the sample's height and width, the latent scaling
+    with pytest.raises(ConfigError, match="takes any size .input.size."):
+        write_repository(exported("klconv")[1], tmp_path / "klconv", "klconv", POLICY.model_config())
+    assert not (tmp_path / "klconv").exists()
+    assert main(["triton-repo", str(exported("klconv")[1]), "--out", str(tmp_path / "cli")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_hierarchical_is_refused_and_other_files_are_never_replaced(exported, tmp_path):
     with pytest.raises(ConfigError, match="hierarchical one needs a noise input per layer"):
         write_repository(exported("biva")[1], tmp_path / "biva", "biva", POLICY.model_config())

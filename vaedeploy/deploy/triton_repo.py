@@ -208,6 +208,10 @@ def build(bundle, name: str, batching: dict, graphs: str = "onnxruntime") -> _Re
         raise ConfigError(f"{bundle.root}: triton-repo writes gaussian, deterministic and vq bundles; a hierarchical "
                           "one needs a noise input per layer and a concatenation step that are not written yet: "
                           "serve it with `vaedeploy serve`")
+    if bundle.sizes is not None:  # the Python steps draw one vector's noise per row and apply no latent scaling
+        raise ConfigError(f"{bundle.root}: triton-repo writes bundles of one image size; this one takes any size "
+                          "(input.size), whose -1 spatial dims, sample size and latent scaling are not written yet: "
+                          "serve it with `vaedeploy serve`")
     repo = _Repository(bundle, name, batching, graphs)
     steps = _steps(repo, kind)
     for operation in ensembles_of(repo.operations, kind):
