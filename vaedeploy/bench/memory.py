@@ -22,9 +22,10 @@ from ..errors import VaedeployError
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 TIMEOUT_S = 600
+PROBE = "vaedeploy.bench.probe"  # the module a case's process runs
 
 
-def _status_bytes(field: str) -> int:
+def status_bytes(field: str) -> int:
     for line in STATUS.read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024  # the kernel writes kB
@@ -44,30 +45,9 @@ def peak_growth(path: Path, variant: dict, device: str, precision: str, op: str,
         return None
     spec = {"path": str(path), "variant": variant, "device": device, "precision": precision, "op": op, "batch": batch,
             "size": None if size is None else list(size), "tile": list(tile) if isinstance(tile, tuple) else tile}
-    done = subprocess.run([sys.executable, "-m", __name__, json.dumps(spec)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", PROBE, json.dumps(spec)], capture_output=True, text=True,
                           timeout=TIMEOUT_S)
     if done.returncode:
         why = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
         raise VaedeployError(f"the peak memory of {op} at batch {batch}: expected its process to finish, got {why}")
     return int(json.loads(done.stdout.strip().splitlines()[-1])["growth"])
-
-
-def _probe(spec: dict) -> int:
-    from .. import load
-    from .local import Inputs, op_call
-
-    variant = dict(spec["variant"])
-    size = tuple(spec["size"]) if spec["size"] else None
-    tile = tuple(spec["tile"]) if isinstance(spec["tile"], list) else spec["tile"]
-    with load(spec["path"], device=spec["device"], precision=spec["precision"], **variant) as runtime:
-        smallest = runtime.bundle.sizes.low if runtime.bundle.sizes else None
-        op_call(runtime, spec["op"], 1, Inputs(runtime, None, size=smallest))(0)
-        call = op_call(runtime, spec["op"], spec["batch"], Inputs(runtime, None, size=size), tile=tile)
-        before = _status_bytes("VmRSS")
-        CLEAR_REFS.write_text("5")
-        call(0)
-        return _status_bytes("VmHWM") - before
-
-
-if __name__ == "__main__":
-    print(json.dumps({"growth": _probe(json.loads(sys.argv[1]))}))
