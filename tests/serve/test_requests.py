@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vaedeploy.runtime.base import MAX_TEMPERATURE
-from vaedeploy.runtime.operations import SAMPLING
+from vaedeploy.runtime.operations import SAMPLING, SIZE
 from vaedeploy.serve.models import MAX_WAIT_US, PARAMETERS, Operation, Piece, TensorSpec
 from vaedeploy.serve.protocol import ProtocolError, bounds, check, parse_request
 
@@ -125,7 +125,7 @@ JSON_VALUES = st.one_of(st.integers(min_value=-10**500, max_value=10**500), st.f
 
 def sampler(max_sample: int = 4096) -> Operation:
     x = TensorSpec("x", "FP32", (2,))
-    return Operation("m.sample", None, [], [x], SAMPLING, lambda *args: None, max_sample)
+    return Operation("m.sample", None, [], [x], (*SAMPLING, *SIZE), lambda *args: None, max_sample)  # every parameter
 
 
 @settings(max_examples=300, deadline=None)
