@@ -80,6 +80,24 @@ def test_what_queued_while_the_model_ran_is_one_batch():
     assert run(main()) == [[(0, 1)], [(1, 2), (2, 3), (3, 1)]]
 
 
+def test_samples_of_different_sizes_are_never_batched_together():
+    # a spatial sample's piece carries its (H, W): it is part of the shape key, so 8×8 and 8×16 draws queued together
+    # are separate batches, each with the requests of its size (in order: none is taken from behind another size)
+    async def main():
+        model = Recorder(hold_first=True)
+        b = await batcher(model, max_batch_size=64)
+        first = b.submit(Piece((), 1, 0, 0, 1.0, (8, 8)))
+        await asyncio.to_thread(model.started.wait, WAIT)
+        rest = [b.submit(Piece((), 1, tag, 0, 1.0, size)) for tag, size in [(1, (8, 8)), (2, (8, 8)), (3, (8, 16)),
+                                                                           (4, (8, 16))]]
+        model.release.set()
+        await asyncio.gather(first.future, *(j.future for j in rest))
+        await b.close()
+        return model.batches
+
+    assert run(main()) == [[(0, 1)], [(1, 1), (2, 1)], [(3, 1), (4, 1)]]
+
+
 def test_a_preferred_size_is_sent_without_waiting_for_the_delay():
     async def main():
         model = Recorder()

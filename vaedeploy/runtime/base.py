@@ -208,13 +208,13 @@ class Runtime:
 
     def _take_images(self, x, name: str = "x"):
         """Images at the reference size, or at any size the bundle takes (``sizes``), and the way back."""
-        return self._take(x, self._image_dims(x, name), name, self.input_values)
+        return self._take(x, self.image_dims(x, name), name, self.input_values)
 
     def _take_latents(self, z, name: str = "z"):
         """Latents of the reference shape, or of a spatial latent's shape at any size the bundle takes."""
-        return self._take(z, self._latent_dims(z, name), name)
+        return self._take(z, self.latent_dims(z, name), name)
 
-    def _image_dims(self, x, name: str) -> tuple:
+    def image_dims(self, x, name: str) -> tuple:
         """The per-row shape x must have: ``input_shape``, or x's own (C, H, W) where the bundle takes that size."""
         shape = getattr(x, "shape", None)
         if self.sizes is None or shape is None:  # a non-array is refused by ``take``, naming its type
@@ -225,7 +225,7 @@ class Runtime:
             raise InputError(f"{name}: expected shape N×{c}×H×W with {why}, got {shape_text(shape)}")
         return tuple(shape[1:])
 
-    def _latent_dims(self, z, name: str) -> tuple:
+    def latent_dims(self, z, name: str) -> tuple:
         """The per-row shape latents z must have: ``latent_shape``, or for a spatial latent of a bundle that takes
         any size, z's own (c, h, w) where (h·f, w·f) is a size it takes."""
         shape = getattr(z, "shape", None)

@@ -372,7 +372,7 @@ def model_config(model: Operation, policy: BatchPolicy) -> dict:
     """Triton's ``ModelConfig`` of a served model, as JSON (the ``/config`` endpoint; ``vaedeploy triton-repo``
     writes the same fields as text)."""
     def tensors(specs) -> list[dict]:
-        return [{"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": list(s.dims)} for s in specs]
+        return [{"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": s.v2_dims} for s in specs]
 
     config = {"name": model.name, "platform": f"vaedeploy_{model.runtime.backend}", "input": tensors(model.inputs),
               "output": tensors(model.outputs), **policy.model_config()}

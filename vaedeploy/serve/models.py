@@ -36,10 +36,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..errors import InputError
 from ..runtime.arrays import FINITE, NumpyArrays, Values, shape_text
 from ..runtime.base import input_values
 from ..runtime.noise import STREAM_LIMIT  # the runtime's bound on seeds and stream rows: 2**63
-from ..runtime.operations import MAX_SAMPLE, Parameter, Run, Tensor, operations_of
+from ..runtime.operations import MAX_SAMPLE, SIZE, Parameter, Run, Tensor, operations_of
 from ..runtime.operations import PARAMETERS as RUNTIME_PARAMETERS
 from .protocol import DATATYPES, DTYPE_NAMES, INT64_MAX, ProtocolError, bounds, check, finite
 
@@ -66,34 +67,47 @@ class TensorSpec:
 
     name: str
     datatype: str
-    dims: tuple[int, ...]
+    dims: tuple  # the table's: integers, or letters for axes of any size (a spatial bundle's H, W, h, w)
     values: Values = FINITE
     limit: Parameter | None = None
 
+    @property
+    def v2_dims(self) -> list[int]:
+        """The dims as the Open Inference Protocol writes them: -1 for every axis of any size (gRPC's dims are
+        int64, so a letter would break its metadata reply)."""
+        return Tensor(self.name, "float32", ("N", *self.dims)).v2_shape[1:]
+
+    @property
+    def sized(self) -> bool:
+        """Whether some axis after the batch takes any size the bundle allows (checked by the runtime itself)."""
+        return any(isinstance(d, str) for d in self.dims)
+
     def metadata(self) -> dict:
-        return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.dims]}
+        return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.v2_dims]}
 
 
 @dataclass
 class Piece:
     """Rows of one request as the batcher queues them: at most ``max_batch_size`` rows, the request's inputs for those
-    rows, and the noise they draw (rows ``offset``.. of ``seed``'s stream)."""
+    rows, the noise they draw (rows ``offset``.. of ``seed``'s stream) and, for a spatial sample, the image size
+    (H, W) it draws at."""
 
     inputs: tuple
     rows: int
     seed: int
     offset: int
     temperature: float
+    size: tuple[int, int] | None = None
 
     @property
     def shape(self) -> tuple:
-        """The per-row shape of each input: only pieces of one shape share a batch."""
-        return tuple(a.shape[1:] for a in self.inputs)
+        """The per-row shape of each input, and the size of a sample: only pieces of one shape share a batch."""
+        return (*(a.shape[1:] for a in self.inputs), self.size)
 
     def split(self, size: int) -> list["Piece"]:
         """Pieces of at most ``size`` rows, in order, each keeping its rows' noise."""
         return [Piece(tuple(a[start:start + size] for a in self.inputs), min(size, self.rows - start), self.seed,
-                      self.offset + start, self.temperature) for start in range(0, self.rows, size)]
+                      self.offset + start, self.temperature, self.size) for start in range(0, self.rows, size)]
 
 
 class Operation:
@@ -106,15 +120,19 @@ class Operation:
         parameters: the request parameters the operation reads besides the schedule policy's.
         call: runs one batch (``runtime.operations.Run``).
         max_sample: the largest ``n`` a sampling request may ask for.
+        own: the parameters whose bounds are the bundle's (``runtime.operations.Operation.bounds``: a spatial
+            sample's ``height`` and ``width``).
     """
 
     def __init__(self, name: str, runtime, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                 parameters: tuple[str, ...], call: Run, max_sample: int):
+                 parameters: tuple[str, ...], call: Run, max_sample: int, own: tuple[Parameter, ...] = ()):
         self.name, self.runtime, self.inputs, self.outputs = name, runtime, inputs, outputs
         self.parameters, self.call, self.max_sample = parameters, call, max_sample
         self.output_names = [o.name for o in outputs]
         self.samples = "n" in parameters  # rows come from ``n``, not from an input's batch axis
+        self.sized = all(p in parameters for p in SIZE)  # a spatial sample: it draws at a requested size
         self.limits = {name: PARAMETERS[name] for name in (*parameters, *SCHEDULE_PARAMETERS)}
+        self.limits.update((p.name, p) for p in own)
         if self.samples:
             self.limits["n"] = replace(PARAMETERS["n"], high=max_sample)
 
@@ -156,7 +174,19 @@ class Operation:
         if offset + rows > STREAM_LIMIT:
             raise ProtocolError(f"parameter offset: rows {offset}..{offset + rows - 1} are past 2**63")
         return Piece(arrays, rows, secrets.randbits(63) if seed is None else seed, offset,
-                     parameters.get("temperature", 1.0))
+                     parameters.get("temperature", 1.0), self._size(parameters))
+
+    def _size(self, parameters: dict) -> tuple[int, int] | None:
+        """A spatial sample's image size (H, W): the request's ``height`` and ``width``, each defaulting to the
+        bundle's reference size, checked by the runtime itself (its range and multiple, per axis or together)."""
+        if not self.sized:
+            return None
+        size = tuple(int(parameters.get(p, self.limits[p].default)) for p in SIZE)
+        try:
+            self.runtime.latent_shape_at(size)
+        except InputError as e:
+            raise ProtocolError(f"{self.name}: parameters height, width: {e}") from None
+        return size
 
     def _rows(self, array: np.ndarray, parameters: dict) -> int:
         """A sample's ``n`` given as one INT64 element (shape [1]), as ``vaedeploy triton-repo``'s ensembles take it
@@ -180,11 +210,23 @@ class Operation:
             raise ProtocolError(f"{where}: expected datatype {spec.datatype}{' (or FP16)' if floats else ''}, got "
                                 f"{got}")
         if floats:
-            return ARRAYS.take(array, spec.dims, where, spec.values)[0]
+            return ARRAYS.take(array, self._dims(spec, array, where), where, spec.values)[0]
         if array.ndim != len(spec.dims) + 1 or tuple(array.shape[1:]) != spec.dims or len(array) == 0:
             raise ProtocolError(f"{where}: expected shape N×{shape_text(spec.dims)} with N ≥ 1, got "
                                 f"{shape_text(array.shape)}")
         return check(where, array, spec.limit)
+
+    def _dims(self, spec: TensorSpec, array: np.ndarray, where: str) -> tuple:
+        """The per-row shape an input must have: the table's, or for axes of any size the runtime's own rule (an
+        image of a size the bundle takes, a latent of the matching shape), so a wrong size is refused here."""
+        if not spec.sized:
+            return spec.dims
+        try:
+            if spec.name == "x":
+                return self.runtime.image_dims(array, where)
+            return self.runtime.latent_dims(array, where)
+        except InputError as e:
+            raise ProtocolError(str(e)) from None
 
     def _refusal(self, piece: Piece, outputs: tuple) -> ProtocolError | None:
         """A 400 when the model produced NaN or Inf for this request (a finite input far outside the data it was
@@ -208,9 +250,9 @@ class Operation:
         piece whose outputs hold NaN or Inf gets a ``ProtocolError`` instead. ``phases_ns`` (input, infer, output)
         gets the nanoseconds spent stacking the pieces, in the runtime, and splitting and checking the outputs."""
         phases_ns = [0, 0, 0] if phases_ns is None else phases_ns
-        groups: dict[float, list[int]] = {}
-        for i, piece in enumerate(pieces):
-            groups.setdefault(piece.temperature if self.samples else 0.0, []).append(i)
+        groups: dict[tuple, list[int]] = {}
+        for i, piece in enumerate(pieces):  # the batcher sends one shape; the key keeps this true for any caller
+            groups.setdefault((piece.temperature if self.samples else 0.0, piece.shape), []).append(i)
         results: list = [None] * len(pieces)
         for indices in groups.values():
             group = [pieces[i] for i in indices]
@@ -225,7 +267,8 @@ class Operation:
         first = group[0]
         if len(group) == 1:  # the unbatched path: no copies, one noise stream
             started = time.monotonic_ns()
-            outputs = self.call(self.runtime, first.inputs, first.rows, first.seed, first.offset, first.temperature)
+            outputs = self.call(self.runtime, first.inputs, first.rows, first.seed, first.offset, first.temperature,
+                                **self._size_argument(first))
             phases_ns[1] += time.monotonic_ns() - started
             return [outputs]
         started = time.monotonic_ns()
@@ -234,7 +277,8 @@ class Operation:
         seeds = np.repeat(np.array([p.seed for p in group], np.int64), sizes)
         offsets = np.concatenate([np.arange(p.offset, p.offset + p.rows, dtype=np.int64) for p in group])
         stacked = time.monotonic_ns()
-        outputs = self.call(self.runtime, inputs, sum(sizes), seeds, offsets, first.temperature)
+        outputs = self.call(self.runtime, inputs, sum(sizes), seeds, offsets, first.temperature,
+                            **self._size_argument(first))
         ran = time.monotonic_ns()
         bounds = np.cumsum([0, *sizes])
         split = [tuple(o[a:b] for o in outputs) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -242,6 +286,10 @@ class Operation:
         phases_ns[1] += ran - stacked
         phases_ns[2] += time.monotonic_ns() - ran
         return split
+
+    def _size_argument(self, piece: Piece) -> dict:
+        """``size=(H, W)`` for a spatial sample (``runtime.operations.Run``), nothing for every other operation."""
+        return {"size": piece.size} if self.sized else {}
 
 
 # ---- the operations of a bundle, from the runtime's table ------------------------------------------------------
@@ -259,7 +307,7 @@ def operations(name: str, runtime, max_sample: int = MAX_SAMPLE) -> list[Operati
     """The V2 models of a runtime served as ``name``, in the table's order (``runtime.operations``)."""
     images = input_values(runtime.bundle)
     return [Operation(f"{name}.{op.name}", runtime, [_spec(t, images) for t in op.inputs],
-                      [_spec(t, images) for t in op.outputs], op.parameters, op.run, max_sample)
+                      [_spec(t, images) for t in op.outputs], op.parameters, op.run, max_sample, op.bounds)
             for op in operations_of(runtime).values()]
 
 

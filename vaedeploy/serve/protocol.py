@@ -12,10 +12,11 @@ default), else as a flat JSON list. FP16 travels only as binary, as in Triton. E
 malformed response a client reads, is a ``ProtocolError`` naming what was expected and what came.
 
 Every number a request carries is checked by one function, ``check``, against a range of the runtime's one type for
-them, ``runtime.operations.Parameter`` (integral or not, low, high): here a shape's dims, and the JSON data of a tensor
-against its datatype's range before the cast (so ``1.9`` is not truncated into an INT64 and ``1e39`` does not overflow
-into an FP32 Inf); in ``models.py`` every request parameter against the operation table and integer inputs against
-their range. A response is strict JSON: it never holds a NaN or Inf token.
+them, ``runtime.operations.Parameter`` (integral or not, low, high, multiple): here a shape's dims, and the JSON data
+of a tensor against its datatype's range before the cast (so ``1.9`` is not truncated into an INT64 and ``1e39``
+does not overflow into an FP32 Inf); in ``models.py`` every request parameter against the operation table (a spatial
+sample's ``height`` and ``width`` against the bundle's own range and multiple) and integer inputs against their range.
+A response is strict JSON: it never holds a NaN or Inf token.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def expected(limit: Parameter, plural: bool = False) -> str:
     nothing more), and the server option that sets a bound, if one does."""
     kind = ("integers" if plural else "an integer") if limit.integral else \
         ("finite numbers" if plural else "a finite number")
+    if limit.integral and limit.multiple > 1:
+        kind = f"{'multiples' if plural else 'a multiple'} of {limit.multiple}"
     bounds = "" if math.isinf(limit.low) and math.isinf(limit.high) else \
         f" from {_number(limit.low)} to {_number(limit.high)}"
     return kind + bounds + (f" (the server's {limit.option})" if limit.option else "")
@@ -107,7 +110,8 @@ def _allowed(value: int | float, limit: Parameter) -> bool:
     if isinstance(value, float) and not (math.isfinite(value) and (value.is_integer() or not limit.integral)):
         return False
     # Python compares an int with a float exactly, so an integer of 400 digits is compared, never converted
-    return limit.low <= value <= limit.high and (limit.integral or abs(value) <= sys.float_info.max)
+    return limit.low <= value <= limit.high and (limit.integral or abs(value) <= sys.float_info.max) and \
+        (not limit.integral or int(value) % limit.multiple == 0)
 
 
 def _check_array(where: str, array: np.ndarray, limit: Parameter) -> np.ndarray:
