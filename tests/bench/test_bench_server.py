@@ -90,3 +90,20 @@ def test_metadata_that_is_not_utf8_json_is_one_sentence(monkeypatch):
     monkeypatch.setattr(client, "request", lambda method, path, body=None, headers=None: (200, {}, b"\xff{}"))
     with pytest.raises(ConfigError, match=r"http://127.0.0.1:9/v2: expected a JSON object in UTF-8, got b'\\xff\{\}'"):
         server.server_metadata(client)
+
+
+def test_a_spatial_bundle_s_axes_of_any_size_take_the_bundle_s_reference_size(exported, serve):
+    # klconv's metadata has -1 for H, W and h, w: the bench sends its test images and latents of the reference size
+    bundle = exported("klconv")[1]
+    server = serve([bundle], "--name", "kl")
+    doc = run.measure_server(f"http://{server.url}", ["kl.encode", "kl.decode", "kl.sample"], bundles=[bundle],
+                             batches=[2], **SHORT)
+    output.check(doc)
+    assert len(doc["rows"]) == 3 and all(row["errors"] == 0 and row["calls"] >= 4 for row in doc["rows"]), doc["rows"]
+
+
+def test_an_axis_of_any_size_without_a_size_to_give_it_is_one_sentence():
+    spec = {"name": "z", "shape": [-1, 2, -1, -1], "datatype": "FP32"}
+    assert server._shape(spec, 3, [(1, 8, 8), (2, 2, 4)]) == [3, 2, 2, 4]  # the first of its rank and fixed dims
+    with pytest.raises(ConfigError, match=r"input 'z' has shape \[-1, 2, -1, -1\]: expected a local bundle"):
+        server._shape(spec, 3, [(1, 8, 8)])

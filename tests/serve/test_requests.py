@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vaedeploy.bundle import ImageSizes
 from vaedeploy.runtime.base import MAX_TEMPERATURE
-from vaedeploy.runtime.operations import SAMPLING, SIZE
+from vaedeploy.runtime.operations import SAMPLING, SIZE, size_parameters
 from vaedeploy.serve.models import MAX_WAIT_US, PARAMETERS, Operation, Piece, TensorSpec
 from vaedeploy.serve.protocol import ProtocolError, bounds, check, parse_request
 
@@ -123,9 +124,14 @@ JSON_VALUES = st.one_of(st.integers(min_value=-10**500, max_value=10**500), st.f
                         st.text(max_size=4), st.lists(st.integers(), max_size=2))
 
 
+SIZES = ImageSizes(low=(8, 8), high=(32, 64), multiple=4, reference=(8, 8))  # a spatial bundle's input.size
+
+
 def sampler(max_sample: int = 4096) -> Operation:
-    x = TensorSpec("x", "FP32", (2,))
-    return Operation("m.sample", None, [], [x], (*SAMPLING, *SIZE), lambda *args: None, max_sample)  # every parameter
+    """A spatial sample: every parameter of the table, height and width with the bundle's own range and multiple."""
+    x = TensorSpec("x", "FP32", (1, "H", "W"))
+    return Operation("m.sample", None, [], [x], SAMPLING + SIZE, lambda *args: None, max_sample,
+                     size_parameters(SIZES))
 
 
 @settings(max_examples=300, deadline=None)
@@ -139,7 +145,7 @@ def test_every_parameter_value_is_taken_in_range_or_refused_in_one_sentence(name
         assert e.status == 400 and str(e).startswith(f"parameter {name}: expected ") and len(str(e)) < 200
     else:
         assert isinstance(checked, int if limit.integral else float) and limit.low <= checked <= limit.high
-        assert checked == value
+        assert checked == value and (not limit.integral or checked % limit.multiple == 0)
 
 
 def test_the_checker_refuses_what_the_table_says_and_names_the_option():
@@ -148,6 +154,12 @@ def test_the_checker_refuses_what_the_table_says_and_names_the_option():
     with pytest.raises(ProtocolError, match=r"parameter n: expected an integer from 1 to 8 \(the server's "
                                             r"--max-sample\), got 9"):
         op.checked_parameters({"n": 9})
+    # a spatial sample's size: the bundle's own range and multiple, in one sentence
+    assert op.checked_parameters({"height": 12, "width": 64}) == {"height": 12, "width": 64}
+    with pytest.raises(ProtocolError, match=r"parameter height: expected a multiple of 4 from 8 to 32, got 10$"):
+        op.checked_parameters({"height": 10})
+    with pytest.raises(ProtocolError, match=r"parameter width: expected a multiple of 4 from 8 to 64, got 68$"):
+        op.checked_parameters({"width": 68})
     with pytest.raises(ProtocolError, match="unknown request parameter"):
         op.checked_parameters({"seeds": 1})
     with pytest.raises(ProtocolError, match="got NaN or Inf"):

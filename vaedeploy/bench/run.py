@@ -161,12 +161,13 @@ def measure_server(url: str, models: list[str], *, binary: bool = True, paramete
         binary = False
         notes = [*notes, f"{url} does not advertise binary_tensor_data: tensors were sent as JSON"]
     env = environment()
-    images, floors, rates, described = None, {}, None, []
+    images, floors, rates, described, sizes = None, {}, None, [], []
     if bundles:
         rates = floor.measure_rates("cpu", precision)
         with load(bundles[0], backend="onnxruntime", precision=precision) as rt:
             images, source = load_images(rt, data)
             described = [describe(Bundle(Path(bundles[0]), Path(bundles[0]).resolve().name, images, source), rt)]
+            sizes = [tuple(rt.input_shape), tuple(rt.latent_shape)]  # -1 axes of a spatial bundle's inputs
             for model in models:
                 op = model.rsplit(".", 1)[-1]
                 if op in OPS and floor.op_graphs(rt, op) is not None:
@@ -178,7 +179,7 @@ def measure_server(url: str, models: list[str], *, binary: bool = True, paramete
 
     def make_cases():
         return server_cases(client, list(models), list(batches), list(concurrencies), binary, parameters or {},
-                            images, floors, int_high)
+                            images, floors, int_high, sizes)
 
     rows, settings = _measure(make_cases, _given(window_s, tolerance, max_windows), budget_s, repeats)
     env["load_average_at_end"] = environment()["load_average_at_start"]

@@ -2,15 +2,16 @@
 perf_analyzer drives one: the same windows, stability rule and statistics as in-process cases.
 
 The client is the standard library's ``http.client``, one keep-alive connection per caller. It reads the model's
-metadata (``GET /v2/models/{m}``: inputs with -1 for the batch axis) and, where the server has Triton's
-model-configuration extension, the request parameters it reads (``GET /v2/models/{m}/config``). Each request
-carries ``batch`` rows of real inputs (test images for an image-shaped FP32 input, N(0, I) otherwise, integers in
-[0, ``int_high``] for integer inputs); a model with no input tensors (``NAME.sample``) gets ``n = batch``; ``seed``
-changes on every request where the model reads one. Tensors go as the binary tensor extension when the server
-advertises ``binary_tensor_data`` (what perf_analyzer and tritonclient send), else as JSON; ``--json-data`` asks
-for JSON. Requests are written and answers read by the server's own V2 codec (``serve/protocol.py``: numpy only).
-Every answer is checked: HTTP 200, an infer response as the protocol has it, and every output with ``batch`` rows,
-else the call counts as an error with the server's message or what was wrong with the answer.
+metadata (``GET /v2/models/{m}``: inputs with -1 for the batch axis, and for a spatial bundle's axes of any size, which
+take the test images' size and, where a local bundle is given, its latent's at the reference size) and, where the server
+has Triton's model-configuration extension, the request parameters it reads (``GET /v2/models/{m}/config``). Each
+request carries ``batch`` rows of real inputs (test images for an image-shaped FP32 input, N(0, I) otherwise, integers
+in [0, ``int_high``] for integer inputs); a model with no input tensors (``NAME.sample``) gets ``n = batch``; ``seed``
+changes on every request where the model reads one. Tensors go as the binary tensor extension when the server advertises
+``binary_tensor_data`` (what perf_analyzer and tritonclient send), else as JSON; ``--json-data`` asks for JSON. Requests
+are written and answers read by the server's own V2 codec (``serve/protocol.py``: numpy only). Every answer is checked:
+HTTP 200, an infer response as the protocol has it, and every output with ``batch`` rows, else the call counts as an
+error with the server's message or what was wrong with the answer.
 """
 from __future__ import annotations
 
@@ -113,10 +114,25 @@ def server_metadata(client: Client) -> dict:
     return {"name": doc.get("name"), "version": doc.get("version"), "extensions": doc.get("extensions", [])}
 
 
-def _tensor(spec: dict, batch: int, rng: np.random.Generator, images: np.ndarray | None, int_high: int):
-    shape = [batch if i == 0 and s == -1 else s for i, s in enumerate(spec["shape"])]
-    if any(s < 0 for s in shape):
-        raise ConfigError(f"input {spec['name']!r} has shape {spec['shape']}: only the first axis may be variable")
+def _shape(spec: dict, batch: int, sizes: list[tuple]) -> list[int]:
+    """The shape of ``batch`` rows of an input: -1 after the batch (an axis of any size: a spatial bundle's H, W or
+    h, w) takes the size of the first per-row shape in ``sizes`` of the same rank whose fixed dims agree."""
+    dims = list(spec["shape"][1:])
+    if any(d == -1 for d in dims):
+        fits = [size for size in sizes if len(size) == len(dims) and all(d in (-1, s) for d, s in zip(dims, size))]
+        if not fits:
+            raise ConfigError(f"input {spec['name']!r} has shape {spec['shape']}: expected a local bundle (--bundle) "
+                              "or test images of a matching shape to give its axes of any size (-1) a size")
+        dims = list(fits[0])
+    if any(d < 0 for d in dims):
+        raise ConfigError(f"input {spec['name']!r} has shape {spec['shape']}: expected -1 or a size for each axis")
+    return [batch, *dims]
+
+
+def _tensor(spec: dict, batch: int, rng: np.random.Generator, images: np.ndarray | None, int_high: int,
+            sizes: list[tuple] = ()):
+    sizes = [*([tuple(images.shape[1:])] if images is not None else []), *sizes]
+    shape = _shape(spec, batch, sizes)
     dtype = DATATYPES.get(spec["datatype"])
     if dtype is None:
         raise ConfigError(f"input {spec['name']!r}: datatype {spec['datatype']} is not one bench can send")
@@ -130,9 +146,10 @@ def _tensor(spec: dict, batch: int, rng: np.random.Generator, images: np.ndarray
 
 
 def server_call(client: Client, model: str, spec: dict, batch: int, binary: bool, extra: dict,
-                images: np.ndarray | None, int_high: int = 1, seed: int = 0):
+                images: np.ndarray | None, int_high: int = 1, seed: int = 0, sizes: list[tuple] = ()):
     """``call(i)``: one infer request of ``batch`` rows, the i-th of a pool of distinct ones; raises ServerError
-    when the answer is an error or lacks the rows asked for."""
+    when the answer is an error or lacks the rows asked for. ``sizes``: per-row shapes that give an input's axes of
+    any size (-1 after the batch) their size, after the test images' own."""
     rng = np.random.default_rng(seed)
     outputs = [o["name"] for o in spec["outputs"]]
     sampling = not spec["inputs"]
@@ -143,7 +160,7 @@ def server_call(client: Client, model: str, spec: dict, batch: int, binary: bool
             parameters["n"] = batch
         if sampling or "seed" in spec["parameters"]:
             parameters["seed"] = seed * POOL + k
-        tensors = {s["name"]: _tensor(s, batch, rng, images, int_high) for s in spec["inputs"]}
+        tensors = {s["name"]: _tensor(s, batch, rng, images, int_high, sizes) for s in spec["inputs"]}
         bodies.append(write_request(tensors, outputs, parameters, binary))
     path = f"/v2/models/{urllib.parse.quote(model)}/infer"
 
@@ -163,15 +180,17 @@ def server_call(client: Client, model: str, spec: dict, batch: int, binary: bool
 
 
 def server_cases(client: Client, models: list[str], batches: list[int], concurrencies: list[int], binary: bool,
-                 extra: dict, images: np.ndarray | None, floors: dict | None = None, int_high: int = 1) -> list[Case]:
+                 extra: dict, images: np.ndarray | None, floors: dict | None = None, int_high: int = 1,
+                 sizes: list[tuple] = ()) -> list[Case]:
     """One case per model × batch × concurrency. ``floors[(model, batch)]``: the floor where a local bundle gives
-    the model's graphs."""
+    the model's graphs; ``sizes``: its per-row shapes at the reference size (image, latent), for inputs with axes
+    of any size."""
     cases = []
     for m, model in enumerate(models):
         spec = model_spec(client, model)
         for batch in batches:
             timed = host_timed(server_call(client, model, spec, batch, binary, extra, images, int_high,
-                                           seed=m * 1000 + batch))
+                                           seed=m * 1000 + batch, sizes=sizes))
             for concurrency in concurrencies:
                 key = {"url": client.url, "model": model, "batch": batch, "binary": binary,
                        "floor": (floors or {}).get((model, batch))}
