@@ -32,6 +32,7 @@ import numbers
 import sys
 from fractions import Fraction
 from functools import cached_property
+from typing import Callable
 
 import numpy as np
 
@@ -66,6 +67,18 @@ def input_values(bundle: Bundle) -> Values:
         raise BundleError(f"{bundle.root}: manifest.json input.range: expected [low, high], two finite numbers with "
                           f"low ≤ high, got {declared!r}")
     return Values(*declared, "the bundle's input.range")
+
+
+def decoded_refusal(z) -> str:
+    """Why ``decode`` refuses images with NaN or Inf: the latents it was given."""
+    return (f"decode: expected finite images, got NaN or Inf from the decoder, most likely because z (largest |z| "
+            f"{float(abs(z).max()):g}) is far outside the latents the model was trained on")
+
+
+def sampled_refusal(temperature: float) -> str:
+    """Why ``sample`` refuses images with NaN or Inf: the temperature it drew at."""
+    return (f"sample: expected finite images, got NaN or Inf from the decoder at temperature {temperature:g}; a lower "
+            "temperature keeps the latents where the model was trained")
 
 
 class Runtime:
@@ -256,13 +269,11 @@ class Runtime:
         f = self.downsample
         return self.latent_shape[0], int(size[0]) // f, int(size[1]) // f
 
-    def _finite_decoded(self, images, z):
-        """``images``, unless they hold NaN or Inf (one cheap pass: ``arrays.finite``); the sentence, which reads z
-        again, is made only then."""
+    def _finite(self, images, refusal: Callable[..., str], *about):
+        """``images``, unless they hold NaN or Inf (one cheap pass: ``arrays.finite``); the sentence
+        (``refusal(*about)``, which may read the inputs again) is made only then."""
         if not self.arrays.finite(images):
-            raise InputError(f"decode: expected finite images, got NaN or Inf from the decoder, most likely because "
-                             f"z (largest |z| {float(abs(z).max()):g}) is far outside the latents the model was "
-                             "trained on")
+            raise InputError(refusal(*about))
         return images
 
     @cached_property
@@ -334,13 +345,6 @@ class Runtime:
             raise InputError(f"temperature: expected a finite number in [0, {MAX_TEMPERATURE:g}], got {temperature!r}")
         return int(n), float(temperature)
 
-    def _finite_sampled(self, images, temperature: float):
-        """``images``, unless they hold NaN or Inf, as ``_finite_decoded``."""
-        if not self.arrays.finite(images):
-            raise InputError(f"sample: expected finite images, got NaN or Inf from the decoder at temperature "
-                             f"{temperature:g}; a lower temperature keeps the latents where the model was trained")
-        return images
-
     # ---- the API -----------------------------------------------------------------------------------------------
 
     def encode_params(self, x) -> tuple:
@@ -378,9 +382,9 @@ class Runtime:
         if tiling is not None:
             z, back = self._take(z, tuple(z.shape[1:]), "z")
             images = tiled(lambda t: self._call("decode", t), z, tiling, self.arrays)[0]
-            return self._into(self._finite_decoded(images, z), out, back)
+            return self._into(self._finite(images, decoded_refusal, z), out, back)
         z, back = self._take_latents(z)
-        images = self._finite_decoded(self._call("decode", z, out=out)[0], z)
+        images = self._finite(self._call("decode", z, out=out)[0], decoded_refusal, z)
         return images if out is not None else back(images)
 
     def _tiling(self, tile, x, name: str, latent: bool) -> Tiling | None:
@@ -442,7 +446,7 @@ class Runtime:
         shape = self.latent_shape_at(size)
         images = self._call("sample", noise=Noise.of(seed, offset, n), temperature=temperature,
                             shape=shape if self.plans["sample"].sized else None, out=out)[0]
-        images = self._finite_sampled(images, temperature)
+        images = self._finite(images, sampled_refusal, temperature)
         return images if out is not None else self.arrays.output(images)
 
     # ---- what a latent type implements ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ..bundle import BundleError
 from ..errors import InputError
 from ..kernels import uniform_numpy
 from .arrays import is_tensor, shape_text
-from .base import Runtime
+from .base import Runtime, decoded_refusal
 from .buckets import Plan
 from .noise import Noise
 
@@ -208,7 +208,7 @@ class VQRuntime(Runtime):
             images = self._call("decode_codes", codes, out=out)[0]  # codebook rows: as finite as the validated ones
         else:
             z_q, back = self._take(z, self.latent_shape, "z")
-            images = self._finite_decoded(self._call("decode", z_q, out=out)[0], z_q)
+            images = self._finite(self._call("decode", z_q, out=out)[0], decoded_refusal, z_q)
         return images if out is not None else back(images)
 
     def _decode_codes_rows(self, codes) -> tuple:
