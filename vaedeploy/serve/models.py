@@ -13,7 +13,11 @@ NAME.sample         none                                       x                
 NAME.sample_codes   none (VQ only)                             codes                n, seed, temperature, offset
 ==================  =========================================  ===================  ==========================
 
-The table is the runtime's (``vaedeploy.runtime.operations``), chosen by the manifest's latent type alone.
+The table is the runtime's (``vaedeploy.runtime.operations``), chosen by the manifest's latent type alone. A spatial
+bundle that takes any image size has -1 in its metadata for H, W (and a latent's h, w), takes inputs of any size the
+runtime takes (checked by ``Runtime.image_dims`` and ``Runtime.latent_dims``), and its ``sample`` also reads
+``height`` and ``width`` (the bundle's own range and multiple), which its pieces carry, so only samples of one size
+share a batch.
 ``sample`` exists where the runtime can sample (every latent type but ``deterministic``); its ``n`` may also come as
 a one-element INT64 input tensor ``n``, the request shape ``vaedeploy triton-repo``'s ensembles take, so client code
 moves between the two unchanged. A request's rows keep the
