@@ -56,9 +56,12 @@ def test_int64_tokens_count_eight_bytes_each(tmp_path, batch):
 
 def _runtime(latent: dict):
     """A runtime whose bundle has ``latent`` and the few manifest fields the table of operations reads besides."""
-    latent = {"dim": 2, "grid": [2, 2], "num_codes": 8, **latent}
-    encoder = {"outputs": [{"name": "mean", "shape": ["N", 2]}, {"name": "logvar", "shape": ["N", 2]}]}
-    bundle = types.SimpleNamespace(latent=latent, input_shape=(1, 8, 8), graph=lambda role: encoder)
+    latent = {"num_codes": 8, **latent}
+    shape = (2, 2, 2) if latent["type"] == "vq" else (2,)  # a VQ latent is D×h×w
+    graph = {"inputs": [{"name": "x", "shape": ["batch", 1, 8, 8]}],
+             "outputs": [{"name": "mean", "shape": ["batch", 2]}, {"name": "logvar", "shape": ["batch", 2]}]}
+    bundle = types.SimpleNamespace(latent=latent, latent_shape=shape, sizes=None, input_shape=(1, 8, 8),
+                                   graph=lambda role: graph)
     return types.SimpleNamespace(bundle=bundle)
 
 
