@@ -276,6 +276,9 @@ def test_runtime_encode_tiles_the_posterior_then_draws_one_latent(spatial):
     eps = standard_normal_numpy(mean.shape, 7, 0)
     expected = (mean + np.exp(logvar / 2) * eps - np.float32(0.25)) * np.float32(0.5)
     np.testing.assert_allclose(rt.encode(x, seed=7, tile=(16, 16)), expected, rtol=1e-5, atol=1e-5)
+    tiled_mean, tiled_logvar = rt.encode_params(x, tile=(16, 16))  # the blended posterior encode draws from
+    np.testing.assert_allclose(tiled_mean, mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tiled_logvar, logvar, rtol=1e-5, atol=1e-5)
 
 
 def test_runtime_auto_tiles_at_the_largest_size_the_graphs_take(spatial):

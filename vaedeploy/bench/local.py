@@ -11,8 +11,7 @@ on the device), and with CUDA graphs on and off where ``vaedeploy.load`` takes `
 A bundle that takes any image size (``input.size``) is measured at each of ``--sizes`` (H, W): its images are the
 data set's resized to the size (nearest pixel; uniform noise in range without a data set), its latents N(0, I) at
 H / downsample × W / downsample, ``sample`` draws at the size, and the floor counts the graphs at the size. Its
-``decode`` and ``encode_params`` are also measured tiled (``--tile``): the runtime's own ``tile=`` where its method
-takes one, else the runtime's tiling scheme (``runtime/tiles.py``) over the op, tile by tile.
+``decode`` and ``encode_params`` are also measured tiled (``--tile``), through the runtime's own ``tile=``.
 """
 from __future__ import annotations
 
@@ -20,14 +19,12 @@ import functools
 import inspect
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from .. import load
 from ..errors import ConfigError
-from ..runtime import tiles
 from ..runtime.operations import DOCS_TYPES, SIZE, Tensor, operations_of, table
 from . import floor, memory
 from .environment import bundle_sha256
@@ -36,8 +33,8 @@ from .loop import Case, host_timed
 # every op of every latent type, in the tables' order (a bundle measures those its own table has)
 OPS = tuple(dict.fromkeys(name for latent_type, shapes in DOCS_TYPES.values() for name in table(latent_type, shapes)))
 POOL_BYTES = 64 << 20  # at most this much input per pool (at least 2 arrays, at most 16)
-# the ops measured tiled, with how much larger their outputs are than their inputs along H and W (× downsample)
-TILED_OPS = {"decode": 1, "encode_params": -1}
+# the ops measured tiled: the runtime's methods that take ``tile=``
+TILED_OPS = ("decode", "encode_params")
 
 
 @dataclass
@@ -172,20 +169,13 @@ def op_call(runtime, name: str, batch: int, inputs: Inputs, on_device: bool = Fa
 
 
 def tiled_run(runtime, name: str, tile):
-    """Op ``name`` (one of ``TILED_OPS``) as a run function that tiles its input with ``tile`` (``"auto"`` or
-    (th, tw) pixels) by the runtime's tiling scheme (``tiles.tiled`` over the op's own run function; an image
-    within one tile runs whole, as ``tiles.choose`` says)."""
-    factor, own = runtime.bundle.downsample, operations_of(runtime)[name].run
-    per_row = factor if TILED_OPS[name] > 0 else 1  # image pixels per input row: downsample for a latent
+    """Op ``name`` (one of ``TILED_OPS``) as a run function through the runtime's own ``tile=`` (``"auto"`` or
+    (th, tw) pixels; an image within one tile runs whole, as ``tiles.choose`` says)."""
+    method = getattr(runtime, name)
 
     def run(rt, arrays, rows, *rest):
-        x = arrays[0]
-        pixels = tiles.choose(tile, tuple(side * per_row for side in x.shape[2:]),
-                              rt.bundle.sizes.high)
-        if pixels is None:
-            return own(rt, arrays, rows, *rest)
-        tiling = tiles.Tiling(tuple(p // per_row for p in pixels), Fraction(factor) ** TILED_OPS[name])
-        return tiles.tiled(lambda part: own(rt, (part,), len(part), *rest), x, tiling, rt.arrays)
+        outputs = method(arrays[0], tile=tile)
+        return outputs if isinstance(outputs, tuple) else (outputs,)
     return run
 
 

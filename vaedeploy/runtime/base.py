@@ -347,11 +347,20 @@ class Runtime:
 
     # ---- the API -----------------------------------------------------------------------------------------------
 
-    def encode_params(self, x) -> tuple:
+    def encode_params(self, x, *, tile=None) -> tuple:
         """The encoder's outputs for images x (N × input shape): ``(mean, logvar)``, or ``(z,)`` for an AE; never
-        scaled (the graph's own)."""
+        scaled (the graph's own). ``tile`` as for ``encode``: each output blended as diffusers' ``tiled_encode``."""
+        tiling = self._tiling(tile, x, "x", latent=False)
+        if tiling is not None:
+            params, back = self._tiled_params(x, tiling)
+            return tuple(back(p) for p in params)
         x, back = self._take_images(x)
         return tuple(back(p) for p in self._call("encode_params", x))
+
+    def _tiled_params(self, x, tiling: Tiling) -> tuple:
+        """The encoder's outputs for x, tile by tile and blended, and the way back to the caller's type."""
+        x, back = self._take(x, tuple(x.shape[1:]), "x", self.input_values)
+        return tiled(lambda t: self._call("encode_params", t), x, tiling, self.arrays), back
 
     def encode(self, x, seed=None, offset=0, *, tile=None, out=None):
         """A latent z (N × latent shape) per image: a draw from q(z|x), or the code itself for deterministic
@@ -366,8 +375,7 @@ class Runtime:
         """
         tiling = self._tiling(tile, x, "x", latent=False)
         if tiling is not None:
-            x, back = self._take(x, tuple(x.shape[1:]), "x", self.input_values)
-            params = tiled(lambda t: self._call("encode_params", t), x, tiling, self.arrays)
+            params, back = self._tiled_params(x, tiling)
             return self._into(self._encode_from_params(params, Noise.of(seed, offset, len(x))), out, back)
         x, back = self._take_images(x)
         z = self._call("encode", x, noise=Noise.of(seed, offset, len(x)), out=out)[0]
