@@ -21,11 +21,13 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 def machine_info() -> dict:
     """The machine and the versions a figure was measured with; stored in every JSON row (the facts of `vaedeploy
     bench`'s environment, from the same functions)."""
-    from vaedeploy.bench.environment import cpu_flags, cpu_name, gpu_facts, package_version
+    from vaedeploy.bench.environment import gpu_facts, package_version
+    from vaedeploy.runtime.calibrate import cpu_facts
 
+    machine = cpu_facts()
     return {
-        "cpu": cpu_name(),
-        "cpu_flags": cpu_flags(),
+        "cpu": machine["cpu"],
+        "cpu_flags": machine["flags"],
         "cpu_cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -38,19 +38,6 @@ CASES = {"taesd": [("decode", 512), ("encode", 512)],
 NAMES = {"taesd": "TAESD (AutoencoderTiny)", "sd": "SD-1.5 VAE (AutoencoderKL)"}
 
 
-SIMD = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-
-
-def cpu_flags() -> list[str]:
-    """The SIMD flags of this CPU that convolutions use (from /proc/cpuinfo; empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [f for f in SIMD if f in flags]
-
-
 def build(name: str):
     import diffusers
     import torch
@@ -120,7 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="taesd,sd", help="taesd, sd or both (default both)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "diffusers_vae.json")
     args = parser.parse_args(argv)
-    machine = {**environment(), "cpu_flags": cpu_flags(), "torch_threads": torch.get_num_threads()}  # at the start
+    machine = {**environment(), "torch_threads": torch.get_num_threads()}  # at the start
     with tempfile.TemporaryDirectory() as root:
         rows = [row for name in args.models.split(",") for row in measure(name.strip(), args.iters, Path(root))]
     write_json(args.out, {"machine": machine, "iters": args.iters, "rows": rows})

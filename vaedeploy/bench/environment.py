@@ -24,28 +24,6 @@ def package_version(package: str) -> str | None:
         return None
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo; the platform's word elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's feature flags (Linux's /proc/cpuinfo: avx2, avx512f, amx_bf16, …); empty where not readable."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return []
-
-
 def _load() -> list[float] | None:
     try:
         return [round(v, 2) for v in os.getloadavg()]
@@ -80,11 +58,12 @@ def environment(gpu: bool = False) -> dict:
     from ..runtime.backends.onnxruntime import physical_cores
     from ..runtime.calibrate import cpu_facts
 
+    machine = cpu_facts()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "cpu": cpu_name(),
-        "cpu_flags": cpu_facts()["flags"],  # the vector, bf16 and fp16 units the backends' kernels can use
+        "cpu": machine["cpu"],
+        "cpu_flags": machine["flags"],  # the vector, bf16 and fp16 units the backends' kernels can use
         "cpu_cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "cpu_physical_cores": physical_cores(),
         "load_average_at_start": _load(),

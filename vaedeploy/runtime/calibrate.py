@@ -43,7 +43,8 @@ SECONDS = 0.2  # the most a backend, size and round is timed for, after its firs
 MARGIN = 0.9  # another backend is chosen over the default only when it takes at most this share of its time
 MIN_PSNR_DB = 40.0  # precision="auto" lowers the precision only where every graph was validated at this PSNR or more
 # the flags that decide which kernels a backend can use: vector width, and the bf16 / fp16 units
-FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
+FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+         "amx_fp16")
 FOLDER = "calibration"
 CALIBRATION = owned.Kind(tool="calibrate", what="the calibration folder of `vaedeploy.load(backend='auto')`",
                          noun="calibration folder", error=ConfigError)
@@ -51,7 +52,7 @@ CALIBRATION = owned.Kind(tool="calibrate", what="the calibration folder of `vaed
 
 def cpu_facts() -> dict:
     """The CPU's model name and the flags of ``FLAGS`` it has (Linux's /proc/cpuinfo; elsewhere the platform's
-    word and no flags)."""
+    word and no flags): the one reading of the machine, for the calibration's key and every benchmark's record."""
     name, flags = None, set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
