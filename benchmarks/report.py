@@ -146,8 +146,9 @@ def _caption(doc: dict) -> str:
         if word != "--note" and (i == 0 or words[i - 1] != "--note"):
             command.append(word)
     notes = "".join(f" {note[0].upper()}{note[1:]}." for note in doc["notes"])
-    return (f"Measured by `{shlex.join(command)}` on {env['date']}: {env['cpu']}, {env['cpu_cores_available']} cores "
-            f"(load average {env['load_average_at_start'][0]:g} at the start, {env['load_average_at_end'][0]:g} at "
+    flags = f" ({', '.join(env['cpu_flags'])})" if env.get("cpu_flags") else ""  # results from before they were kept
+    return (f"Measured by `{shlex.join(command)}` on {env['date']}: {env['cpu']}{flags}, {env['cpu_cores_available']} "
+            f"cores (load average {env['load_average_at_start'][0]:g} at the start, {env['load_average_at_end'][0]:g} at "
             f"the end), {tools}. p50 in ms, the median of {repeats} run{'s' * (repeats > 1)} with their range in "
             f"brackets; ~ marks a case not stable in every run ({stable} of {len(doc['rows'])} rows stable). The "
             f"floor: matmul {matmul / 1e9:.0f} GFLOP/s, copy {copy[0]['bytes_per_s'] / 1e9:.0f}–"
