@@ -5,6 +5,7 @@ triton_python_backend_utils), answers what the runtime answers.
 """
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import types
@@ -13,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from google.protobuf import json_format, text_format
+from helpers import edit_manifest
 from tritonclient.grpc import model_config_pb2
 
 from vaedeploy import load
@@ -26,7 +28,8 @@ from vaedeploy.serve.batcher import BatchPolicy
 from vaedeploy.serve.models import operations
 from vaedeploy.serve.protocol import ProtocolError
 
-KINDS = ["vae", "ae", "vqvae", "twostage", "vae_conv_bernoulli"]
+# klconv: spatial latents, any image size, a latent scaling (-1 dims, sample at a size, scale steps)
+KINDS = ["vae", "ae", "vqvae", "twostage", "vae_conv_bernoulli", "klconv"]
 POLICY = BatchPolicy(max_batch_size=32, preferred_batch_size=(4, 8), max_queue_delay_microseconds=100,
                      max_queue_size=7, instances=2)
 TYPES = {"TYPE_FP32": "float32", "TYPE_INT64": "int64"}
@@ -69,7 +72,8 @@ def test_graphs_batching_and_ensemble_maps(repositories, kind, graphs):
             assert (config.platform == "onnxruntime_onnx") == (graphs == "onnxruntime"), name
             graph = read_graph_signature(root / name / "1" / "model.onnx")
             for side, specs in (("inputs", config.input), ("outputs", config.output)):
-                assert [(s["name"], s["shape"][1:], s["dtype"]) for s in graph[side]] == \
+                assert [(s["name"], [-1 if isinstance(d, str) else d for d in s["shape"][1:]], s["dtype"])
+                        for s in graph[side]] == \
                     [(t.name, dims(t), TYPES[model_config_pb2.DataType.Name(t.data_type)]) for t in specs]
         if config.platform != "ensemble" and config.max_batch_size:
             assert config.max_batch_size == 32 and list(config.dynamic_batching.preferred_batch_size) == [4, 8]
@@ -105,10 +109,10 @@ def test_the_ensembles_are_vaedeploy_serves_models(repositories, exported, kind)
         batch = [-1] if config.max_batch_size else []
         # a sample's one input is its rows, n (Triton refuses an ensemble step without an input tensor)
         inputs = [("n", "TYPE_INT64", [1])] if op.samples else \
-            [(s.name, f"TYPE_{s.datatype}", [-1, *s.dims]) for s in op.inputs]
+            [(s.name, f"TYPE_{s.datatype}", [-1, *s.v2_dims]) for s in op.inputs]
         assert inputs == [(t.name, model_config_pb2.DataType.Name(t.data_type), batch + dims(t))
                           for t in config.input], name
-        assert [(s.name, f"TYPE_{s.datatype}", [-1, *s.dims]) for s in op.outputs] == \
+        assert [(s.name, f"TYPE_{s.datatype}", [-1, *s.v2_dims]) for s in op.outputs] == \
             [(t.name, model_config_pb2.DataType.Name(t.data_type), batch + dims(t)) for t in config.output], name
         reads = config.parameters["request_parameters"].string_value if "request_parameters" in config.parameters \
             else ""
@@ -256,13 +260,79 @@ def test_serves_config_endpoint_is_a_valid_model_config(exported):
     rt.close()
 
 
-def test_a_bundle_of_any_image_size_is_refused_in_a_sentence(exported, tmp_path, capsys):
-    # not written yet (issue 28): -1 spatial dims, the sample's height and width, the latent scaling
-    with pytest.raises(ConfigError, match="takes any size .input.size."):
-        write_repository(exported("klconv")[1], tmp_path / "klconv", "klconv", POLICY.model_config())
-    assert not (tmp_path / "klconv").exists()
-    assert main(["triton-repo", str(exported("klconv")[1]), "--out", str(tmp_path / "cli")]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
+# ---- a bundle of any image size (issue 28): -1 dims, the sample's height and width, the latent scaling -----------
+
+SIZES = [(12, 20), (32, 8)]  # two sizes the klconv bundle takes (H, W multiples of 4 from 8 to 32), neither 8×8
+
+
+def test_a_spatial_bundles_configs_have_minus_one_for_every_axis_of_any_size(repositories):
+    _, configs = repositories["klconv"]
+    # a row: 1×H×W images, 2×H/4×W/4 latents (written out by hand); the batch axis is max_batch_size's, but in a
+    # sample's models, which take no batch (their rows are the tensor n), where it is a dim of its own
+    image, latent = [1, -1, -1], [2, -1, -1]
+    assert [dims(t) for t in configs["klconv.encode"].input] == [image]
+    assert [dims(t) for t in configs["klconv.encode"].output] == [latent]
+    assert [dims(t) for t in configs["klconv.decode"].input] == [latent]
+    assert [dims(t) for t in configs["klconv.encoder"].input] == [image]
+    assert [dims(t) for t in configs["klconv.sample"].output] == [[-1, *image]]
+    assert [dims(t) for t in configs["klconv.prior_noise"].output] == [[-1, *latent]]
+    reads = configs["klconv.sample"].parameters["request_parameters"].string_value
+    assert reads == "n,seed,temperature,offset,height,width"
+    # decode takes encode's (scaled) latents: the unscale step runs before the decoder
+    assert [step.model_name for step in configs["klconv.decode"].ensemble_scheduling.step] == \
+        ["klconv.unscale", "klconv.decoder"]
+
+
+@pytest.mark.parametrize("graphs", GRAPH_RUNNERS)
+def test_a_spatial_bundle_answers_what_the_runtime_answers_at_two_sizes(repositories, exported, graphs, monkeypatch):
+    """encode (noise of c·h·w elements per row, scaled), encode_params, decode (unscaled first) and sample at a
+    requested height and width, each at two sizes, equal vaedeploy.load(bundle)'s answers."""
+    root, configs = repositories["klconv", graphs]
+    rt, run = load(exported("klconv")[1]), Executor(root, configs, monkeypatch)
+    assert rt.scaling == (0.5, 0.25)  # the bundle's scaling, so encode and decode go through the rule
+    for h, w in SIZES:
+        x = np.random.default_rng(h).random((3, 1, h, w), dtype=np.float32)
+        z = rt.encode(x, seed=9, offset=2)
+        expected = {"encode": ({"x": x}, {"seed": 9, "offset": 2}, [z]),
+                    "encode_params": ({"x": x}, {}, list(rt.encode_params(x))),
+                    "decode": ({"z": z}, {}, [rt.decode(z)]),
+                    "sample": ({"n": np.array([4])}, {"seed": 5, "temperature": 0.7, "offset": 3, "height": h,
+                                                       "width": w},
+                               [rt.sample(4, seed=5, temperature=0.7, offset=3, size=(h, w))])}
+        for operation, (inputs, parameters, want) in expected.items():
+            got = list(run.infer(f"klconv.{operation}", inputs, parameters).values())
+            assert [a.shape for a in got] == [a.shape for a in want], (operation, h, w)
+            for array, reference in zip(got, want):
+                np.testing.assert_allclose(array, reference, rtol=1e-6, atol=1e-6, err_msg=f"{operation} {h}×{w}")
+    # without height and width a sample is drawn at the reference size, as Runtime.sample draws it
+    default = run.infer("klconv.sample", {"n": np.array([2])}, {"seed": 1})["x"]
+    np.testing.assert_allclose(default, rt.sample(2, seed=1), rtol=1e-6, atol=1e-6)
+    rt.close()
+
+
+@pytest.mark.parametrize("height, width", [(12, 10), (36, 8), (4, 8)])
+def test_a_sample_at_a_size_the_bundle_does_not_take_is_one_sentence(repositories, monkeypatch, height, width):
+    root, configs = repositories["klconv"]
+    run = Executor(root, configs, monkeypatch)
+    request = run.pb.InferenceRequest({"n": np.array([2])}, {"seed": 1, "height": height, "width": width})
+    [response] = run.model("klconv.prior_noise").execute([request])
+    assert response.error.message() == "prior_noise: parameters height, width: expected H and W multiples of 4 " \
+        f"from 8×8 to 32×32, got {height}×{width}"
+
+
+def test_a_deterministic_bundle_with_a_scaling_scales_in_its_own_steps(exported, tmp_path, monkeypatch):
+    """ae with a latent scaling written into its manifest: encode → the scale step, decode ← the unscale step."""
+    bundle = edit_manifest(shutil.copytree(exported("ae")[1], tmp_path / "ae"), lambda m: m["latent"].update(
+        scaling={"scaling_factor": 2.0, "shift_factor": -0.5}))
+    models = write_repository(bundle, tmp_path / "repo", "ae", POLICY.model_config())
+    assert {"ae.scale", "ae.unscale"} <= set(models)
+    rt, run = load(bundle), Executor(tmp_path / "repo", read_repository(tmp_path / "repo"), monkeypatch)
+    x = np.random.default_rng(0).random((3, *rt.input_shape), dtype=np.float32)
+    z = run.infer("ae.encode", {"x": x}, {})["z"]
+    np.testing.assert_allclose(z, rt.encode(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(z, (rt.encode_params(x)[0] + 0.5) * 2.0, rtol=1e-6, atol=1e-6)  # scaled, not raw
+    np.testing.assert_allclose(run.infer("ae.decode", {"z": z}, {})["x"], rt.decode(z), rtol=1e-6, atol=1e-6)
+    rt.close()
 
 
 def test_hierarchical_is_refused_and_other_files_are_never_replaced(exported, tmp_path):

@@ -8,7 +8,8 @@ from it the numbers `vaedeploy serve` gives for the same request and seed.
   missing onnxruntime backend library, for the graph models and the ensembles that need them;
 - every ensemble (encode with a seed and offset, encode_params, decode, sample with n, seed, temperature and offset)
   answers the same request with what ``vaedeploy serve`` answers, through both clients (and so does vaedeploy serve's
-  own gRPC service).
+  own gRPC service); a bundle of any image size (klconv, with a latent scaling) does so at two sizes, its sample
+  drawn at the request's height and width.
 Skips where the server cannot be installed (no PyPI, no libpython3.11), with a sentence; fails under CI=true.
 """
 import re
@@ -27,6 +28,8 @@ from vaedeploy.serve.batcher import BatchPolicy
 # one bundle of each latent type and Python step: reparameterize and prior_noise (vae), stage1_noise (twostage),
 # nearest (vqvae), image (a Bernoulli decoder)
 KINDS = ["vae", "twostage", "vqvae", "vae_conv_bernoulli"]
+SPATIAL = "klconv"  # any image size (H, W multiples of 4 from 8 to 32), a latent scaling: scale steps, -1 dims
+SIZES = [(12, 20), (32, 8)]
 ONNXRUNTIME = "ort"  # the default variant of the vae bundle is served as ort.*
 POLICY = BatchPolicy(max_batch_size=8).model_config()
 MISSING_BACKEND = "unable to find backend library for backend 'onnxruntime'"
@@ -36,11 +39,12 @@ CLIENTS = {"http": httpclient, "grpc": grpcclient}
 @pytest.fixture(scope="module")
 def triton(exported, tmp_path_factory):
     root = tmp_path_factory.mktemp("real-triton")
-    for kind in KINDS:
+    for kind in (*KINDS, SPATIAL):
         write_repository(exported(kind)[1], root / "python" / kind, kind, POLICY, graphs="python")
     write_repository(exported("vae")[1], root / "default", ONNXRUNTIME, POLICY)
     try:
-        server = Triton([root / "python" / kind for kind in KINDS] + [root / "default"], root / "tritonserver.log")
+        server = Triton([root / "python" / kind for kind in (*KINDS, SPATIAL)] + [root / "default"],
+                        root / "tritonserver.log")
     except Unavailable as reason:
         unavailable(f"no real Triton here: {reason}")
     yield server
@@ -50,8 +54,9 @@ def triton(exported, tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(serve, exported):
     """vaedeploy serve over the same bundles, with the same batching, on HTTP and gRPC: (server, its gRPC address)."""
-    bundles, grpc_port = [exported(kind)[1] for kind in KINDS], free_port()
-    server = serve(bundles, *(a for kind in KINDS for a in ("--name", kind)), "--max-batch-size", "8",
+    kinds, grpc_port = (*KINDS, SPATIAL), free_port()
+    server = serve([exported(kind)[1] for kind in kinds], *(a for kind in kinds for a in ("--name", kind)),
+                   "--max-batch-size", "8",
                    "--grpc-port", grpc_port)
     return server, f"127.0.0.1:{grpc_port}"
 
@@ -59,7 +64,7 @@ def served(serve, exported):
 def test_the_python_repository_loads_with_no_unavailable_model(triton):
     models = {name: m for name, m in triton.index().items() if not name.startswith(f"{ONNXRUNTIME}.")}
     assert {m["state"] for m in models.values()} == {"READY"}, {n: m.get("reason") for n, m in models.items()}
-    assert {name.split(".")[0] for name in models} == set(KINDS)
+    assert {name.split(".")[0] for name in models} == {*KINDS, SPATIAL}
 
 
 def test_the_default_repository_fails_only_for_the_missing_onnxruntime_backend(triton):
@@ -82,15 +87,18 @@ def test_the_default_repository_fails_only_for_the_missing_onnxruntime_backend(t
     assert {models[name]["state"] for name in others} == {"READY"}
 
 
-def request_of(op) -> tuple[dict, dict]:
-    """One request of each operation: 3 rows of images or latents (4 samples), every parameter it reads."""
+def request_of(op, size=None, downsample=1) -> tuple[dict, dict]:
+    """One request of each operation: 3 rows of images or latents (4 samples), every parameter it reads; for a bundle
+    of any image size, at ``size`` (H, W): the table's letters H, W, h, w filled in, a sample's height and width."""
     rng = np.random.default_rng(0)
+    letters = {} if size is None else {"H": size[0], "W": size[1], "h": size[0] // downsample,
+                                       "w": size[1] // downsample}
     if "n" in op.parameters:  # a sample: its rows as the tensor n, the request shape Triton accepts
         inputs = {"n": np.array([4])}
     else:
-        inputs = {t.name: rng.random((3, *t.dims), dtype=np.float32) if t.name == "x" else
-                  rng.standard_normal((3, *t.dims)).astype(np.float32) for t in op.inputs}
-    given = {"seed": 9, "offset": 2, "temperature": 0.7}
+        inputs = {t.name: (rng.random if t.name == "x" else rng.standard_normal)(
+                  (3, *(letters.get(d, d) for d in t.dims))).astype(np.float32) for t in op.inputs}
+    given = {"seed": 9, "offset": 2, "temperature": 0.7, **dict(zip(("height", "width"), size or ()))}
     return inputs, {name: given[name] for name in op.parameters if name in given}
 
 
@@ -110,6 +118,16 @@ def infer(client_module, url: str, model: str, inputs: dict, parameters: dict, o
 def test_every_ensemble_answers_what_vaedeploy_serve_answers(triton, served, exported, kind):
     """encode with seed and offset, encode_params, decode, sample with n, seed, temperature and offset: Triton over
     HTTP and gRPC, and vaedeploy serve over gRPC, against vaedeploy serve over HTTP, the same request and seed."""
+    assert_answers_as_served(triton, served, exported, kind)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_bundle_of_any_size_answers_at_each_size_what_vaedeploy_serve_answers(triton, served, exported, size):
+    """klconv at two sizes: images and latents of that size, a sample drawn at that height and width."""
+    assert_answers_as_served(triton, served, exported, SPATIAL, size)
+
+
+def assert_answers_as_served(triton, served, exported, kind, size=None):
     server, served_grpc = served
     others = {("triton", "http"): triton.http, ("triton", "grpc"): triton.grpc, ("vaedeploy", "grpc"): served_grpc}
     bundle = load_bundle(exported(kind)[1])
@@ -118,8 +136,10 @@ def test_every_ensemble_answers_what_vaedeploy_serve_answers(triton, served, exp
     assert {"encode", "encode_params", "decode"} <= set(names)
     for name in names:
         op = table[name]
-        inputs, parameters = request_of(op)
+        inputs, parameters = request_of(op, size, bundle.downsample)
         want = infer(httpclient, server.url, f"{kind}.{name}", inputs, parameters, op.outputs)
+        if size is not None:  # the answer is of the size asked for
+            assert want[0].shape[-2:] in (size, tuple(s // bundle.downsample for s in size)), (name, want[0].shape)
         for (system, protocol), url in others.items():
             got = infer(CLIENTS[protocol], url, f"{kind}.{name}", inputs, parameters, op.outputs)
             for tensor, a, b in zip(op.outputs, got, want):

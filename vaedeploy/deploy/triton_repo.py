@@ -10,7 +10,8 @@ parameters), so a client moves from one to the other unchanged (docs/serving.md)
 - Python-backend steps (``model.py`` imports ``triton_step``, which computes with the runtime's own functions, so
   the noise is the runtime's, bit for bit): ``NAME.reparameterize`` (z = mean + exp(logvar/2)·eps),
   ``NAME.prior_noise`` (z ~ N(0, T²) for ``sample``), ``NAME.stage1_noise`` (two-stage), ``NAME.nearest`` (VQ's
-  nearest code), ``NAME.image`` (a Bernoulli decoder's logits → mean image);
+  nearest code), ``NAME.image`` (a Bernoulli decoder's logits → mean image), ``NAME.scale`` and ``NAME.unscale``
+  (a latent scaling's rule, ``runtime.latents``: after a deterministic encoder, before the decoder in ``decode``);
 - ensembles with ``vaedeploy serve``'s names chaining them, one per operation of the runtime's table
   (``vaedeploy.runtime.operations``), whose tensors and request parameters they take: ``NAME.encode``,
   ``NAME.encode_params``, ``NAME.decode``, ``NAME.sample``. A sample's rows come as a one-element INT64 tensor ``n``
@@ -19,8 +20,10 @@ parameters), so a client moves from one to the other unchanged (docs/serving.md)
   cannot take ``x`` and give ``x``: decode the ``mean`` of ``encode_params``, or use ``vaedeploy serve``), VQ's
   ``NAME.decode_codes`` and ``NAME.sample_codes``.
 Triton forwards an ensemble's request parameters to its steps (Triton ≥ 23.10, core PR #261), so a request's seed
-reaches the noise step. The Python steps need ``vaedeploy`` importable in Triton's Python environment (numpy < 2 and
-onnxruntime, no torch); each checks it when it loads, with a message naming the fix.
+reaches the noise step, and a spatial sample's ``height`` and ``width`` (a bundle of any image size: every axis of
+any size is -1 in the configs, ``Tensor.v2_shape``) reach ``prior_noise``, which draws at that size. The Python
+steps need ``vaedeploy`` importable in Triton's Python environment (numpy < 2 and onnxruntime, no torch); each checks
+it when it loads, with a message naming the fix.
 
 Written for the latent types ``gaussian`` (with or without a two-stage prior), ``deterministic`` and ``vq`` (not its
 ``sample``: the autoregressive prior runs one graph call per code, which is ``vaedeploy serve``'s job); a
@@ -40,7 +43,7 @@ import numpy as np
 from .. import owned
 from ..bundle import load_bundle
 from ..errors import ConfigError
-from ..runtime.latents import STAGE1_NOISE_OFFSET  # where a two-stage sample's stage-1 noise starts in the stream
+from ..runtime.latents import STAGE1_NOISE_OFFSET, latent_scaling
 from ..runtime.operations import DTYPE_NAMES, Operation, Tensor, operations_of
 
 OLDER_MARKER = ".vaedeploy-triton-repo.json"  # what marked a repository before vaedeploy's one marker
@@ -106,12 +109,16 @@ def _tensor(name: str, datatype: str, dims) -> dict:
 
 
 def _table_tensors(tensors: tuple[Tensor, ...], batching: bool) -> list[dict]:
-    """The table's tensors; without ``batching`` the batch axis is one of the dims (-1)."""
-    return [_tensor(t.name, t.datatype, t.dims if batching else [-1, *t.dims]) for t in tensors]
+    """The table's tensors, -1 for every axis of any size (``Tensor.v2_shape``); without ``batching`` the batch axis
+    is one of the dims."""
+    return [_tensor(t.name, t.datatype, t.v2_shape[1:] if batching else t.v2_shape) for t in tensors]
 
 
 def _graph_tensors(specs: list[dict]) -> list[dict]:
-    return [_tensor(s["name"], DTYPE_NAMES[np.dtype(s["dtype"])], s["shape"][1:]) for s in specs]
+    """A graph entry's tensors; an axis the manifest names (``bundle.IMAGE_AXES``, ``LATENT_AXES``: a bundle of any
+    image size) takes any size, -1."""
+    return [_tensor(s["name"], DTYPE_NAMES[np.dtype(s["dtype"])], [-1 if isinstance(d, str) else d
+                                                                   for d in s["shape"][1:]]) for s in specs]
 
 
 # A sample's rows, as a tensor: Triton refuses an ensemble step with no input tensor, so `n` comes as one INT64
@@ -191,7 +198,7 @@ def _image_step(repo: _Repository, decoder: str, source: str, target: str) -> li
     if repo.bundle.manifest["likelihood"]["kind"] != "bernoulli":
         return [(decoder, {step_input: source}, {first: target})]
     image = repo.python("image", _graph_tensors(entry["outputs"][:1]),
-                        [_tensor("x", "FP32", repo.bundle.input_shape)], {"input": first})
+                        _table_tensors(repo.operations["decode"].outputs, batching=True), {"input": first})
     return [(decoder, {step_input: source}, {first: f"{target}_logits"}),
             (image, {first: f"{target}_logits"}, {"x": target})]
 
@@ -207,10 +214,6 @@ def build(bundle, name: str, batching: dict, graphs: str = "onnxruntime") -> _Re
     if kind == "hierarchical":
         raise ConfigError(f"{bundle.root}: triton-repo writes gaussian, deterministic and vq bundles; a hierarchical "
                           "one needs a noise input per layer and a concatenation step that are not written yet: "
-                          "serve it with `vaedeploy serve`")
-    if bundle.sizes is not None:  # the Python steps draw one vector's noise per row and apply no latent scaling
-        raise ConfigError(f"{bundle.root}: triton-repo writes bundles of one image size; this one takes any size "
-                          "(input.size), whose -1 spatial dims, sample size and latent scaling are not written yet: "
                           "serve it with `vaedeploy serve`")
     repo = _Repository(bundle, name, batching, graphs)
     steps = _steps(repo, kind)
@@ -236,30 +239,51 @@ def _steps(repo: _Repository, kind: str) -> dict[str, list[tuple]]:
                            (nearest, {"z_e": "z_e"}, {"codes": "codes", "z_q": "z_q"})]
         steps["decode"] = _image_step(repo, decoder, "z_q", "x")
         return steps
+    z = _table_tensors(repo.operations["decode"].inputs, batching=True)[0]  # one latent: [d] or [c, -1, -1]
+    scaling = latent_scaling(latent)
     steps["decode"] = _image_step(repo, decoder, "z", "x")
+    if scaling is not None:  # decode takes encode's latents: the graph's are z / scale + shift (runtime.latents)
+        unscale = repo.python("unscale", [{**z, "name": "z_scaled"}], [z], {"scaling": scaling})
+        steps["decode"] = [(unscale, {"z_scaled": "z"}, {"z": "z_graph"}),
+                           *_image_step(repo, decoder, "z_graph", "x")]
     if kind == "deterministic":
-        steps["encode"] = [(encoder, {"x": "x"}, {"z": "z"})]
+        steps["encode"] = [(encoder, {"x": "x"}, {"z": "z" if scaling is None else "z_graph"})]
+        if scaling is not None:
+            scale = repo.python("scale", [z], [{**z, "name": "z_scaled"}], {"scaling": scaling})
+            steps["encode"].append((scale, {"z": "z_graph"}, {"z_scaled": "z"}))
         return steps
-    reparameterize = repo.python("reparameterize", _graph_tensors(bundle.graph("encoder")["outputs"]),
-                                 [_tensor("z", "FP32", [d])], reads=repo.operations["encode"].parameters)
+    reparameterize = repo.python("reparameterize", _graph_tensors(bundle.graph("encoder")["outputs"]), [z],
+                                 {"scaling": scaling} if scaling else {}, reads=repo.operations["encode"].parameters)
     steps["encode"] = [(encoder, {"x": "x"}, {"mean": "mean", "logvar": "logvar"}),
                        (reparameterize, {"mean": "mean", "logvar": "logvar"}, {"z": "z"})]
-    reads = repo.operations["sample"].parameters
+    sample = repo.operations["sample"]
     prior = latent.get("prior")
-    if prior is None:
-        draw = repo.python("prior_noise", [SAMPLE_ROWS], [_tensor("z", "FP32", [-1, d])], {"dim": d}, reads,
-                           batching=False)
+    if prior is None:  # N(0, T²) in the graph's own space, as Runtime.sample draws it: no scaling
+        draw = repo.python("prior_noise", [SAMPLE_ROWS], [{**z, "dims": [-1, *z["dims"]]}], _draw(repo, sample),
+                           sample.parameters, batching=False)
         steps["sample"] = [(draw, {"n": "n"}, {"z": "z"}), *_image_step(repo, decoder, "z", "x")]
         return steps
     u_dim, stage2 = int(prior["dim"]), repo.graph(prior["graph"])
-    draw = repo.python("prior_noise", [SAMPLE_ROWS], [_tensor("z", "FP32", [-1, u_dim])], {"dim": u_dim}, reads,
-                       batching=False)
+    draw = repo.python("prior_noise", [SAMPLE_ROWS], [_tensor("z", "FP32", [-1, u_dim])], {"shape": [u_dim]},
+                       sample.parameters, batching=False)
     stage1 = repo.python("stage1_noise", [_tensor("mean", "FP32", [d]), _tensor("log_gamma", "FP32", [d])],
-                         [_tensor("z", "FP32", [d])], {"base": STAGE1_NOISE_OFFSET}, reads)
+                         [_tensor("z", "FP32", [d])], {"base": STAGE1_NOISE_OFFSET}, sample.parameters)
     steps["sample"] = [(draw, {"n": "n"}, {"z": "u"}), (stage2, {"u": "u"}, {"mean": "mean", "log_gamma": "log_gamma"}),
                        (stage1, {"mean": "mean", "log_gamma": "log_gamma"}, {"z": "z"}),
                        *_image_step(repo, decoder, "z", "x")]
     return steps
+
+
+def _draw(repo: _Repository, sample: Operation) -> dict:
+    """The settings of a ``prior_noise`` step: one latent's ``shape``; for a sample at any size (the table's
+    ``height`` and ``width``), the bundle's ``input`` shape and size range and the latent's ``downsample``, from which
+    the step finds the shape of a request's size."""
+    settings = {"shape": list(repo.bundle.latent_shape)}
+    if sample.bounds:
+        bundle_input = repo.bundle.manifest["input"]
+        settings.update(sizes={"shape": bundle_input["shape"], "size": bundle_input["size"]},
+                        downsample=repo.bundle.downsample)
+    return settings
 
 
 # ---- writing ----------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Each ``model.py`` the repository holds is a few lines (``triton_repo.MODEL_PY``): it imports ``TritonPythonModel``
 from here, so a step computes with the runtime's own functions (``runtime.arrays.NumpyArrays``: the Philox noise,
-reparameterize, nearest code, sigmoid; ``runtime.noise.Noise``: which stream rows a request draws) and a seed gives
+reparameterize, nearest code, sigmoid; ``runtime.noise.Noise``: which stream rows a request draws;
+``runtime.latents``: the latent scaling's one rule) and a seed gives
 what ``vaedeploy serve`` gives, with nothing re-implemented. The model's config parameters name its step and the
 step's settings; each request's own parameters (seed, offset, temperature) come with it, forwarded by the ensemble.
 
@@ -10,8 +11,12 @@ Steps:
 - ``graph``: one of the bundle's ONNX graphs (``model.onnx`` beside ``model.py``) through ONNX Runtime, for Triton
   servers without the onnxruntime backend (``--graphs python``); the requests Triton's dynamic batcher hands over
   together run as one call;
-- ``reparameterize``: z = mean + exp(logvar/2)·eps, the noise of each request's seed and offset;
-- ``prior_noise``: z ~ N(0, T²) of a ``sample``, ``n`` rows from its ``n`` tensor;
+- ``reparameterize``: z = mean + exp(logvar/2)·eps, the noise of each request's seed and offset (one stream of d or
+  c·h·w elements per row, at the request's size), in ``encode``'s space where the bundle declares a latent scaling;
+- ``prior_noise``: z ~ N(0, T²) of a ``sample``, ``n`` rows from its ``n`` tensor; for a bundle of any image size,
+  at the request's ``height`` and ``width`` (the bundle's range and multiple; default its reference size);
+- ``scale``, ``unscale``: a latent scaling's rule (``runtime.latents.to_encoded``, ``from_encoded``), for a
+  deterministic ``encode`` and for ``decode``;
 - ``stage1_noise``: a two-stage sample's z ~ N(mean, T²·γ);
 - ``nearest``: VQ's nearest code (``codebook.npy`` beside ``model.py``);
 - ``image``: a Bernoulli decoder's logits → the mean image.
@@ -22,14 +27,17 @@ backend reads tensors wrong under numpy 2, with no error (docs/serving.md).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils  # Triton's own module, present only inside its Python backend
 
+from ..bundle import ImageSizes
 from ..runtime.arrays import NumpyArrays
+from ..runtime.latents import from_encoded, to_encoded
 from ..runtime.noise import Noise
-from ..runtime.operations import PARAMETERS
+from ..runtime.operations import PARAMETERS, SIZE
 
 ARRAYS = NumpyArrays()
 
@@ -109,12 +117,34 @@ class TritonPythonModel:
     def _reparameterize(self, request) -> tuple:
         mean, logvar = _input(request, "mean"), _input(request, "logvar")
         noise = _noise(request, len(mean))
-        return (ARRAYS.reparameterize(mean, logvar, *noise.stream(mean.shape[1])),)
+        z = ARRAYS.reparameterize(mean, logvar, *noise.stream(math.prod(mean.shape[1:])))
+        return (to_encoded(z, self.settings.get("scaling")),)
 
     def _prior_noise(self, request) -> tuple:
-        n, d, parameters = _rows(request), self.settings["dim"], _parameters(request)
+        n, parameters = _rows(request), _parameters(request)
+        shape = self._latent_shape(parameters)
         noise = Noise.of(parameter(parameters, "seed"), parameter(parameters, "offset"), n)
-        return (ARRAYS.normal((n, d), *noise.stream(d)) * np.float32(parameter(parameters, "temperature")),)
+        return (ARRAYS.normal((n, *shape), *noise.stream(math.prod(shape)))
+                * np.float32(parameter(parameters, "temperature")),)
+
+    def _latent_shape(self, parameters: dict) -> tuple:
+        """One latent's shape for a sample request: the bundle's, or for a bundle of any image size, c×H/f×W/f at the
+        request's ``height`` and ``width`` (each defaulting to the reference size), refused as the runtime refuses a
+        size it does not take."""
+        if "sizes" not in self.settings:
+            return tuple(self.settings["shape"])
+        sizes, f = ImageSizes.of(self.settings["sizes"]), self.settings["downsample"]
+        size = tuple(reference if parameters.get(name) is None else parameter(parameters, name)
+                     for name, reference in zip(SIZE, sizes.reference))
+        if why := sizes.refusal(size):
+            raise ValueError(f"parameters height, width: expected {why}, got {size[0]}×{size[1]}")
+        return self.settings["shape"][0], size[0] // f, size[1] // f
+
+    def _scale(self, request) -> tuple:
+        return (to_encoded(_input(request, "z"), self.settings.get("scaling")),)
+
+    def _unscale(self, request) -> tuple:
+        return (from_encoded(_input(request, "z_scaled"), self.settings.get("scaling")),)
 
     def _stage1_noise(self, request) -> tuple:
         mean, log_gamma = _input(request, "mean"), _input(request, "log_gamma")

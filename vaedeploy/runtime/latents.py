@@ -34,6 +34,31 @@ from .noise import Noise
 STAGE1_NOISE_OFFSET = 2**62
 
 
+def latent_scaling(latent: dict) -> tuple[float, float] | None:
+    """A manifest latent entry's (scaling_factor, shift_factor), as diffusers defines them, or None: latents in the
+    graph's own space."""
+    scaling = latent.get("scaling")
+    return None if scaling is None else (float(scaling["scaling_factor"]), float(scaling["shift_factor"]))
+
+
+# The one rule of latent scaling (docs/bundle.md, "Latent scaling"), for numpy arrays and torch tensors alike; the
+# Triton repository's Python steps (deploy/triton_step.py) apply these same functions.
+def to_encoded(z, scaling: tuple[float, float] | None):
+    """Latents of the graph's space in ``encode``'s: (z - shift) · scale, or z itself without a scaling."""
+    if scaling is None:
+        return z
+    scale, shift = scaling
+    return (z - shift) * scale
+
+
+def from_encoded(z, scaling: tuple[float, float] | None):
+    """Latents of ``encode``'s space (what ``decode`` takes) in the graph's: z / scale + shift, or z itself."""
+    if scaling is None:
+        return z
+    scale, shift = scaling
+    return z / scale + shift
+
+
 class GaussianRuntime(Runtime):
     """Gaussian latents (``vae``, ``bivae``) and deterministic ones (``ae``: ``encode`` is the code itself)."""
 
@@ -41,9 +66,7 @@ class GaussianRuntime(Runtime):
 
     def __init__(self, bundle, backend: str, device: str, precision: str, **options):
         super().__init__(bundle, backend, device, precision, **options)
-        scaling = bundle.latent.get("scaling")
-        # (scaling_factor, shift_factor) as diffusers defines them, or None: latents in the graph's own space
-        self.scaling = None if scaling is None else (float(scaling["scaling_factor"]), float(scaling["shift_factor"]))
+        self.scaling = latent_scaling(bundle.latent)
         self._encoder = self._runner("encoder")
 
     def _plans(self) -> dict[str, Plan]:
@@ -63,21 +86,13 @@ class GaussianRuntime(Runtime):
     def _encode_from_params(self, params: tuple, noise: Noise):
         """z from the encoder's outputs (a tiled encode's blended ones too): the draw, scaled."""
         if self.latent_type == "deterministic":
-            return self._scaled(params[0])
+            return to_encoded(params[0], self.scaling)
         width = math.prod(params[0].shape[1:])  # the latent elements of one row at this call's size
-        return self._scaled(self.arrays.reparameterize(*params, *noise.stream(width)))
-
-    def _scaled(self, z):
-        """z in ``encode``'s space: (z - shift) · scale where the bundle declares a scaling."""
-        if self.scaling is None:
-            return z
-        scale, shift = self.scaling
-        return (z - shift) * scale
+        return to_encoded(self.arrays.reparameterize(*params, *noise.stream(width)), self.scaling)
 
     def _decode_scaled_rows(self, z) -> tuple:
-        """``decode`` of latents in ``encode``'s space: z / scale + shift is what the decoder graph takes."""
-        scale, shift = self.scaling
-        return self._decode_rows(z / scale + shift)
+        """``decode`` of latents in ``encode``'s space."""
+        return self._decode_rows(from_encoded(z, self.scaling))
 
     def _reconstruct_rows(self, x) -> tuple:
         return self._decode_rows(self._encoder.run(x)[0])
