@@ -15,7 +15,7 @@ from helpers import images
 from vaedeploy import load
 from vaedeploy.bundle import engine_files, load_bundle
 from vaedeploy.deploy import trt_build
-from vaedeploy.errors import BundleError, ConfigError, JobFailed, MissingDependency
+from vaedeploy.errors import BundleError, ConfigError, InputError, JobFailed, MissingDependency
 from vaedeploy.runtime.backends import auto, resolve
 from vaedeploy.runtime.backends.tensorrt import Backend, usable
 from vaedeploy.runtime.latents import runtime_class
@@ -83,6 +83,50 @@ def test_without_buckets_a_call_takes_the_smallest_profile_that_fits(machine, bu
     np.testing.assert_allclose(runtime.decode(z), load(bundle, backend="onnxruntime").decode(z), atol=1e-6)
     (last,) = calls(machine.trt, "IExecutionContext.execute_async_v3")[-1:]
     assert set(last[1].values()) == {(4, runtime.latent_dim)}  # 3 rows padded to the static profile of 4
+
+
+SIZES = [(12, 20), (32, 8)]  # two sizes the klconv bundle takes (H, W multiples of 4 from 8 to 32), neither 8×8
+
+
+def test_a_bundle_of_any_size_runs_each_size_at_its_own_shape_and_matches_onnxruntime(machine, bundle_copy):
+    """klconv: engines with profiles over (batch, H, W); each call's context is set to the call's own H, W (not the
+    manifest's reference 8×8) and the outputs come at that size, equal to ONNX Runtime's."""
+    bundle = bundle_copy("klconv")
+    build(bundle, buckets=[1, 4], ranges=True)
+    runtime, reference = on_fake(bundle, buckets=(1, 4)), load(bundle, backend="onnxruntime")
+    for h, w in SIZES:
+        x = images(3, seed=h, shape=(1, h, w))
+        machine.trt.calls.clear()
+        z = reference.encode(x, seed=1)
+        for got, expected in [(runtime.encode_params(x), reference.encode_params(x)),
+                              (runtime.encode(x, seed=1), z), (runtime.decode(z), reference.decode(z)),
+                              (runtime.sample(3, seed=3, size=(h, w)), reference.sample(3, seed=3, size=(h, w)))]:
+            for g, e in zip(*(((a,) if isinstance(a, np.ndarray) else a) for a in (got, expected))):
+                assert g.shape == e.shape
+                np.testing.assert_allclose(g, e, rtol=0, atol=1e-5)
+        shapes = set(calls(machine.trt, "IExecutionContext.set_input_shape"))
+        assert shapes == {("x", (4, 1, h, w)), ("z", (4, 2, h // 4, w // 4))}  # 3 rows in bucket 4, at this size
+    runtime.close()
+
+
+def test_a_size_outside_the_engines_profiles_is_one_sentence(machine, bundle_copy, monkeypatch):
+    """Engines built for H, W up to 16 (as by a build of a narrower range) under a bundle that takes up to 32: a call
+    at 32×8 is refused naming the range its engine was built for, before anything is enqueued."""
+    bundle = bundle_copy("klconv")
+    narrower = {"height": [8, 8, 16], "width": [8, 8, 16], "latent_height": [2, 2, 4], "latent_width": [2, 2, 4]}
+    monkeypatch.setattr(trt_build, "axis_ranges", lambda loaded: narrower)
+    build(bundle, buckets=[1, 4], ranges=True)
+    runtime = on_fake(bundle, buckets=(1, 4))
+    np.testing.assert_allclose(runtime.decode(np.zeros((2, 2, 4, 3), np.float32)),
+                               load(bundle, backend="onnxruntime").decode(np.zeros((2, 2, 4, 3), np.float32)),
+                               atol=1e-5)  # 16×12: in range
+    machine.trt.calls.clear()
+    with pytest.raises(InputError, match=r"^x: expected N×1×8×8 to N×1×16×16, the sizes the encoder engine "
+                                         rf"encoder\.fp32\.plan was built for, got N×1×32×8; run `vaedeploy build "
+                                         rf"{bundle}`$"):
+        runtime.encode_params(images(2, shape=(1, 32, 8)))
+    assert not calls(machine.trt, "IExecutionContext.execute_async_v3")
+    runtime.close()
 
 
 def test_refusals_are_sentences_naming_the_build_command(machine, bundle_copy):

@@ -17,6 +17,11 @@ stream 0, against a fake of exactly the calls made here (tests/trt/fake_tensorrt
   bucket), its inputs bound where they are when they already are the engine's rows on the device, else copied into
   the call's buffers. The runtime's buckets keep their output buffers (the CUDA graphs replay into them, and the
   bucket machinery copies out); any other size gets new ones, which are the caller's to keep.
+- A bundle of any image size: a call's per-row dims are its inputs' own (the runtime has checked them against the
+  bundle's ``input.size``); each axis the manifest names (``bundle.IMAGE_AXES``, ``LATENT_AXES``) takes the call's
+  size, an output's from its inputs' through ``latent.downsample``, and must lie in the profile's range, else one
+  sentence naming the range the engine was built for. A context is shaped again when a call's shape changes, and
+  the buffers of the buckets are kept per (rows, dims).
 - The contexts share one block of device memory (``USER_MANAGED`` allocation, the engines' largest
   ``device_memory_size_v2``), so no two may run at once on the device: the runtime's buckets run one call at a time
   and order their streams; without buckets this backend does the same itself.
@@ -34,10 +39,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...bundle import ENGINE_RECORD_FORMAT, ENGINES, engine_files
+from ...bundle import ENGINE_RECORD_FORMAT, ENGINES, IMAGE_AXES, LATENT_AXES, engine_files
 from ...errors import BundleError, ConfigError, InputError, MissingDependency
 from ...io import read_json
-from ..arrays import TorchArrays
+from ..arrays import TorchArrays, shape_text
 from .base import Runner
 
 DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT64": "int64", "INT32": "int32"}  # TensorRT's DataType names
@@ -174,13 +179,20 @@ def deserialize(trt, runtime, logger, data: bytes, record: dict) -> tuple[object
 
 @dataclass
 class _Slot:
-    """What a call of some size runs on: a context's profile and rows, its input buffers (None: not made yet; an
-    input already on the engine's rows is bound where it is) and its output buffers, by tensor name."""
+    """What a call of some size runs on: a context's profile and rows, the per-row dims of each input, its input
+    buffers (None: not made yet; an input already on the engine's rows is bound where it is) and its output buffers,
+    by tensor name."""
 
     profile: int
     rows: int
+    dims: tuple
     inputs: list
     outputs: dict = field(default_factory=dict)
+
+    @property
+    def shapes(self) -> tuple:
+        """Each input's shape as the context is set to it."""
+        return tuple((self.rows, *d) for d in self.dims)
 
 
 class TensorRTRunner(Runner):
@@ -196,8 +208,9 @@ class TensorRTRunner(Runner):
         torch = owner.arrays.torch
         self._dtypes = [getattr(torch, spec["dtype"]) for spec in self.graph["inputs"]]
         self.engine, self.contexts, self.profiles = None, [], []
-        self._rows: list[int | None] = []  # the input rows each context was last shaped for
-        self._slots: dict[int, _Slot] = {}
+        self._bounds: list[list[tuple]] = []  # per profile, each input's (min, max) shape
+        self._shaped: list[tuple | None] = []  # the input shapes each context was last set to
+        self._slots: dict[tuple, _Slot] = {}  # (rows, dims) of the runtime's buckets → its slot
 
     def __repr__(self) -> str:
         return f"TensorRTRunner({self.plan}, {self.precision}, {self.device})"
@@ -209,11 +222,11 @@ class TensorRTRunner(Runner):
             raise BundleError(f"{self.plan}: {why}; run "
                               f"{_build_command(self._owner.bundle, self._owner.directory, self.precision)}")
         self._check_tensors(engine)
-        first = self.input_names[0]
-        profiles = []
+        bounds = []
         for p in range(engine.num_optimization_profiles):
-            low, _, high = engine.get_tensor_profile_shape(first, p)
-            profiles.append((int(low[0]), int(high[0])))
+            shapes = [engine.get_tensor_profile_shape(name, p) for name in self.input_names]
+            bounds.append([(tuple(map(int, low)), tuple(map(int, high))) for low, _, high in shapes])
+        profiles = [(low[0], high[0]) for (low, high), *_ in bounds]  # the batch range, the first input's
         stream = self._owner.stream()
         contexts = []
         for p in range(len(profiles)):
@@ -224,7 +237,8 @@ class TensorRTRunner(Runner):
             if not context.set_optimization_profile_async(p, stream):
                 raise ConfigError(f"{self.plan}: TensorRT refused optimization profile {p} ({logger.last()})")
             contexts.append(context)
-        self.engine, self.contexts, self.profiles, self._rows = engine, contexts, profiles, [None] * len(profiles)
+        self.engine, self.contexts, self.profiles, self._bounds = engine, contexts, profiles, bounds
+        self._shaped = [None] * len(profiles)
 
     def _check_tensors(self, engine) -> None:
         """The engine's inputs and outputs are the graph's, by name and dtype."""
@@ -246,27 +260,51 @@ class TensorRTRunner(Runner):
         self._owner.release(self.contexts)
         self.contexts, self._slots, self.engine = [], {}, None  # contexts before their engine, as TensorRT frees them
 
-    def _slot(self, n: int) -> _Slot:
-        """The profile, rows and buffers of a call of n rows (kept for the runtime's bucket sizes)."""
+    def _slot(self, n: int, dims: tuple) -> _Slot:
+        """The profile, rows and buffers of a call of n rows of per-row ``dims`` (one per input; kept for the
+        runtime's bucket sizes)."""
         fitting = [(high, p) for p, (_, high) in enumerate(self.profiles) if high >= n]
         if not fitting:
             raise InputError(f"{self!r}: {n} rows are more than its largest profile, "
                              f"{max(h for _, h in self.profiles)}")
         profile = min(fitting)[1]
+        self._check_dims(profile, dims)
         rows = max(n, self.profiles[profile][0])
-        arrays = self._owner.arrays
-        padded = [arrays.torch.zeros((rows, *spec["shape"][1:]), dtype=dtype, device=arrays.device) if rows > n
-                  else None for spec, dtype in zip(self.graph["inputs"], self._dtypes)]
-        slot = _Slot(profile, rows, padded,
-                     {spec["name"]: arrays.new((rows, *spec["shape"][1:]), spec["dtype"])
+        arrays, axes = self._owner.arrays, self._axes(dims)
+        padded = [arrays.torch.zeros((rows, *d), dtype=dtype, device=arrays.device) if rows > n else None
+                  for d, dtype in zip(dims, self._dtypes)]
+        slot = _Slot(profile, rows, dims, padded,
+                     {spec["name"]: arrays.new((rows, *(axes.get(d, d) for d in spec["shape"][1:])), spec["dtype"])
                       for spec in self.graph["outputs"]})
         if n in self._owner.sizes:
-            self._slots[n] = slot
+            self._slots[n, dims] = slot
         return slot
 
+    def _check_dims(self, profile: int, dims: tuple) -> None:
+        """Refuse, in one sentence, per-row dims outside the profile the engine was built with (an engine built for
+        a narrower range of sizes than the bundle now takes)."""
+        for name, d, (low, high) in zip(self.input_names, dims, self._bounds[profile]):
+            if not all(lo <= v <= hi for lo, v, hi in zip(low[1:], d, high[1:])):
+                raise InputError(f"{name}: expected N×{shape_text(low[1:])} to N×{shape_text(high[1:])}, the sizes "
+                                 f"the {self.role} engine {self.plan.name} was built for, got N×{shape_text(d)}; run "
+                                 f"{_build_command(self._owner.bundle, self._owner.directory, self.precision)}")
+
+    def _axes(self, dims: tuple) -> dict[str, int]:
+        """The size of each axis the manifest names (``bundle.IMAGE_AXES``, ``LATENT_AXES``) at a call's input
+        ``dims``: read from the inputs; an image's from a latent's and back through ``latent.downsample``."""
+        axes = {name: int(v) for spec, d in zip(self.graph["inputs"], dims)
+                for name, v in zip(spec["shape"][1:], d) if isinstance(name, str)}
+        f = self._owner.bundle.downsample
+        for image, latent in zip(IMAGE_AXES, LATENT_AXES):
+            if f and image in axes:
+                axes.setdefault(latent, axes[image] // f)
+            elif f and latent in axes:
+                axes.setdefault(image, axes[latent] * f)
+        return axes
+
     def run_impl(self, inputs: tuple) -> list:
-        n = len(inputs[0])
-        slot = self._slots.get(n) or self._slot(n)
+        n, dims = len(inputs[0]), tuple(tuple(x.shape[1:]) for x in inputs)
+        slot = self._slots.get((n, dims)) or self._slot(n, dims)
         owner = self._owner
         if owner.lock is None:  # the runtime's buckets run one call at a time and order the streams
             self._enqueue(slot, inputs, n)
@@ -278,12 +316,12 @@ class TensorRTRunner(Runner):
 
     def _enqueue(self, slot: _Slot, inputs: tuple, n: int) -> None:
         context = self.contexts[slot.profile]
-        if self._rows[slot.profile] != slot.rows:
-            for spec in self.graph["inputs"]:
-                if not context.set_input_shape(spec["name"], (slot.rows, *spec["shape"][1:])):
-                    raise ConfigError(f"{self!r}: TensorRT refused {spec['name']!r} at {slot.rows} rows "
+        if self._shaped[slot.profile] != slot.shapes:
+            for name, shape in zip(self.input_names, slot.shapes):
+                if not context.set_input_shape(name, shape):
+                    raise ConfigError(f"{self!r}: TensorRT refused {name!r} at {shape_text(shape)} "
                                       f"({self._owner.logger(self._trt).last()})")
-            self._rows[slot.profile] = slot.rows
+            self._shaped[slot.profile] = slot.shapes
         arrays = self._owner.arrays
         for i, (name, x, dtype) in enumerate(zip(self.input_names, inputs, self._dtypes)):
             if slot.inputs[i] is None and isinstance(x, arrays.torch.Tensor) and x.device == arrays.device and \
