@@ -197,6 +197,29 @@ def test_images_outside_the_declared_range_are_refused(exported, backend):
         rt.reconstruct(edges)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_check_inputs_false_skips_the_values_pass_but_never_the_shape_or_the_output_check(exported, backend):
+    rt = load(exported("vae")[1], backend=backend)
+    above = images(2) + 1  # in [1, 2]: outside the declared range, finite, so the graphs run on it
+    for op in (rt.encode, rt.reconstruct, rt.encode_params):
+        with pytest.raises(InputError, match=r"x: expected finite values in \[0, 1\]"):
+            op(above)
+    assert rt.reconstruct(above, check_inputs=False).shape == above.shape
+    mean, logvar = rt.encode_params(above, check_inputs=False)
+    np.testing.assert_allclose(rt.encode(above, seed=3, check_inputs=False),
+                               rt.encode_params(above, check_inputs=False)[0] + np.exp(logvar / 2) *
+                               (rt.encode(images(2), seed=3) - rt.encode_params(images(2))[0]) /
+                               np.exp(rt.encode_params(images(2))[1] / 2), rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match=r"x: expected shape N×1×8×8, got 2×1×8×9"):
+        rt.encode(np.zeros((2, 1, 8, 9), np.float32), check_inputs=False)
+    z = np.zeros((1, rt.latent_dim), np.float32)
+    z[0, 0] = np.nan
+    with pytest.raises(InputError, match=r"z: expected finite values, got NaN"):
+        rt.decode(z)
+    with pytest.raises(InputError, match=r"decode: expected finite images, got NaN or Inf from the decoder"):
+        rt.decode(z, check_inputs=False)
+
+
 def _with_range(bundle_copy, declared):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     if declared is None:

@@ -171,7 +171,7 @@ def test_the_checker_refuses_what_the_table_says_and_names_the_option():
 # ---- no NaN or Inf in an answer --------------------------------------------------------------------------------
 
 def test_an_output_with_nan_or_inf_is_refused_naming_what_came_in_and_only_for_its_own_request():
-    def overflowing(rt, inputs, rows, seed, offset, temperature):  # a model that overflows for large inputs
+    def overflowing(rt, inputs, rows, seed, offset, temperature, check_inputs):  # overflows for large inputs
         return (np.where(np.abs(inputs[0]) > 1e30, np.float32(np.inf), inputs[0]),)
 
     z = TensorSpec("z", "FP32", (2,))
@@ -193,7 +193,7 @@ def test_a_nan_that_got_past_the_check_is_a_json_500_never_a_nan_token():
     class Runtime:
         backend = "fake"
 
-    def nan(rt, inputs, rows, seed, offset, temperature):
+    def nan(rt, inputs, rows, seed, offset, temperature, check_inputs):
         return (np.full_like(inputs[0], np.nan),)
 
     async def main():
@@ -338,3 +338,25 @@ def test_queueing_times_past_an_hour_are_refused_in_one_line(exported, capsys):
 
 def test_the_server_wrote_no_traceback(server):
     assert "Traceback" not in server.stderr()
+
+
+# ---- the values of a request are read once ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["encode", "decode"])
+def test_a_requests_values_are_read_at_the_edge_and_not_again_by_the_batchs_call(exported, monkeypatch, name):
+    from vaedeploy import load
+    from vaedeploy.runtime.arrays import Values
+    from vaedeploy.serve.models import operations
+
+    rt = load(exported("vae")[1], backend="onnxruntime")
+    op = next(o for o in operations("vae", rt) if o.name == f"vae.{name}")
+    array = (np.random.default_rng(0).random((2, *rt.input_shape), dtype=np.float32) if name == "encode"
+             else np.zeros((2, rt.latent_dim), np.float32))
+    reads = []
+    holds = Values.holds
+    monkeypatch.setattr(Values, "holds", lambda self, x: reads.append(x.shape) or holds(self, x))
+    pieces = [op.piece({op.inputs[0].name: array[i:i + 1]}, {}) for i in range(2)]
+    assert len(reads) == 2  # each request, once, before it is queued
+    for result in op.run(pieces) + op.run(pieces[:1]):  # a batch of two, and a request alone
+        assert np.isfinite(result[0]).all()
+    assert len(reads) == 2

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..bundle import PRECISIONS, Bundle, BundleError
 from ..errors import ConfigError, InputError
-from .arrays import FINITE, Values, shape_text
+from .arrays import CHECKED, FINITE, Values, shape_text
 from .backends import backend_class
 from .buckets import Buckets, DirectCalls, Plan, bucket_sizes
 from .noise import Noise
@@ -89,8 +89,8 @@ class Runtime:
     latent's shape at the reference size), ``latent_dim`` (``latent_shape[0]``: d, or a spatial latent's channels),
     ``sizes`` (the image sizes it takes, ``bundle.ImageSizes``; None: ``input_shape`` only), ``downsample`` (H / h of a
     spatial latent, else None), ``max_batch`` (larger batches are split and reassembled in order), ``buckets`` (the
-    batch bucket sizes, or None), ``cuda_graphs``, ``runners`` (role → the backend's runner of that graph, with its last
-    call's time), ``plans`` (op → ``Plan``).
+    batch bucket sizes, or None), ``cuda_graphs``, ``runners`` (role → the backend's runner of that graph),
+    ``plans`` (op → ``Plan``).
 
     Args (beyond the bundle, backend, device and precision ``load`` resolved):
         backend_reason: why this backend runs (``asked for``, or ``auto``'s sentence).
@@ -219,13 +219,16 @@ class Runtime:
             raise InputError(f"{self!r} is closed; load the bundle again")
         return self.arrays.take(x, trailing, name, values)
 
-    def _take_images(self, x, name: str = "x"):
-        """Images at the reference size, or at any size the bundle takes (``sizes``), and the way back."""
-        return self._take(x, self.image_dims(x, name), name, self.input_values)
+    def _take_images(self, x, check_inputs: bool = True, name: str = "x"):
+        """Images at the reference size, or at any size the bundle takes (``sizes``), and the way back; their values
+        are read only when ``check_inputs`` (the API's keyword: False where the caller has checked them)."""
+        dims = self.input_shape if self.sizes is None else self.image_dims(x, name)
+        return self._take(x, dims, name, self.input_values if check_inputs else CHECKED)
 
-    def _take_latents(self, z, name: str = "z"):
+    def _take_latents(self, z, check_inputs: bool = True, name: str = "z"):
         """Latents of the reference shape, or of a spatial latent's shape at any size the bundle takes."""
-        return self._take(z, self.latent_dims(z, name), name)
+        dims = self.latent_shape if self.sizes is None else self.latent_dims(z, name)
+        return self._take(z, dims, name, FINITE if check_inputs else CHECKED)
 
     def image_dims(self, x, name: str) -> tuple:
         """The per-row shape x must have: ``input_shape``, or x's own (C, H, W) where the bundle takes that size."""
@@ -347,22 +350,23 @@ class Runtime:
 
     # ---- the API -----------------------------------------------------------------------------------------------
 
-    def encode_params(self, x, *, tile=None) -> tuple:
+    def encode_params(self, x, *, tile=None, check_inputs: bool = True) -> tuple:
         """The encoder's outputs for images x (N × input shape): ``(mean, logvar)``, or ``(z,)`` for an AE; never
-        scaled (the graph's own). ``tile`` as for ``encode``: each output blended as diffusers' ``tiled_encode``."""
-        tiling = self._tiling(tile, x, "x", latent=False)
+        scaled (the graph's own). ``tile`` and ``check_inputs`` as for ``encode``: each output blended as diffusers'
+        ``tiled_encode``."""
+        tiling = None if tile is None else self._tiling(tile, x, "x", latent=False)
         if tiling is not None:
             params, back = self._tiled_params(x, tiling)
-            return tuple(back(p) for p in params)
-        x, back = self._take_images(x)
-        return tuple(back(p) for p in self._call("encode_params", x))
+            return tuple(map(back, params))
+        x, back = self._take_images(x, check_inputs)
+        return tuple(map(back, self._call("encode_params", x)))
 
     def _tiled_params(self, x, tiling: Tiling) -> tuple:
         """The encoder's outputs for x, tile by tile and blended, and the way back to the caller's type."""
         x, back = self._take(x, tuple(x.shape[1:]), "x", self.input_values)
         return tiled(lambda t: self._call("encode_params", t), x, tiling, self.arrays), back
 
-    def encode(self, x, seed=None, offset=0, *, tile=None, out=None):
+    def encode(self, x, seed=None, offset=0, *, tile=None, out=None, check_inputs: bool = True):
         """A latent z (N × latent shape) per image: a draw from q(z|x), or the code itself for deterministic
         latents; scaled where the bundle declares ``latent.scaling`` ((z - shift) · scale).
 
@@ -372,39 +376,40 @@ class Runtime:
         shape float32, in this runtime's arrays) that is filled and returned instead of a new array. ``tile``: None,
         (th, tw) pixels or ``"auto"``: an image larger than the tile is encoded tile by tile, the posterior's
         parameters blended as diffusers' ``tiled_encode`` blends them, then drawn from as one latent (``_tiling``).
+        ``check_inputs=False`` skips the pass over x's values (finite, in the bundle's input range) for a caller that
+        has made it already, as the server does before queueing a request; shapes and types are checked always.
         """
-        tiling = self._tiling(tile, x, "x", latent=False)
+        tiling = None if tile is None else self._tiling(tile, x, "x", latent=False)
         if tiling is not None:
             params, back = self._tiled_params(x, tiling)
             return self._into(self._encode_from_params(params, Noise.of(seed, offset, len(x))), out, back)
-        x, back = self._take_images(x)
+        x, back = self._take_images(x, check_inputs)
         z = self._call("encode", x, noise=Noise.of(seed, offset, len(x)), out=out)[0]
         return z if out is not None else back(z)
 
-    def decode(self, z, *, tile=None, out=None):
+    def decode(self, z, *, tile=None, out=None, check_inputs: bool = True):
         """The mean image (N × input shape) of p(x|z) for latents z (N × latent shape, in ``encode``'s space: scaled
-        where the bundle declares ``latent.scaling``); ``out`` as for ``encode``. ``tile``: None, (th, tw) pixels or
-        ``"auto"``: an image larger than the tile is decoded tile by tile and blended as diffusers' ``tiled_decode``
-        blends (``_tiling``)."""
-        tiling = self._tiling(tile, z, "z", latent=True)
+        where the bundle declares ``latent.scaling``); ``out`` and ``check_inputs`` as for ``encode`` (the decoded
+        images are checked for NaN and Inf always). ``tile``: None, (th, tw) pixels or ``"auto"``: an image larger
+        than the tile is decoded tile by tile and blended as diffusers' ``tiled_decode`` blends (``_tiling``)."""
+        tiling = None if tile is None else self._tiling(tile, z, "z", latent=True)
         if tiling is not None:
             z, back = self._take(z, tuple(z.shape[1:]), "z")
             images = tiled(lambda t: self._call("decode", t), z, tiling, self.arrays)[0]
             return self._into(self._finite(images, decoded_refusal, z), out, back)
-        z, back = self._take_latents(z)
+        z, back = self._take_latents(z, check_inputs)
         images = self._finite(self._call("decode", z, out=out)[0], decoded_refusal, z)
         return images if out is not None else back(images)
 
     def _tiling(self, tile, x, name: str, latent: bool) -> Tiling | None:
         """The tiles (in x's units: latent rows for decode, pixels for encode) of a call with ``tile=`` on x, or None
-        to run it whole (``tile=None``, or an image within one tile: diffusers' rule, ``tiles.choose``).
+        to run it whole (an image within one tile: diffusers' rule, ``tiles.choose``); the API calls it only for a
+        ``tile`` that is not None.
 
         Tiles take any size of spatial latents (gaussian or deterministic) of a bundle with ``input.size``; the tile
         is a size the bundle takes, and the image any multiple of ``input.size.multiple``, larger than the largest
         the graphs take too: the graphs only ever see a tile or a smaller one at the image's far edges.
         """
-        if tile is None:
-            return None
         if self.sizes is None or len(self.latent_shape) != 3 or not hasattr(self, "_encode_from_params"):
             raise InputError(f"tile: expected None for a {self.latent_type} bundle of latent shape "
                              f"{shape_text(self.latent_shape)}; tiles need spatial gaussian or deterministic latents "
@@ -436,9 +441,10 @@ class Runtime:
         out[...] = result
         return out
 
-    def reconstruct(self, x, *, out=None):
-        """decode(the encoder's most likely code): the posterior mean for Gaussian latents."""
-        x, back = self._take_images(x)
+    def reconstruct(self, x, *, out=None, check_inputs: bool = True):
+        """decode(the encoder's most likely code): the posterior mean for Gaussian latents; ``out`` and
+        ``check_inputs`` as for ``encode``."""
+        x, back = self._take_images(x, check_inputs)
         images = self._call("reconstruct", x, out=out)[0]
         return images if out is not None else back(images)
 

@@ -181,15 +181,16 @@ class VQRuntime(Runtime):
         """z_q (N×D×h×w) of N×L integer codes."""
         return self._channels_first(self.codebook[codes.reshape(-1)], len(codes))
 
-    def _take_codes(self, codes):
-        """Integer codes N×h×w (or N×L) in [0, K), as N×L in the backend's arrays, and the way back."""
+    def _take_codes(self, codes, check_inputs: bool = True):
+        """Integer codes N×h×w (or N×L) in [0, K) (read only when ``check_inputs``), as N×L in the backend's arrays,
+        and the way back."""
         codes, back = self.arrays.take_integers(codes, "codes")
         if tuple(codes.shape[1:]) not in (self.grid, (self.code_length,)):
             raise InputError(f"codes: expected shape N×{shape_text(self.grid)} or N×{self.code_length}, got "
                              f"{shape_text(codes.shape)}")
         if len(codes) == 0:
             raise InputError("codes: expected at least one row (N ≥ 1), got an empty batch")
-        if codes.min() < 0 or codes.max() >= self.num_codes:
+        if check_inputs and (codes.min() < 0 or codes.max() >= self.num_codes):
             raise InputError(f"codes: expected indices in [0, {self.num_codes}), got [{codes.min()}, {codes.max()}]")
         return self.arrays.from_numpy(codes.reshape(len(codes), -1)), back
 
@@ -202,27 +203,28 @@ class VQRuntime(Runtime):
     def _encode_params_rows(self, x) -> tuple:
         return tuple(self._encoder.run(x))
 
-    def encode_params(self, x) -> tuple:
+    def encode_params(self, x, *, check_inputs: bool = True) -> tuple:
         """``(z_e,)``: the encoder's output N×D×h×w, before quantization."""
-        return super().encode_params(x)
+        return super().encode_params(x, check_inputs=check_inputs)
 
     def _encode_rows(self, x) -> tuple:
         return self._quantize(self._encoder.run(x)[0])
 
-    def encode(self, x, seed=None, offset=0):
+    def encode(self, x, seed=None, offset=0, *, check_inputs: bool = True):
         """``(indices N×h×w int64, z_q N×D×h×w)``: the nearest codebook row of every latent vector. Deterministic;
-        ``seed`` and ``offset`` are accepted for the common API and unused."""
-        x, back = self._take(x, self.input_shape, "x", self.input_values)
-        return tuple(back(a) for a in self._call("encode", x))
-
-    def decode(self, z, *, out=None):
-        """The mean image of p(x|z_q) for integer codes (N×h×w or N×L) or float z_q (N×D×h×w); ``out`` as for
+        ``seed`` and ``offset`` are accepted for the common API and unused; ``check_inputs`` as for
         ``Runtime.encode``."""
+        x, back = self._take_images(x, check_inputs)
+        return tuple(map(back, self._call("encode", x)))
+
+    def decode(self, z, *, out=None, check_inputs: bool = True):
+        """The mean image of p(x|z_q) for integer codes (N×h×w or N×L) or float z_q (N×D×h×w); ``out`` and
+        ``check_inputs`` (the codes' range too) as for ``Runtime.encode``."""
         if self._is_codes(z):
-            codes, back = self._take_codes(z)
+            codes, back = self._take_codes(z, check_inputs)
             images = self._call("decode_codes", codes, out=out)[0]  # codebook rows: as finite as the validated ones
         else:
-            z_q, back = self._take(z, self.latent_shape, "z")
+            z_q, back = self._take_latents(z, check_inputs)
             images = self._finite(self._call("decode", z_q, out=out)[0], decoded_refusal, z_q)
         return images if out is not None else back(images)
 

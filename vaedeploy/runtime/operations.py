@@ -112,9 +112,10 @@ class Tensor:
                 **({"range": [self.low, self.high]} if self.low is not None else {})}
 
 
-# a call of the runtime for a batch: (runtime, inputs, rows, seed, offset, temperature) → the outputs, in order;
-# seed and offset may be one per row (the server's batches mix requests); an op whose parameters include SIZE is
-# also given size=(height, width)
+# a call of the runtime for a batch: (runtime, inputs, rows, seed, offset, temperature, check_inputs) → the outputs,
+# in order; seed and offset may be one per row (the server's batches mix requests); check_inputs=False where the caller
+# has read the inputs' values already (the server, before queueing); an op whose parameters include SIZE is also given
+# size=(height, width)
 Run = Callable[..., tuple]
 
 
@@ -145,32 +146,33 @@ class Operation:
 
 # ---- running each operation on a runtime --------------------------------------------------------------------------
 
-def _encode_noisy(rt, inputs, rows, seed, offset, temperature):
-    return (rt.encode(inputs[0], seed=seed, offset=offset),)
+def _encode_noisy(rt, inputs, rows, seed, offset, temperature, check_inputs=True):
+    return (rt.encode(inputs[0], seed=seed, offset=offset, check_inputs=check_inputs),)
 
 
-def _encode_plain(rt, inputs, rows, seed, offset, temperature):
-    z = rt.encode(inputs[0])
+def _encode_plain(rt, inputs, rows, seed, offset, temperature, check_inputs=True):
+    z = rt.encode(inputs[0], check_inputs=check_inputs)
     return z if isinstance(z, tuple) else (z,)
 
 
-def _encode_params(rt, inputs, rows, seed, offset, temperature):
-    return tuple(rt.encode_params(inputs[0]))
+def _encode_params(rt, inputs, rows, seed, offset, temperature, check_inputs=True):
+    return tuple(rt.encode_params(inputs[0], check_inputs=check_inputs))
 
 
-def _decode(rt, inputs, rows, seed, offset, temperature):
-    return (rt.decode(inputs[0]),)
+def _decode(rt, inputs, rows, seed, offset, temperature, check_inputs=True):
+    return (rt.decode(inputs[0], check_inputs=check_inputs),)
 
 
-def _reconstruct(rt, inputs, rows, seed, offset, temperature):
-    return (rt.reconstruct(inputs[0]),)
+def _reconstruct(rt, inputs, rows, seed, offset, temperature, check_inputs=True):
+    return (rt.reconstruct(inputs[0], check_inputs=check_inputs),)
 
 
-def _sample(rt, inputs, rows, seed, offset, temperature, size=None):
+# a sample's only inputs are its parameters, which the runtime checks in O(1) whatever check_inputs says
+def _sample(rt, inputs, rows, seed, offset, temperature, check_inputs=True, size=None):
     return (rt.sample(rows, seed=seed, temperature=temperature, offset=offset, size=size),)
 
 
-def _sample_codes(rt, inputs, rows, seed, offset, temperature):
+def _sample_codes(rt, inputs, rows, seed, offset, temperature, check_inputs=True):
     return (rt.sample_codes(rows, seed=seed, temperature=temperature, offset=offset),)
 
 

@@ -29,8 +29,9 @@ batch size). Without a seed the server draws one per request.
 Every number of a request is checked before it is queued: each request parameter against the runtime's table
 (``PARAMETERS``: the operation table's ``Parameter`` entries, plus the schedule policy's) by ``protocol.check``, each
 float input by the runtime's own array check (``arrays.take``, with the bundle's input range for images), integer
-inputs (codes) against their range. An output with NaN or
-Inf (a finite input far outside what the model was trained on) is refused with a sentence naming what came in.
+inputs (codes) against their range. The batch's call then tells the runtime so (``check_inputs=False``): the
+values are read once. An output with NaN or Inf (a finite input far outside what the model was trained on) is refused
+with a sentence naming what came in.
 """
 from __future__ import annotations
 
@@ -272,7 +273,7 @@ class Operation:
         if len(group) == 1:  # the unbatched path: no copies, one noise stream
             started = time.monotonic_ns()
             outputs = self.call(self.runtime, first.inputs, first.rows, first.seed, first.offset, first.temperature,
-                                **self._size_argument(first))
+                                check_inputs=False, **self._size_argument(first))
             phases_ns[1] += time.monotonic_ns() - started
             return [outputs]
         started = time.monotonic_ns()
@@ -282,7 +283,7 @@ class Operation:
         offsets = np.concatenate([np.arange(p.offset, p.offset + p.rows, dtype=np.int64) for p in group])
         stacked = time.monotonic_ns()
         outputs = self.call(self.runtime, inputs, sum(sizes), seeds, offsets, first.temperature,
-                            **self._size_argument(first))
+                            check_inputs=False, **self._size_argument(first))
         ran = time.monotonic_ns()
         bounds = np.cumsum([0, *sizes])
         split = [tuple(o[a:b] for o in outputs) for a, b in zip(bounds[:-1], bounds[1:])]

@@ -8,8 +8,6 @@ name, as a user or a benchmark reads them.
 """
 from __future__ import annotations
 
-import time
-
 from ...errors import InputError
 
 
@@ -35,7 +33,6 @@ class Runner:
         if unknown := [o for o in self.output_names if o not in all_outputs]:
             raise InputError(f"{self.graph['file']} has outputs {all_outputs}; asked for {unknown}")
         self.is_active = False
-        self.last_inference_time: float | None = None  # seconds of the last call, as the host saw it
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.graph['file']}, {self.precision}, {self.device})"
@@ -69,10 +66,7 @@ class Runner:
         """The chosen outputs for inputs given in the graph's input order, already checked by the caller."""
         if not self.is_active:
             raise InputError(f"{self!r} is not active; call activate() (or use `with runner:`) first")
-        start = time.perf_counter()
-        outputs = self.run_impl(inputs)
-        self.last_inference_time = time.perf_counter() - start
-        return outputs
+        return self.run_impl(inputs)
 
     def signature(self) -> dict | None:
         """The graph's inputs and outputs (name, shape, dtype) as this runner read them from the graph file, which
