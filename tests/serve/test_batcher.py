@@ -1,7 +1,7 @@
 """The dynamic batcher's semantics (Triton's batcher.md) on a stand-in model that records the batches it is given:
 split requests, greedy batches, preferred sizes, the queue delay, a request that does not fit, priorities, a full
-queue, one piece's failure. Each test waits on futures with timeouts; none depends on the machine's speed except
-the lower bound on a delay."""
+queue, one piece's failure, and where a lone request runs (on the event loop, or on an instance thread). Each test
+waits on futures with timeouts; none depends on the machine's speed except the lower bound on a delay."""
 import asyncio
 import threading
 import time
@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from vaedeploy.serve import batcher as batcher_module
 from vaedeploy.serve.batcher import BatchPolicy, DynamicBatcher
 from vaedeploy.serve.metrics import Metrics
 from vaedeploy.serve.models import Piece
@@ -24,6 +25,7 @@ class Recorder:
 
     def __init__(self, hold_first: bool = False):
         self.batches, self.started, self.release = [], threading.Event(), threading.Event()
+        self.threads = []  # the thread each batch ran on
         if not hold_first:
             self.release.set()
 
@@ -31,6 +33,7 @@ class Recorder:
         self.started.set()
         self.release.wait(WAIT)
         self.batches.append([(p.seed, p.rows) for p in pieces])
+        self.threads.append(threading.current_thread().name)
         if len(pieces) > 1 and any(p.temperature < 0 for p in pieces):
             raise RuntimeError("a bad piece in the batch")
         if pieces[0].temperature < 0:
@@ -190,6 +193,60 @@ def test_a_failing_piece_fails_alone():
         return rows
 
     np.testing.assert_array_equal(run(main()), [0])
+
+
+async def lone_request(model: Recorder, alone: bool, **policy) -> tuple[bool, list]:
+    """Submit one request after a first one has run (the model's cost is known from then on): whether it was done
+    when ``submit`` returned, and its outputs."""
+    b = await batcher(model, **policy)
+    await b.submit(piece(0)).future  # the first request of a model always goes to an instance: its cost is unknown
+    job = b.submit(piece(1, rows=2, offset=5), alone=alone)
+    done_at_once = job.future.done()
+    (rows,) = await job.future
+    await b.close()
+    return done_at_once, rows
+
+
+def test_a_lone_request_runs_at_once_on_the_event_loop():
+    # nothing queued, the instance free, no queue delay: the request runs in submit itself, on the loop's thread, with
+    # no instance thread to wake and no hand-back to the loop
+    model = Recorder()
+    done_at_once, rows = run(lone_request(model, alone=True))
+    assert done_at_once and model.threads == ["m/0", threading.current_thread().name]
+    np.testing.assert_array_equal(rows, [5, 6])
+
+
+@pytest.mark.parametrize("case", ["another request in flight", "a queue delay", "a model slower than the bound"])
+def test_a_request_that_is_not_alone_or_would_wait_goes_to_an_instance(case, monkeypatch):
+    model, policy = Recorder(), {}
+    if case == "a queue delay":
+        policy["max_queue_delay_microseconds"] = 1000
+    if case == "a model slower than the bound":
+        monkeypatch.setattr(batcher_module, "INLINE_MAX_S", 0.0)
+    done_at_once, rows = run(lone_request(model, alone=case != "another request in flight", **policy))
+    assert not done_at_once and model.threads == ["m/0", "m/0"]
+    np.testing.assert_array_equal(rows, [5, 6])
+
+
+def test_a_lone_request_waits_for_a_busy_instance():
+    # the model's only instance runs a batch: a request that the server has alone still joins the queue
+    async def main():
+        model = Recorder()
+        b = await batcher(model)
+        await b.submit(piece(0)).future
+        model.release.clear()
+        model.started.clear()
+        first = b.submit(piece(1))
+        await asyncio.to_thread(model.started.wait, WAIT)
+        second = b.submit(piece(2), alone=True)
+        done_at_once = second.future.done()
+        model.release.set()
+        await asyncio.gather(first.future, second.future)
+        await b.close()
+        return done_at_once, model.threads
+
+    done_at_once, threads = run(main())
+    assert not done_at_once and threads == ["m/0"] * 3
 
 
 def test_policy_options_are_checked():

@@ -107,6 +107,9 @@ class InferenceServer:
         self.urls: list[str] = []  # where it listens, for that line
         self.grpc = None  # the gRPC front end (``grpc_service.bind``), started and stopped with the batchers
         self.shutdown_timeout = 30.0  # seconds the gRPC requests in flight may take to finish at shutdown
+        # requests between their arrival (HTTP: headers read, counted by ``Protocol``; gRPC: the call begun) and their
+        # answer; a request that finds none but itself may run on the event loop (``DynamicBatcher.submit``)
+        self.in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._grpc_stopped: asyncio.Future | None = None  # the gRPC service's stop, once begun
         self.app = self._app()
@@ -237,8 +240,17 @@ class InferenceServer:
     # ---- infer: plain ASGI ------------------------------------------------------------------------------------
 
     async def __call__(self, scope, receive, send) -> None:
-        """The ASGI app: ``POST …/infer`` here, everything else (and the lifespan) through Starlette."""
-        if scope["type"] == "http" and scope["method"] == "POST" and (match := INFER.fullmatch(scope["path"])):
+        """The ASGI app: ``POST …/infer`` here, everything else (and the lifespan) through Starlette. An HTTP request
+        is in flight (counted since ``Protocol`` read its headers) until this returns."""
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _http(self, scope, receive, send) -> None:
+        if scope["method"] == "POST" and (match := INFER.fullmatch(scope["path"])):
             status, body, headers = await self.infer(match.group(1), match.group(2) or "1", scope, receive)
             await send({"type": "http.response.start", "status": status,
                         "headers": [(b"content-length", str(len(body)).encode()),
@@ -247,7 +259,8 @@ class InferenceServer:
             return
         await self.app(scope, receive, send)
 
-    def queue(self, model: Operation, inputs: dict, parameters: dict, requested: list[str] | None):
+    def queue(self, model: Operation, inputs: dict, parameters: dict, requested: list[str] | None,
+              alone: bool = False):
         """Check one request and queue its rows: (its batcher, its ``Job``). Every check runs here, before the
         request takes a place in the queue; a refusal is a ``ProtocolError``. Both front ends (HTTP and gRPC) call
         it."""
@@ -255,7 +268,8 @@ class InferenceServer:
         parameters = model.checked_parameters(parameters)
         piece = model.piece(inputs, parameters)
         batcher = self.batchers[model.name]
-        return batcher, batcher.submit(piece, parameters.get("priority", 0), parameters.get("timeout", 0))
+        return batcher, batcher.submit(piece, parameters.get("priority", 0), parameters.get("timeout", 0),
+                                       alone=alone)
 
     def succeeded(self, model: Operation, job, started: float, resolved: float) -> None:
         """Count a request answered now in its model's statistics: it arrived at ``started``, its outputs came at
@@ -302,7 +316,7 @@ class InferenceServer:
                 parsed = await asyncio.to_thread(parse_request, body, header_length)
             else:
                 parsed = parse_request(body, header_length)
-            batcher, job = self.queue(model, parsed.inputs, parsed.parameters, parsed.outputs)
+            batcher, job = self.queue(model, parsed.inputs, parsed.parameters, parsed.outputs, self.in_flight <= 1)
             queued = True
             outputs = await self._result(receive, batcher, job)
             resolved = time.monotonic()
@@ -400,11 +414,15 @@ class Protocol(HttpToolsProtocol):
     400 like every other error (uvicorn writes it as text from inside the protocol, before any app sees a request),
     and a connection is closed when it sends nothing for the keep-alive timeout before its first request (uvicorn
     times only the wait between requests) or when a request's headers take longer than ``header_timeout`` seconds
-    (uvicorn has no such timeout; the client gets a JSON 408)."""
+    (uvicorn has no such timeout; the client gets a JSON 408). It also counts each request into the server's
+    ``in_flight`` once its headers are read, before its task first runs, so requests that arrived together are not
+    taken for lone ones (a request whose task never starts stays counted: it only costs lone requests their
+    shortcut)."""
 
-    def __init__(self, *args, header_timeout: float, **kwargs):
+    def __init__(self, *args, header_timeout: float, server: InferenceServer, **kwargs):
         super().__init__(*args, **kwargs)
         self.header_timeout = header_timeout
+        self.inference_server = server
         self.header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
@@ -421,6 +439,7 @@ class Protocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
+        self.inference_server.in_flight += 1  # until the app returns (InferenceServer.__call__)
         super().on_headers_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -459,7 +478,8 @@ class Uvicorn(uvicorn.Server):
                  header_timeout: float = 20.0, grpc_address: tuple[str, int] | None = None):
         super().__init__(uvicorn.Config(server, log_level="warning", access_log=False, lifespan="on",
                                         timeout_graceful_shutdown=shutdown_timeout, backlog=2048,
-                                        http=functools.partial(Protocol, header_timeout=header_timeout),
+                                        http=functools.partial(Protocol, header_timeout=header_timeout,
+                                                               server=server),
                                         timeout_keep_alive=keep_alive_timeout))
         self.inference_server, self.grpc_address = server, grpc_address
         server.shutdown_timeout = shutdown_timeout

@@ -151,6 +151,13 @@ class Service(service_pb2_grpc.GRPCInferenceServiceServicer):
         return json_format.ParseDict(stats, service_pb2.ModelStatisticsResponse())
 
     async def ModelInfer(self, request, context):
+        self.server.in_flight += 1
+        try:
+            return await self._infer(request, context)
+        finally:
+            self.server.in_flight -= 1
+
+    async def _infer(self, request, context):
         server, name = self.server, request.model_name
         model, queued, started = None, False, time.monotonic()  # once queued, the batcher counts its failures
         try:
