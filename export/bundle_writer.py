@@ -2,7 +2,9 @@
 
 ``export_run`` exports a run directory of ``vaedeploy train``: the model says what it exports
 (``Model.export_spec``: its graphs, validation inputs, latent entry and arrays), so this file never reads a kind's
-name. ``export_bundle`` exports any pair of encoder and decoder modules (the user's own too) with the same checks.
+name. ``export_bundle`` exports any pair of encoder and decoder modules (the user's own too) with the same checks:
+vector latents, or spatial ones of convolutional modules (a bundle of one image size, or with ``size`` of any size in
+a range, exported and validated as the ``klconv`` kind is, through ``models.spec.encoder_decoder_spec``).
 ``write_bundle`` does the work for both: every graph to ONNX in every precision, validation against PyTorch, the
 latent type's own checks, the manifest (checked against the bundle schema), and the swap.
 """
@@ -23,7 +25,7 @@ from vaedeploy import __version__
 from vaedeploy.bundle import FORMAT_VERSION, MANIFEST, MAX_BATCH, PRECISIONS, ImageSizes, check_manifest, sha256_file
 from vaedeploy.errors import ConfigError
 from vaedeploy.io import atomic_write_bytes, save_tensors, write_json
-from vaedeploy.models.spec import ExportSpec, GraphSpec, encoder_decoder_spec
+from vaedeploy.models.spec import ExportSpec, GraphSpec, SpatialSize, encoder_decoder_spec
 from vaedeploy.owned import MARKER, Staging
 
 from .onnx_export import DEFAULT_OPSET, HalfPrecision, check_opset, export_graph
@@ -54,17 +56,54 @@ def _outputs(module: nn.Module, *inputs: torch.Tensor) -> tuple[torch.Tensor, ..
 
 
 def _latent_spec(latent: str | dict, encoder: nn.Module, example: torch.Tensor) -> dict:
+    """The manifest's latent entry: the user's, with the ``shape`` of the encoder's outputs on ``example`` ([d], or
+    [c, h, w] with the ``downsample`` factor H / h of spatial latents)."""
     spec = {"type": latent} if isinstance(latent, str) else dict(latent)
     if spec.get("type") not in ENCODER_OUTPUTS:
         raise ConfigError(f"latent type must be one of {sorted(ENCODER_OUTPUTS)}, got {spec.get('type')!r}")
     out = _outputs(encoder, example)
-    if len(out) != len(ENCODER_OUTPUTS[spec["type"]]) or any(o.dim() != 2 for o in out) \
-            or any(o.shape != out[0].shape for o in out):
-        raise ConfigError(f"a {spec['type']} encoder must return {len(ENCODER_OUTPUTS[spec['type']])} tensor(s) "
-                          f"shaped N×latent_dim ({ENCODER_OUTPUTS[spec['type']]}), got shapes "
-                          f"{[list(o.shape) for o in out]}")
-    spec["shape"] = [int(out[0].shape[1])]
+    names = ENCODER_OUTPUTS[spec["type"]]
+    if len(out) != len(names) or any(o.shape != out[0].shape for o in out) or out[0].dim() not in (2, 4):
+        raise ConfigError(f"a {spec['type']} encoder must return {len(names)} tensor(s) ({names}) shaped N×latent_dim, "
+                          f"or N×c×h×w for spatial latents, got shapes {[list(o.shape) for o in out]}")
+    spec["shape"] = [int(d) for d in out[0].shape[1:]]
+    if out[0].dim() == 4:
+        spec["downsample"] = _downsample(example, out[0])
     return spec
+
+
+def _downsample(example: torch.Tensor, z: torch.Tensor) -> int:
+    """H / h of spatial latents z of images ``example``: one integer factor for both axes."""
+    (height, width), (h, w) = example.shape[-2:], z.shape[-2:]
+    if example.dim() != 4 or height % h or width % w or height // h != width // w:
+        raise ConfigError(f"spatial latents must be the images' H×W over one integer factor, got latents "
+                          f"{'×'.join(map(str, z.shape[1:]))} for images {'×'.join(map(str, example.shape[1:]))}")
+    return height // h
+
+
+def _spatial_size(size: dict | None, latent: dict, example: torch.Tensor) -> SpatialSize | None:
+    """``export_bundle``'s ``size`` as a ``SpatialSize``, checked before anything is exported: spatial latents, H and
+    W from min to max multiples of ``multiple``, that a multiple of the latent's downsampling factor, the example's
+    size among them."""
+    if size is None:
+        return None
+    if "downsample" not in latent:
+        raise ConfigError(f"size: a range of image sizes needs spatial latents (an encoder returning N×c×h×w), got "
+                          f"latents of shape {latent['shape']}")
+    f, reference = latent["downsample"], tuple(int(v) for v in example.shape[-2:])
+    try:
+        low, high = (tuple(int(v) for v in size[key]) for key in ("min", "max"))
+        multiple = int(size["multiple"])
+        sizes = ImageSizes(low, high, multiple, reference)
+        fits = len(low) == len(high) == 2 and multiple > 0 and multiple % f == 0 and not any(
+            sizes.refusal(pair) for pair in (low, high, reference))
+    except (KeyError, TypeError, ValueError):
+        fits = False
+    if not fits:
+        raise ConfigError(f"size: expected {{'min': [H, W], 'max': [H, W], 'multiple': m}} with m a multiple of the "
+                          f"latent's downsampling factor {f}, min and max multiples of m and the example's "
+                          f"{reference[0]}×{reference[1]} between them, got {size!r}")
+    return SpatialSize(low, high, multiple, f)
 
 
 def _check_decoder(decoder: nn.Module, z: torch.Tensor, likelihood: dict, image_shape: list[int]) -> None:
@@ -101,15 +140,20 @@ def export_bundle(
     max_batch: int = DEFAULT_MAX_BATCH,
     extra_graphs: tuple[GraphSpec, ...] = (),
     extra_arrays: dict[str, np.ndarray] | None = None,
+    size: dict | None = None,
     force: bool = False,
 ) -> Path:
     """Export ``encoder`` and ``decoder`` to the bundle directory ``out``, validate it and return ``out``.
 
     Args:
-        encoder: x (N × input shape) → ``(mean, logvar)`` for ``latent="gaussian"``, z for ``"deterministic"``.
-        decoder: z (N × latent dim) → likelihood parameters (a tensor or a tuple), each shaped like the images.
-        latent: ``"gaussian"``, ``"deterministic"`` or a dict with ``type`` and any extra facts for the manifest.
-        example: real inputs, at least 2 rows: traced, and validated on (cycled up to ``max_batch`` rows).
+        encoder: x (N × input shape) → ``(mean, logvar)`` for ``latent="gaussian"``, z for ``"deterministic"``: each
+            N × d, or N × c × h × w for spatial latents of N × C × H × W images (h = H / f, w = W / f for one
+            integer factor f, the manifest's ``latent.downsample``).
+        decoder: z (N × latent shape) → likelihood parameters (a tensor or a tuple), each shaped like the images.
+        latent: ``"gaussian"``, ``"deterministic"`` or a dict with ``type`` and any extra facts for the manifest
+            (such as ``scaling``: ``{"scaling_factor", "shift_factor"}``, docs/bundle.md).
+        example: real inputs, at least 2 rows: traced, and validated on (cycled up to ``max_batch`` rows); their
+            size is the bundle's reference size.
         likelihood: ``{"kind": "gaussian" | "bernoulli" | "identity", "outputs": [names]}``; default identity.
         kind: the model kind written in the manifest (``custom`` for a user's modules).
         input_spec: shape, dtype, value range and preprocessing of x; default the example's shape, float32.
@@ -119,6 +163,11 @@ def export_bundle(
         max_batch: the largest batch a graph is validated at; the runtime splits larger batches.
         extra_graphs: more graphs (``GraphSpec``), exported, validated and listed like the others.
         extra_arrays: name → array written as ``name.npy`` (no pickle) and checksummed.
+        size: for spatial latents of fully convolutional modules, the image sizes the graphs take, as the
+            manifest's ``input.size``: ``{"min": [H, W], "max": [H, W], "multiple": m}`` (m a multiple of f, the
+            example's size in the range). The graphs are exported with dynamic H and W and validated at the corners
+            and extremes of the range (``bundle.ImageSizes.validation_sizes``) on the example tiled to each size.
+            Default None: the example's size only.
         force: replace a bundle of an older version (no marker) whose manifest cannot be read, when every file in
             it is one vaedeploy can tell it wrote (``target.check_target``); a run directory, a file or a folder of
             other files is never replaced.
@@ -134,10 +183,12 @@ def export_bundle(
     encoder, decoder = encoder.eval().float(), decoder.eval().float()
     example = example.float()
     latent = _latent_spec(latent, encoder, example)
+    spatial_size = _spatial_size(size, latent, example)
     likelihood = likelihood or IDENTITY_LIKELIHOOD
     input_spec = input_spec or {"shape": list(example.shape[1:]), "dtype": "float32"}
     _check_decoder(decoder, _outputs(encoder, example[:2])[0], likelihood, input_spec["shape"])
-    spec = encoder_decoder_spec(encoder, decoder, latent, likelihood, example.numpy(), max_batch, extra_graphs)
+    spec = encoder_decoder_spec(encoder, decoder, latent, likelihood, example.numpy(), max_batch, extra_graphs,
+                                spatial_size)
     spec.arrays.update(extra_arrays or {})
     return write_bundle(spec, out=out, kind=kind, input_spec=input_spec, exporter=exporter, opset=opset,
                         precisions=precisions, max_batch=max_batch, force=force)

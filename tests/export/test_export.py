@@ -99,6 +99,88 @@ def test_the_users_own_modules_export_validate_and_run(tmp_path):
         load(out, backend="torch")
 
 
+class ConvEncoder(nn.Module):
+    """A user's fully convolutional encoder: x N×1×H×W → (mean, logvar), each N×2×H/2×W/2."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 8, 4, stride=2, padding=1), nn.SiLU(), nn.Conv2d(8, 4, 3, padding=1))
+
+    def forward(self, x):
+        return self.net(x).chunk(2, dim=1)
+
+
+def conv_decoder() -> nn.Module:
+    """z N×2×h×w → images N×1×2h×2w."""
+    return nn.Sequential(nn.ConvTranspose2d(2, 8, 4, stride=2, padding=1), nn.SiLU(), nn.Conv2d(8, 1, 3, padding=1),
+                         nn.Sigmoid())
+
+
+def test_the_users_own_conv_modules_export_a_bundle_of_any_image_size(tmp_path):
+    """Spatial latents of the user's own modules: a format-2 bundle with latent.shape [c, h, w], downsample, the size
+    range and a scaling; validated at the range's corners; the runtime runs it at two other sizes as the modules do."""
+    torch.manual_seed(0)
+    encoder, decoder = ConvEncoder(), conv_decoder()
+    scaling = {"scaling_factor": 0.5, "shift_factor": 0.1}
+    out = export_bundle(encoder, decoder, latent={"type": "gaussian", "scaling": scaling},
+                        example=torch.rand(4, 1, 8, 12), out=tmp_path / "conv", max_batch=8,
+                        size={"min": [4, 4], "max": [16, 16], "multiple": 4})
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == 2
+    assert manifest["latent"] == {"type": "gaussian", "scaling": scaling, "shape": [2, 4, 6], "downsample": 2}
+    assert manifest["input"]["shape"] == [1, 8, 12]
+    assert manifest["input"]["size"] == {"min": [4, 4], "max": [16, 16], "multiple": 4}
+    assert manifest["validation"]["sizes"] == [[8, 12], [4, 4], [16, 16], [4, 16], [16, 4]]
+    assert load_bundle(out).graph("encoder")["inputs"][0]["shape"] == ["batch", 1, "height", "width"]
+    rt = load(out, backend="onnxruntime")
+    for h, w in [(12, 16), (16, 4)]:
+        x = torch.rand(3, 1, h, w)
+        z = np.random.default_rng(h).standard_normal((3, 2, h // 2, w // 2), dtype=np.float32)
+        with torch.no_grad():
+            mean, logvar = encoder(x)
+            image = decoder(torch.from_numpy(z) / 0.5 + 0.1)  # decode takes encode's scaled latents
+        got = rt.encode_params(x.numpy())
+        np.testing.assert_allclose(got[0], mean.numpy(), atol=1e-5)
+        np.testing.assert_allclose(got[1], logvar.numpy(), atol=1e-5)
+        np.testing.assert_allclose(rt.decode(z), image.numpy(), atol=1e-5)
+        assert rt.sample(2, seed=0, size=(h, w)).shape == (2, 1, h, w)
+    rt.close()
+
+
+def test_spatial_latents_without_a_size_range_make_a_bundle_of_one_size(tmp_path):
+    out = export_bundle(ConvEncoder(), conv_decoder(), latent="gaussian", example=torch.rand(4, 1, 8, 8),
+                        out=tmp_path / "fixed", max_batch=4)
+    bundle = load_bundle(out)
+    assert bundle.latent == {"type": "gaussian", "shape": [2, 4, 4], "downsample": 2} and bundle.sizes is None
+    assert bundle.graph("decoder")["inputs"][0]["shape"] == ["batch", 2, 4, 4]
+
+
+def vector_encoder() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+
+
+@pytest.mark.parametrize("encoder, latent, example, size, expected", [
+    pytest.param(vector_encoder, "deterministic", (4, 1, 8, 8), {"min": [8, 8], "max": [16, 16], "multiple": 8},
+                 r"^size: a range of image sizes needs spatial latents \(an encoder returning N×c×h×w\), got "
+                 r"latents of shape \[4\]$", id="a size range for vector latents"),
+    pytest.param(ConvEncoder, "gaussian", (4, 1, 6, 6), {"min": [3, 3], "max": [9, 9], "multiple": 3},
+                 r"^size: expected \{'min': \[H, W\], 'max': \[H, W\], 'multiple': m\} with m a multiple of the "
+                 r"latent's downsampling factor 2, .* got \{'min': \[3, 3\]", id="a multiple not one of the factor"),
+    pytest.param(ConvEncoder, "gaussian", (4, 1, 8, 8), {"min": [16, 16], "max": [32, 32], "multiple": 4},
+                 r"^size: expected .* the example's 8×8 between them, got \{'min': \[16, 16\]",
+                 id="the example's size outside the range"),
+    pytest.param(ConvEncoder, "gaussian", (4, 1, 9, 12), None,
+                 r"^spatial latents must be the images' H×W over one integer factor, got latents 2×4×6 for images "
+                 r"1×9×12$", id="latents not the images over one integer factor"),
+])
+def test_a_spatial_export_that_cannot_work_is_refused_in_one_sentence_before_exporting(tmp_path, encoder, latent,
+                                                                                       example, size, expected):
+    with pytest.raises(ValueError, match=expected):
+        export_bundle(encoder(), conv_decoder(), latent=latent, example=torch.rand(*example), out=tmp_path / "b",
+                      size=size)
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_kind_with_more_graphs_and_arrays_plugs_into_the_same_bundle(tmp_path):
     # what a VQ or hierarchical kind adds: one more graph (here a "prior" over z) and an array beside the graphs
     encoder, prior = nn.Sequential(nn.Flatten(), nn.Linear(6, 2)), nn.Linear(2, 4)

@@ -12,14 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .backbones import activation, check_sizes
 from .base import Model, gaussian_kl, log_normal, log_standard_normal, make_likelihood, register, reparameterize
-from .spec import ExportSpec, GraphSpec, SpatialSize, normal_draws, validation_rows
+from .spec import ExportSpec, SpatialSize, encoder_decoder_spec
 from .vae import posterior_collapse_figures
 
 
@@ -168,7 +167,7 @@ class KLConv(Model):
     def export_spec(self, data, max_batch: int) -> ExportSpec:
         """encoder x → (mean, logvar), decoder z → likelihood, both over any H, W in [min_size, max_size]: validated
         on real data, its encodings and N(0, I) latents at the data's size, and at the other sizes on the data tiled
-        to that size and N(0, I) latents."""
+        to that size and N(0, I) latents (``models.spec.encoder_decoder_spec``, as a user's own modules are)."""
         cfg = self.config
         size = SpatialSize((cfg.min_size, cfg.min_size), (cfg.max_size, cfg.max_size), cfg.downsample,
                            cfg.downsample)
@@ -176,24 +175,5 @@ class KLConv(Model):
                   "downsample": cfg.downsample}
         if (cfg.scaling_factor, cfg.shift_factor) != (1.0, 0.0):
             latent["scaling"] = {"scaling_factor": cfg.scaling_factor, "shift_factor": cfg.shift_factor}
-        x = validation_rows(data, max_batch)
-        with torch.no_grad():
-            mean = self.encoder(torch.from_numpy(x))[0].numpy()
-        outputs = list(self.decoder.likelihood.spec()["outputs"])
-        graphs = [
-            GraphSpec("encoder", self.encoder, ["x"], {"data": [x]}, ["mean", "logvar"],
-                      spatial={"x": "image", "mean": "latent", "logvar": "latent"},
-                      at_size=lambda h, w: [tiled(data, h, w)]),
-            GraphSpec("decoder", self.decoder, ["z"], {"encodings": [mean],
-                                                       "normal": [normal_draws((max_batch, *mean.shape[1:]))]},
-                      outputs, spatial={"z": "latent", **{o: "image" for o in outputs}},
-                      at_size=lambda h, w: [normal_draws((2, *self.latent_shape(h, w)))]),
-        ]
-        return ExportSpec(latent, self.decoder.likelihood.spec(), graphs, size=size)
-
-
-def tiled(images: np.ndarray, h: int, w: int, n: int = 2) -> np.ndarray:
-    """The first n images (cycled) repeated periodically to h × w: real content at any size, for validation."""
-    rows = validation_rows(images, n)
-    reps = (1, 1, -(-h // rows.shape[2]), -(-w // rows.shape[3]))
-    return np.ascontiguousarray(np.tile(rows, reps)[:, :, :h, :w])
+        return encoder_decoder_spec(self.encoder, self.decoder, latent, self.decoder.likelihood.spec(), data,
+                                    max_batch, size=size)

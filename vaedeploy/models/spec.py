@@ -92,19 +92,38 @@ def normal_draws(shape, seed: int = NORMAL_SEED) -> np.ndarray:
 
 
 def encoder_decoder_spec(encoder: nn.Module, decoder: nn.Module, latent: dict, likelihood: dict, data: np.ndarray,
-                         max_batch: int, extra_graphs: tuple[GraphSpec, ...] = ()) -> ExportSpec:
+                         max_batch: int, extra_graphs: tuple[GraphSpec, ...] = (),
+                         size: SpatialSize | None = None) -> ExportSpec:
     """The spec of a Gaussian or deterministic model: ``encoder`` x → (mean, logvar) or z, ``decoder`` z → the
-    likelihood's outputs, validated on real data, its encodings and N(0, I) latents (plus ``extra_graphs``)."""
+    likelihood's outputs, validated on real data, its encodings and N(0, I) latents (plus ``extra_graphs``). With
+    ``size`` (spatial latents [c, h, w] of fully convolutional modules) the graphs take any image size in that range:
+    the image and latent axes are dynamic, and each other size is validated on the data tiled to it and on N(0, I)
+    latents of that size."""
     outputs = {"gaussian": ["mean", "logvar"], "deterministic": ["z"]}[latent["type"]]
     x = validation_rows(data, max_batch)
     with torch.no_grad():
         code = encoder(torch.from_numpy(x))
     code = code if isinstance(code, torch.Tensor) else code[0]
+    images = list(likelihood["outputs"])
+    encoder_sizes, decoder_sizes = {}, {}  # GraphSpec's spatial and at_size where the graphs take any size
+    if size is not None:
+        c, f = latent["shape"][0], size.downsample
+        encoder_sizes = {"spatial": {"x": "image", **{o: "latent" for o in outputs}},
+                         "at_size": lambda h, w: [tiled_rows(data, h, w)]}
+        decoder_sizes = {"spatial": {"z": "latent", **{o: "image" for o in images}},
+                         "at_size": lambda h, w: [normal_draws((2, c, h // f, w // f))]}
     graphs = [
-        GraphSpec("encoder", encoder, ["x"], {"data": [x]}, outputs),
+        GraphSpec("encoder", encoder, ["x"], {"data": [x]}, outputs, **encoder_sizes),
         GraphSpec("decoder", decoder, ["z"], {"encodings": [validation_rows(code.numpy(), max_batch)],
                                              "normal": [normal_draws((max_batch, *latent["shape"]))]},
-                  list(likelihood["outputs"])),
+                  images, **decoder_sizes),
         *extra_graphs,
     ]
-    return ExportSpec(latent, likelihood, graphs)
+    return ExportSpec(latent, likelihood, graphs, size=size)
+
+
+def tiled_rows(images: np.ndarray, h: int, w: int, n: int = 2) -> np.ndarray:
+    """The first n images (cycled) repeated periodically to h × w: real content at any size, for validation."""
+    rows = validation_rows(images, n)
+    reps = (1, 1, -(-h // rows.shape[2]), -(-w // rows.shape[3]))
+    return np.ascontiguousarray(np.tile(rows, reps)[:, :, :h, :w])
