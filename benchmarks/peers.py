@@ -2,6 +2,7 @@
 
     python benchmarks/peers.py BUNDLE [BUNDLE…] [--budget-s 400] [--batch-sizes 1,4,16,64,256,1024] [--repeats 3]
     python benchmarks/peers.py --quick BUNDLE      # a few seconds, what the tests run
+    python benchmarks/peers.py --full-size taesd,sd --work DIR --out benchmarks/results/bench_cpu_full.json
 
 The providers, each doing the same work per op (``encode``: the encoder graph and z = mean + exp(logvar/2)·eps with
 the provider's own normal noise; ``decode``: the decoder's mean image; ``sample``: N(0, I) latents decoded;
@@ -27,6 +28,9 @@ Beside the times, the document's ``errors`` hold each provider's error against P
 
 Cases, windows, the stability rule, the floor and the JSON are `vaedeploy bench`'s own (``vaedeploy.bench``); the
 result goes to ``benchmarks/results/bench_peers.json`` and ``bench_peers_latency.png``.
+
+``--full-size``: the full-size TAESD and SD-VAE decoders instead of bundles, a few seconds a call, so min–median of
+3 interleaved rounds rather than `vaedeploy bench`'s windows (``benchmarks/peers_full.py``).
 """
 from __future__ import annotations
 
@@ -302,7 +306,7 @@ def measure(bundles: list[Path], batches: list[int], ops: list[str], budget_s: f
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bundles", nargs="+", type=Path)
+    parser.add_argument("bundles", nargs="*", type=Path)
     parser.add_argument("--batch-sizes", default="1,4,16,64,256,1024")
     parser.add_argument("--ops", default=",".join(OPS))
     parser.add_argument("--budget-s", type=float, default=400.0)
@@ -310,7 +314,15 @@ def main(argv=None) -> int:
     parser.add_argument("--note", action="append", default=[])
     parser.add_argument("--quick", action="store_true", help="batch 1 and 16, decode and encode, a 6 s budget")
     parser.add_argument("--out", type=Path, help=f"default {RESULTS_DIR / 'bench_peers.json'} (--quick: none)")
+    parser.add_argument("--full-size", help="taesd, sd or both: the full-size decoders (benchmarks/peers_full.py)")
+    parser.add_argument("--work", type=Path, help="--full-size: where the imported bundles are kept and reused")
+    parser.add_argument("--compile-limit-s", type=float, default=300.0,
+                        help="--full-size: a model whose torch.compile took longer leaves the later ones uncompiled")
     args = parser.parse_args(argv)
+    if args.full_size:
+        return full_size(args)
+    if not args.bundles:
+        parser.error("give a bundle, or --full-size")
     from vaedeploy.bench import output
 
     batches = [1, 16] if args.quick else [int(b) for b in args.batch_sizes.split(",")]
@@ -321,6 +333,23 @@ def main(argv=None) -> int:
     out = args.out or (None if args.quick else RESULTS_DIR / "bench_peers.json")  # a quick run keeps the committed one
     for path in output.write(doc, out) if out else []:
         print(f"wrote {path}")
+    return 0
+
+
+def full_size(args) -> int:
+    from benchmarks import peers_full
+    from vaedeploy.io import write_json
+
+    if args.work is None or args.out is None:
+        raise SystemExit("--full-size needs --work (the bundles' folder) and --out (the JSON)")
+    doc = peers_full.measure([n.strip() for n in args.full_size.split(",")], args.work, args.compile_limit_s,
+                             args.note)
+    write_json(args.out, doc)
+    for model in doc["models"]:
+        for row in model["rows"]:
+            print(f"{model['model']} {row['provider']}: {row['min_ms']:.0f}–{row['median_ms']:.0f} ms, "
+                  f"PSNR {row['psnr_db']:.0f} dB")
+    print(f"wrote {args.out}")
     return 0
 
 
