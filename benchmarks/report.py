@@ -134,6 +134,12 @@ def _p50(row: dict) -> str:
     return text + ("" if row["stable"] else " ~")
 
 
+def _command(env: dict) -> str:
+    """The command a result was measured by, without its notes (they are quoted after it, not inside it)."""
+    words = shlex.split(env["command"])
+    return shlex.join(w for i, w in enumerate(words) if w != "--note" and (i == 0 or words[i - 1] != "--note"))
+
+
 def _caption(doc: dict) -> str:
     env, versions = doc["environment"], doc["environment"]["versions"]
     repeats = len({r["repeat"] for r in doc["rows"]})
@@ -141,18 +147,15 @@ def _caption(doc: dict) -> str:
     tools = ", ".join(f"{name} {versions[name]}" for name in ("onnxruntime", "torch", "numba", "openvino")
                       if name in versions)
     matmul, copy = doc["rates"]["matmul"]["flops_per_s"], doc["rates"]["copy"]
-    words, command = shlex.split(env["command"]), []
-    for i, word in enumerate(words):  # the notes are quoted after the command, not inside it
-        if word != "--note" and (i == 0 or words[i - 1] != "--note"):
-            command.append(word)
     notes = "".join(f" {note[0].upper()}{note[1:]}." for note in doc["notes"])
     flags = f" ({', '.join(env['cpu_flags'])})" if env.get("cpu_flags") else ""  # results from before they were kept
-    return (f"Measured by `{shlex.join(command)}` on {env['date']}: {env['cpu']}{flags}, {env['cpu_cores_available']} "
-            f"cores (load average {env['load_average_at_start'][0]:g} at the start, {env['load_average_at_end'][0]:g} at "
-            f"the end), {tools}. p50 in ms, the median of {repeats} run{'s' * (repeats > 1)} with their range in "
-            f"brackets; ~ marks a case not stable in every run ({stable} of {len(doc['rows'])} rows stable). The "
-            f"floor: matmul {matmul / 1e9:.0f} GFLOP/s, copy {copy[0]['bytes_per_s'] / 1e9:.0f}–"
-            f"{copy[-1]['bytes_per_s'] / 1e9:.0f} GB/s, measured in the same run.{notes}")
+    return (f"Measured by `{_command(env)}` on {env['date']}: {env['cpu']}{flags}, {env['cpu_cores_available']} "
+            f"cores (load average {env['load_average_at_start'][0]:g} at the start, "
+            f"{env['load_average_at_end'][0]:g} at the end), {tools}. p50 in ms, the median of {repeats} "
+            f"run{'s' * (repeats > 1)} with their range in brackets; ~ marks a case not stable in every run "
+            f"({stable} of {len(doc['rows'])} rows stable). The floor: matmul {matmul / 1e9:.0f} GFLOP/s, copy "
+            f"{copy[0]['bytes_per_s'] / 1e9:.0f}–{copy[-1]['bytes_per_s'] / 1e9:.0f} GB/s, measured in the same "
+            f"run.{notes}")
 
 
 def _rows_by(doc: dict, provider_key: str = "backend") -> tuple[dict, list]:
@@ -318,6 +321,67 @@ def cpu_goals(doc: dict) -> str:
              f"at batch 1: decode {overhead:+.1f} µs over its own session called raw (goal < {OVERHEAD_GOAL_US:g} µs: "
              f"{'**met**' if overhead < OVERHEAD_GOAL_US else 'not met'}).")
     return table + "\n\n" + facts + "\n\n" + _caption(doc)
+
+
+def _machine(env: dict) -> str:
+    """A benchmark's machine in one clause: the CPU with its flags, cores, load averages and versions."""
+    versions = ", ".join(f"{name} {env['versions'][name]}" for name in ("onnxruntime", "openvino", "torch")
+                         if name in env["versions"])
+    return (f"{env['cpu']} ({', '.join(env['cpu_flags']) or 'no flags read'}), {env['cpu_cores_available']} cores "
+            f"(load average {env['load_average_at_start'][0]:g} at the start, {env['load_average_at_end'][0]:g} at "
+            f"the end), {versions}")
+
+
+def cpu_full(doc: dict) -> str:
+    """benchmarks/peers.py --full-size: every provider on each full-size decoder at batch 1, min–median of the
+    interleaved rounds, its multiple of the fp32 compute floor and its error against PyTorch eager fp32."""
+    parts = []
+    for model in doc["models"]:
+        lines = [[row["provider"], f"{_ms(row['min_ms'])}–{_ms(row['median_ms'])}",
+                  f"{row['min_ms'] / model['floor_fp32_ms']:.1f}×",
+                  f"{row['max_abs']:.1e} / {row['psnr_db']:.0f}"] for row in sorted(model["rows"],
+                                                                                      key=lambda r: r["min_ms"])]
+        parts.append(f"**{model['model']} decoder, {model['side']}×{model['side']}, batch 1** ({model['gflop']:.0f} "
+                     f"GFLOP; floor {_ms(model['floor_fp32_ms'])} ms at the fp32 matmul rate, "
+                     f"{_ms(model['floor_bf16_ms'])} ms at torch's bf16 one)\n\n"
+                     + markdown_table(["provider (fastest first)", f"ms, min–median of {doc['rounds']}",
+                                       "min × fp32 floor", "error vs eager fp32: max abs / PSNR dB"], lines)
+                     + f"\n\nauto chose: {model['auto']}.")
+    env, rates = doc["environment"], doc["torch_rates"]
+    notes = "".join(f" {note[0].upper()}{note[1:]}." for note in doc["notes"])
+    caption = (f"Measured by `{_command(env)}` on {env['date']}: {_machine(env)}. Rates in the same run: fp32 matmul "
+               f"{doc['rates']['matmul']['flops_per_s'] / 1e9:.0f} GFLOP/s; torch bf16 matmul "
+               f"{rates['matmul_bf16'] / 1e9:.2g} GFLOP/s, torch conv fp32 {rates['conv_fp32'] / 1e9:.3g} and bf16 "
+               f"autocast {rates['conv_bf16'] / 1e9:.2g} GFLOP/s.{notes}")
+    return "\n\n".join(parts) + "\n\n" + caption
+
+
+def ort_profile(doc: dict) -> str:
+    """benchmarks/ort_profile.py: ONNX Runtime's kernel time by op type beside OpenVINO f32's by layer type, its
+    Conv by shape with the FLOP rate of each, and the session options tried, min–median."""
+    ort, ov = doc["onnxruntime"], doc["openvino_f32"] or {"by_type": [], "kernel_ms_per_call": 0}
+    rows = max(len(ort["by_op"][:8]), len(ov["by_type"][:8]))
+    pad = [None] * rows
+
+    def cell(entries, key, i):
+        return f"{entries[i][key]} {_ms(entries[i]['ms'])} ({entries[i]['share']:.0%})" if i < len(entries) else ""
+
+    ops = markdown_table([f"ONNX Runtime: op, ms per call (share), {_ms(ort['kernel_ms_per_call'])} ms in all",
+                          f"OpenVINO f32: layer type, ms (share), {_ms(ov['kernel_ms_per_call'])} ms in all"],
+                         [[cell(ort["by_op"], "op", i), cell(ov["by_type"], "type", i)] for i, _ in enumerate(pad)])
+    shapes = markdown_table(["Conv input", "weight", "nodes", "ms per call", "GFLOP", "GFLOP/s"],
+                            [["×".join(map(str, c["input"])), "×".join(map(str, c["weight"])), c["nodes"],
+                              _ms(c["ms"]), f"{c['gflop']:.2f}", f"{c['gflop_per_s']:.0f}"]
+                             for c in ort["conv_by_shape"][:10]])
+    tried = markdown_table(["ONNX Runtime session", f"ms, min–median of {doc['calls']}"],
+                           [[v["variant"], f"{_ms(v['min_ms'])}–{_ms(v['median_ms'])}"] for v in doc["variants"]]
+                           + ([["OpenVINO f32 (the same calls as its profile)",
+                                f"{_ms(ov['wall_ms']['min'])}–{_ms(ov['wall_ms']['median'])}"]] if "wall_ms" in ov
+                              else []))
+    env = doc["environment"]
+    caption = (f"Measured by `{_command(env)}` on {env['date']}: {_machine(env)}; the {doc['model']} decoder at "
+               f"{doc['side']}×{doc['side']}, batch 1, {doc['calls']} calls after a warm-up.")
+    return "\n\n".join([ops, shapes, tried, caption])
 
 
 def concurrency(doc: dict) -> str:
@@ -544,6 +608,7 @@ def diffusers_vae(doc: dict) -> str:
 
 TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae": vq_vs_vae, "bench": bench,
           "sizes": sizes, "noise": noise, "peers": peers, "cpu_peers": cpu_peers, "cpu_goals": cpu_goals,
+          "cpu_full": cpu_full, "ort_profile": ort_profile,
           "runtime_overhead": runtime_overhead, "performance": performance,
           "concurrency": concurrency, "threads": threads, "serving": serving, "serve_tables": serve_tables,
           "serve_cpu": serve_cpu, "serve_perf_analyzer": serve_perf_analyzer, "serve_spinning": serve_spinning,
