@@ -323,6 +323,30 @@ def cpu_goals(doc: dict) -> str:
     return table + "\n\n" + facts + "\n\n" + _caption(doc)
 
 
+def cpu_reconstruct(doc: dict) -> str:
+    """`vaedeploy bench` of encode, encode_params, decode and reconstruct interleaved: each op's p50 per batch, and
+    per run reconstruct's p50 over encode + decode's (issue 30's goal: at most ``RECONSTRUCT_GOAL``)."""
+    index, order = _rows_by(doc)
+    ops = sorted({case[1] for case in order}, key=("encode", "encode_params", "decode", "reconstruct").index)
+    batches = sorted({case[2] for case in order})
+    bundle = order[0][0]
+    lines = [[batch, *(_p50(index[(bundle, op, batch)]["onnxruntime"]) for op in ops)] for batch in batches]
+    facts = []
+    for batch in batches:
+        runs = {}
+        for row in doc["rows"]:
+            if row["batch"] == batch:
+                runs.setdefault(row["repeat"], {})[row["op"]] = row["p50_ms"]
+        for first in ("encode", "encode_params"):
+            ratios = sorted(r["reconstruct"] / (r[first] + r["decode"]) for r in runs.values())
+            median = statistics.median(ratios)
+            facts.append(f"batch {batch:,}: reconstruct / ({first} + decode) {median:.2f}× ({ratios[0]:.2f}–"
+                         f"{ratios[-1]:.2f} over the {len(ratios)} runs; goal ≤ {RECONSTRUCT_GOAL}×: "
+                         f"{'**met**' if median <= RECONSTRUCT_GOAL else 'not met'})")
+    return (markdown_table(["batch", *(f"{op} p50 ms" for op in ops)], lines) + "\n\n" + "; ".join(facts) + ".\n\n"
+            + _caption(doc))
+
+
 def _machine(env: dict) -> str:
     """A benchmark's machine in one clause: the CPU with its flags, cores, load averages and versions."""
     versions = ", ".join(f"{name} {env['versions'][name]}" for name in ("onnxruntime", "openvino", "torch")
@@ -608,7 +632,7 @@ def diffusers_vae(doc: dict) -> str:
 
 TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae": vq_vs_vae, "bench": bench,
           "sizes": sizes, "noise": noise, "peers": peers, "cpu_peers": cpu_peers, "cpu_goals": cpu_goals,
-          "cpu_full": cpu_full, "ort_profile": ort_profile,
+          "cpu_full": cpu_full, "ort_profile": ort_profile, "cpu_reconstruct": cpu_reconstruct,
           "runtime_overhead": runtime_overhead, "performance": performance,
           "concurrency": concurrency, "threads": threads, "serving": serving, "serve_tables": serve_tables,
           "serve_cpu": serve_cpu, "serve_perf_analyzer": serve_perf_analyzer, "serve_spinning": serve_spinning,
