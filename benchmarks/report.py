@@ -514,13 +514,29 @@ def serve_perf_analyzer(doc: dict) -> str:
         f"points at Triton's throughput with a p99 no worse; p99/p50 at 1 client "
         f"{', '.join(f'{t:.1f}' for t in g['p99_over_p50_at_1']) or '–'})"
         for protocol, g in doc["goals"].items() if g["points"])
+    unbatched = "; ".join(
+        f"{protocol}: {g['points'] - len(g['missed_at'])} of {g['points']} points"
+        for protocol, g in doc.get("goals_against_unbatched_triton", {}).items() if g["points"])
+    against_unbatched = (f" Against Triton without its dynamic batcher (no queue delay): {unbatched} at its "
+                         "throughput with a p99 no worse." if unbatched else "")
     machine = doc["machine"]
     return (perf_table(doc) + f"\n\nGoals (vaedeploy ≥ Triton's throughput, p99 no worse; p99 ≤ 2× p50 at 1 client): "
-            f"{verdicts}. {machine['cpu']}, {machine['cpu_cores_available']} cores shared with other engineers' "
-            f"work (1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run: noisy figures), "
+            f"{verdicts}.{against_unbatched} {machine['cpu']}, {machine['cpu_cores_available']} cores shared "
+            "with "
+            f"other engineers' work (1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run: noisy figures), "
             f"onnxruntime {machine['versions']['onnxruntime']}, {doc['date'][:10]}; one perf_analyzer measurement "
             f"per point ({doc['settings']['measurement_interval_ms']} ms windows until 3 agree within "
             f"{doc['settings']['stability_percentage']}%, at most {doc['settings']['max_trials']}).")
+
+
+def serve_perf_split(doc: dict) -> str:
+    """docs/serving.md's split of a request's time from the same perf_analyzer run (benchmarks/serve.py)."""
+    from benchmarks.serve import perf_split_table
+
+    return perf_split_table(doc) + ("\n\nperf_analyzer's own split, means per request at no queue delay: the "
+                                    "queue and compute phases come from each server's statistics extension; "
+                                    "network + server send/recv is the rest of the time between the client's send "
+                                    "and its receive.")
 
 
 def serve_cpu(doc: dict) -> str:
@@ -635,7 +651,8 @@ TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae":
           "cpu_full": cpu_full, "ort_profile": ort_profile, "cpu_reconstruct": cpu_reconstruct,
           "runtime_overhead": runtime_overhead, "performance": performance,
           "concurrency": concurrency, "threads": threads, "serving": serving, "serve_tables": serve_tables,
-          "serve_cpu": serve_cpu, "serve_perf_analyzer": serve_perf_analyzer, "serve_spinning": serve_spinning,
+          "serve_cpu": serve_cpu, "serve_perf_analyzer": serve_perf_analyzer, "serve_perf_split": serve_perf_split,
+          "serve_spinning": serve_spinning,
           "gpu_steps": gpu_steps, "gpu_goals": gpu_goals,
           "diffusers_vae": diffusers_vae}
 

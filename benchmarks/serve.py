@@ -38,10 +38,13 @@ measures with NVIDIA's perf_analyzer (tritonclient 2.51.0's binary) instead of t
 requests of the demo VAE at concurrency 1 to 64, without and with a 500 µs queue delay, against ``vaedeploy serve``
 (HTTP, and gRPC where the server has it) and a real Triton Inference Server 2.51.0 (nvidia-pytriton's Python-backend
 build, installed by tests/triton/tritonserver.py) serving ``vaedeploy triton-repo --graphs python``'s repository of
-the same bundle with the same batching; one perf_analyzer measurement per point, the systems in rotating order.
-Throughput and p50/p99 are perf_analyzer's own; so is the server-side split where a server has the statistics
-extension. Goals (issue 31): vaedeploy's throughput at least Triton's and its p99 no worse at every point, on each
-protocol, and its p99 at concurrency 1 within 2× of its p50.
+the same bundle with the same batching; at no queue delay also Triton with the same repository less its
+``dynamic_batching`` blocks (``triton_unbatched``: Triton's dynamic batcher is what stalls requests for 500 ms on a
+starved machine, docs/serving.md). One perf_analyzer measurement per point. Throughput and p50/p99 are
+perf_analyzer's own; so is the server-side split where a server has the statistics extension. The machine's
+``uptime`` is recorded before and after, and the 1-minute load average at every point. Goals (issue 31):
+vaedeploy's throughput at least Triton's and its p99 no worse at every point, on each protocol, and its p99 at
+concurrency 1 within 2× of its p50.
 """
 from __future__ import annotations
 
@@ -450,7 +453,7 @@ PA_NAME = "serve_perf_analyzer"
 PA_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64)
 PA_DELAYS_US = (0, 500)  # without and with a queue delay, the same on both servers
 PA_OPERATION = "decode"  # batch-1 requests of one latent row: mostly the serving path, the model's work small
-PA_SYSTEMS = ("vaedeploy", "triton")
+PA_SYSTEMS = ("vaedeploy", "triton", "triton_unbatched")
 PA_COLUMNS = {"Inferences/Second": "throughput_ips", "p50 latency": "p50_us", "p90 latency": "p90_us",
               "p99 latency": "p99_us", "Avg latency": "mean_us", "Client Send": "client_send_us",
               "Network+Server Send/Recv": "network_server_us", "Server Queue": "server_queue_us",
@@ -476,19 +479,25 @@ def perf_analyzer_run(args) -> None:
 
     perf, perf_env = install_perf_analyzer()
     bundle, work = Path(args.demo).resolve(), Path(tempfile.mkdtemp(prefix="vaedeploy-perf-"))
-    repositories = []
+    uptime_before = _uptime()
+    repositories = {}  # (system, delay) → the repository Triton serves there
     for delay in PA_DELAYS_US:
         policy = BatchPolicy(max_batch_size=64, max_queue_delay_microseconds=delay).model_config()
-        repositories.append(work / f"repository-{delay}")
-        write_repository(bundle, repositories[-1], pa_model(delay), policy, graphs="python")
+        repositories["triton", delay] = work / f"repository-{delay}"
+        write_repository(bundle, repositories["triton", delay], pa_model(delay), policy, graphs="python")
+    unbatched = {k: v for k, v in BatchPolicy(max_batch_size=64).model_config().items() if k != "dynamic_batching"}
+    repositories["triton_unbatched", 0] = work / "repository-unbatched"
+    write_repository(bundle, repositories["triton_unbatched", 0], pa_model(0), unbatched, graphs="python")
     grpc = "--grpc-port" in subprocess.run([sys.executable, "-m", "vaedeploy.cli", "serve", "--help"],
                                            capture_output=True, text=True).stdout
     rows = []
-    for delay, repository in zip(PA_DELAYS_US, repositories):
+    for delay in PA_DELAYS_US:
         for system in PA_SYSTEMS:
+            if system == "triton_unbatched" and delay:  # a queue delay is the dynamic batcher's
+                continue
             # one server at a time, alone on the machine: with vaedeploy serve or a second repository running beside
             # it, Triton's Python-backend requests stalled for 500 ms at a time here (docs/serving.md)
-            server, endpoints = pa_server(system, bundle, repository, delay, grpc, work)
+            server, endpoints = pa_server(system, bundle, repositories.get((system, delay)), delay, grpc, work)
             try:
                 for clients in PA_CONCURRENCY:
                     for protocol, url in endpoints.items():
@@ -507,21 +516,27 @@ def perf_analyzer_run(args) -> None:
                                                                   "manifest": _manifest_summary(str(bundle))},
                          "triton": "Triton Inference Server 2.51.0 (nvidia-pytriton 0.7.0), Python backend, "
                                    "vaedeploy triton-repo --graphs python",
+                         "triton_unbatched": "the same repository without dynamic_batching in its models' configs "
+                                             "(Triton's default scheduler), at no queue delay",
                          "perf_analyzer": "tritonclient 2.51.0's bin/perf_analyzer", "grpc_on_vaedeploy": grpc,
-                         "note": args.note},
-            "goals": perf_goals(rows)}
+                         "uptime": {"before": uptime_before, "after": _uptime()}, "note": args.note},
+            "goals": perf_goals(rows), "goals_against_unbatched_triton": perf_goals(rows, "triton_unbatched")}
     path = write_rows(PA_NAME, rows, meta=meta)
     print(f"wrote {path}")
     plot_perf(json.loads(path.read_text()), RESULTS_DIR / f"{PA_NAME}.png")
 
 
-def pa_server(system: str, bundle: Path, repository: Path, delay: int, grpc: bool, work: Path):
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def pa_server(system: str, bundle: Path, repository: Path | None, delay: int, grpc: bool, work: Path):
     """Start ``system`` serving the bundle at one queue delay: (a function that stops it, protocol → address)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "triton"))
     from tritonserver import Triton, free_port
 
-    if system == "triton":
-        triton = Triton([repository], work / f"tritonserver-{delay}.log")
+    if system != "vaedeploy":
+        triton = Triton([repository], work / f"{system}-{delay}.log")
         return triton.stop, {"http": triton.http, "grpc": triton.grpc}
     grpc_port = free_port() if grpc else None
     process, port = start([sys.executable, "-m", "vaedeploy.cli", "serve", str(bundle), "--name", pa_model(delay),
@@ -557,16 +572,16 @@ def pa_row(rows, system: str, protocol: str, delay: int, clients: int) -> dict |
                  and r["queue_delay_us"] == delay and r["concurrency"] == clients), None)
 
 
-def perf_goals(rows) -> dict:
-    """Issue 31's goals on each protocol: vaedeploy's throughput at least Triton's and its p99 no worse at every
-    delay and concurrency, and its p99 at concurrency 1 within 2× of its p50."""
+def perf_goals(rows, triton: str = "triton") -> dict:
+    """Issue 31's goals on each protocol: vaedeploy's throughput at least Triton's (``triton``: the system measured as
+    Triton) and its p99 no worse at every delay and concurrency, and its p99 at concurrency 1 within 2× of its p50."""
     goals = {}
     for protocol in ("http", "grpc"):
         points, misses = 0, []
         for delay in PA_DELAYS_US:
             for clients in PA_CONCURRENCY:
                 ours, theirs = pa_row(rows, "vaedeploy", protocol, delay, clients), \
-                    pa_row(rows, "triton", protocol, delay, clients)
+                    pa_row(rows, triton, protocol, delay, clients)
                 if not ours or not theirs or "throughput_ips" not in ours or "throughput_ips" not in theirs:
                     continue
                 points += 1
@@ -600,6 +615,29 @@ def perf_table(doc: dict) -> str:
     return markdown_table(head, lines)
 
 
+SPLIT_CONCURRENCY = (1, 8, 64)
+SPLIT = (("server_queue_us", "queue"), ("server_compute_input_us", "compute input"),
+         ("server_compute_infer_us", "compute infer"), ("server_compute_output_us", "compute output"),
+         ("network_server_us", "network + server send/recv"), ("client_send_us", "client send"),
+         ("client_recv_us", "client recv"))
+
+
+def perf_split_table(doc: dict) -> str:
+    """Where a request's time goes at no queue delay, as perf_analyzer splits it from the servers' statistics
+    extension (µs per request, means; the latency's p50 beside them): the server's queue and compute phases, the
+    rest of the server and the network, the client's own send and receive (report.py's table)."""
+    lines = []
+    for clients in SPLIT_CONCURRENCY:
+        for system in PA_SYSTEMS:
+            for protocol in ("http", "grpc"):
+                r = pa_row(doc["rows"], system, protocol, 0, clients)
+                if not r or "p50_us" not in r:
+                    continue
+                lines.append([clients, f"{system} {protocol}", f"{r['p50_us']:.0f}",
+                              *(f"{r[key]:.0f}" if key in r else "–" for key, _ in SPLIT)])
+    return markdown_table(["clients", "server", "p50 µs", *(name + " µs" for _, name in SPLIT)], lines)
+
+
 def _failure(row: dict) -> str:
     """What a point without figures says: perf_analyzer found no three windows that agreed, or another error."""
     error = row.get("error", "")
@@ -616,7 +654,7 @@ def plot_perf(doc: dict, path: Path) -> None:
     delays = settings["queue_delays_us"]
     fig, axes = plt.subplots(len(delays), 2, figsize=(10, 3.4 * len(delays)), sharex=True, squeeze=False)
     styles = {("vaedeploy", "http"): "o-", ("vaedeploy", "grpc"): "s-", ("triton", "http"): "o--",
-              ("triton", "grpc"): "s--"}
+              ("triton", "grpc"): "s--", ("triton_unbatched", "http"): "o:", ("triton_unbatched", "grpc"): "s:"}
     for delay, (left, right) in zip(delays, axes):
         for (system, protocol), style in styles.items():
             points = [pa_row(rows, system, protocol, delay, c) for c in settings["concurrency"]]
