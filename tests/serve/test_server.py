@@ -403,6 +403,41 @@ def test_shutdown_marks_the_server_unready_first(exported):
     rt.close()
 
 
+def test_every_http_request_leaves_the_in_flight_count_it_entered(exported):
+    # the count decides which requests may run on the event loop; one that leaked would turn that path off for good
+    import asyncio
+
+    from vaedeploy.serve.app import InferenceServer, Uvicorn, _listening_socket
+
+    rt = load(exported("vae")[1])
+    server = InferenceServer([("vae", rt)])
+    uv, sock = Uvicorn(server), _listening_socket("127.0.0.1", 0)
+    thread = threading.Thread(target=lambda: asyncio.run(uv.serve(sockets=[sock])), daemon=True)
+    thread.start()
+    port, deadline = sock.getsockname()[1], time.monotonic() + TIMEOUT
+    while not server.ready and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        requests = [("POST", "/v2/models/vae.sample/infer", b'{"parameters": {"n": 1, "seed": 1}}', 200),
+                    ("POST", "/v2/models/vae.sample/infer", b'{"parameters": {"n": 0}}', 400),
+                    ("POST", "/v2/models/vae.nothing/infer", b"{}", 404), ("GET", "/v2/health/ready", None, 200),
+                    ("GET", "/nowhere", None, 404)]
+        for method, path, body, status in requests * 2:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+            connection.request(method, path, body)
+            assert connection.getresponse().status == status, path
+            connection.close()
+        with socket.create_connection(("127.0.0.1", port)) as gone:  # headers, then the client leaves before its body
+            gone.sendall(b"POST /v2/models/vae.sample/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        while server.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.in_flight == 0
+    finally:
+        uv.should_exit = True
+        thread.join(TIMEOUT)
+        sock.close()
+
+
 def test_the_cli_refuses_bad_options_in_one_line(exported, capsys):
     from vaedeploy.cli import main
 

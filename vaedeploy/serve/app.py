@@ -242,15 +242,15 @@ class InferenceServer:
     async def __call__(self, scope, receive, send) -> None:
         """The ASGI app: ``POST …/infer`` here, everything else (and the lifespan) through Starlette. An HTTP request
         is in flight (counted since ``Protocol`` read its headers) until this returns."""
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
-        try:
+        try:  # a websocket scope (an upgraded request, refused by Starlette) was counted too
             await self._http(scope, receive, send)
         finally:
             self.in_flight -= 1
 
     async def _http(self, scope, receive, send) -> None:
-        if scope["method"] == "POST" and (match := INFER.fullmatch(scope["path"])):
+        if scope["type"] == "http" and scope["method"] == "POST" and (match := INFER.fullmatch(scope["path"])):
             status, body, headers = await self.infer(match.group(1), match.group(2) or "1", scope, receive)
             await send({"type": "http.response.start", "status": status,
                         "headers": [(b"content-length", str(len(body)).encode()),
