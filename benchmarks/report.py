@@ -522,8 +522,8 @@ def serve_perf_analyzer(doc: dict) -> str:
     machine = doc["machine"]
     return (perf_table(doc) + f"\n\nGoals (vaedeploy ≥ Triton's throughput, p99 no worse; p99 ≤ 2× p50 at 1 client): "
             f"{verdicts}.{against_unbatched} {machine['cpu']}, {machine['cpu_cores_available']} cores shared "
-            "with "
-            f"other engineers' work (1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run: noisy figures), "
+            f"with other engineers' work (1-minute load average {min(loads):.1f} to {max(loads):.1f} during the "
+            "run: noisy figures), "
             f"onnxruntime {machine['versions']['onnxruntime']}, {doc['date'][:10]}; one perf_analyzer measurement "
             f"per point ({doc['settings']['measurement_interval_ms']} ms windows until 3 agree within "
             f"{doc['settings']['stability_percentage']}%, at most {doc['settings']['max_trials']}).")
