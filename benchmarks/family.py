@@ -1,9 +1,12 @@
-"""The family's "done when" figures: vae, bivae, biva and twostage trained for the same time on digits and mnist5k.
+"""The family's "done when" figures: vae, bivae, biva and twostage (and klconv, spatial latents) trained for the same
+time on digits and mnist5k.
 
 Each model trains for at most ``--seconds`` per stage (two-stage: stage 1, then stage 2), early-stopping on the
 validation loss, and is evaluated on the test split by ``vaedeploy.evaluate``. With several ``--seeds`` every model
 trains once per seed and the checks compare the means over seeds (the spread is reported beside them). Writes
-``benchmarks/results/family.json`` (every figure, the machine, the checks) and prints a markdown table.
+``benchmarks/results/family.json`` (every figure, the machine, the checks) and prints a markdown table. With
+``--pictures`` each model's samples and reconstructions (``vaedeploy plot``'s) are kept beside it as
+``NAME_KIND_samples.png`` and ``NAME_KIND_reconstructions.png``.
 
     python benchmarks/family.py                       # digits 60 s, mnist5k 120 s per model and stage (about 25 min)
     python benchmarks/family.py --data digits --seconds 10 --iw-samples 100 --name quick   # a quick look
@@ -11,12 +14,15 @@ trains once per seed and the checks compare the means over seeds (the spread is 
     python benchmarks/family.py --data digits --seeds 0 1 2   # three seeds per model
     python benchmarks/family.py --data mnist5k --kinds vae bivae --backbone conv --name family_conv   # conv pair
     python benchmarks/family.py --kinds vae bivae biva --free-bits 0.5 --name family_free_bits   # one recipe
+    python benchmarks/family.py --data mnist5k --kinds klconv --name family_klconv --pictures --epochs 10 \
+        --iw-samples 100   # spatial latents, on an epoch budget (a conv model on 2 busy cores: ~1 min per epoch)
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -27,9 +33,11 @@ from benchmarks.common import RESULTS_DIR, markdown_table, write_rows  # noqa: E
 from vaedeploy.data import load_dataset  # noqa: E402
 from vaedeploy.evaluate import evaluate_run  # noqa: E402
 from vaedeploy.io import read_json  # noqa: E402
+from vaedeploy.pictures import plot_run  # noqa: E402
 from vaedeploy.train import TrainConfig, train_run  # noqa: E402
 
-KINDS = ("vae", "bivae", "biva", "twostage")
+KINDS = ("vae", "bivae", "biva", "twostage", "klconv")  # the order of the rows
+FAMILY = KINDS[:4]  # the default --kinds: the vector-latent family whose checks the benchmark decides
 DEFAULT_SECONDS = {"digits": 60.0, "mnist5k": 120.0}
 
 
@@ -74,14 +82,16 @@ def checks(rows: list[dict]) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", default=["digits", "mnist5k"])
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS))
+    parser.add_argument("--kinds", nargs="+", default=list(FAMILY))
     parser.add_argument("--seconds", type=float, help="training time per model and stage (default per data set)")
+    parser.add_argument("--epochs", type=int, help="a fixed number of epochs per stage in place of the time limit")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per model and seed")
     parser.add_argument("--backbone", choices=["mlp", "conv"], help="every model's backbone (default: each kind's)")
     parser.add_argument("--free-bits", type=float, help="every model's free bits (default: each kind's)")
     parser.add_argument("--iw-samples", type=int, default=1000)
     parser.add_argument("--out", help="where the run directories go (default runs/NAME)")
     parser.add_argument("--name", default="family", help="results file name under benchmarks/results/")
+    parser.add_argument("--pictures", action="store_true", help="keep each model's samples and reconstructions")
     args = parser.parse_args()
 
     model_config = {"backbone": args.backbone} if args.backbone else None
@@ -91,11 +101,16 @@ def main() -> None:
         seconds = args.seconds or DEFAULT_SECONDS.get(data_name, 60.0)
         for kind, seed in ((kind, seed) for kind in args.kinds for seed in args.seeds):
             run = Path(args.out or f"runs/{args.name}") / data_name / f"{kind}_seed{seed}"
-            cfg = TrainConfig(epochs=2000, max_seconds=seconds, patience=30, seed=seed, free_bits=args.free_bits)
+            cfg = TrainConfig(epochs=args.epochs or 2000, max_seconds=0.0 if args.epochs else seconds, patience=30,
+                              seed=seed, free_bits=args.free_bits)
             _, metrics = train_run(kind, data, run, model_config=model_config, train_config=cfg, progress=False)
             stages = metrics.get("stages", {}).values()
             train_seconds = metrics["train_seconds"] + sum(s["train_seconds"] for s in stages)
             results = evaluate_run(run, iw_samples=args.iw_samples)
+            if args.pictures:
+                for picture in plot_run(run):
+                    if picture.stem in ("samples", "reconstructions"):
+                        shutil.copyfile(picture, RESULTS_DIR / f"{args.name}_{kind}_{picture.name}")
             row = {"data": data_name, "kind": kind, "seed": seed, "backbone": args.backbone or "default",
                    "free_bits": read_json(run / "config.json")["train"]["free_bits"], "run": str(run),
                    "measured": now(),
@@ -118,7 +133,9 @@ def main() -> None:
     data_order = {d: i for i, d in enumerate(dict.fromkeys(r["data"] for r in rows))}
     rows.sort(key=lambda r: (data_order[r["data"]], KINDS.index(r["kind"]), r.get("seed", 0)))
     decided = checks(rows)
-    path = write_rows(args.name, rows, meta={"seconds_per_stage": args.seconds or DEFAULT_SECONDS,
+    budget = {"epochs_per_stage": args.epochs} if args.epochs else \
+        {"seconds_per_stage": args.seconds or DEFAULT_SECONDS}
+    path = write_rows(args.name, rows, meta={**budget,
                                              "seeds": {d: sorted({r.get("seed", 0) for r in rows if r["data"] == d})
                                                        for d in data_order}, "iw_samples": args.iw_samples,
                                              "checks": decided,
