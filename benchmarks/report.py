@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `benchmarks.*` when run as a script
 
 from benchmarks.common import RESULTS_DIR, markdown_table  # noqa: E402
+from benchmarks.diffusers_vae import NAMES  # noqa: E402
 from vaedeploy.io import atomic_write_bytes  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -365,14 +366,14 @@ def cpu_full(doc: dict) -> str:
                   f"{row['min_ms'] / model['floor_fp32_ms']:.1f}×",
                   f"{row['max_abs']:.1e} / {row['psnr_db']:.0f}"] for row in sorted(model["rows"],
                                                                                       key=lambda r: r["min_ms"])]
-        parts.append(f"**{model['model']} decoder, {model['side']}×{model['side']}, batch 1** ({model['gflop']:.0f} "
-                     f"GFLOP; floor {_ms(model['floor_fp32_ms'])} ms at the fp32 matmul rate, "
-                     f"{_ms(model['floor_bf16_ms'])} ms at torch's bf16 one)\n\n"
+        parts.append(f"**{NAMES[model['model']]} decoder, {model['side']}×{model['side']}, batch 1** "
+                     f"({model['gflop']:.0f} GFLOP; floor {_ms(model['floor_fp32_ms'])} ms at the fp32 matmul rate, "
+                     f"{model['floor_bf16_ms'] / 1e3:.3g} s at torch's bf16 one)\n\n"
                      + markdown_table(["provider (fastest first)", f"ms, min–median of {doc['rounds']}",
                                        "min × fp32 floor", "error vs eager fp32: max abs / PSNR dB"], lines)
                      + f"\n\nauto chose: {model['auto']}.")
     env, rates = doc["environment"], doc["torch_rates"]
-    notes = "".join(f" {note[0].upper()}{note[1:]}." for note in doc["notes"])
+    notes = "".join(f" {note}." for note in doc["notes"])  # each begins with its model's short name
     caption = (f"Measured by `{_command(env)}` on {env['date']}: {_machine(env)}. Rates in the same run: fp32 matmul "
                f"{doc['rates']['matmul']['flops_per_s'] / 1e9:.0f} GFLOP/s; torch bf16 matmul "
                f"{rates['matmul_bf16'] / 1e9:.2g} GFLOP/s, torch conv fp32 {rates['conv_fp32'] / 1e9:.3g} and bf16 "

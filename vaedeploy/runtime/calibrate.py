@@ -171,8 +171,8 @@ def pick(times: dict[str, dict[int, float]], default: str) -> str:
 
 def _said(times: dict[str, dict[int, float]]) -> str:
     sizes = sorted(next(iter(times.values())))
-    shown = "; ".join(f"{name} " + "/".join(f"{by_size[n] * 1e3:.3g}" for n in sizes) for name, by_size in
-                      times.items())
+    shown = "; ".join(f"{name} " + "/".join(f"{by_size[n] * 1e3:.3g}" if by_size[n] < 1 else f"{by_size[n] * 1e3:.0f}"
+                                            for n in sizes) for name, by_size in times.items())
     return f"decode ms at batch {'/'.join(str(n) for n in sizes)}: {shown}"
 
 
