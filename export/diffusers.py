@@ -238,7 +238,7 @@ DEFAULT_MAX_BATCH = 4  # full-size VAEs at 512×512: validation runs every batch
 # An imported graph is a deep network of large convolutions: ONNX Runtime's and PyTorch's float32 sums differ by more
 # than our small models' 1e-4 (measured: about 2e-4 on SD-VAE's decoder at 256×256), fp16 by a few 1e-2 in [-1, 1].
 TOLERANCES = {"fp32": {"max_abs": 2e-3, "rel_l2": 1e-4}, "fp16": {"max_abs": 0.15, "rel_l2": 2e-2}}
-LATENT_TYPES = {"AutoencoderKL": "gaussian", "AutoencoderTiny": "deterministic", "VQModel": "vq"}
+LATENT_TYPES = {"AutoencoderKL": "gaussian", "AutoencoderTiny": "deterministic"}  # VQModel: _vq_spec
 IDENTITY = {"kind": "identity", "outputs": ["x"]}  # the decoder returns the image itself
 
 
@@ -261,22 +261,20 @@ def export_spec(vae: nn.Module, sizes=DEFAULT_SIZES, max_batch: int = DEFAULT_MA
     from vaedeploy.models.spec import ExportSpec, GraphSpec, SpatialSize
 
     name = check_supported(vae)
-    if name == "VQModel":
-        raise ConfigError("VQModel: a bundle of VQ latents at any image size is not written yet (the bundle's vq "
-                          "latent type holds one grid size and a learned prior); AutoencoderKL and AutoencoderTiny "
-                          "are")
     factor = downsample(vae)
     sizes = check_sizes(sizes, factor)
     encoder, decoder = modules(vae)
     reference = sizes[0]
     size = SpatialSize((min(sizes),) * 2, (max(sizes),) * 2, factor, factor)
     x = photographs(reference, reference, max(2, max_batch))  # export traces 2 rows, whatever the batch limit
+    tolerances = {p: dict(t) for p, t in TOLERANCES.items()}
+    if name == "VQModel":
+        return _vq_spec(vae, encoder, decoder, x, size, tolerances)
     code = _code(encoder, x)
     latent = {"type": LATENT_TYPES[name], "shape": list(code.shape[1:]), "downsample": factor}
     if scale := scaling(vae):
         latent["scaling"] = scale
     outputs = ["mean", "logvar"] if latent["type"] == "gaussian" else ["z"]
-    tolerances = {p: dict(t) for p, t in TOLERANCES.items()}
     graphs = [
         GraphSpec("encoder", encoder, ["x"], {"photographs": [x]}, outputs, tolerances=tolerances,
                   spatial={"x": "image", **{o: "latent" for o in outputs}},
@@ -286,6 +284,44 @@ def export_spec(vae: nn.Module, sizes=DEFAULT_SIZES, max_batch: int = DEFAULT_MA
                   at_size=lambda h, w: [_code(encoder, photographs(h, w, 2))]),
     ]
     return ExportSpec(latent, IDENTITY, graphs, size=size, checks=(round_trip_check,))
+
+
+def _vq_spec(vae: nn.Module, encoder: nn.Module, decoder: nn.Module, x: np.ndarray, size, tolerances: dict):
+    """A VQModel's spec: ``encoder`` x → z_e and ``decoder`` z_q → image over any size, the codebook as an array
+    (the runtime's nearest-code op quantizes, as for every ``vq`` bundle), no prior. The decoder is validated on the
+    photographs' quantized encodings and on uniformly drawn codes (what ``decode_codes`` of any codes runs)."""
+    from vaedeploy.models.spec import ExportSpec, GraphSpec
+
+    codebook = vae.quantize.embedding.weight.detach().float().numpy().copy()
+    z_q = quantize(_code(encoder, x), codebook)[1]
+    drawn = np.random.default_rng(0).integers(0, len(codebook), (z_q.shape[0], *z_q.shape[2:]))
+    latent = {"type": "vq", "shape": list(z_q.shape[1:]), "downsample": size.downsample, "num_codes": len(codebook),
+              "codebook": "codebook"}
+    graphs = [
+        GraphSpec("encoder", encoder, ["x"], {"photographs": [x]}, ["z_e"], tolerances=tolerances,
+                  spatial={"x": "image", "z_e": "latent"}, at_size=lambda h, w: [photographs(h, w, 2)]),
+        GraphSpec("decoder", decoder, ["z_q"], {"encodings": [z_q], "codes": [_rows_of(codebook, drawn)]},
+                  list(IDENTITY["outputs"]), tolerances=tolerances, spatial={"z_q": "latent", "x": "image"},
+                  at_size=lambda h, w: [quantize(_code(encoder, photographs(h, w, 2)), codebook)[1]]),
+    ]
+    return ExportSpec(latent, IDENTITY, graphs, arrays={"codebook": codebook}, size=size, checks=(round_trip_check,))
+
+
+def quantize(z_e: np.ndarray, codebook: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes N×h×w, z_q N×D×h×w) of z_e N×D×h×w: each position's nearest codebook row by the kernels' rule, the
+    runtime's (squared Euclidean distance; diffusers' ``VectorQuantizer`` takes the argmin of ``cdist``, the same
+    code but for exact ties and rounding)."""
+    from vaedeploy.kernels import vq_nearest_numpy
+
+    n, d, h, w = z_e.shape
+    codes = vq_nearest_numpy(np.ascontiguousarray(z_e.transpose(0, 2, 3, 1).reshape(-1, d)), codebook)[0]
+    codes = codes.reshape(n, h, w)
+    return codes, _rows_of(codebook, codes)
+
+
+def _rows_of(codebook: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """z_q N×D×h×w of codes N×h×w."""
+    return np.ascontiguousarray(codebook[codes].transpose(0, 3, 1, 2))
 
 
 # The round trip photograph → encoder graph → decoder graph, against PyTorch float32's, must reach this PSNR (dB,
@@ -298,30 +334,46 @@ PSNR_FLOOR = {"fp32": 60.0, "fp16": 35.0, "bf16": 25.0}
 def round_trip_check(spec, files: dict, root, max_batch: int) -> dict:
     """The check an imported bundle adds to its validation (``ExportSpec.checks``): photographs at the range's
     corners and two non-square sizes through the encoder graph and the decoder graph of each precision (posterior
-    mean or code, no noise), their PSNR against the PyTorch modules' round trip, at least ``PSNR_FLOOR``."""
-    from .validate import PSNR_CAP, Bf16Module, cpu_session
+    mean or code, no noise; a VQ bundle's nearest codes between them), their PSNR against the PyTorch modules' round
+    trip, at least ``PSNR_FLOOR``; a VQ bundle's share of codes that agree with PyTorch's too (``VQ_AGREEMENT``)."""
+    from .validate import PSNR_CAP, VQ_AGREEMENT, Bf16Module, cpu_session
 
     cases = {g.role: g for g in spec.graphs}
     encoder, decoder = cases["encoder"].module, cases["decoder"].module
+    latent_name = cases["decoder"].input_names[0]
+    codebook = spec.arrays.get("codebook")
     (h0, w0), (h1, w1) = spec.size.low, spec.size.high
     sizes = list(dict.fromkeys([(h0, w0), (h1, w1), (h0, w1), (h1, w0)]))
-    results, failures = {}, []
+    results, agreement, failures = {}, {}, []
     for precision in files["encoder"]:
         graphs = [Bf16Module(cases[role].module, cases[role].input_names, cases[role].output_names)
                   if precision == "bf16" else cpu_session(Path(root) / files[role][precision])  # as validation does
                   for role in ("encoder", "decoder")]
         for h, w in sizes:
-            x = photographs(h, w, 2)
+            x, where = photographs(h, w, 2), f"{precision}@{h}x{w}"
+            expected_codes, expected_z = _most_likely(_code(encoder, x), codebook)
             with torch.no_grad():
-                expected = decoder(torch.from_numpy(_code(encoder, x))).numpy()
-            got = graphs[1].run(None, {"z": graphs[0].run(None, {"x": x})[0]})[0]
-            value = min(psnr(got, expected), PSNR_CAP)
-            results[f"{precision}@{h}x{w}"] = value
+                expected = decoder(torch.from_numpy(expected_z)).numpy()
+            codes, z = _most_likely(graphs[0].run(None, {"x": x})[0], codebook)
+            got = graphs[1].run(None, {latent_name: z})[0]
+            results[where] = value = min(psnr(got, expected), PSNR_CAP)
             if not value >= PSNR_FLOOR[precision]:  # NaN fails too
                 failures.append(f"round trip of photographs through the {precision} graphs at {h}×{w}: PSNR "
                                 f"{value:.1f} dB against PyTorch float32, below {PSNR_FLOOR[precision]:g} dB")
+            if codebook is not None:
+                agreement[where] = rate = float((codes == expected_codes).mean())
+                if rate < VQ_AGREEMENT[precision]:
+                    failures.append(f"codes of photographs from the {precision} encoder at {h}×{w}: {rate:.4f} "
+                                    f"agree with PyTorch float32's, below {VQ_AGREEMENT[precision]}")
+    codes = {"code_agreement": agreement} if codebook is not None else {}
     return {"name": "round_trip_psnr", "passed": not failures, "thresholds": PSNR_FLOOR,
-            "worst": min(results.values()), "by_precision_and_size": results, "failures": failures}
+            "worst": min(results.values()), "by_precision_and_size": results, **codes, "failures": failures}
+
+
+def _most_likely(code: np.ndarray, codebook: np.ndarray | None) -> tuple:
+    """(codes, the decoder's input) of the encoder's most likely latents: a VQ bundle's nearest codes and their
+    rows, else (None, the latents themselves)."""
+    return (None, code) if codebook is None else quantize(code, codebook)
 
 
 def _code(encoder: nn.Module, x: np.ndarray) -> np.ndarray:

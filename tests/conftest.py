@@ -63,6 +63,25 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def diffusers_bundle(tmp_path_factory):
+    """name → a bundle imported with ``from_diffusers`` from the tiny diffusers model ``name``
+    (``helpers.DIFFUSERS_CONFIGS``: sd, flux, taesd, vqgan) in fp32 and fp16, made once, on first use."""
+    from helpers import DIFFUSERS_SIZES, tiny_diffusers
+    from vaedeploy.export.diffusers import from_diffusers
+
+    root = tmp_path_factory.mktemp("imported")
+    made = {}
+
+    def get(name):
+        if name not in made:
+            made[name] = from_diffusers(tiny_diffusers(name), out=root / name, sizes=DIFFUSERS_SIZES, max_batch=2,
+                                        precisions=("fp32", "fp16"))
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def digits():
     from vaedeploy.data import load_dataset
 

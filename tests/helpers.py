@@ -102,3 +102,30 @@ def uncalibrated_copy(bundle, to):
     """A copy of a bundle without the calibration/ folder ``backend="auto"`` leaves in it (other tests load the shared
     bundles with the default backend), so a test of auto starts from no measurement."""
     return shutil.copytree(bundle, to, ignore=shutil.ignore_patterns("calibration"))
+
+
+# ---- diffusers' autoencoders, tiny (docs/diffusers.md) -------------------------------------------------------------
+
+DIFFUSERS_BLOCKS = {"down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2,
+                    "block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 16}
+# tiny configs after diffusers' own test configs: SD-style (quant convs, 4 channels, scaled), FLUX-style (16
+# channels, no quant convs, scaled and shifted), TAESD-style, VQGAN-style; each downsamples by 2. class name → config
+DIFFUSERS_CONFIGS = {
+    "sd": ("AutoencoderKL", {**DIFFUSERS_BLOCKS, "latent_channels": 4, "scaling_factor": 0.18215}),
+    "flux": ("AutoencoderKL", {**DIFFUSERS_BLOCKS, "latent_channels": 16, "use_quant_conv": False,
+                               "use_post_quant_conv": False, "scaling_factor": 0.3611, "shift_factor": 0.1159}),
+    "taesd": ("AutoencoderTiny", {"encoder_block_out_channels": (8, 8), "decoder_block_out_channels": (8, 8),
+                                  "num_encoder_blocks": (1, 1), "num_decoder_blocks": (1, 1), "latent_channels": 4}),
+    "vqgan": ("VQModel", {**DIFFUSERS_BLOCKS, "latent_channels": 3, "num_vq_embeddings": 16, "vq_embed_dim": 3}),
+}
+DIFFUSERS_SIZES = (16, 32)  # the tiny models' sample_size (diffusers' tile) and twice it: 16×16 … 32×32
+
+
+def tiny_diffusers(name: str):
+    """The tiny diffusers model ``name`` (``DIFFUSERS_CONFIGS``), seeded, in eval mode."""
+    import diffusers
+    import torch
+
+    cls, config = DIFFUSERS_CONFIGS[name]
+    torch.manual_seed(0)
+    return getattr(diffusers, cls)(**config).eval()

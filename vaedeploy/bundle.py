@@ -313,15 +313,25 @@ def _fixed_size(m: dict, f: _Fields) -> None:
 
 
 def _vq(m: dict, f: _Fields, image: Callable) -> dict[str, Signature]:
+    """A VQ latent: a D-vector per position of an h×w grid and a codebook of K rows (``latent.codebook``). With an
+    autoregressive ``prior`` (vaedeploy's ``vqvae``) the grid is fixed and the bundle samples; without one (a VQGAN,
+    diffusers' ``VQModel``) the grid follows the image through ``latent.downsample``, at any size ``input.size``
+    declares, and the bundle has no ``sample``."""
     latent = m["latent"]
+    codes = f.integer(f.key(latent, "num_codes", "latent"), "latent.num_codes", minimum=2)
+    f.one_of(f.key(latent, "codebook", "latent"), m.get("arrays", {}), "latent.codebook")
+    if "prior" not in latent:
+        shape = _latent_shape(m, f, spatial=True)
+        if len(shape) != 3:
+            f.fail("latent.shape", "[D, h, w]", shape)
+        z = _latent(m, shape)
+        return {"encoder": ([tensor("x", _image(m))], [tensor("z_e", z)]), "decoder": ([tensor("z_q", z)], image())}
     _fixed_size(m, f)
     shape = f.listed(f.key(latent, "shape", "latent"), "latent.shape", 3)
     if len(shape) != 3:
         f.fail("latent.shape", "[D, h, w]", shape)
     d, h, w = (f.integer(s, "latent.shape") for s in shape)
-    codes = f.integer(f.key(latent, "num_codes", "latent"), "latent.num_codes", minimum=2)
-    f.one_of(f.key(latent, "codebook", "latent"), m.get("arrays", {}), "latent.codebook")
-    prior = f.obj(f.key(latent, "prior", "latent"), "latent.prior")
+    prior = f.obj(latent["prior"], "latent.prior")
     if f.key(prior, "type", "latent.prior") != "autoregressive":
         f.fail("latent.prior.type", "'autoregressive'", prior["type"])
     length = f.integer(f.key(prior, "length", "latent.prior"), "latent.prior.length")
@@ -551,7 +561,8 @@ class Bundle:
 
     @property
     def downsample(self) -> int | None:
-        """H / h of a spatial latent (``latent.downsample``); None for vector latents and VQ grids."""
+        """H / h of a spatial latent (``latent.downsample``, a VQ grid without a prior's too); None for vector
+        latents and a prior's fixed VQ grid."""
         return self.latent.get("downsample")
 
     @property

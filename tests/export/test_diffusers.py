@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import DIFFUSERS_CONFIGS, DIFFUSERS_SIZES, tiny_diffusers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from vaedeploy.export import diffusers as imported
@@ -22,25 +23,8 @@ import vaedeploy
 from vaedeploy.errors import ConfigError
 from vaedeploy.models.spec import GraphSpec
 
-BLOCKS = {"down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2,
-          "block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 16}
-# tiny configs after diffusers' own test configs: SD-style (quant convs, 4 channels, scaled), FLUX-style (16
-# channels, no quant convs, scaled and shifted), TAESD-style, VQGAN-style; each downsamples by 2
-CONFIGS = {
-    "sd": (diffusers.AutoencoderKL, {**BLOCKS, "latent_channels": 4, "scaling_factor": 0.18215}),
-    "flux": (diffusers.AutoencoderKL, {**BLOCKS, "latent_channels": 16, "use_quant_conv": False,
-                                       "use_post_quant_conv": False, "scaling_factor": 0.3611, "shift_factor": 0.1159}),
-    "taesd": (diffusers.AutoencoderTiny, {"encoder_block_out_channels": (8, 8), "decoder_block_out_channels": (8, 8),
-                                          "num_encoder_blocks": (1, 1), "num_decoder_blocks": (1, 1),
-                                          "latent_channels": 4}),
-    "vqgan": (diffusers.VQModel, {**BLOCKS, "latent_channels": 3, "num_vq_embeddings": 16, "vq_embed_dim": 3}),
-}
-
-
-def tiny(name: str):
-    cls, config = CONFIGS[name]
-    torch.manual_seed(0)
-    return cls(**config).eval()
+CONFIGS = {name: (getattr(diffusers, cls), config) for name, (cls, config) in DIFFUSERS_CONFIGS.items()}
+tiny = tiny_diffusers
 
 
 @pytest.fixture(scope="module")
@@ -182,18 +166,17 @@ def test_an_fp16_overflow_built_on_purpose_is_traced_to_its_first_node(tmp_path)
 
 # ---- import into bundles -------------------------------------------------------------------------------------------
 
-SIZES = (16, 32)  # the tiny models' sample_size (diffusers' tile) and twice it: 16×16 … 32×32, non-square between
+SIZES = DIFFUSERS_SIZES
 
 
 @pytest.fixture(scope="module")
-def bundles(saved, tmp_path_factory):
-    """name → a bundle imported from the saved folder: SD-style in fp32 and fp16 from Python, TAESD-style in fp32
-    through the command (what it printed under "printed")."""
+def bundles(saved, tmp_path_factory, diffusers_bundle):
+    """name → a bundle: SD-style in fp32 and fp16 (conftest's, from Python), TAESD-style in fp32 imported from the
+    saved folder through the command (what it printed under "printed")."""
     from vaedeploy.cli import main
 
     root = tmp_path_factory.mktemp("imported")
-    made = {"sd": imported.from_diffusers(saved["sd"], out=root / "sd", sizes=SIZES, max_batch=2,
-                                         precisions=("fp32", "fp16"))}
+    made = {"sd": diffusers_bundle("sd")}
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(["import", "diffusers", str(saved["taesd"]), "--out", str(root / "taesd"), "--sizes", "16,32",
@@ -291,7 +274,3 @@ def test_sizes_are_two_or_more_multiples_of_the_downsampling(sizes):
                                           r"model's downsampling factor 2"):
         imported.export_spec(tiny("sd"), sizes)
 
-
-def test_a_vqmodel_is_refused_until_vq_bundles_take_any_size():
-    with pytest.raises(ConfigError, match=r"^VQModel: a bundle of VQ latents at any image size is not written yet"):
-        imported.export_spec(tiny("vqgan"))

@@ -455,13 +455,17 @@ class Runtime:
         ``max_batch`` rows at a time (a bucket at a time on a runtime with buckets); ``out`` as for ``encode``."""
         n, temperature = self._check_sample(n, temperature)
         if "sample" not in self.plans:
-            raise InputError(f"sample: a {self.kind} bundle has no prior over its {self.latent_type} latents; "
-                             "expected a bundle with gaussian latents or a learned prior")
+            raise InputError(self._no_prior("sample"))
         shape = self.latent_shape_at(size)
         images = self._call("sample", noise=Noise.of(seed, offset, n), temperature=temperature,
                             shape=shape if self.plans["sample"].sized else None, out=out)[0]
         images = self._finite(images, sampled_refusal, temperature)
         return images if out is not None else self.arrays.output(images)
+
+    def _no_prior(self, op: str) -> str:
+        """Why ``op`` (``sample``, ``sample_codes``) is refused by a bundle whose model has no prior to draw from."""
+        return (f"{op}: the model of this {self.kind} bundle has no prior over its {self.latent_type} latents to "
+                "sample from; expected a bundle with gaussian latents or a learned prior")
 
     # ---- what a latent type implements ---------------------------------------------------------------------------
 

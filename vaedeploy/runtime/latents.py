@@ -139,7 +139,9 @@ def _categorical(logits: np.ndarray, temperature: float, uniform: np.ndarray) ->
 
 
 class VQRuntime(Runtime):
-    """A VQ-VAE bundle: ``encode`` → (indices, z_q); ``decode`` accepts either; ``sample`` through the code prior."""
+    """A VQ bundle: ``encode`` → (indices, z_q); ``decode`` accepts either; ``sample`` through the code prior where
+    the bundle has one. Without a prior (a VQGAN) the grid follows the image: h×w = H/f × W/f at any size the bundle
+    takes, and there is no ``sample``."""
 
     LATENT_TYPES = ("vq",)
 
@@ -152,47 +154,69 @@ class VQRuntime(Runtime):
             raise BundleError(f"{bundle.root}: expected a float32 {self.num_codes}×{self.latent_dim} codebook, got "
                               f"{codebook.dtype} {shape_text(codebook.shape)}")
         self.codebook = self.arrays.from_numpy(codebook)
-        prior = latent["prior"]
-        self.code_length, self.start_token = int(prior["length"]), int(prior["start_token"])
         self._encoder = self._runner("encoder")
-        self._prior = self._runner(prior["graph"], ["logits"])
+        prior = latent.get("prior")
+        self.has_prior = prior is not None
+        if self.has_prior:
+            self.code_length, self.start_token = int(prior["length"]), int(prior["start_token"])
+            self._prior = self._runner(prior["graph"], ["logits"])
 
     def _plans(self) -> dict[str, Plan]:
-        """encode is deterministic; decode takes z_q or (``decode_codes``) integer codes; sampling reads the prior's
-        logits on the host at every position, so it is never recorded."""
+        """encode is deterministic; decode takes z_q or (``decode_codes``) integer codes N×h×w; sampling reads the
+        prior's logits on the host at every position, so it is never recorded (and is absent without a prior)."""
         image = ((self.input_shape, "float32"),)
-        return {**super()._plans(),
-                "encode": Plan(self._encode_rows, image),
-                "decode": Plan(self._decode_rows, ((self.latent_shape, "float32"),)),
-                "decode_codes": Plan(self._decode_codes_rows, (((self.code_length,), "int64"),)),
-                "sample": Plan(self._sample_rows, noise=True, temperature=True, recordable=False),
-                "sample_codes": Plan(self._sample_codes_rows, noise=True, temperature=True, recordable=False)}
+        plans = {**super()._plans(),
+                 "encode": Plan(self._encode_rows, image),
+                 "decode": Plan(self._decode_rows, ((self.latent_shape, "float32"),)),
+                 "decode_codes": Plan(self._decode_codes_rows, ((self.grid, "int64"),))}
+        if self.has_prior:
+            plans["sample"] = Plan(self._sample_rows, noise=True, temperature=True, recordable=False)
+            plans["sample_codes"] = Plan(self._sample_codes_rows, noise=True, temperature=True, recordable=False)
+        return plans
 
     def _quantize(self, z_e) -> tuple:
         """z_e (N×D×h×w) → (indices N×h×w, z_q N×D×h×w) through the kernels' nearest-code op."""
-        n = len(z_e)
+        n, grid = len(z_e), tuple(z_e.shape[2:])
         index, rows = self.arrays.nearest(self.arrays.channels_last(z_e).reshape(-1, self.latent_dim), self.codebook)
-        return index.reshape(n, *self.grid), self._channels_first(rows, n)
+        return index.reshape(n, *grid), self._channels_first(rows, n, grid)
 
-    def _channels_first(self, rows, n: int):
-        return self.arrays.channels_first(rows.reshape(n, *self.grid, self.latent_dim))
+    def _channels_first(self, rows, n: int, grid: tuple):
+        return self.arrays.channels_first(rows.reshape(n, *grid, self.latent_dim))
 
     def _lookup(self, codes):
-        """z_q (N×D×h×w) of N×L integer codes."""
-        return self._channels_first(self.codebook[codes.reshape(-1)], len(codes))
+        """z_q (N×D×h×w) of N×h×w integer codes."""
+        return self._channels_first(self.codebook[codes.reshape(-1)], len(codes), tuple(codes.shape[1:]))
+
+    def _grid_of(self, shape: tuple) -> tuple | None:
+        """The h×w grid that integer codes of per-row ``shape`` fill (h×w, or a prior's L), or None."""
+        if self.has_prior:
+            return self.grid if shape in (self.grid, (self.code_length,)) else None
+        if len(shape) != 2 or self.sizes is None:
+            return self.grid if shape == self.grid else None
+        f = self.downsample
+        return None if self.sizes.refusal((shape[0] * f, shape[1] * f)) else shape
+
+    def code_dims(self, codes, name: str = "codes") -> tuple:
+        """The per-row shape integer ``codes`` have if this bundle takes them: N×h×w (with a prior, also N×L; without
+        one, any grid of an image size the bundle takes); an ``InputError`` otherwise."""
+        shape = tuple(getattr(codes, "shape", ())[1:])
+        if len(getattr(codes, "shape", ())) < 2 or self._grid_of(shape) is None:
+            expected = f"N×{shape_text(self.grid)} or N×{self.code_length}" if self.has_prior else (
+                f"N×{shape_text(self.grid)}" if self.sizes is None else
+                f"N×h×w with h = H/{self.downsample}, w = W/{self.downsample} and {self.sizes}")
+            raise InputError(f"{name}: expected shape {expected}, got {shape_text(getattr(codes, 'shape', ()))}")
+        return shape
 
     def _take_codes(self, codes, check_inputs: bool = True):
-        """Integer codes N×h×w (or N×L) in [0, K) (read only when ``check_inputs``), as N×L in the backend's arrays,
-        and the way back."""
+        """Integer codes N×h×w (or N×L) in [0, K) (read only when ``check_inputs``), as N×h×w in the backend's
+        arrays, and the way back."""
         codes, back = self.arrays.take_integers(codes, "codes")
-        if tuple(codes.shape[1:]) not in (self.grid, (self.code_length,)):
-            raise InputError(f"codes: expected shape N×{shape_text(self.grid)} or N×{self.code_length}, got "
-                             f"{shape_text(codes.shape)}")
+        grid = self._grid_of(self.code_dims(codes))
         if len(codes) == 0:
             raise InputError("codes: expected at least one row (N ≥ 1), got an empty batch")
         if check_inputs and (codes.min() < 0 or codes.max() >= self.num_codes):
             raise InputError(f"codes: expected indices in [0, {self.num_codes}), got [{codes.min()}, {codes.max()}]")
-        return self.arrays.from_numpy(codes.reshape(len(codes), -1)), back
+        return self.arrays.from_numpy(codes.reshape(len(codes), *grid)), back
 
     @staticmethod
     def _is_codes(z) -> bool:
@@ -218,8 +242,8 @@ class VQRuntime(Runtime):
         return tuple(map(back, self._call("encode", x)))
 
     def decode(self, z, *, out=None, check_inputs: bool = True):
-        """The mean image of p(x|z_q) for integer codes (N×h×w or N×L) or float z_q (N×D×h×w); ``out`` and
-        ``check_inputs`` (the codes' range too) as for ``Runtime.encode``."""
+        """The mean image of p(x|z_q) for integer codes (N×h×w, or N×L with a prior) or float z_q (N×D×h×w), at
+        any grid the bundle takes; ``out`` and ``check_inputs`` (the codes' range too) as for ``Runtime.encode``."""
         if self._is_codes(z):
             codes, back = self._take_codes(z, check_inputs)
             images = self._call("decode_codes", codes, out=out)[0]  # codebook rows: as finite as the validated ones
@@ -238,6 +262,8 @@ class VQRuntime(Runtime):
         """N×h×w codes from the prior, one position at a time; code t of row r uses uniform t of row
         ``offset + r`` of ``seed``'s stream (L uniforms a row)."""
         n, temperature = self._check_sample(n, temperature)
+        if not self.has_prior:
+            raise InputError(self._no_prior("sample_codes"))
         codes = self._call("sample_codes", noise=Noise.of(seed, offset, n), temperature=temperature)[0]
         return self.arrays.to_numpy(codes).reshape(n, *self.grid)
 
@@ -257,7 +283,7 @@ class VQRuntime(Runtime):
             codes[:, t] = _categorical(logits, temperature, uniform[:, t])
             if t + 1 < length:
                 tokens[:, t + 1] = codes[:, t]
-        return self.arrays.from_numpy(codes)
+        return self.arrays.from_numpy(codes.reshape(n, *self.grid))
 
     def _sample_rows(self, noise: Noise, temperature: float) -> tuple:
         return self._decode_rows(self._lookup(self._codes_rows(noise, temperature)))

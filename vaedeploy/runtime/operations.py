@@ -220,7 +220,7 @@ def table(latent_type: str, shapes: Shapes) -> dict[str, Operation]:
         decoded = () if latent_type == "hierarchical" else shapes.decoder
         sizes = tuple(p.name for p in shapes.size)
         ops.append(Operation("sample", (), (x,), SAMPLING + sizes, shapes.sampler + decoded, _sample, shapes.size))
-    if latent_type == "vq":
+    if latent_type == "vq" and shapes.sampler is not None:
         ops.append(Operation("sample_codes", (), (codes,), SAMPLING, shapes.sampler, _sample_codes))
     return {op.name: op for op in ops}
 
@@ -244,15 +244,15 @@ def _shapes(bundle) -> Shapes:
         params = tuple(Tensor(name, "float32", (BATCH, dim)) for name in ("mean", "logvar"))
         decoder = (latent["graphs"]["decode"],)
         sampler = (latent["graphs"]["sample"],)
-    elif kind == "vq":  # the autoregressive prior runs once per code
-        sampler = (prior["graph"],) * int(prior["length"])
+    elif kind == "vq":  # the autoregressive prior runs once per code; a VQGAN has none
+        sampler = (prior["graph"],) * int(prior["length"]) if prior else None
     elif kind == "gaussian":
         sampler = (prior["graph"],) if prior else ()
     else:
         sampler = None  # a deterministic latent has no prior to sample from
-    if kind == "vq":
-        return Shapes(image, bundle.latent_shape, params, decoder, sampler, bundle.latent_shape[1:],
-                      int(latent["num_codes"]))
+    if kind == "vq":  # the code grid is the latent's h×w: fixed under a prior, else of any size the bundle takes
+        latent_dims = _dims(decoder_input["shape"])
+        return Shapes(image, latent_dims, params, decoder, sampler, latent_dims[1:], int(latent["num_codes"]))
     sizes = bundle.sizes
     size = size_parameters(sizes) if sizes is not None and sampler is not None and kind == "gaussian" else ()
     return Shapes(image, _dims(decoder_input["shape"]), params, decoder, sampler, size=size)
@@ -269,6 +269,7 @@ def operations_of(runtime_or_bundle) -> dict[str, Operation]:
 _IMAGE = ("C", "H", "W")
 _PARAMS = tuple(Tensor(name, "float32", (BATCH, "d")) for name in ("mean", "logvar"))
 _SPATIAL = tuple(Tensor(name, "float32", (BATCH, "c", "h", "w")) for name in ("mean", "logvar"))
+_Z_E = Tensor("z_e", "float32", (BATCH, "D", "h", "w"))
 # the latent types as docs/serving.md names them, with symbolic shapes
 DOCS_TYPES = {
     "gaussian": ("gaussian", Shapes(_IMAGE, ("d",), _PARAMS, ("decoder",), ())),
@@ -277,8 +278,8 @@ DOCS_TYPES = {
     "gaussian, two-stage prior": ("gaussian", Shapes(_IMAGE, ("d",), _PARAMS, ("decoder",), ("prior.graph",))),
     "deterministic": ("deterministic", Shapes(_IMAGE, ("d",), (Tensor("z", "float32", (BATCH, "d")),),
                                               ("decoder",), None)),
-    "vq": ("vq", Shapes(_IMAGE, ("D", "h", "w"), (Tensor("z_e", "float32", (BATCH, "D", "h", "w")),), ("decoder",),
-                        ("prior.graph ×L",), ("h", "w"), "K")),
+    "vq": ("vq", Shapes(_IMAGE, ("D", "h", "w"), (_Z_E,), ("decoder",), ("prior.graph ×L",), ("h", "w"), "K")),
+    "vq, no prior, any size": ("vq", Shapes(_IMAGE, ("D", "h", "w"), (_Z_E,), ("decoder",), None, ("h", "w"), "K")),
     "hierarchical": ("hierarchical", Shapes(_IMAGE, ("Σd",), tuple(Tensor(t.name, "float32", (BATCH, "Σd"))
                                                                   for t in _PARAMS), ("graphs.decode",),
                                             ("graphs.sample",))),

@@ -216,7 +216,8 @@ class Operation:
                                 f"{got}")
         if floats:
             return ARRAYS.take(array, self._dims(spec, array, where), where, spec.values)[0]
-        if array.ndim != len(spec.dims) + 1 or tuple(array.shape[1:]) != spec.dims or len(array) == 0:
+        dims = self._dims(spec, array, where)
+        if array.ndim != len(dims) + 1 or tuple(array.shape[1:]) != dims or len(array) == 0:
             raise ProtocolError(f"{where}: expected shape N×{shape_text(spec.dims)} with N ≥ 1, got "
                                 f"{shape_text(array.shape)}")
         return check(where, array, spec.limit)
@@ -229,6 +230,8 @@ class Operation:
         try:
             if spec.name == "x":
                 return self.runtime.image_dims(array, where)
+            if spec.name == "codes":  # a VQ code grid of any size (a VQGAN's)
+                return self.runtime.code_dims(array, where)
             return self.runtime.latent_dims(array, where)
         except InputError as e:
             raise ProtocolError(str(e)) from None
