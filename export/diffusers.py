@@ -1,5 +1,6 @@
-"""diffusers' autoencoders as vaedeploy graphs (issue 29, docs/diffusers.md): loading a saved model, the modules each
-class exports, and the photographs they are validated on.
+"""diffusers' autoencoders as vaedeploy graphs (issue 29, docs/diffusers.md): loading a saved model, the bundle of
+each class (its modules are ``vaedeploy/models/diffusers.py``'s, which the torch backend rebuilds too), and the
+photographs they are validated on.
 
 - **AutoencoderKL** (SD 1.x/2.x, SDXL, SD3, FLUX: 4 or 16 latent channels, with or without quant convs):
   ``encoder`` x → (mean, logvar), the posterior's parameters with diffusers' clamp of logvar to [-30, 20], so the
@@ -11,7 +12,8 @@ class exports, and the photographs they are validated on.
 
 Images are in the model's range, [-1, 1] for all three; latents are the model's own (unscaled). The latent scaling of
 the config (``scaling_factor``, ``shift_factor``) is recorded in the manifest, and the runtime applies it by the
-bundle's one rule (docs/bundle.md).
+bundle's one rule (docs/bundle.md). The bundle also stores the model's config and weights (``model.safetensors``,
+no pickle), so the torch backend runs it by rebuilding diffusers' class.
 
 Validation inputs are photographs, not noise: the two that scikit-learn ships (``load_sample_images``), cropped at
 several places and scales and resized to each size, so the graphs are checked on the images they will see.
@@ -25,28 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from vaedeploy.kernels.limits import LOGVAR_MAX, LOGVAR_MIN
 
 from vaedeploy.errors import ConfigError, FileFormatError, MissingDependency
 from vaedeploy.io import read_json
+from vaedeploy.models.diffusers import KIND_PREFIX, SUPPORTED, check_supported, diffusers_package, model_entry, modules
 
-SUPPORTED = ("AutoencoderKL", "AutoencoderTiny", "VQModel")
 IMAGE_RANGE = (-1.0, 1.0)  # what every supported class takes and gives
-# diffusers' DiagonalGaussianDistribution clamps the encoder's logvar to [-30, 20], the range the runtime's kernels
-# clamp to as well (kernels/limits.py); the graph clamps it, so encode_params gives diffusers' posterior
-LOGVAR_RANGE = (LOGVAR_MIN, LOGVAR_MAX)
 # the files a hub download fetches: a model folder's, or a pipeline's vae/ subfolder (never a pipeline's other weights)
 HUB_FILES = ["config.json", "diffusion_pytorch_model*.safetensors", "vae/config.json",
              "vae/diffusion_pytorch_model*.safetensors"]
-
-
-def _diffusers():
-    try:
-        import diffusers
-    except ImportError:
-        raise MissingDependency("importing a diffusers model needs diffusers: pip install 'vaedeploy[diffusers]'") \
-            from None
-    return diffusers
 
 
 def model_folder(source: str | Path) -> Path:
@@ -90,86 +79,13 @@ def class_name(folder: Path) -> str:
 def load_vae(source: str | Path) -> nn.Module:
     """The autoencoder saved at ``source`` (see ``model_folder``) as float32 in eval mode."""
     folder = model_folder(source)
-    cls = getattr(_diffusers(), class_name(folder))
+    cls = getattr(diffusers_package(), class_name(folder))
     try:
         vae = cls.from_pretrained(folder, torch_dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as e:
         raise FileFormatError(f"{folder}: diffusers could not load the {cls.__name__} saved there ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'})") from None
     return vae.eval()
-
-
-def check_supported(vae: nn.Module) -> str:
-    """The name of ``vae``'s class if vaedeploy imports it, else one sentence naming it and what is supported."""
-    name = type(vae).__name__
-    if name not in SUPPORTED:
-        raise ConfigError(f"vaedeploy imports diffusers' {', '.join(SUPPORTED)}; got a {name}")
-    return name
-
-
-# ---- the modules each class exports --------------------------------------------------------------------------------
-
-class KLEncoder(nn.Module):
-    """AutoencoderKL's x → (mean, logvar) of the posterior, logvar clamped as diffusers clamps it."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        self.encoder, self.quant_conv = vae.encoder, vae.quant_conv  # quant_conv is None without use_quant_conv
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        moments = self.encoder(x)
-        if self.quant_conv is not None:
-            moments = self.quant_conv(moments)
-        mean, logvar = moments.chunk(2, dim=1)
-        return mean, logvar.clamp(*LOGVAR_RANGE)
-
-
-class KLDecoder(nn.Module):
-    """AutoencoderKL's z (unscaled) → image."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        self.post_quant_conv, self.decoder = vae.post_quant_conv, vae.decoder
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.post_quant_conv is not None:
-            z = self.post_quant_conv(z)
-        return self.decoder(z)
-
-
-class VQEncoder(nn.Module):
-    """VQModel's x → z_e, before the nearest code."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        self.encoder, self.quant_conv = vae.encoder, vae.quant_conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quant_conv(self.encoder(x))
-
-
-class VQDecoder(nn.Module):
-    """VQModel's z_q → image (a spatially normalised decoder also reads z_q itself)."""
-
-    def __init__(self, vae: nn.Module):
-        super().__init__()
-        self.post_quant_conv, self.decoder = vae.post_quant_conv, vae.decoder
-        self.spatial_norm = vae.config.norm_type == "spatial"
-
-    def forward(self, z_q: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z_q), z_q if self.spatial_norm else None)
-
-
-def modules(vae: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(encoder, decoder) modules of a supported autoencoder, float32 in eval mode."""
-    name = check_supported(vae)
-    if name == "AutoencoderKL":
-        pair = KLEncoder(vae), KLDecoder(vae)
-    elif name == "AutoencoderTiny":
-        pair = vae.encoder, vae.decoder
-    else:
-        pair = VQEncoder(vae), VQDecoder(vae)
-    return tuple(m.float().eval() for m in pair)
 
 
 def downsample(vae: nn.Module) -> int:
@@ -413,6 +329,6 @@ def from_diffusers(vae, *, out, precisions=("fp32",), sizes=DEFAULT_SIZES, max_b
         source, vae = str(vae), load_vae(vae)
     spec = export_spec(vae, sizes, max_batch)
     reference = check_sizes(sizes, 1)[0]
-    return write_bundle(spec, out=out, kind=f"diffusers.{type(vae).__name__}",
-                        input_spec=input_spec(vae, reference, source or "a module"), precisions=tuple(precisions),
-                        max_batch=max_batch, force=force)
+    return write_bundle(spec, out=out, kind=KIND_PREFIX + type(vae).__name__,
+                        input_spec=input_spec(vae, reference, source or "a module"), model=model_entry(vae),
+                        precisions=tuple(precisions), max_batch=max_batch, force=force)

@@ -1,5 +1,8 @@
 """PyTorch backend: the model rebuilt from the bundle's weights and config; torch tensors in and out.
 
+The model is a vaedeploy kind, or for a bundle imported from diffusers (kind ``diffusers.CLASS``) diffusers' own
+class built from the stored config, with diffusers imported only then (``models/diffusers.py``).
+
 The only part of the runtime that imports torch and the model classes. The model is built once per runtime (the
 runners of its graphs share it) and freed by ``close``. fp16 and bf16 build it in that precision behind float32
 inputs and outputs, like the bundle's fp16 graphs and its validated bf16 variant.
@@ -11,6 +14,7 @@ import torch
 from ...errors import BundleError, ConfigError
 from ...io import load_tensors
 from ...models import build_model
+from ...models.diffusers import KIND_PREFIX, rebuild
 from ..arrays import TorchArrays
 from .base import Runner
 
@@ -72,17 +76,21 @@ class Backend:
         self._built = None
 
     def model(self) -> torch.nn.Module:
-        """The bundle's model on the device in the runtime's precision, built on first use."""
+        """The bundle's model on the device in the runtime's precision, built on first use: a vaedeploy kind from
+        the registry, or an imported diffusers autoencoder rebuilt with diffusers (``models/diffusers.py``)."""
         if self._built is None:
-            try:
-                model = build_model(self.doc["kind"], self.doc["config"])
-            except ConfigError as e:
-                raise BundleError(f"{self.bundle.root / 'manifest.json'}: model: {e}") from None
+            kind, config = self.doc["kind"], self.doc["config"]
             path = self.bundle.path(self.doc["weights"])
             try:
-                model.load_state_dict(load_tensors(path))
+                if kind.startswith(KIND_PREFIX):
+                    model = rebuild(kind, config, load_tensors(path))
+                else:
+                    model = build_model(kind, config)
+                    model.load_state_dict(load_tensors(path))
+            except ConfigError as e:
+                raise BundleError(f"{self.bundle.root / 'manifest.json'}: model: {e}") from None
             except RuntimeError as e:
-                raise BundleError(f"{path}: does not fit the {self.doc['kind']} model of manifest.json "
+                raise BundleError(f"{path}: does not fit the {kind} model of manifest.json "
                                   f"({str(e).splitlines()[0]})") from None
             self._built = model.eval().to(self.device, DTYPES[self.precision])
         return self._built
