@@ -15,11 +15,14 @@ interleaved between
   TAESD's ``encode(x).latents``) under ``torch.inference_mode``, torch's default threads.
 
 Cases: TAESD encode and decode at 512×512, SD-VAE encode and decode at 256×256 and 512×512. The JSON rows carry the
-machine (CPU model, flags, cores) and versions; ``make docs`` renders docs/diffusers.md's table from them.
+machine (CPU model, flags, cores, the load average at the start and the end: the machine may be shared) and versions;
+``make docs`` renders docs/diffusers.md's tables from them (one JSON per model: ``--models taesd --out
+benchmarks/results/diffusers_vae_taesd.json`` and ``--models sd --out benchmarks/results/diffusers_vae_sd.json``).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -110,6 +113,7 @@ def main(argv=None) -> int:
     machine = {**environment(), "torch_threads": torch.get_num_threads()}  # at the start
     with tempfile.TemporaryDirectory() as root:
         rows = [row for name in args.models.split(",") for row in measure(name.strip(), args.iters, Path(root))]
+    machine["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]  # the machine is shared: both ends
     write_json(args.out, {"machine": machine, "iters": args.iters, "rows": rows})
     print(f"wrote {args.out}")
     return 0
