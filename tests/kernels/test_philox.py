@@ -73,5 +73,6 @@ def test_counters_reject_what_an_int64_cannot_hold():
         philox.counters(-1, 4)
     with pytest.raises(ValueError, match="offset"):
         philox.counters(2**63 - 2, 4)
+    assert philox.counters(2**63 - 4, 4)[-1] == 2**63 - 1  # the largest counter an int64 holds is drawn
     with pytest.raises(ValueError, match="seed"):
         philox.randint(2**63, philox.counters(0, 4))

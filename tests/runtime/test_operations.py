@@ -59,6 +59,13 @@ def test_the_table_is_the_latent_types(runtimes, kind):
         assert hasattr(runtime, {"decode_codes": "decode"}.get(op.name, op.name)), op.name
 
 
+def test_codes_range_over_the_codebook(runtimes):
+    runtime = runtimes("vqvae")
+    ops = operations_of(runtime)
+    for codes in (ops["encode"].outputs[0], ops["decode_codes"].inputs[0], ops["sample_codes"].outputs[0]):
+        assert (codes.name, codes.low, codes.high) == ("codes", 0, runtime.num_codes - 1)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_servers_models_are_the_table(runtimes, kind):
     runtime = runtimes(kind)

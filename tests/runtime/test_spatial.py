@@ -118,6 +118,7 @@ REFUSED_SIZES = [  # (size, what the sentence says)
     ((13, 20), r"size: expected H and W multiples of 4 from 8×8 to 32×32, got \(13, 20\)"),
     ((4, 8), r"size: expected H and W multiples of 4 from 8×8 to 32×32, got \(4, 8\)"),
     ((8, 36), r"size: expected H and W multiples of 4 .*, got \(8, 36\)"),
+    ((8, 14), r"size: expected H and W multiples of 4 .*, got \(8, 14\)"),  # W alone not a multiple
     ((8,), r"size: expected \(H, W\), two integers, with H and W multiples of 4"),
     ((8.0, 8.0), r"size: expected \(H, W\), two integers"),
     ((True, 8), r"size: expected \(H, W\), two integers"),
@@ -139,6 +140,7 @@ REFUSED_ARRAYS = [  # (op, per-row shape, what the sentence says)
     ("decode", (2, 3, 50), r"z: expected shape N×2×h×w with h = H/4, w = W/4 and H and W multiples of 4 from 8×8 to "
                            r"32×32, got 1×2×3×50"),
     ("decode", (2, 1, 2), r"z: expected shape N×2×h×w .*, got 1×2×1×2"),
+    ("decode", (3, 2, 2), r"z: expected shape N×2×h×w .*, got 1×3×2×2"),  # a size it takes, the wrong channels
     ("decode", (8,), r"z: expected shape N×2×h×w .*, got 1×8"),
 ]
 

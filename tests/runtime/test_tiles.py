@@ -41,12 +41,14 @@ def seams(size: int, tiling: Tiling, axis: int, radius: int) -> np.ndarray:
     return near
 
 
-def reference(run, x, tile: int, scale: Fraction, overlap=0.25):
-    """diffusers' tiled_decode / _tiled_encode restated for numpy and square tiles: every tile run and kept, blended
-    in place row by row of the overlap, then cropped and concatenated."""
-    t_out = int(tile * scale)
-    stride, extent = int(tile * (1 - overlap)), int(t_out * overlap)
-    limit = t_out - extent
+def reference(run, x, tile, scale: Fraction, overlap=0.25):
+    """diffusers' tiled_decode / _tiled_encode restated for numpy: every tile run and kept, blended in place row by
+    row of the overlap, then cropped and concatenated. ``tile``: a side (diffusers' square tiles) or (rows, columns),
+    each axis then computed as diffusers computes its one side."""
+    th, tw = (tile, tile) if isinstance(tile, int) else tile
+    t_out = (int(th * scale), int(tw * scale))
+    stride, extent = [int(t * (1 - overlap)) for t in (th, tw)], [int(t * overlap) for t in t_out]
+    limit = [t - e for t, e in zip(t_out, extent)]
 
     def blend(a, b, e, axis):
         e = min(a.shape[axis], b.shape[axis], e)
@@ -55,17 +57,17 @@ def reference(run, x, tile: int, scale: Fraction, overlap=0.25):
             b[index] = a[(slice(None),) * axis + (-e + y,)] * np.float32(1 - y / e) + b[index] * np.float32(y / e)
         return b
 
-    rows = [[run(x[:, :, i:i + tile, j:j + tile].copy()) for j in range(0, x.shape[3], stride)]
-            for i in range(0, x.shape[2], stride)]
+    rows = [[run(x[:, :, i:i + th, j:j + tw].copy()) for j in range(0, x.shape[3], stride[1])]
+            for i in range(0, x.shape[2], stride[0])]
     result = []
     for i, row in enumerate(rows):
         kept = []
         for j, tile_out in enumerate(row):
             if i:
-                tile_out = blend(rows[i - 1][j], tile_out, extent, 2)
+                tile_out = blend(rows[i - 1][j], tile_out, extent[0], 2)
             if j:
-                tile_out = blend(row[j - 1], tile_out, extent, 3)
-            kept.append(tile_out[:, :, :limit, :limit])
+                tile_out = blend(row[j - 1], tile_out, extent[1], 3)
+            kept.append(tile_out[:, :, :limit[0], :limit[1]])
         result.append(np.concatenate(kept, axis=3))
     return np.concatenate(result, axis=2)
 
@@ -106,6 +108,15 @@ def test_decode_direction_equals_the_reference_blend(height, width, tile, seed):
 
     got = tiled(run, x, Tiling((tile, tile), 4), NUMPY)[0]
     np.testing.assert_allclose(got, reference(lambda t: run(t)[0], x, tile, Fraction(4)), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("tile", [(4, 8), (12, 4)])
+def test_a_rectangular_tile_blends_each_axis_over_its_own_extent(tile):
+    # tile=(th, tw) as the runtime takes it: rows blend over th's overlap, columns over tw's (diffusers tiles squares)
+    x = np.random.default_rng(3).normal(size=(1, 2, 21, 27)).astype(np.float32)
+    got = tiled(box_then_upsample, x, Tiling(tile, 2), NUMPY)[0]
+    np.testing.assert_allclose(got, reference(lambda t: box_then_upsample(t)[0], x, tile, Fraction(2)), rtol=0,
+                               atol=1e-6)
 
 
 @settings(max_examples=25, deadline=None)
