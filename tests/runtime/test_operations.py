@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from helpers import images
 
 from vaedeploy import load
 from vaedeploy.bench import floor, local
@@ -64,6 +66,17 @@ def test_codes_range_over_the_codebook(runtimes):
     ops = operations_of(runtime)
     for codes in (ops["encode"].outputs[0], ops["decode_codes"].inputs[0], ops["sample_codes"].outputs[0]):
         assert (codes.name, codes.low, codes.high) == ("codes", 0, runtime.num_codes - 1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_op_takes_the_noise_parameters_exactly_where_its_result_depends_on_them(runtimes, kind):
+    runtime = runtimes(kind)
+    for op in operations_of(runtime).values():
+        if [t.name for t in op.inputs] != ["x"]:
+            continue
+        first, second = (op.run(runtime, (images(2),), 2, seed, 0, 1.0) for seed in (1, 2))
+        depends = any(not np.array_equal(a, b) for a, b in zip(first, second))
+        assert depends == ("seed" in op.parameters) == ("offset" in op.parameters), op.name
 
 
 @pytest.mark.parametrize("kind", KINDS)
