@@ -16,7 +16,7 @@ Where a CPU has no bfloat16 unit, torch's bfloat16 convolutions run a reference 
 fp32: ``bf16_probe`` measures that rate on one convolution, and a bf16 provider (and the bf16 export, which
 validates on the module run in bfloat16) whose one decode would take over ``SLOW_CALL_S`` at it is left out with
 that figure as the reason. ``torch.compile`` is left out of a model when compiling an earlier one took over
-``--compile-limit-s``.
+``--compile-limit-s`` (of every model where it is 0).
 
 Beside each row: the decoder's FLOPs at the size (onnx-tool) over the machine's fp32 matmul rate (the floor of
 ``vaedeploy bench``) and over its bf16 matmul rate (torch's, measured in the same run).
@@ -198,7 +198,9 @@ def measure(names: list[str], work: Path, compile_limit_s: float, notes: list[st
     env = environment()
     rates, probe = floor.measure_rates(), bf16_probe()
     work.mkdir(parents=True, exist_ok=True)
-    models, compile_torch = [], True
+    models, compile_torch = [], compile_limit_s > 0
+    if not compile_torch:
+        notes.append("torch.compile: not measured (--compile-limit-s 0)")
     for name in names:
         model = measure_model(name, work, rates, probe, compile_torch, notes)
         models.append(model)
