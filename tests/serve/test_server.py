@@ -6,6 +6,7 @@ disconnects, bad input and shutdown over gRPC have their own cases in test_grpc.
 Results of differently batched calls agree to about 1e-7, not bit for bit (BLAS picks kernels by batch size), so a
 response is compared with the direct runtime call to 1e-6.
 """
+import contextlib
 import http.client
 import json
 import re
@@ -403,21 +404,36 @@ def test_shutdown_marks_the_server_unready_first(exported):
     rt.close()
 
 
-def test_every_http_request_leaves_the_in_flight_count_it_entered(exported):
-    # the count decides which requests may run on the event loop; one that leaked would turn that path off for good
+@contextlib.contextmanager
+def in_process(bundle):
+    """``vaedeploy serve`` of one bundle (as vae) on a thread of this process: (its InferenceServer, its port)."""
     import asyncio
 
     from vaedeploy.serve.app import InferenceServer, Uvicorn, _listening_socket
 
-    rt = load(exported("vae")[1])
-    server = InferenceServer([("vae", rt)])
+    server = InferenceServer([("vae", load(bundle))])
     uv, sock = Uvicorn(server), _listening_socket("127.0.0.1", 0)
     thread = threading.Thread(target=lambda: asyncio.run(uv.serve(sockets=[sock])), daemon=True)
     thread.start()
-    port, deadline = sock.getsockname()[1], time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + TIMEOUT
     while not server.ready and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
+        yield server, sock.getsockname()[1]
+    finally:
+        uv.should_exit = True
+        thread.join(TIMEOUT)
+        sock.close()
+
+
+def infer_request(seed: int) -> bytes:
+    body = b'{"parameters": {"n": 1, "seed": %d}}' % seed
+    return b"POST /v2/models/vae.sample/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def test_every_http_request_leaves_the_in_flight_count_it_entered(exported):
+    # the count decides which requests may run on the event loop; one that leaked would turn that path off for good
+    with in_process(exported("vae")[1]) as (server, port):
         requests = [("POST", "/v2/models/vae.sample/infer", b'{"parameters": {"n": 1, "seed": 1}}', 200),
                     ("POST", "/v2/models/vae.sample/infer", b'{"parameters": {"n": 0}}', 400),
                     ("POST", "/v2/models/vae.nothing/infer", b"{}", 404), ("GET", "/v2/health/ready", None, 200),
@@ -428,14 +444,37 @@ def test_every_http_request_leaves_the_in_flight_count_it_entered(exported):
             assert connection.getresponse().status == status, path
             connection.close()
         with socket.create_connection(("127.0.0.1", port)) as gone:  # headers, then the client leaves before its body
-            gone.sendall(b"POST /v2/models/vae.sample/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            gone.sendall(infer_request(0)[:-5])
+        deadline = time.monotonic() + TIMEOUT
         while server.in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
         assert server.in_flight == 0
-    finally:
-        uv.should_exit = True
-        thread.join(TIMEOUT)
-        sock.close()
+
+
+def test_requests_that_arrive_together_share_a_batch_without_a_queue_delay(exported):
+    # no queue delay: a request alone on the server runs at once on the event loop; requests whose headers were read
+    # together must not each be taken for a lone one (they count as in flight from their headers), so they batch. The
+    # server's event loop is held for 0.3 s while they are sent, so all of them are read in its next step.
+    together = 32
+    with in_process(exported("vae")[1]) as (server, port):
+        for _ in range(5):  # one by one: the model's cost is known from its first run, its later runs are warm
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+            connection.request("POST", "/v2/models/vae.sample/infer", b'{"parameters": {"n": 1}}')
+            assert connection.getresponse().status == 200
+            connection.close()
+        before = server.statistics("vae.sample")["model_stats"][0]["execution_count"]
+        connections = [socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) for _ in range(together)]
+        server._loop.call_soon_threadsafe(time.sleep, 0.3)
+        time.sleep(0.05)
+        for seed, connection in enumerate(connections):
+            connection.sendall(infer_request(seed))
+        for connection in connections:
+            answer = http.client.HTTPResponse(connection)
+            answer.begin()
+            assert answer.status == 200 and json.loads(answer.read())["outputs"][0]["shape"] == [1, 1, 8, 8]
+            connection.close()
+        executions = server.statistics("vae.sample")["model_stats"][0]["execution_count"] - before
+    assert executions <= 2, f"{executions} executions for {together} requests that arrived together"
 
 
 def test_the_cli_refuses_bad_options_in_one_line(exported, capsys):
