@@ -638,8 +638,10 @@ def diffusers_vae(doc: dict) -> str:
     table = [[model, op, f"{size}×{size}", _ms(p["vaedeploy"]["p50_ms"]), _ms(p["diffusers eager"]["p50_ms"]),
               f"{p['diffusers eager']['p50_ms'] / p['vaedeploy']['p50_ms']:.2f}×"]
              for (model, op, size), p in cases.items()]
+    end = f", {env['load_average_at_end'][0]:g} at the end" if "load_average_at_end" in env else ""
     caption = (f"Measured by `{env['command']}` on {env['date']}: {env['cpu']} ({', '.join(env['cpu_flags'])}), "
-               f"{env['cpu_cores_available']} cores (load average {env['load_average_at_start'][0]:g} at the start), "
+               f"{env['cpu_cores_available']} cores (load average {env['load_average_at_start'][0]:g} at the "
+               f"start{end}), "
                f"torch {env['versions'].get('torch')} on {env['torch_threads']} threads, onnxruntime "
                f"{env['versions'].get('onnxruntime')}; random weights; batch 1, p50 in ms of {doc['iters']} calls "
                "each, interleaved.")

@@ -172,8 +172,8 @@ def check_sizes(sizes, factor: int) -> tuple[int, ...]:
 def export_spec(vae: nn.Module, sizes=DEFAULT_SIZES, max_batch: int = DEFAULT_MAX_BATCH):
     """The ``ExportSpec`` of a supported autoencoder: its encoder and decoder over any H, W from the smallest to the
     largest of ``sizes`` (multiples of the downsampling factor), validated on photographs at the first size (every
-    batch size up to ``max_batch``), on their encodings and on prior draws, and at the range's corners and two
-    non-square sizes on photographs and their encodings."""
+    batch size up to ``max_batch``), on their encodings and on prior draws (a VQModel's: drawn codes, ``_vq_spec``),
+    and at the range's corners and two non-square sizes on photographs and their encodings."""
     from vaedeploy.models.spec import ExportSpec, GraphSpec, SpatialSize
 
     name = check_supported(vae)
