@@ -251,7 +251,7 @@ def cases(entries: list[tuple], batches: list[int], ops: list[str], rates: dict)
             if not local.supports(rt, op):
                 continue
             for batch in batches:
-                op_floor = floor.floor(floor.op_cost(rt, op, batch), rates)
+                op_floor = floor.op_floor(rt, op, batch, rates)
                 pool = inputs.latents_of(batch) if op == "decode" else inputs.images_of(batch)
                 for name, provider in providers.items():
                     call = call_of(provider, rt, op, batch, pool)

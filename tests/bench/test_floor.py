@@ -83,3 +83,25 @@ def test_the_machine_rates_are_measured_here():
     assert rates["matmul"]["flops_per_s"] > 1e8 and {"numpy", "onnxruntime"} <= set(rates["matmul"]["by_library"])
     assert [c["bytes"] for c in rates["copy"]] == list(floor.CPU_COPY_SIZES)
     assert all(c["bytes_per_s"] > 1e8 for c in rates["copy"]) and "launch" not in rates
+
+
+def test_a_graph_onnx_tool_cannot_follow_gives_a_row_without_a_floor_and_says_why(exported, monkeypatch):
+    """SD-VAE's decoder stops onnx-tool's shape inference (a Squeeze in its attention block): the op is still
+    measured, its row has no floor, and its note names the cause."""
+    from vaedeploy import load
+    from vaedeploy.bench.output import annotate
+
+    def unfollowable(path):
+        raise ValueError("cannot select an axis to squeeze out which has size not equal to one")
+
+    rates = {"matmul": {"flops_per_s": 1e9}, "copy": [{"bytes": 1e6, "bytes_per_s": 1e9}]}
+    with load(exported("vae")[1], backend="onnxruntime") as rt:
+        assert floor.op_floor(rt, "decode", 1, rates)["floor_ms"] > 0
+        floor._model.cache_clear()
+        monkeypatch.setattr(floor, "_model", unfollowable)
+        uncounted = floor.op_floor(rt, "decode", 1, rates)
+    assert uncounted["floor_ms"] is None and uncounted["bound"] is None
+    row = annotate([{"op": "decode", "batch": 1, "p50_ms": 0.05, "floor": uncounted}])[0]
+    assert row["x_floor"] is None
+    assert row["note"] == ("no floor: onnx-tool cannot count decode's graphs (ValueError: cannot select an axis to "
+                           "squeeze out which has size not equal to one)")

@@ -208,8 +208,7 @@ def bundle_cases(bundle: Bundle, runtime, variant: dict, ops: list[str], batches
             for tile in tiling if size is not None and op in TILED_OPS else [None]:
                 for batch in batches:
                     # a tiled call's floor is the whole call's: the tiles' overlap only adds work
-                    op_floor = floor.floor(floor.op_cost(runtime, op, batch, size), rates,
-                                           variant.get("cuda_graphs", False))
+                    op_floor = floor.op_floor(runtime, op, batch, rates, size, variant.get("cuda_graphs", False))
                     key = {"bundle": bundle.label, "backend": runtime.backend, "device": runtime.device,
                            "precision": runtime.precision, "op": op, "batch": batch,
                            "size": None if size is None else list(size), "tile": tile_label(tile) if size else None}

@@ -34,7 +34,7 @@ ROW = ({"batch": (int,), "concurrency": (int,), "windows": (int,), "stable": (bo
         **{f"{prefix}{k}": _NUMBER for prefix in ("", "device_", "enqueue_") for k in ROW_FIGURES},
         "size": (list, _NONE), "tile": (str, _NONE), "peak_rss_growth_bytes": (int, _NONE),
         "floor": (dict, _NONE), "x_floor": (*_NUMBER, _NONE), "note": (str,), "first_error": (str,)})
-FLOOR = ({}, {"floor_ms": (*_NUMBER, _NONE), "bound": (str, _NONE)})
+FLOOR = ({}, {"floor_ms": (*_NUMBER, _NONE), "bound": (str, _NONE), "uncounted": (str,)})
 OVERHEAD_BOUND = 10.0  # a batch-1 row this many times its floor is bound by per-call work, not the graph's
 
 
@@ -49,7 +49,7 @@ def annotate(rows: list[dict]) -> list[dict]:
     for row in rows:
         floor_ms = (row.get("floor") or {}).get("floor_ms")
         row["x_floor"] = row["p50_ms"] / floor_ms if floor_ms and "p50_ms" in row else None
-        notes = []
+        notes = [row["floor"]["uncounted"]] if "uncounted" in (row.get("floor") or {}) else []
         if "device_p50_ms" in row and row["device_p50_ms"] < 0.5 * row["p50_ms"]:
             notes.append(f"launch-bound: the device works {row['device_p50_ms'] / row['p50_ms']:.0%} of the host "
                          "latency" + ("" if row.get("cuda_graphs") else " (CUDA graphs would cut the launches)"))

@@ -171,7 +171,7 @@ def measure_server(url: str, models: list[str], *, binary: bool = True, paramete
             for model in models:
                 op = model.rsplit(".", 1)[-1]
                 if op in OPS and floor.op_graphs(rt, op) is not None:
-                    floors.update({(model, b): floor.floor(floor.op_cost(rt, op, b), rates) for b in batches})
+                    floors.update({(model, b): floor.op_floor(rt, op, b, rates) for b in batches})
     elif data:
         from ..data import load_dataset
 
