@@ -629,6 +629,21 @@ def gpu_goals(docs: dict) -> str:
     return markdown_table(["goal", "value", "threshold", "met", "device", "driver, CUDA", "versions", "date"], lines)
 
 
+def wrapper_cost(doc: dict) -> str:
+    """benchmarks/wrapper_cost.py: the runtime's CPU time per batch-1 call on ONNX Runtime, beside its sessions'
+    and with the sessions stubbed (issue 30's goal: the wrapper under ``goal_us``)."""
+    env, goal = doc["machine"], doc["goal_us"]
+    table = [[row["op"], f"{row['call_us']:.1f}", f"{row['session_us']:.1f}", f"{row['overhead_us']:+.1f}",
+              f"{row['wrapper_us']:.1f}", "**met**" if row["overhead_us"] < goal else "not met"]
+             for row in doc["rows"]]
+    caption = (f"Measured by `{doc['command']}` on {doc['date']}: {env['cpu']} ({', '.join(env['cpu_flags'])}), "
+               f"{env['cpu_cores_available']} cores, onnxruntime {env['versions'].get('onnxruntime')}; µs of the "
+               f"calling thread's CPU time per call, the least over {doc['rounds']} rounds of the mean of "
+               f"{doc['block']:,} calls.")
+    return markdown_table(["op (batch 1)", "call µs", "its sessions raw µs", "overhead µs", "runtime alone µs",
+                           f"goal < {goal:g} µs"], table) + "\n\n" + caption
+
+
 def diffusers_vae(doc: dict) -> str:
     """benchmarks/diffusers_vae.py: the full-size architectures through vaedeploy and diffusers eager, p50 per case."""
     env = doc["machine"]
@@ -657,7 +672,7 @@ TABLES = {"family": family, "checks": checks, "collapse": collapse, "vq_vs_vae":
           "serve_cpu": serve_cpu, "serve_perf_analyzer": serve_perf_analyzer, "serve_perf_split": serve_perf_split,
           "serve_spinning": serve_spinning,
           "gpu_steps": gpu_steps, "gpu_goals": gpu_goals,
-          "diffusers_vae": diffusers_vae}
+          "diffusers_vae": diffusers_vae, "wrapper_cost": wrapper_cost}
 
 
 def _results(name: str):
