@@ -77,7 +77,7 @@ def check_seed(seed):
 def check_start(start: int, n: int) -> int:
     """The first counter of a run of n, so that every counter start … start + n − 1 fits an int64."""
     if start < 0 or start + n > STREAM_LIMIT:
-        raise ValueError(f"offset must be in [0, 2**63 - n) so every counter fits an int64, got {start} for n={n}")
+        raise ValueError(f"offset must be in [0, 2**63 - n] so every counter fits an int64, got {start} for n={n}")
     return start
 
 
@@ -85,7 +85,7 @@ def check_starts(starts, width: int) -> np.ndarray:
     """Per-row first counters (integers), each followed by ``width`` counters that fit an int64, as int64."""
     starts = np.asarray(starts)
     if starts.dtype.kind not in "iu" or (starts.size and (starts.min() < 0
-                                                          or int(starts.max()) > STREAM_LIMIT - 1 - width)):
+                                                          or int(starts.max()) > STREAM_LIMIT - width)):
         raise ValueError(f"offsets must be integers in [0, 2**63 - {width}] so every counter fits an int64")
     return starts.astype(np.int64)
 

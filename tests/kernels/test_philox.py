@@ -74,5 +74,9 @@ def test_counters_reject_what_an_int64_cannot_hold():
     with pytest.raises(ValueError, match="offset"):
         philox.counters(2**63 - 2, 4)
     assert philox.counters(2**63 - 4, 4)[-1] == 2**63 - 1  # the largest counter an int64 holds is drawn
+    # per-row starts have the same last start as one stream: a row's last counter may be 2**63 - 1, not beyond
+    assert philox.check_starts([0, 2**63 - 4], 4).tolist() == [0, 2**63 - 4]
+    with pytest.raises(ValueError, match=r"offsets must be integers in \[0, 2\*\*63 - 4\]"):
+        philox.check_starts([2**63 - 3], 4)
     with pytest.raises(ValueError, match="seed"):
         philox.randint(2**63, philox.counters(0, 4))
