@@ -27,12 +27,12 @@ def _npy_bytes(z: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _check(view, doc: dict, expected: np.ndarray, measured: dict, name: str) -> None:
+def _check(view, doc: dict, expected: np.ndarray, measured: dict, name: str, atol: float = IMAGE_ATOL) -> None:
     """The page's image equals the runtime's, drawn at the runtime's size."""
     assert tuple(doc["size"]) == expected.shape[-2:]
     difference = float(np.abs(doc["image"] - expected.reshape(-1)).max())
     measured[name] = max(measured.get(name, 0.0), difference)
-    assert difference <= IMAGE_ATOL
+    assert difference <= atol
     view.assert_clean()
 
 
@@ -165,3 +165,18 @@ def test_a_taesd_bundle_imported_from_diffusers_decodes_like_the_runtime(open_si
     assert view.page.is_disabled("#sample")
     assert "ms last" in view.page.inner_text("#decode-time")
     _check(view, view.state(), runtime.decode(z), measured, "decode taesd (--latents)")
+
+
+def test_a_vqmodel_bundle_imported_from_diffusers_decodes_its_quantized_latents_like_the_runtime(
+        open_site, diffusers_bundle, tmp_path, measured):
+    """Issue 29's VQModel in the page: a tiny VQGAN-style bundle at a size it takes; the z_q of an image (its codes'
+    codebook rows, from the runtime's encode) decodes in the page as ``Runtime.decode(z_q)``; no sample (no prior)."""
+    bundle = diffusers_bundle("vqgan")
+    runtime = load(bundle, backend="onnxruntime")
+    x = np.random.default_rng(9).random((1, 3, 16, 32), dtype=np.float32)
+    codes, z_q = runtime.encode(x)
+    np.save(tmp_path / "z_q.npy", z_q)
+    view = open_site(write_site(bundle, tmp_path / "site", latents=tmp_path / "z_q.npy"), bundle)
+    assert view.page.is_disabled("#sample")
+    # a deeper decoder than klconv's (GroupNorm, two up blocks): wasm's summation order differs by a few 1e-6
+    _check(view, view.state(), runtime.decode(z_q), measured, "decode vqgan z_q (--latents)", atol=1e-5)

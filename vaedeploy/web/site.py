@@ -105,8 +105,9 @@ def _pad(runtime, dataset) -> dict:
 
 def spatial(runtime) -> bool:
     """Whether the page shows the bundle's latent as a c×h×w image (a drop zone and sizes) rather than a pad or a
-    code grid."""
-    return len(runtime.latent_shape) == 3 and runtime.latent_type != "vq"
+    code grid: a VQ latent is one without a prior (diffusers' VQModel: its z_q decoded at any size), since a code grid
+    is what its prior samples."""
+    return len(runtime.latent_shape) == 3 and (runtime.latent_type != "vq" or "prior" not in runtime.bundle.latent)
 
 
 def read_latents(runtime, path) -> np.ndarray:

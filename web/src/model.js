@@ -55,7 +55,8 @@ export function capabilities(manifest, operations) {
     throw new Error(`manifest.json: latent type ${JSON.stringify(type)} is not one this page supports ` +
                     `(${LATENT_TYPES.join(", ")})`);
   }
-  if (latentShape(latent).length === 3 && type !== "vq") {
+  // a VQ latent without a prior (diffusers' VQModel) shows its z_q as a spatial latent, as site.py's spatial()
+  if (latentShape(latent).length === 3 && (type !== "vq" || !latent.prior)) {
     const sample = operations.some((op) => op.name === "sample") ? "spatial" : null;
     return { decode: "decoder", view: "spatial", sample,
              says: `a ${latentShape(latent).join("×")} spatial latent (at the reference size) from a dropped .npy ` +
