@@ -163,7 +163,7 @@ def peer_call(graphs: Graphs, rt, op: str, batch: int, pool: list):
     if op == "decode":
         return lambda i: image(graphs.decoder(inputs[i % size]))
     if op == "sample":
-        return lambda i: image(graphs.decoder(graphs.normal((batch, rt.latent_dim))))
+        return lambda i: image(graphs.decoder(graphs.normal((batch, *rt.latent_shape))))
     if op == "reconstruct":
         return lambda i: image(graphs.decoder(graphs.encoder(inputs[i % size])[0]))
 
@@ -184,6 +184,11 @@ def runtime_call(rt, op: str, batch: int, pool: list):
         return lambda i: rt.sample(batch, seed=i)
     if op == "encode":
         return lambda i: rt.encode(pool[i % size], seed=i)
+    if op == "decode":  # the peers' latents in encode's space, which decode takes (a bundle's latent.scaling)
+        from vaedeploy.runtime.latents import to_encoded
+
+        scaled = [to_encoded(z, getattr(rt, "scaling", None)) for z in pool]
+        return lambda i: rt.decode(scaled[i % size])
     method = getattr(rt, op)
     return lambda i: method(pool[i % size])
 
