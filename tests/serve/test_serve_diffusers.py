@@ -4,7 +4,7 @@ sample_codes), encode, decode of codes and of z_q, and reconstruct at two sizes 
 and a grid of a size the bundle does not take is refused with a 400 and one sentence."""
 import numpy as np
 import pytest
-from test_server import PROTOCOLS, TOLERANCE, client, outputs, tensor
+from test_server import PROTOCOLS, TOLERANCE, client, infer
 from tritonclient.utils import InferenceServerException
 from vaedeploy.export.diffusers import photographs
 
@@ -22,12 +22,6 @@ def protocol(request) -> str:
 def vqgan(serve, diffusers_bundle):
     bundle = diffusers_bundle("vqgan")
     return serve([bundle], "--name", "vq", "--grpc-port", "0"), load(bundle)
-
-
-def infer(c, protocol: str, model: str, inputs: dict, names: list[str]) -> list[np.ndarray]:
-    answer = c.infer(model, [tensor(k, v, protocol=protocol) for k, v in inputs.items()],
-                     outputs=outputs(names, True, protocol))
-    return [answer.as_numpy(name) for name in names]
 
 
 def test_the_models_are_the_tables_without_a_sample(vqgan, protocol):

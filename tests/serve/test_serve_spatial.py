@@ -9,7 +9,7 @@ import concurrent.futures
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from test_server import PROTOCOLS, TIMEOUT, TOLERANCE, client, outputs, post, tensor
+from test_server import PROTOCOLS, TIMEOUT, TOLERANCE, client, infer, outputs, post, tensor
 from tritonclient.utils import InferenceServerException
 
 from vaedeploy import load
@@ -26,12 +26,6 @@ def protocol(request) -> str:
 def spatial(serve, exported):
     bundle = exported("klconv")[1]
     return serve([bundle], "--name", "kl", "--grpc-port", "0", "--max-sample", "64"), load(bundle)
-
-
-def infer(c, protocol: str, model: str, inputs: dict, names: list[str], **parameters) -> list[np.ndarray]:
-    answer = c.infer(model, [tensor(k, v, protocol=protocol) for k, v in inputs.items()],
-                     outputs=outputs(names, True, protocol), parameters=parameters or None)
-    return [answer.as_numpy(name) for name in names]
 
 
 def test_metadata_and_config_show_minus_one_for_every_axis_of_any_size(spatial, protocol):

@@ -69,6 +69,13 @@ def outputs(names, binary: bool, protocol: str = "http") -> list:
     return [triton.InferRequestedOutput(name, binary_data=binary) for name in names]
 
 
+def infer(c, protocol: str, model: str, inputs: dict, names: list[str], **parameters) -> list[np.ndarray]:
+    """The named outputs of one request of binary tensors over ``protocol``, with request ``parameters``."""
+    answer = c.infer(model, [tensor(k, v, protocol=protocol) for k, v in inputs.items()],
+                     outputs=outputs(names, True, protocol), parameters=parameters or None)
+    return [answer.as_numpy(name) for name in names]
+
+
 def metric(text: str, name: str, model: str, **labels) -> float:
     """The value of one sample of a Prometheus exposition (0 when absent)."""
     for line in text.splitlines():
